@@ -23,7 +23,7 @@ from memgas.encoders import CachedEncoder
 from memgas.retrieval import RetrievalConfig, rank_sessions
 from memgas.units import SessionUnits, UnitBuilder
 from suite.config import from_dict, opt
-from suite.io import DataError, atomic_dir, read_json, sha256_file
+from suite.io import DataError, atomic_dir, read_json, recover_dir, sha256_file
 from suite.lexical import BM25Index
 
 FORMAT = "memgas-store/1"
@@ -183,6 +183,7 @@ class MemoryStore:
         from safetensors.numpy import load_file
 
         path = Path(path)
+        recover_dir(path)
         mp = path / "manifest.json"
         if not mp.exists():
             raise StoreError(f"{mp}: no memory store here")

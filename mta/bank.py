@@ -6,16 +6,22 @@
       anchors/<slug>/          one standard peft adapter: adapter_model.safetensors + adapter_config.json
 
 Anchors are planned when the bank is created (ids, embeddings) and marked done as their adapters
-arrive, each folder written atomically and the manifest rewritten atomically after it: a crash
-leaves a bank whose done anchors are all complete, and a rerun trains only the missing ones.
-Loading verifies every checksum and reads tensors only through safetensors.
+arrive. An adapter folder is written under a temp name, fsynced and renamed to a name that carries
+its content hash (`anchors/<slug>-<hash>/`); only then is the manifest rewritten atomically to point
+at it. The manifest rewrite is the single commit point: a crash anywhere leaves the manifest pointing
+at complete folders whose checksums match (the old state or the new), and a rerun trains only the
+missing anchors. Folders no manifest points to (a crash's leftovers) are removed when a writer
+reopens the bank. The bank has one writer at a time (the driver). Loading verifies every checksum
+and reads tensors only through safetensors.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from suite.io import atomic_dir, atomic_write_json, read_json, sha256_file
+from suite.io import atomic_write_json, fsync_dir, fsync_tree, read_json, sha256_file
 
 FORMAT = "mta-bank/1"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -100,6 +106,7 @@ class Bank:
             planned = [a["id"] for a in bank.manifest["anchors"]]
             if planned != list(anchor_ids):
                 raise BankError(f"{mp}: holds a different anchor plan; use a new bank path")
+            bank.collect_garbage()
             return bank
         path.mkdir(parents=True, exist_ok=True)
         ep = path / "embeddings.safetensors"
@@ -123,9 +130,12 @@ class Bank:
         raise BankError(f"{self.manifest_path}: anchor {anchor_id!r} is not planned in this bank")
 
     def add_anchor(self, anchor_id: str, src: str | Path | None = None, state_dict=None, lora_config=None) -> None:
-        """Install one anchor's adapter (from a folder, or tensors + config) atomically."""
+        """Install (or replace) one anchor's adapter, from a folder or tensors + config."""
         entry = self._entry(anchor_id)
-        with atomic_dir(self.path / entry["dir"]) as tmp:
+        root = self.path / "anchors"
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".", suffix=".tmp", dir=root))
+        try:
             if src is not None:
                 for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
                     shutil.copyfile(Path(src) / name, tmp / name)
@@ -133,8 +143,33 @@ class Bank:
                 save_adapter(tmp, state_dict, lora_config)
             read_adapter(tmp)  # never install what we could not read back
             files = {n: sha256_file(tmp / n) for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)}
-        entry.update(done=True, files=files)
-        atomic_write_json(self.manifest_path, self.manifest)
+            digest = hashlib.sha256("".join(files.values()).encode()).hexdigest()[:12]
+            final = root / f"{slug(anchor_id)}-{digest}"
+            if final.exists():  # the same content is already installed
+                shutil.rmtree(tmp)
+            else:
+                fsync_tree(tmp)
+                os.replace(tmp, final)
+                fsync_dir(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = entry["dir"] if entry["done"] else None
+        entry.update(done=True, files=files, dir=f"anchors/{final.name}")
+        atomic_write_json(self.manifest_path, self.manifest)  # the commit point
+        if old and old != entry["dir"]:
+            shutil.rmtree(self.path / old, ignore_errors=True)
+
+    def collect_garbage(self) -> list[str]:
+        """Remove anchor folders the manifest does not point to (left by a crash mid-install)."""
+        keep = {Path(a["dir"]).name for a in self.manifest["anchors"] if a["done"]}
+        removed = []
+        root = self.path / "anchors"
+        for d in (root.iterdir() if root.exists() else []):
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+                removed.append(d.name)
+        return removed
 
     def verify(self) -> None:
         ep = self.path / self.manifest["embeddings"]["file"]

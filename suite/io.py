@@ -2,15 +2,22 @@
 
 Every file the suite writes goes through `atomic_write_*`: the bytes land in a temp file in the same
 folder, are fsynced, then renamed over the target, so a reader sees the old or the new file, never a
-mix. `atomic_dir` does the same for a whole folder (write into a sibling temp folder, then rename).
+mix. `atomic_dir` does the same for a whole folder: it is written as a sibling temp folder, fsynced,
+then swapped with the old one in one `renameat2(RENAME_EXCHANGE)` call (Linux). Where the kernel or
+filesystem lacks the exchange, two renames are used and `recover_dir` (called by every reader of a
+folder written this way) puts the old folder back if a crash fell between them.
+RELIABILITY.md lists the tests that kill writers at every line of these paths.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,7 +36,7 @@ class DataError(ValueError):
         super().__init__(": ".join([", ".join(parts), problem]))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -52,7 +59,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -64,22 +71,78 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=False) + "\n")
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_exchange_ok: bool | None = None if sys.platform == "linux" else False
+
+
+def exchange_paths(a: str | Path, b: str | Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2). False when unsupported."""
+    global _exchange_ok
+    if _exchange_ok is False:
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28 or not glibc
+        _exchange_ok = False
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE) == 0:
+        _exchange_ok = True
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        _exchange_ok = False
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _old_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: str | Path) -> None:
+    """Finish or undo an interrupted two-rename `atomic_dir` swap (the non-Linux fallback): if the
+    target is missing but the old copy exists, the new folder never landed, so the old one returns."""
+    path = Path(path)
+    old = _old_path(path)
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)  # the new folder landed; the old copy is garbage
+        else:
+            os.replace(old, path)
+
+
+def fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp folder; on success it replaces `path` in one rename (old copy removed after)."""
+    """Yield a temp folder; on success it replaces `path` atomically (old copy removed after)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        old = None
+        fsync_tree(tmp)  # contents durable before they become visible
+        if path.exists() and exchange_paths(tmp, path):
+            fsync_dir(path.parent)
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+            return
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
+            os.replace(path, _old_path(path))  # fallback: a crash here leaves the old copy for recover_dir
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(path.parent)
+        shutil.rmtree(_old_path(path), ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -108,13 +171,41 @@ def read_json(path: str | Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, problem=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(path, problem="JSON nested too deeply") from None
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that has no newline (a crash mid-append) so the next record starts clean."""
+    with open(path, "r+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            step = min(1 << 16, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                pos = pos - step + nl + 1
+                break
+            pos -= step
+        f.truncate(pos)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one line and fsync: a crash loses at most the line being written, which
-    `read_jsonl` then skips (a torn last line), never earlier ones."""
+    `read_jsonl` skips and the next append cuts off, never earlier ones."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
