@@ -106,12 +106,17 @@ class MemEvalConfig:
 def evaluate(convs: list[Conversation], make_store, methods: dict[str, RetrievalConfig], cfg: MemEvalConfig,
              log_path: str | Path, llm=None, on_question=None) -> list[dict]:
     """Run every method on every question; per-question records are appended to `log_path` as
-    they finish, and questions already there are skipped (resume)."""
+    they finish, and questions already there are skipped (resume), except, when answering, those
+    whose QA failed (endpoint down) or never ran: a rerun retries only those."""
     from tqdm.auto import tqdm
 
     from memgas.filter import filter_and_answer
 
-    done = {r["qid"]: r for r in read_jsonl(log_path)}
+    done = {}
+    for r in read_jsonl(log_path):  # later lines win: a retried question's new record replaces the failed one
+        if cfg.qa and llm is not None and ("qa" not in r or "failed" in r["qa"]):
+            continue
+        done[r["qid"]] = r
     records = []
     convs = convs[: cfg.max_conversations] if cfg.max_conversations else convs
     for conv in tqdm(convs, desc="conversations", disable=not cfg.progress):

@@ -4,7 +4,8 @@
 
 It exists so the HTTP backend is tested against a real server, and so a CPU machine can serve
 SmolLM2 to several evaluation processes. `faults` injects failures for tests: a list of
-"429", "500", "sleep:<s>", "empty", "malformed" consumed one per request.
+"429", "500", "sleep:<s>", "empty", "malformed", "die" (the server stops for good, this request
+unanswered) or "ok", consumed one per request.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def make_server(llm, host: str = LOOPBACK, port: int = 0, faults: list[str] | No
             with lock:
                 fault = faults.pop(0) if faults else None
                 self.server.requests += 1
+            if fault == "die":
+                self.close_connection = True
+                threading.Thread(target=lambda: (self.server.shutdown(), self.server.server_close()), daemon=True).start()
+                return
             if fault and fault.startswith("sleep:"):
                 time.sleep(float(fault.split(":")[1]))
             elif fault in ("429", "500", "503"):

@@ -73,15 +73,31 @@ class SessionUnits:
 
 
 class UnitBuilder:
+    """Units of a session. If the LLM endpoint fails for good on a session, that session falls back
+    to extractive units (counted in `fallbacks` and reported in `source`) and ingestion goes on."""
+
     def __init__(self, llm=None, max_tokens: int = 500):
         self.llm, self.max_tokens = llm, max_tokens
-        self.source = "llm" if llm is not None else "extractive"
+        self.fallbacks = 0
+
+    @property
+    def source(self) -> str:
+        if self.llm is None:
+            return "extractive"
+        return f"llm ({self.fallbacks} session(s) extractive after LLM failures)" if self.fallbacks else "llm"
 
     def build(self, session: Session) -> SessionUnits:
+        from memgas.llm import LLMError
+
         text = session.text()
+        summary = keywords = None
         if self.llm is not None:
-            summary = self.llm.complete(SUMMARY_PROMPT.format(session=text), self.max_tokens, 0.0)
-            keywords = self.llm.complete(KEYWORD_PROMPT.format(session=text), self.max_tokens, 0.0)
-        else:
+            try:
+                summary = self.llm.complete(SUMMARY_PROMPT.format(session=text), self.max_tokens, 0.0)
+                keywords = self.llm.complete(KEYWORD_PROMPT.format(session=text), self.max_tokens, 0.0)
+            except LLMError:
+                self.fallbacks += 1
+                summary = keywords = None
+        if summary is None:
             summary, keywords = extractive_summary(session), extractive_keywords(session)
         return SessionUnits(text, turn_units(session), summary or text[:500], keywords or text[:200])

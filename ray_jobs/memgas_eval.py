@@ -128,7 +128,9 @@ def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
             res["ingest_texts_per_s"] = texts / ingest_s
             res["encoder_texts_per_s"] = raw_tps
             res["ingest_vs_encoder"] = res["ingest_texts_per_s"] / raw_tps
-        res["units"] = UnitBuilder(llm if cfg.eval.qa else None).source
+        ub = UnitBuilder(llm if cfg.eval.qa else None)
+        ub.fallbacks = sum(s.units.fallbacks for s in stores)
+        res["units"] = ub.source
         res["router"] = {"memgas": cfg.best.router, "memgas_paper": "reference"}
         res["configs"] = {"memgas": asdict(cfg.best)}
         res["wall_s"] = time.perf_counter() - t0

@@ -37,3 +37,42 @@ def test_qa_path_with_a_local_llm(tmp_path):
     assert res["units"] == "llm"  # summaries and keywords came from the LLM
     recs = read_jsonl(tmp_path / "qa" / "per_question.jsonl")
     assert all("answer" in r["qa"] for r in recs)
+
+
+def test_endpoint_dies_mid_run_then_a_rerun_retries_only_failed_questions(tmp_path):
+    """The HTTP endpoint stops answering after two questions: the run finishes with the rest marked
+    failed; a rerun against a live endpoint redoes only those (and the memory they need)."""
+    import threading
+
+    from memgas.llm import LocalLLM
+    from memgas.serve import make_server
+
+    local = LocalLLM("tiny", max_length=256)
+
+    def serve(faults):
+        srv = make_server(local, "127.0.0.1", 0, faults)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+    data = make_locomo(tmp_path / "locomo.json", n_sessions=4, n_questions=4)  # 5 questions
+    fast = ["llm.backend=http", "llm.max_retries=2", "llm.backoff_s=0.01", "llm.timeout_s=10",
+            "eval.qa=true", "ablations=false", f"data={data}"]
+    # 4 sessions x (summary, keywords) + 2 questions x (filter, answer) succeed, then the server dies
+    srv, url = serve(["ok"] * 12 + ["die"])
+    cfg = load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml", [*fast, f"llm.url={url}"])
+    res = run(cfg, tmp_path / "qa")["memgas"]["locomo"]
+    assert res["qa"]["n"] == 2 and len(res["qa_failed"]) == 3
+    recs = read_jsonl(tmp_path / "qa" / "per_question.jsonl")
+    failed = {r["qid"] for r in recs if "failed" in r["qa"]}
+    assert len(recs) == 5 and failed == set(res["qa_failed"])
+    assert all("LLMError" in r["qa"]["failed"] for r in recs if r["qid"] in failed)
+    assert res["methods"]["memgas"]["n_scored"] == 4  # retrieval results of every question survive
+
+    srv2, url2 = serve([])
+    cfg = load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml", [*fast, f"llm.url={url2}"])
+    res = run(cfg, tmp_path / "qa")["memgas"]["locomo"]
+    srv2.shutdown()
+    assert res["qa"]["n"] == 5 and "qa_failed" not in res and res["units"] == "llm"
+    assert srv2.requests == 4 * 2 + 3 * 2  # memory rebuilt once, then only the 3 failed questions
+    answered = [r for r in read_jsonl(tmp_path / "qa" / "per_question.jsonl") if "answer" in r.get("qa", {})]
+    assert sorted(r["qid"] for r in answered) == sorted({r["qid"] for r in recs})
