@@ -8,6 +8,8 @@ Errors name file, record and field (`suite.io.DataError`). Documented handling:
   `report["unparsable_evidence"]`; an id naming a session that does not exist is an error.
 - LoCoMo image turns keep their caption: "[image: <blip_caption>]" is appended to the text.
 - LongMemEval questions whose id ends in `_abs` are abstention questions (no retrieval gold).
+- Ids must be strings or integers; answers strings or numbers; a session with no turns is an error
+  (it could never be retrieved); evidence entries that are not strings are read as text.
 """
 from __future__ import annotations
 
@@ -65,6 +67,26 @@ def _str(file, rid, name, v, allow_empty=True) -> str:
     return v
 
 
+def _id(file, rid, name, v) -> str:
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise DataError(file, rid, name, f"expected a string or integer id, got {type(v).__name__}")
+    if not str(v).strip():
+        raise DataError(file, rid, name, "is empty")
+    return str(v)
+
+
+def _answer(file, rid, name, v) -> str:
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise DataError(file, rid, name, f"expected a string or number, got {type(v).__name__}")
+    return str(v)
+
+
+def _nonempty(file, rid, name, turns: list) -> list:
+    if not turns:
+        raise DataError(file, rid, name, "session has no turns")
+    return turns
+
+
 def _list(file, rid, name, v) -> list:
     if not isinstance(v, list):
         raise DataError(file, rid, name, f"expected a list, got {type(v).__name__}")
@@ -83,7 +105,7 @@ def load_locomo(path: str | Path) -> list[Conversation]:
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
             raise DataError(path, f"#{i}", None, "expected an object")
-        cid = str(rec.get("sample_id", f"conv-{i}"))
+        cid = _id(path, f"#{i}", "sample_id", rec["sample_id"]) if "sample_id" in rec else f"conv-{i}"
         if cid in seen:
             raise DataError(path, cid, "sample_id", "duplicate conversation id")
         seen.add(cid)
@@ -105,9 +127,10 @@ def load_locomo(path: str | Path) -> list[Conversation]:
                         raise DataError(path, rid, f_name, "missing")
                 text = _str(path, rid, "text", t["text"])
                 if t.get("blip_caption"):
-                    text = f"{text} [image: {t['blip_caption']}]"
+                    text = f"{text} [image: {_str(path, rid, 'blip_caption', t['blip_caption'])}]"
                 turns.append(Turn(_str(path, rid, "speaker", t["speaker"]), text, str(t.get("dia_id", f"{k}:{j}"))))
-            sessions.append(Session(k, turns, str(conv.get(f"{k}_date_time", ""))))
+            _nonempty(path, cid, k, turns)
+            sessions.append(Session(k, turns, _str(path, cid, f"{k}_date_time", conv.get(f"{k}_date_time", ""))))
         known = {int(k.split("_")[1]) for k in keys}
         questions, unparsable = [], 0
         for j, q in enumerate(_list(path, cid, "qa", rec.get("qa", []))):
@@ -127,7 +150,8 @@ def load_locomo(path: str | Path) -> list[Conversation]:
                         raise DataError(path, rid, "evidence", f"{e!r} points to session {s}, which does not exist")
                     if f"session_{int(s)}" not in gold:
                         gold.append(f"session_{int(s)}")
-            questions.append(Question(f"{cid}:{j}", _str(path, rid, "question", q["question"], False), str(ans), gold,
+            questions.append(Question(f"{cid}:{j}", _str(path, rid, "question", q["question"], False),
+                                      _answer(path, rid, "answer", ans), gold,
                                       str(q.get("category", "")), False))
         out.append(Conversation(cid, sessions, questions, {"unparsable_evidence": unparsable}))
     return out
@@ -146,13 +170,13 @@ def load_longmemeval(path: str | Path) -> list[Conversation]:
         for f_name in ("question_id", "question", "answer", "haystack_sessions", "haystack_session_ids"):
             if f_name not in rec:
                 raise DataError(path, rec.get("question_id", f"#{i}"), f_name, "missing")
-        qid = str(rec["question_id"])
+        qid = _id(path, f"#{i}", "question_id", rec["question_id"])
         if qid in seen:
             raise DataError(path, qid, "question_id", "duplicate question id")
         seen.add(qid)
-        ids = [str(x) for x in _list(path, qid, "haystack_session_ids", rec["haystack_session_ids"])]
+        ids = [_id(path, qid, "haystack_session_ids", x) for x in _list(path, qid, "haystack_session_ids", rec["haystack_session_ids"])]
         sess = _list(path, qid, "haystack_sessions", rec["haystack_sessions"])
-        dates = rec.get("haystack_dates") or [""] * len(ids)
+        dates = [_str(path, qid, "haystack_dates", d) for d in _list(path, qid, "haystack_dates", rec.get("haystack_dates") or [""] * len(ids))]
         if len(sess) != len(ids) or len(dates) != len(ids):
             raise DataError(path, qid, "haystack_sessions", f"{len(sess)} sessions, {len(ids)} ids, {len(dates)} dates")
         if len(set(ids)) != len(ids):
@@ -165,14 +189,16 @@ def load_longmemeval(path: str | Path) -> list[Conversation]:
                 if not isinstance(t, dict) or "content" not in t:
                     raise DataError(path, rid, "content", "missing")
                 tl.append(Turn(_str(path, rid, "role", t.get("role", "user")), _str(path, rid, "content", t["content"]), f"{sid}:{j}"))
-            sessions.append(Session(sid, tl, str(date)))
-        gold = [str(x) for x in rec.get("answer_session_ids", []) or []]
+            _nonempty(path, f"{qid} session {sid}", "haystack_sessions", tl)
+            sessions.append(Session(sid, tl, date))
+        gold = [_id(path, qid, "answer_session_ids", x) for x in _list(path, qid, "answer_session_ids", rec.get("answer_session_ids") or [])]
         missing = [g for g in gold if g not in set(ids)]
         if missing:
             raise DataError(path, qid, "answer_session_ids", f"{missing[0]!r} is not in haystack_session_ids")
         abst = qid.endswith("_abs")
-        q = Question(qid, _str(path, qid, "question", rec["question"], False), str(rec["answer"]), [] if abst else gold,
-                     str(rec.get("question_type", "")), abst, str(rec.get("question_date", "")))
+        q = Question(qid, _str(path, qid, "question", rec["question"], False), _answer(path, qid, "answer", rec["answer"]),
+                     [] if abst else gold, _str(path, qid, "question_type", rec.get("question_type", "")), abst,
+                     _str(path, qid, "question_date", rec.get("question_date", "")))
         out.append(Conversation(qid, sessions, [q]))
     return out
 
@@ -202,15 +228,17 @@ def load_long_mt_bench(path: str | Path) -> list[Conversation]:
         data = data.get("data", [data])
     out = []
     for i, rec in enumerate(_list(path, None, None, data)):
-        cid = str(rec.get("id", f"conv-{i}")) if isinstance(rec, dict) else f"#{i}"
+        cid = (_id(path, f"#{i}", "id", rec["id"]) if "id" in rec else f"conv-{i}") if isinstance(rec, dict) else f"#{i}"
         if not isinstance(rec, dict) or "sessions" not in rec:
             raise DataError(path, cid, "sessions", "missing")
-        sessions = [Session(f"session_{k + 1}", _mt_turns(path, f"{cid} session_{k + 1}", s))
+        sessions = [Session(f"session_{k + 1}", _nonempty(path, f"{cid} session_{k + 1}", "sessions",
+                                                           _mt_turns(path, f"{cid} session_{k + 1}", s)))
                     for k, s in enumerate(_list(path, cid, "sessions", rec["sessions"]))]
         qs, ans = rec.get("questions", []), rec.get("answers", [])
         if len(_list(path, cid, "questions", qs)) != len(_list(path, cid, "answers", ans)):
             raise DataError(path, cid, "answers", f"{len(qs)} questions but {len(ans)} answers")
-        questions = [Question(f"{cid}:{j}", _str(path, f"{cid} q{j}", "questions", q, False), str(a), [])
+        questions = [Question(f"{cid}:{j}", _str(path, f"{cid} q{j}", "questions", q, False),
+                              _answer(path, f"{cid} q{j}", "answers", a), [])
                      for j, (q, a) in enumerate(zip(qs, ans))]
         out.append(Conversation(cid, sessions, questions))
     return out

@@ -146,6 +146,10 @@ class MemoryStore:
             return sid
 
     def search(self, query: str, user_id: str, limit: int = 3, retrieval: RetrievalConfig | None = None) -> dict:
+        if not isinstance(query, str):
+            raise ValueError(f"search(): query must be a string, got {type(query).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"search(): limit must be a positive integer, got {limit!r}")
         with self._lock:
             mem = self.users.get(str(user_id))
             if mem is None or not mem.sessions:

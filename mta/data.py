@@ -131,6 +131,19 @@ def validate_profile_item(file, task: str, qid: str, idx: int, item: Any) -> dic
     return item
 
 
+def _check_id(file, rid, field_name, value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(file, rid, field_name, f"expected a string or integer id, got {type(value).__name__}")
+    if isinstance(value, str) and not value.strip():
+        raise DataError(file, rid, field_name, "is empty")
+    return str(value)
+
+
+def _check_task(file, task: str) -> None:
+    if task not in TASKS:
+        raise DataError(file, None, "task", f"unknown task {task!r}; known: {sorted(TASKS)}")
+
+
 def _validate_users(file: Path, task: str, users: list[User]) -> list[User]:
     seen: set[str] = set()
     for u in users:
@@ -144,8 +157,8 @@ def _validate_users(file: Path, task: str, users: list[User]) -> list[User]:
 def load_lamp(questions: str | Path, outputs: str | Path | None, task: str) -> list[User]:
     """Official LaMP files → users. Questions sharing `user_id` are grouped into one user (our
     lamp_like data); without `user_id` each question is its own user, as in official LaMP."""
-    task_info(task)
     questions = Path(questions)
+    _check_task(questions, task)
     data = read_json(questions)
     if not isinstance(data, list):
         raise DataError(questions, None, None, "top level must be a list of questions")
@@ -157,10 +170,9 @@ def load_lamp(questions: str | Path, outputs: str | Path | None, task: str) -> l
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
             raise DataError(questions, f"#{i}", None, "expected an object")
-        rid = rec.get("id", f"#{i}")
         if "id" not in rec:
             raise DataError(questions, f"#{i}", "id", "missing")
-        qid = str(rec["id"])
+        qid = _check_id(questions, f"#{i}", "id", rec["id"])
         if "input" not in rec:
             raise DataError(questions, qid, "input", "missing")
         _check_str(questions, qid, "input", rec["input"])
@@ -171,20 +183,24 @@ def load_lamp(questions: str | Path, outputs: str | Path | None, task: str) -> l
         if not rec["profile"]:
             raise DataError(questions, qid, "profile", "is empty: a user needs at least one profile item")
         profile = [validate_profile_item(questions, task, qid, j, it) for j, it in enumerate(rec["profile"])]
-        uid = str(rec.get("user_id", rid))
+        uid = _check_id(questions, qid, "user_id", rec["user_id"]) if "user_id" in rec else qid
         user = users.setdefault(uid, User(uid, profile, []))
         user.queries.append(Query(qid, rec["input"], golds.get(qid)))
     if has_outputs:
         missing = [q.id for u in users.values() for q in u.queries if q.gold is None]
         if missing:
             raise DataError(outputs, missing[0], "golds", f"{len(missing)} question(s) have no gold output")
+        asked = {q.id for u in users.values() for q in u.queries}
+        orphans = [g for g in golds if g not in asked]
+        if orphans:
+            raise DataError(outputs, orphans[0], "id", f"{len(orphans)} gold output(s) answer no question in {questions.name}")
     return _validate_users(questions, task, list(users.values()))
 
 
 def load_outputs(path: str | Path, task: str) -> dict[str, str]:
     path = Path(path)
     data = read_json(path)
-    if not isinstance(data, dict) or "golds" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("golds"), list):
         raise DataError(path, None, "golds", "expected {\"task\": ..., \"golds\": [...]}")
     if data.get("task") not in (None, task):
         raise DataError(path, None, "task", f"file is for {data.get('task')!r}, expected {task!r}")
@@ -192,9 +208,11 @@ def load_outputs(path: str | Path, task: str) -> dict[str, str]:
     for i, g in enumerate(data["golds"]):
         if not isinstance(g, dict) or "id" not in g:
             raise DataError(path, f"golds[{i}]", "id", "missing")
+        gid = _check_id(path, f"golds[{i}]", "id", g["id"])
         if "output" not in g:
-            raise DataError(path, g["id"], "output", "missing")
-        gid = str(g["id"])
+            raise DataError(path, gid, "output", "missing")
+        if isinstance(g["output"], bool) or not isinstance(g["output"], (str, int, float)):
+            raise DataError(path, gid, "output", f"expected a string, got {type(g['output']).__name__}")
         if gid in out:
             raise DataError(path, gid, "id", "duplicate gold id")
         out[gid] = str(g["output"])
@@ -204,6 +222,7 @@ def load_outputs(path: str | Path, task: str) -> dict[str, str]:
 def load_per_user(path: str | Path, task: str) -> list[User]:
     """The MTA reference shape: [{user_id, profile: [...], query: [{id, input, gold}]}]."""
     path = Path(path)
+    _check_task(path, task)
     data = read_json(path)
     if not isinstance(data, list):
         raise DataError(path, None, None, "top level must be a list of users")
@@ -211,7 +230,7 @@ def load_per_user(path: str | Path, task: str) -> list[User]:
     for i, rec in enumerate(data):
         if not isinstance(rec, dict) or "user_id" not in rec:
             raise DataError(path, f"#{i}", "user_id", "missing")
-        uid = str(rec["user_id"])
+        uid = _check_id(path, f"#{i}", "user_id", rec["user_id"])
         for key in ("profile", "query"):
             if not isinstance(rec.get(key), list) or not rec[key]:
                 raise DataError(path, uid, key, "missing or empty list")
@@ -223,9 +242,12 @@ def load_per_user(path: str | Path, task: str) -> list[User]:
             for key in ("id", "input"):
                 if key not in q:
                     raise DataError(path, f"{uid} query[{j}]", key, "missing")
-            _check_str(path, f"{uid} query[{j}]", "input", q["input"])
+            qid = _check_id(path, f"{uid} query[{j}]", "id", q["id"])
+            _check_str(path, qid, "input", q["input"])
             gold = q.get("gold", q.get("output"))
-            queries.append(Query(str(q["id"]), q["input"], None if gold is None else str(gold)))
+            if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
+                raise DataError(path, qid, "gold", f"expected a string, got {type(gold).__name__}")
+            queries.append(Query(qid, q["input"], None if gold is None else str(gold)))
         users.append(User(uid, profile, queries))
     return _validate_users(path, task, users)
 
