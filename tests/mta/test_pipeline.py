@@ -41,3 +41,38 @@ def test_partial_log_resumes_missing_users_only(lamp_root, tmp_path):
     recs = read_jsonl(out / "per_user.jsonl")
     assert len(recs) == 4 and len({r["user_id"] for r in recs}) == 4
     assert s["mta"]["LaMP_2"]["n_users"] == 4
+
+
+def test_sigkill_mid_run_then_rerun_continues_from_the_last_finished_user(tmp_path):
+    """The pipeline process is SIGKILLed while it adapts users (stacking, OPPU, scoring): the rerun
+    keeps the bank and every finished user, redoes only the rest, and each user is logged once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import make_lamp2
+
+    root = tmp_path / "lamp"
+    make_lamp2(root, "train", n_users=8, n_items=6, seed=1, prefix="t")
+    make_lamp2(root, "dev", n_users=12, n_items=4, seed=2, prefix="d")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ray_jobs.mta_pipeline", "--config", "ray_jobs/configs/mta_tiny.yaml",
+           "--out", str(out), f"data.root={root}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = out / "per_user.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(read_jsonl(log)) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = read_jsonl(log)
+    assert 2 <= len(before) < 12, "the kill must land mid-run"
+    bank_manifest = (out / "bank" / "manifest.json").read_text()
+    head = log.read_text()
+    run(_cfg(root), out)
+    after = read_jsonl(log)
+    assert log.read_text().startswith(head.rsplit("\n", 1)[0])  # finished users untouched
+    assert sorted(r["user_id"] for r in after) == sorted({r["user_id"] for r in after}) and len(after) == 12
+    assert (out / "bank" / "manifest.json").read_text() == bank_manifest  # no anchor retrained

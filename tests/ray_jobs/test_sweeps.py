@@ -59,3 +59,48 @@ def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):
     assert s["trials"] == 3 and s["metric"] == "recall_all@5" and s["errors"] == 0
     assert set(s["best"]["config"]) == {"best.temperature", "best.router", "memgas.association.n_components"}
     assert Path(tmp_path / "sw" / "sweep_best_temperature.png").exists()
+
+
+def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_path):
+    """SIGKILL the sweep driver (and its local Ray) after two of six trials finished; the same
+    command again restores the experiment (Tuner.restore): finished trials are not run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_locomo(tmp_path / "locomo.json", n_sessions=6, n_questions=4)
+    out = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "ray_jobs.sweep_memgas", "--out", str(out), f"job.data={data}",
+           "job.memgas.encoder=hashing", "job.tracking.mode=offline", "sweep.name=t_kill", "sweep.search=grid",
+           "sweep.scheduler=fifo", "sweep.max_concurrent=1",
+           "sweep.space={best.num_seeds: {values: [1, 2, 3, 4, 5, 6]}}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "RAY_ADDRESS": ""}
+    exp = out / "tune" / "t_kill"
+
+    def finished():  # trials the experiment checkpoint (what restore reads) records as finished
+        states = sorted(exp.glob("experiment_state-*.json"))
+        try:
+            trials = [json.loads(t[0]) for t in json.loads(states[-1].read_text())["trial_data"]] if states else []
+        except (json.JSONDecodeError, OSError):
+            return []
+        return sorted(t["relative_logdir"] for t in trials if t["status"] == "TERMINATED")
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(finished()) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = finished()
+    assert 2 <= len(done_before) < 6, "the driver must die mid-sweep"
+    results_before = {t: (exp / t / "result.json").read_text() for t in done_before}
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["trials"] == 6 and s["errors"] == 0
+    for t, text in results_before.items():  # a finished trial neither reran nor reported again
+        assert (exp / t / "result.json").read_text() == text
+        assert len(list((exp / t).glob("wandb/offline-run-*"))) == 1
+    assert len(finished()) == 6
