@@ -51,3 +51,37 @@ def test_round_trip_gives_identical_results_and_detects_corruption(tmp_path):
     f.write_bytes(bytes(raw))
     with pytest.raises(StoreError, match="user0.safetensors: missing or checksum mismatch"):
         MemoryStore.load(tmp_path / "mem", encoder=HashingEncoder())
+
+
+def test_concurrent_adds_and_searches_lose_nothing():
+    """Writers and readers on one store from several threads: no error, every session found."""
+    import threading
+
+    st = _store()
+    errors, ids = [], {f"w{w}": [] for w in range(3)}
+
+    def writer(w):
+        for i in range(8):
+            try:
+                ids[f"w{w}"].append(st.add(f"writer {w} talks about topic {i} and guitars", f"user{w % 2}", f"w{w}-s{i}"))
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+    def reader():
+        for _ in range(15):
+            try:
+                st.search("guitars topic", "user0", 3)
+                st.search("guitars topic", "user1", 3)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)] + [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for u, ws in (("user0", ["w0", "w2"]), ("user1", ["w1"])):
+        want = sorted(s for w in ws for s in ids[w])
+        got = sorted(r["session_id"] for r in st.search("x", u, limit=len(want))["results"])
+        assert got == want
