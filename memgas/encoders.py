@@ -3,6 +3,7 @@ encoder, whatever the method, run or sweep trial that asks for it."""
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np
 
@@ -15,6 +16,7 @@ class CachedEncoder:
         self.name, self.dim = encoder.name, encoder.dim
         self._cache: dict[str, np.ndarray] = {}
         self.encoded = 0  # texts actually sent to the model
+        self._lock = threading.Lock()  # the store encodes from several threads at once
 
     @staticmethod
     def key(text: str) -> str:
@@ -25,8 +27,9 @@ class CachedEncoder:
         todo = {k: t for k, t in zip(keys, texts) if k not in self._cache}
         if todo:
             emb = self.encoder.encode(list(todo.values()), batch_size or self.batch_size, progress)
-            self._cache.update(zip(todo, emb.astype(np.float32)))
-            self.encoded += len(todo)
+            with self._lock:
+                self._cache.update(zip(todo, emb.astype(np.float32)))
+                self.encoded += len(todo)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._cache[k] for k in keys])

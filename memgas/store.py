@@ -137,12 +137,16 @@ class MemoryStore:
 
     def add(self, messages, user_id: str, session_id: str | None = None, date: str = "") -> str:
         """Store one session (a list of {role, content}, a string, or a `Session`) for a user."""
+        given = session_id or (messages.session_id if isinstance(messages, Session) else None)
+        session = _to_session(messages, given or "new", date)
+        # LLM calls and encoding touch no shared state: they run outside the lock, so searches
+        # are not queued behind them; only the graph update below is serialised.
+        units = self.units.build(session)
+        emb = self.embed_units(units)
         with self._lock:
             mem = self.users.setdefault(str(user_id), Memory())
-            sid = session_id or (messages.session_id if isinstance(messages, Session) else f"s{len(mem.sessions) + 1}")
-            session = _to_session(messages, sid, date)
-            units = self.units.build(session)
-            mem.add(sid, date or session.date, units, self.embed_units(units), self.cfg.association)
+            sid = given or f"s{len(mem.sessions) + 1}"
+            mem.add(sid, date or session.date, units, emb, self.cfg.association)
             return sid
 
     def search(self, query: str, user_id: str, limit: int = 3, retrieval: RetrievalConfig | None = None) -> dict:
@@ -150,11 +154,11 @@ class MemoryStore:
             raise ValueError(f"search(): query must be a string, got {type(query).__name__}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"search(): limit must be a positive integer, got {limit!r}")
+        q = self.encoder.encode([query])[0]  # outside the lock, like add()
         with self._lock:
             mem = self.users.get(str(user_id))
             if mem is None or not mem.sessions:
                 return {"results": [], "router_weights": {}}
-            q = self.encoder.encode([query])[0]
             order, scores, w = rank_sessions(mem, q, query, retrieval or self.cfg.retrieval)
             res = [{"session_id": mem.sessions[i]["session_id"], "score": float(s), "date": mem.sessions[i]["date"],
                     "text": mem.sessions[i]["units"]["session"][0], "summary": mem.sessions[i]["units"]["summary"][0],
