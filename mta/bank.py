@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
-from suite.io import atomic_write_json, fsync_dir, fsync_tree, read_json, sha256_file
+from suite.io import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_tree, read_json, sha256_file
 
 FORMAT = "mta-bank/1"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -110,7 +110,7 @@ class Bank:
             return bank
         path.mkdir(parents=True, exist_ok=True)
         ep = path / "embeddings.safetensors"
-        save_file({"anchor_emb": torch.as_tensor(np.asarray(emb, dtype=np.float32))}, str(ep))
+        atomic_write_bytes(ep, save({"anchor_emb": torch.as_tensor(np.asarray(emb, dtype=np.float32))}))
         anchors = [{"id": a, "dir": f"anchors/{slug(a)}", "n_items": (n_items or [0] * len(anchor_ids))[i],
                     "done": False, "files": {}} for i, a in enumerate(anchor_ids)]
         atomic_write_json(mp, {"format": FORMAT, **meta, "embeddings": {"file": ep.name, "sha256": sha256_file(ep)},
