@@ -53,6 +53,12 @@ class EvalConfig:
     max_new_tokens: int = opt(32, "greedy decoding length")
     seed: int = opt(0, "random-anchor baseline seed")
     progress: bool = opt(True, "progress bar over users")
+    backend: str = opt("local", "local (in the driver) | ray (one Ray task, re-executed from the resume log if its worker dies)")
+    cpus: float = opt(2.0, "ray backend: CPUs reserved by the evaluation task")
+    gpus: float = opt(0.0, "ray backend: GPUs reserved by the evaluation task")
+    max_retries: int = opt(3, "ray backend: re-executions after the task's worker dies")
+    fail_at: dict = opt(help="fault injection for tests: {after_users: N, marker: PATH} kills the task's worker "
+                             "once, after its N-th user", factory=dict)
 
 
 @dataclass
@@ -163,8 +169,9 @@ class Evaluator:
         self.host.deactivate()
         return rec
 
-    def run(self, users: list[User]) -> list[dict]:
-        """Evaluate users not yet in per_user.jsonl (resume), append each as it finishes."""
+    def run(self, users: list[User], on_user=None) -> list[dict]:
+        """Evaluate users not yet in per_user.jsonl (resume), append each as it finishes;
+        `on_user(n)` is called after the n-th user of this run is logged."""
         from tqdm.auto import tqdm
 
         log = self.out / "per_user.jsonl"
@@ -175,6 +182,8 @@ class Evaluator:
             rec = self.user_record(u, methods)
             append_jsonl(log, rec)
             done[u.user_id] = rec
+            if on_user:
+                on_user(len(done))
         return [done[u.user_id] for u in users]
 
 

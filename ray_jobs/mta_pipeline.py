@@ -92,8 +92,13 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
         users = load_task_split(d.task, d.eval_split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url)
         if d.max_eval_users:
             users = users[: d.max_eval_users]
-        model, tok = load_base(cfg.model)
-        records = Evaluator(cfg, loaded, model, tok, encoder, out).run(users)
+        if cfg.eval.backend == "ray":
+            records = evaluate_on_ray(cfg, out, bank.path, users)
+        elif cfg.eval.backend == "local":
+            model, tok = load_base(cfg.model)
+            records = Evaluator(cfg, loaded, model, tok, encoder, out).run(users)
+        else:
+            raise ValueError(f"eval.backend={cfg.eval.backend!r}: local | ray")
         res = summarize(d.task, records, cfg.eval.methods, _uses_labels(d.task, cfg.eval.inference),
                         cfg.eval.calibration, out)
         res["bank"] = {"anchors": len(loaded.ids), "bytes": bank.bytes_on_disk(), "path": str(bank.path)}
@@ -110,6 +115,41 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
         return prev
     finally:
         tracker.finish()
+
+
+def _evaluate_task(cfg_dict: dict, out: str, bank_path: str, users: list) -> list[dict]:
+    """The per-user stage (fusion, stacking, baselines) as a Ray task. If its worker dies, Ray runs
+    it again; the new attempt skips the users already in per_user.jsonl."""
+    import os
+    import signal
+
+    from mta.bank import Bank
+    from mta.models import load_base
+    from mta.pipeline import Evaluator
+    from suite.config import from_dict
+    from suite.encoders import load_encoder
+
+    cfg = from_dict(MTAJobConfig, cfg_dict, "mta_pipeline task")
+    model, tok = load_base(cfg.model)
+    fail = cfg.eval.fail_at
+
+    def on_user(n: int) -> None:
+        if fail and n == int(fail["after_users"]) and not Path(fail["marker"]).exists():
+            Path(fail["marker"]).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)  # what an OOM kill or a lost node does
+
+    ev = Evaluator(cfg, Bank(bank_path).load(), model, tok, load_encoder(cfg.encoder), Path(out))
+    return ev.run(users, on_user=on_user)
+
+
+def evaluate_on_ray(cfg: MTAJobConfig, out: Path, bank_path, users: list) -> list[dict]:
+    import ray
+
+    from suite.ray_local import init_ray
+
+    init_ray()
+    task = ray.remote(num_cpus=cfg.eval.cpus, num_gpus=cfg.eval.gpus, max_retries=cfg.eval.max_retries)(_evaluate_task)
+    return ray.get(task.remote(asdict(cfg), str(Path(out).resolve()), str(Path(bank_path).resolve()), users))
 
 
 def main(argv: list[str] | None = None) -> None:
