@@ -1,6 +1,5 @@
 """Ray Train on a local, loopback-only Ray: 2 CPU workers (gloo) train a bank on the tiny model."""
 import numpy as np
-import pytest
 import torch
 
 from mta.bank import Bank
@@ -8,15 +7,6 @@ from mta.data import load_task_split
 from mta.models import ModelConfig
 from mta.training import LoraTrainConfig
 from ray_jobs.bank_trainer import BankTrainConfig, train_bank
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    from suite.ray_local import init_ray
-
-    ray = init_ray(num_cpus=2)
-    yield ray
-    ray.shutdown()
 
 
 def _plan(lamp_root, path, n=2):

@@ -1,19 +1,9 @@
 """The MTA per-user stage (fusion, stacking, baselines) as a Ray task: its worker is SIGKILLed after
 two users; Ray re-executes the task, which resumes from per_user.jsonl, and the job finishes."""
-import pytest
 
 from ray_jobs.mta_pipeline import MTAJobConfig, run
 from suite.config import load_config
 from suite.io import read_jsonl
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    from suite.ray_local import init_ray
-
-    ray = init_ray(num_cpus=2)
-    yield ray
-    ray.shutdown()
 
 
 def test_worker_killed_mid_stacking_the_job_finishes_from_the_resume_log(ray_local, lamp_root, tmp_path):

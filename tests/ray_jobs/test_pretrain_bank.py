@@ -3,22 +3,12 @@ restarted and the anchor resumes from its checkpoint; a rerun skips finished anc
 import json
 
 import numpy as np
-import pytest
 
 from mta.bank import Bank
 from mta.data import load_task_split
 from mta.models import ModelConfig
 from mta.training import LoraTrainConfig
 from ray_jobs.bank_trainer import BankTrainConfig, train_bank
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    from suite.ray_local import init_ray
-
-    ray = init_ray(num_cpus=2)
-    yield ray
-    ray.shutdown()
 
 
 def test_deepspeed_zero2_kill_resume_and_skip(ray_local, lamp_root, tmp_path):

@@ -3,7 +3,6 @@ exist, plots are written; rerunning restores the experiment instead of repeating
 import json
 from pathlib import Path
 
-import pytest
 
 from ray_jobs.sweep_memgas import SweepMemGASConfig
 from ray_jobs.sweep_memgas import run as run_memgas
@@ -11,15 +10,6 @@ from ray_jobs.sweep_mta import SweepMTAConfig
 from ray_jobs.sweep_mta import run as run_mta
 from suite.config import load_config
 from tests.conftest import make_locomo
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    from suite.ray_local import init_ray
-
-    ray = init_ray(num_cpus=2)
-    yield ray
-    ray.shutdown()
 
 
 def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
