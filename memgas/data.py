@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from suite.io import DataError, read_json
+from suite.io import DataError, check_id, check_text_value, read_json
 
 
 @dataclass
@@ -67,20 +67,6 @@ def _str(file, rid, name, v, allow_empty=True) -> str:
     return v
 
 
-def _id(file, rid, name, v) -> str:
-    if isinstance(v, bool) or not isinstance(v, (str, int)):
-        raise DataError(file, rid, name, f"expected a string or integer id, got {type(v).__name__}")
-    if not str(v).strip():
-        raise DataError(file, rid, name, "is empty")
-    return str(v)
-
-
-def _answer(file, rid, name, v) -> str:
-    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        raise DataError(file, rid, name, f"expected a string or number, got {type(v).__name__}")
-    return str(v)
-
-
 def _nonempty(file, rid, name, turns: list) -> list:
     if not turns:
         raise DataError(file, rid, name, "session has no turns")
@@ -105,7 +91,7 @@ def load_locomo(path: str | Path) -> list[Conversation]:
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
             raise DataError(path, f"#{i}", None, "expected an object")
-        cid = _id(path, f"#{i}", "sample_id", rec["sample_id"]) if "sample_id" in rec else f"conv-{i}"
+        cid = check_id(path, f"#{i}", "sample_id", rec["sample_id"]) if "sample_id" in rec else f"conv-{i}"
         if cid in seen:
             raise DataError(path, cid, "sample_id", "duplicate conversation id")
         seen.add(cid)
@@ -151,7 +137,7 @@ def load_locomo(path: str | Path) -> list[Conversation]:
                     if f"session_{int(s)}" not in gold:
                         gold.append(f"session_{int(s)}")
             questions.append(Question(f"{cid}:{j}", _str(path, rid, "question", q["question"], False),
-                                      _answer(path, rid, "answer", ans), gold,
+                                      check_text_value(path, rid, "answer", ans), gold,
                                       str(q.get("category", "")), False))
         out.append(Conversation(cid, sessions, questions, {"unparsable_evidence": unparsable}))
     return out
@@ -170,11 +156,11 @@ def load_longmemeval(path: str | Path) -> list[Conversation]:
         for f_name in ("question_id", "question", "answer", "haystack_sessions", "haystack_session_ids"):
             if f_name not in rec:
                 raise DataError(path, rec.get("question_id", f"#{i}"), f_name, "missing")
-        qid = _id(path, f"#{i}", "question_id", rec["question_id"])
+        qid = check_id(path, f"#{i}", "question_id", rec["question_id"])
         if qid in seen:
             raise DataError(path, qid, "question_id", "duplicate question id")
         seen.add(qid)
-        ids = [_id(path, qid, "haystack_session_ids", x) for x in _list(path, qid, "haystack_session_ids", rec["haystack_session_ids"])]
+        ids = [check_id(path, qid, "haystack_session_ids", x) for x in _list(path, qid, "haystack_session_ids", rec["haystack_session_ids"])]
         sess = _list(path, qid, "haystack_sessions", rec["haystack_sessions"])
         dates = [_str(path, qid, "haystack_dates", d) for d in _list(path, qid, "haystack_dates", rec.get("haystack_dates") or [""] * len(ids))]
         if len(sess) != len(ids) or len(dates) != len(ids):
@@ -191,12 +177,12 @@ def load_longmemeval(path: str | Path) -> list[Conversation]:
                 tl.append(Turn(_str(path, rid, "role", t.get("role", "user")), _str(path, rid, "content", t["content"]), f"{sid}:{j}"))
             _nonempty(path, f"{qid} session {sid}", "haystack_sessions", tl)
             sessions.append(Session(sid, tl, date))
-        gold = [_id(path, qid, "answer_session_ids", x) for x in _list(path, qid, "answer_session_ids", rec.get("answer_session_ids") or [])]
+        gold = [check_id(path, qid, "answer_session_ids", x) for x in _list(path, qid, "answer_session_ids", rec.get("answer_session_ids") or [])]
         missing = [g for g in gold if g not in set(ids)]
         if missing:
             raise DataError(path, qid, "answer_session_ids", f"{missing[0]!r} is not in haystack_session_ids")
         abst = qid.endswith("_abs")
-        q = Question(qid, _str(path, qid, "question", rec["question"], False), _answer(path, qid, "answer", rec["answer"]),
+        q = Question(qid, _str(path, qid, "question", rec["question"], False), check_text_value(path, qid, "answer", rec["answer"]),
                      [] if abst else gold, _str(path, qid, "question_type", rec.get("question_type", "")), abst,
                      _str(path, qid, "question_date", rec.get("question_date", "")))
         out.append(Conversation(qid, sessions, [q]))
@@ -228,7 +214,7 @@ def load_long_mt_bench(path: str | Path) -> list[Conversation]:
         data = data.get("data", [data])
     out = []
     for i, rec in enumerate(_list(path, None, None, data)):
-        cid = (_id(path, f"#{i}", "id", rec["id"]) if "id" in rec else f"conv-{i}") if isinstance(rec, dict) else f"#{i}"
+        cid = (check_id(path, f"#{i}", "id", rec["id"]) if "id" in rec else f"conv-{i}") if isinstance(rec, dict) else f"#{i}"
         if not isinstance(rec, dict) or "sessions" not in rec:
             raise DataError(path, cid, "sessions", "missing")
         sessions = [Session(f"session_{k + 1}", _nonempty(path, f"{cid} session_{k + 1}", "sessions",
@@ -238,7 +224,7 @@ def load_long_mt_bench(path: str | Path) -> list[Conversation]:
         if len(_list(path, cid, "questions", qs)) != len(_list(path, cid, "answers", ans)):
             raise DataError(path, cid, "answers", f"{len(qs)} questions but {len(ans)} answers")
         questions = [Question(f"{cid}:{j}", _str(path, f"{cid} q{j}", "questions", q, False),
-                              _answer(path, f"{cid} q{j}", "answers", a), [])
+                              check_text_value(path, f"{cid} q{j}", "answers", a), [])
                      for j, (q, a) in enumerate(zip(qs, ans))]
         out.append(Conversation(cid, sessions, questions))
     return out

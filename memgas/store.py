@@ -113,12 +113,12 @@ def _to_session(messages, session_id: str, date: str) -> Session:
 
 
 class MemoryStore:
-    def __init__(self, cfg: MemGASConfig | None = None, encoder=None, llm=None):
+    def __init__(self, cfg: MemGASConfig | None = None, encoder=None, llm=None, units: UnitBuilder | None = None):
         from suite.encoders import load_encoder
 
         self.cfg = cfg or MemGASConfig()
         self.encoder = encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder or load_encoder(self.cfg.encoder))
-        self.units = UnitBuilder(llm)
+        self.units = units or UnitBuilder(llm)  # a shared builder counts LLM fallbacks across stores
         self.users: dict[str, Memory] = {}
         self._lock = threading.RLock()
 

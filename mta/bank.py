@@ -166,9 +166,13 @@ class Bank:
         removed = []
         root = self.path / "anchors"
         for d in (root.iterdir() if root.exists() else []):
-            if d.name not in keep:
-                shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
-                removed.append(d.name)
+            if d.name in keep:
+                continue
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                d.unlink(missing_ok=True)
+            removed.append(d.name)
         return removed
 
     def verify(self) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from suite.io import DataError, atomic_write_bytes, read_json
+from suite.io import DataError, atomic_write_bytes, check_id, check_text_value, read_json
 
 # Fields each profile item must carry, and the output kind, per task (SPEC §1).
 TASKS: dict[str, dict[str, Any]] = {
@@ -131,14 +131,6 @@ def validate_profile_item(file, task: str, qid: str, idx: int, item: Any) -> dic
     return item
 
 
-def _check_id(file, rid, field_name, value) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(file, rid, field_name, f"expected a string or integer id, got {type(value).__name__}")
-    if isinstance(value, str) and not value.strip():
-        raise DataError(file, rid, field_name, "is empty")
-    return str(value)
-
-
 def _check_task(file, task: str) -> None:
     if task not in TASKS:
         raise DataError(file, None, "task", f"unknown task {task!r}; known: {sorted(TASKS)}")
@@ -172,7 +164,7 @@ def load_lamp(questions: str | Path, outputs: str | Path | None, task: str) -> l
             raise DataError(questions, f"#{i}", None, "expected an object")
         if "id" not in rec:
             raise DataError(questions, f"#{i}", "id", "missing")
-        qid = _check_id(questions, f"#{i}", "id", rec["id"])
+        qid = check_id(questions, f"#{i}", "id", rec["id"])
         if "input" not in rec:
             raise DataError(questions, qid, "input", "missing")
         _check_str(questions, qid, "input", rec["input"])
@@ -183,7 +175,7 @@ def load_lamp(questions: str | Path, outputs: str | Path | None, task: str) -> l
         if not rec["profile"]:
             raise DataError(questions, qid, "profile", "is empty: a user needs at least one profile item")
         profile = [validate_profile_item(questions, task, qid, j, it) for j, it in enumerate(rec["profile"])]
-        uid = _check_id(questions, qid, "user_id", rec["user_id"]) if "user_id" in rec else qid
+        uid = check_id(questions, qid, "user_id", rec["user_id"]) if "user_id" in rec else qid
         user = users.setdefault(uid, User(uid, profile, []))
         user.queries.append(Query(qid, rec["input"], golds.get(qid)))
     if has_outputs:
@@ -208,14 +200,13 @@ def load_outputs(path: str | Path, task: str) -> dict[str, str]:
     for i, g in enumerate(data["golds"]):
         if not isinstance(g, dict) or "id" not in g:
             raise DataError(path, f"golds[{i}]", "id", "missing")
-        gid = _check_id(path, f"golds[{i}]", "id", g["id"])
+        gid = check_id(path, f"golds[{i}]", "id", g["id"])
         if "output" not in g:
             raise DataError(path, gid, "output", "missing")
-        if isinstance(g["output"], bool) or not isinstance(g["output"], (str, int, float)):
-            raise DataError(path, gid, "output", f"expected a string, got {type(g['output']).__name__}")
+        output = check_text_value(path, gid, "output", g["output"])
         if gid in out:
             raise DataError(path, gid, "id", "duplicate gold id")
-        out[gid] = str(g["output"])
+        out[gid] = output
     return out
 
 
@@ -230,7 +221,7 @@ def load_per_user(path: str | Path, task: str) -> list[User]:
     for i, rec in enumerate(data):
         if not isinstance(rec, dict) or "user_id" not in rec:
             raise DataError(path, f"#{i}", "user_id", "missing")
-        uid = _check_id(path, f"#{i}", "user_id", rec["user_id"])
+        uid = check_id(path, f"#{i}", "user_id", rec["user_id"])
         for key in ("profile", "query"):
             if not isinstance(rec.get(key), list) or not rec[key]:
                 raise DataError(path, uid, key, "missing or empty list")
@@ -242,12 +233,10 @@ def load_per_user(path: str | Path, task: str) -> list[User]:
             for key in ("id", "input"):
                 if key not in q:
                     raise DataError(path, f"{uid} query[{j}]", key, "missing")
-            qid = _check_id(path, f"{uid} query[{j}]", "id", q["id"])
+            qid = check_id(path, f"{uid} query[{j}]", "id", q["id"])
             _check_str(path, qid, "input", q["input"])
             gold = q.get("gold", q.get("output"))
-            if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
-                raise DataError(path, qid, "gold", f"expected a string, got {type(gold).__name__}")
-            queries.append(Query(qid, q["input"], None if gold is None else str(gold)))
+            queries.append(Query(qid, q["input"], None if gold is None else check_text_value(path, qid, "gold", gold)))
         users.append(User(uid, profile, queries))
     return _validate_users(path, task, users)
 

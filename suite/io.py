@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +35,22 @@ class DataError(ValueError):
         if field is not None:
             parts.append(f"field '{field}'")
         super().__init__(": ".join([", ".join(parts), problem]))
+
+
+def check_id(file, record, field: str, value: Any) -> str:
+    """An id field: a non-empty string or an integer (never a bool, list, object or null)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(file, record, field, f"expected a string or integer id, got {type(value).__name__}")
+    if not str(value).strip():
+        raise DataError(file, record, field, "is empty")
+    return str(value)
+
+
+def check_text_value(file, record, field: str, value: Any) -> str:
+    """An answer/output field: a string or a number, read as text."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(file, record, field, f"expected a string or number, got {type(value).__name__}")
+    return str(value)
 
 
 def fsync_dir(path: Path) -> None:
@@ -75,17 +92,23 @@ _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 _exchange_ok: bool | None = None if sys.platform == "linux" else False
 
 
-def exchange_paths(a: str | Path, b: str | Path) -> bool:
-    """Swap two existing paths in one atomic step (Linux renameat2). False when unsupported."""
-    global _exchange_ok
-    if _exchange_ok is False:
-        return False
+@functools.lru_cache(maxsize=1)
+def _renameat2():
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):  # glibc < 2.28 or not glibc
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
+
+
+def exchange_paths(a: str | Path, b: str | Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2). False when unsupported."""
+    global _exchange_ok
+    fn = _renameat2() if _exchange_ok is not False else None
+    if fn is None:
         _exchange_ok = False
         return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     if fn(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE) == 0:
         _exchange_ok = True
         return True
@@ -175,28 +198,24 @@ def read_json(path: str | Path) -> Any:
         raise DataError(path, problem="JSON nested too deeply") from None
 
 
-def _drop_torn_tail(path: Path) -> None:
+def _drop_torn_tail(f) -> None:
     """Cut a last line that has no newline (a crash mid-append) so the next record starts clean."""
-    with open(path, "r+b") as f:
-        end = f.seek(0, os.SEEK_END)
-        if end == 0:
-            return
-        f.seek(end - 1)
-        if f.read(1) == b"\n":
-            return
-        pos = end
-        while pos > 0:
-            step = min(1 << 16, pos)
-            f.seek(pos - step)
-            chunk = f.read(step)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                pos = pos - step + nl + 1
-                break
-            pos -= step
-        f.truncate(pos)
-        f.flush()
-        os.fsync(f.fileno())
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    f.seek(end - 1)
+    if f.read(1) == b"\n":
+        return
+    pos = end
+    while pos > 0:
+        step = min(1 << 16, pos)
+        f.seek(pos - step)
+        nl = f.read(step).rfind(b"\n")
+        if nl >= 0:
+            pos = pos - step + nl + 1
+            break
+        pos -= step
+    f.truncate(pos)
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
@@ -204,10 +223,9 @@ def append_jsonl(path: str | Path, record: dict) -> None:
     `read_jsonl` skips and the next append cuts off, never earlier ones."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _drop_torn_tail(path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with open(path, "a+b") as f:  # appends always land at the end, even after the truncate
+        _drop_torn_tail(f)
+        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 

@@ -30,9 +30,9 @@ def paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
-def _parent(doc, path):
+def _get(doc, path):
     node = doc
-    for p in path[:-1]:
+    for p in path:
         node = node[p]
     return node
 
@@ -45,7 +45,7 @@ def mutated(draw, doc: Any) -> tuple[str, Any]:
     ps = paths(doc)
     if kind in ("delete", "retype", "huge", "empty"):
         path = draw(st.sampled_from(ps))
-        parent, key = _parent(doc, path), path[-1]
+        parent, key = _get(doc, path[:-1]), path[-1]
         if kind == "delete":
             del parent[key]
         elif kind == "retype":
@@ -56,7 +56,7 @@ def mutated(draw, doc: Any) -> tuple[str, Any]:
             parent[key] = draw(st.sampled_from(["", "   ", [], {}]))
         return kind, doc
     if kind == "duplicate":
-        lists = [p for p in [()] + ps if isinstance(_get(doc, p), list) and _get(doc, p)]
+        lists = [p for p in [()] + ps if isinstance(v := _get(doc, p), list) and v]
         path = draw(st.sampled_from(lists))
         lst = _get(doc, path)
         lst.append(copy.deepcopy(lst[draw(st.integers(0, len(lst) - 1))]))
@@ -66,13 +66,6 @@ def mutated(draw, doc: Any) -> tuple[str, Any]:
     if kind == "bytes":
         return kind, raw[:pos] + draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\x80\x80", b"\xed\xa0\x80"])) + raw[pos:]
     return kind, raw[:pos]
-
-
-def _get(doc, path):
-    node = doc
-    for p in path:
-        node = node[p]
-    return node
 
 
 def write(path, value) -> None:
