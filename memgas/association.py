@@ -22,6 +22,9 @@ class AssociationConfig:
     start_session: int = opt(5, "sessions stored before association starts (reference: from the 6th)")
     seed: int = opt(0, "GMM random_state")
     init_params: str = opt("k-means++", "GMM init: k-means++ (same split, ~3x faster) | kmeans (sklearn default)")
+    pool: list[str] = opt(help="granularities that are associated (new nodes and old candidates): the session-level "
+                               "units, as the reference; add `turn` to link individual turns too",
+                          factory=lambda: ["session", "turn_mean", "summary", "keywords"])
 
 
 def gmm_neighbours(scores: np.ndarray, n_components: int = 2, seed: int = 0, init_params: str = "k-means++") -> np.ndarray:

@@ -8,6 +8,10 @@ Errors name file, record and field (`suite.io.DataError`). Documented handling:
   `report["unparsable_evidence"]`; an id naming a session that does not exist is an error.
 - LoCoMo image turns keep their caption: "[image: <blip_caption>]" is appended to the text.
 - LongMemEval questions whose id ends in `_abs` are abstention questions (no retrieval gold).
+- LongMemEval S/M: a haystack that lists one session id twice with identical content (13 of the
+  500 official S questions do) keeps it once, counted in `report["duplicate_sessions"]`; the same id
+  with different content is an error naming the question and the id. Turns flagged `has_answer`
+  give the question's turn-level gold (`gold_turns`, turn ids `<session>:<index>`).
 - Ids must be strings or integers; answers strings or numbers; a session with no turns is an error
   (it could never be retrieved); evidence entries that are not strings are read as text.
 """
@@ -47,6 +51,7 @@ class Question:
     category: str = ""
     abstention: bool = False
     date: str = ""
+    gold_turns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -165,16 +170,23 @@ def load_longmemeval(path: str | Path) -> list[Conversation]:
         dates = [_str(path, qid, "haystack_dates", d) for d in _list(path, qid, "haystack_dates", rec.get("haystack_dates") or [""] * len(ids))]
         if len(sess) != len(ids) or len(dates) != len(ids):
             raise DataError(path, qid, "haystack_sessions", f"{len(sess)} sessions, {len(ids)} ids, {len(dates)} dates")
-        if len(set(ids)) != len(ids):
-            raise DataError(path, qid, "haystack_session_ids", "duplicate session id")
-        sessions = []
+        sessions, first, dup, gold_turns = [], {}, 0, []
         for sid, date, turns in zip(ids, dates, sess):
+            if sid in first:  # a repeated id: the official S file repeats some sessions verbatim
+                if turns != first[sid]:
+                    raise DataError(path, qid, "haystack_session_ids",
+                                    f"session id {sid!r} appears twice with different content")
+                dup += 1
+                continue
+            first[sid] = turns
             tl = []
             for j, t in enumerate(_list(path, f"{qid} {sid}", "haystack_sessions", turns)):
                 rid = f"{qid} session {sid} turn {j}"
                 if not isinstance(t, dict) or "content" not in t:
                     raise DataError(path, rid, "content", "missing")
                 tl.append(Turn(_str(path, rid, "role", t.get("role", "user")), _str(path, rid, "content", t["content"]), f"{sid}:{j}"))
+                if t.get("has_answer") is True:
+                    gold_turns.append(f"{sid}:{j}")
             _nonempty(path, f"{qid} session {sid}", "haystack_sessions", tl)
             sessions.append(Session(sid, tl, date))
         gold = [check_id(path, qid, "answer_session_ids", x) for x in _list(path, qid, "answer_session_ids", rec.get("answer_session_ids") or [])]
@@ -184,8 +196,8 @@ def load_longmemeval(path: str | Path) -> list[Conversation]:
         abst = qid.endswith("_abs")
         q = Question(qid, _str(path, qid, "question", rec["question"], False), check_text_value(path, qid, "answer", rec["answer"]),
                      [] if abst else gold, _str(path, qid, "question_type", rec.get("question_type", "")), abst,
-                     _str(path, qid, "question_date", rec.get("question_date", "")))
-        out.append(Conversation(qid, sessions, [q]))
+                     _str(path, qid, "question_date", rec.get("question_date", "")), [] if abst else gold_turns)
+        out.append(Conversation(qid, sessions, [q], {"duplicate_sessions": dup} if dup else {}))
     return out
 
 

@@ -101,19 +101,73 @@ class MemEvalConfig:
     use_filter: bool = opt(True, "LLM filter step before answering")
     judge: bool = opt(False, "LLM-as-judge yes/no (needs an endpoint)")
     progress: bool = opt(True, "progress bar over conversations")
+    bootstrap: int = opt(10000, "bootstrap resamples for the paired intervals")
+    backend: str = opt("local", "local | ray (each conversation / LongMemEval question a Ray task)")
+    cpus: float = opt(1.0, "ray backend: CPUs per task")
+    gpus: float = opt(0.0, "ray backend: GPUs per task (the encoder then runs on it)")
+    max_retries: int = opt(3, "ray backend: re-executions of a task whose worker died")
+
+    def __post_init__(self):
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"eval.backend={self.backend!r}: local | ray")
+
+
+def run_key(methods: dict[str, RetrievalConfig], store_cfg, cfg: MemEvalConfig, data_sha: str) -> str:
+    """Hash of everything a per-question record depends on: the methods' configurations, the memory
+    (encoder, association), the metrics' cut-offs, the QA settings and the data file."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    ev = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "max_conversations", "max_questions")}
+    key = {"methods": {m: asdict(c) for m, c in sorted(methods.items())}, "store": asdict(store_cfg) if store_cfg else None,
+           "eval": ev, "data": data_sha}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def turn_ranking(mem, s_ids: list[str], q: np.ndarray) -> list[str]:
+    """Turn units (a user turn with its reply: turns 2j and 2j+1 of a session) ranked by dense score;
+    ids `<session>:<2j>`."""
+    idx = mem.nodes_of("turn")
+    if not len(idx):
+        return []
+    sc = mem.matrix()[idx] @ q
+    owner = mem.node_sess[idx]
+    pos, ids = {}, []
+    for o in owner:
+        j = pos.get(int(o), 0)
+        ids.append(f"{s_ids[int(o)]}:{2 * j}")
+        pos[int(o)] = j + 1
+    return [ids[i] for i in np.argsort(-sc, kind="stable")]
+
+
+def turn_gold(gold_turns: list[str]) -> list[str]:
+    """Gold turn ids `<session>:<t>` mapped to the turn unit holding them, `<session>:<2*(t//2)>`."""
+    out = []
+    for g in gold_turns:
+        sid, _, t = g.rpartition(":")
+        u = f"{sid}:{2 * (int(t) // 2)}"
+        if u not in out:
+            out.append(u)
+    return out
 
 
 def evaluate(convs: list[Conversation], make_store, methods: dict[str, RetrievalConfig], cfg: MemEvalConfig,
-             log_path: str | Path, llm=None, on_question=None) -> list[dict]:
+             log_path: str | Path, llm=None, on_question=None, key: str = "", memory_cache: str | Path | None = None) -> list[dict]:
     """Run every method on every question; per-question records are appended to `log_path` as
-    they finish, and questions already there are skipped (resume), except, when answering, those
-    whose QA failed (endpoint down) or never ran: a rerun retries only those."""
+    they finish, and questions already there under the same `key` are skipped (resume); records
+    written under another key (a changed configuration or data file) are recomputed, never reused.
+    When answering, questions whose QA failed (endpoint down) or never ran are retried.
+    `memory_cache`: a folder where each conversation's ingested memory is saved and reloaded (sweeps
+    whose trials share the association settings ingest once)."""
     from tqdm.auto import tqdm
 
     from memgas.filter import filter_and_answer
 
     done = {}
     for r in read_jsonl(log_path):  # later lines win: a retried question's new record replaces the failed one
+        if r.get("key", "") != key:
+            continue
         if cfg.qa and llm is not None and ("qa" not in r or "failed" in r["qa"]):
             continue
         done[r["qid"]] = r
@@ -127,13 +181,25 @@ def evaluate(convs: list[Conversation], make_store, methods: dict[str, Retrieval
             continue
         store = make_store()
         t0 = time.perf_counter()
-        for s in conv.sessions:
-            store.add(s, conv.conv_id, s.session_id, s.date)
+        cached = None
+        if memory_cache is not None:
+            import hashlib
+
+            cached = Path(memory_cache) / hashlib.sha1(conv.conv_id.encode()).hexdigest()[:16]
+        if cached is not None and (cached / "manifest.json").exists():
+            from memgas.store import MemoryStore
+
+            store = MemoryStore.load(cached, encoder=store.encoder)
+        else:
+            for s in conv.sessions:
+                store.add(s, conv.conv_id, s.session_id, s.date)
+            if cached is not None:
+                store.save(cached)
         ingest_s = time.perf_counter() - t0
         mem = store.users[conv.conv_id]
         corpus = [s["session_id"] for s in mem.sessions]
         for q in todo:
-            rec = {"qid": q.qid, "conv": conv.conv_id, "category": q.category, "abstention": q.abstention,
+            rec = {"qid": q.qid, "key": key, "conv": conv.conv_id, "category": q.category, "abstention": q.abstention,
                    "gold": q.gold_sessions, "n_sessions": len(corpus), "ingest_s": ingest_s / max(1, len(todo)),
                    "metrics": {}, "latency_ms": {}, "top": {}}
             t = time.perf_counter()
@@ -149,6 +215,9 @@ def evaluate(convs: list[Conversation], make_store, methods: dict[str, Retrieval
                     rec[f"router_{name}"] = w
                 if q.gold_sessions and not q.abstention:
                     rec["metrics"][name] = retrieval_metrics(ranked, q.gold_sessions, corpus, cfg.ks)
+            if q.gold_turns and not q.abstention:
+                tr = turn_ranking(mem, corpus, qv)
+                rec["turn_metrics"] = retrieval_metrics(tr, turn_gold(q.gold_turns), tr, cfg.ks)
             if cfg.qa and llm is not None:
                 res = store.search(q.question, conv.conv_id, cfg.qa_top_k, methods[cfg.qa_method])["results"]
                 try:
@@ -165,13 +234,46 @@ def evaluate(convs: list[Conversation], make_store, methods: dict[str, Retrieval
     return records
 
 
-def summarize(records: list[dict], methods: list[str], ks=KS) -> dict:
-    out: dict = {"n_questions": len(records), "methods": {}}
+BREAKDOWN_KEYS = ("recall_all@5", "recall_any@5", "ndcg_any@5", "recall_all@10")
+
+
+def summarize(records: list[dict], methods: list[str], ks=KS, reference: str | None = None,
+              n_boot: int = 10000) -> dict:
+    """Means per method; per category / question type; turn-level recall (LongMemEval); and, given
+    a `reference` method, every other method's paired bootstrap interval and permutation p-value
+    against it on recall_all@5 (`vs_reference`)."""
+    from suite.stats import compare
+
+    out: dict = {"n_questions": len(records), "methods": {},
+                 "n_excluded": {"abstention": sum(1 for r in records if r.get("abstention")),
+                                "no_gold": sum(1 for r in records if not r.get("abstention") and not r["metrics"])}}
     for m in methods:
         rows = [r["metrics"][m] for r in records if m in r["metrics"]]
         if rows:
             out["methods"][m] = {k: float(np.mean([x[k] for x in rows])) for k in rows[0]}
             out["methods"][m]["n_scored"] = len(rows)
+    cats = sorted({str(r.get("category", "")) for r in records if r["metrics"]})
+    out["by_category"] = {}
+    for c in cats:
+        rs = [r for r in records if str(r.get("category", "")) == c and r["metrics"]]
+        per_m = {}
+        for m in methods:
+            ms = [r["metrics"][m] for r in rs if m in r["metrics"]]
+            if ms:
+                per_m[m] = {k: float(np.mean([x[k] for x in ms])) for k in BREAKDOWN_KEYS if k in ms[0]}
+        out["by_category"][c] = {"n": len(rs), **per_m}
+    tm = [r["turn_metrics"] for r in records if "turn_metrics" in r]
+    if tm:
+        out["turn_level"] = {"unit": "a user turn with its reply; gold from has_answer", "n": len(tm),
+                             "dense_turn": {k: float(np.mean([x[k] for x in tm])) for k in tm[0]}}
+    if reference and reference in out["methods"]:
+        scored = [r for r in records if reference in r["metrics"]]
+        per_q = {m: [r["metrics"][m]["recall_all@5"] for r in scored] for m in methods
+                 if all(m in r["metrics"] for r in scored)}
+        out["vs_reference"] = {"reference": reference, "metric": "recall_all@5",
+                               "note": "diff = method - reference; ci95 paired bootstrap; p paired permutation; "
+                                       "'tie' when the interval contains 0",
+                               "methods": compare(per_q, reference, binary=False, n_boot=n_boot)}
     lat = [r["latency_ms"].get("memgas") for r in records if "memgas" in r["latency_ms"]]
     if lat:
         out["query_ms_p50"] = float(np.percentile(lat, 50))

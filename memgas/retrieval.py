@@ -2,11 +2,15 @@
 
 1. raw node scores per granularity: dense q·e, or BM25 for the lexical granularities
    (`bm25_session`, `bm25_turn`; scores divided by their max so the router sees a comparable scale);
-2. router weights w_g from the entropy of softmax(scores_g / T) (`memgas.router`);
+2. router weights w_g from the entropy of softmax(scores_g / T) (`memgas.router`), lexical and
+   dense granularities alike;
 3. node score = w_g · norm(score): `raw` (paper), `softmax` (p_g) or `rrf` (1 / (rrf_k + rank in g));
 4. the top `num_seeds` graph nodes seed a personalised PageRank over the association graph (reset =
-   seed scores, damping 0.1 in igraph's convention = 90% restart), restricted to the granularities
-   in use; its output is rescaled to the seeds' total mass so graph on/off stay comparable;
+   seed scores, damping 0.1 in igraph's convention = 90% restart), restricted to the nodes in use;
+   its output is rescaled to the seeds' total mass so graph on/off stay comparable. With
+   `lexical_mode: seed` (default) BM25 scores are added onto the graph nodes they score (the
+   session node for `bm25_session`, the turn nodes for `bm25_turn`) before seeding, so lexical
+   evidence flows through the graph; `bypass` adds them to session scores after it (ablation);
 5. session score = sum (paper) or max of its nodes' scores; sessions no seed reached are ordered
    by their best node score (a 1e-6 tie-break), so deep cut-offs (@30, @50) stay meaningful.
 """
@@ -36,6 +40,7 @@ class RetrievalConfig:
     use_graph: bool = opt(True, "personalised PageRank over the association graph")
     damping: float = opt(0.1, "igraph damping (probability to follow an edge; 0.1 = 90% restart)")
     num_seeds: int = opt(15, "seed nodes for PageRank (0 = every node)")
+    lexical_mode: str = opt("seed", "seed (BM25 scores join the graph's seed scores) | bypass (added after the graph)")
 
 
 def _norm(s: np.ndarray, how: str, T: float, rrf_k: float) -> np.ndarray:
@@ -103,9 +108,18 @@ def rank_sessions(mem, q: np.ndarray, query: str, cfg: RetrievalConfig) -> tuple
     agg = np.add.at if cfg.session_agg == "sum" else np.maximum.at
     if cfg.session_agg not in ("sum", "max"):
         raise ValueError(f"unknown session_agg {cfg.session_agg!r}: sum | max")
-    if nodes:
-        gidx = np.concatenate([nodes[g] for g in cfg.granularities])
-        gscore = np.concatenate([node_score[g] for g in cfg.granularities])
+    if cfg.lexical_mode not in ("seed", "bypass"):
+        raise ValueError(f"unknown lexical_mode {cfg.lexical_mode!r}: seed | bypass")
+    lex_nodes = {"bm25_session": "session", "bm25_turn": "turn"}
+    in_graph = list(cfg.granularities) + (list(cfg.lexical) if cfg.lexical_mode == "seed" else [])
+    if in_graph:
+        # one score per graph node: granularities that land on the same node (session + bm25_session) add up
+        node_idx = {g: nodes[g] if g in nodes else mem.nodes_of(lex_nodes[g]) for g in in_graph}
+        gidx = np.unique(np.concatenate([node_idx[g] for g in in_graph])).astype(np.int64)
+        full = np.zeros(len(mem.rows))
+        for g in in_graph:
+            np.add.at(full, node_idx[g], node_score[g])
+        gscore = full[gidx]
         if len(gidx):
             k = len(gidx) if cfg.num_seeds <= 0 else min(cfg.num_seeds, len(gidx))
             seeds = np.argpartition(-gscore, k - 1)[:k]
@@ -113,7 +127,7 @@ def rank_sessions(mem, q: np.ndarray, query: str, cfg: RetrievalConfig) -> tuple
             reset[seeds] = gscore[seeds]
             final = reset
             if cfg.use_graph and len(mem.edges):
-                g = subgraph(mem, gidx, tuple(cfg.granularities))
+                g = subgraph(mem, gidx, tuple(sorted({lex_nodes.get(x, x) for x in in_graph})))
                 r = np.clip(reset, 0, None)
                 if g is not None and r.sum() > 0:
                     final = personalized_pagerank(len(gidx), None, r, cfg.damping, graph=g) * r.sum()
@@ -121,10 +135,11 @@ def rank_sessions(mem, q: np.ndarray, query: str, cfg: RetrievalConfig) -> tuple
             agg(sess, owner, final)
             np.maximum.at(best, owner, gscore)
     lex_owner = {"bm25_session": lambda: np.arange(n_sess), "bm25_turn": lambda: mem.node_sess[mem.nodes_of("turn")]}
-    for g in cfg.lexical:
-        owner = lex_owner[g]()
-        agg(sess, owner, node_score[g])
-        np.maximum.at(best, owner, node_score[g])
+    if cfg.lexical_mode == "bypass":
+        for g in cfg.lexical:
+            owner = lex_owner[g]()
+            agg(sess, owner, node_score[g])
+            np.maximum.at(best, owner, node_score[g])
     best[~np.isfinite(best)] = 0.0
     total = sess + 1e-6 * best
     order = np.argsort(-total, kind="stable")
@@ -152,9 +167,19 @@ def paper_config() -> RetrievalConfig:
     return RetrievalConfig(router="reference")
 
 
-def ablation_configs(paper: RetrievalConfig) -> dict[str, RetrievalConfig]:
+def ablation_configs(cfg: RetrievalConfig, prefix: str = "memgas_paper") -> dict[str, RetrievalConfig]:
+    """Each mechanism of `cfg` switched off or swapped, one at a time: the graph, the router
+    (uniform weights), the router formula (the other of reference / corrected), the lexical
+    granularities, and how lexical scores enter (seed vs bypass)."""
     from dataclasses import replace
 
-    return {"memgas_paper_graph_off": replace(paper, use_graph=False),
-            "memgas_paper_uniform_router": replace(paper, router="uniform"),
-            "memgas_paper_corrected_router": replace(paper, router="corrected")}
+    out = {f"{prefix}_graph_off": replace(cfg, use_graph=False)}
+    if cfg.router != "uniform":
+        out[f"{prefix}_uniform_router"] = replace(cfg, router="uniform")
+    other = {"reference": "corrected", "corrected": "reference", "uniform": "corrected"}[cfg.router]
+    out[f"{prefix}_{other}_router"] = replace(cfg, router=other)
+    if cfg.lexical and cfg.granularities:
+        out[f"{prefix}_no_lexical"] = replace(cfg, lexical=[])
+        out[f"{prefix}_lexical_{'bypass' if cfg.lexical_mode == 'seed' else 'seed'}"] = replace(
+            cfg, lexical_mode="bypass" if cfg.lexical_mode == "seed" else "seed")
+    return out

@@ -91,8 +91,12 @@ class Memory:
                 self.rows.append(np.asarray(row, dtype=np.float32))
         self.sessions.append({"session_id": session_id, "date": date, "units": units.by_granularity()})
         if s_idx >= cfg.start_session and len(old):
-            new = np.stack(self.rows[first_new:])
-            self.edges += [(first_new + i, j) for i, j in associate(new, old, cfg)]
+            pool = set(cfg.pool)
+            new_i = [i for i in range(first_new, len(self.rows)) if self.node_gran[i] in pool]
+            old_i = [j for j in range(first_new) if self.node_gran[j] in pool]
+            if new_i and old_i:
+                new = np.stack([self.rows[i] for i in new_i])
+                self.edges += [(new_i[i], old_i[j]) for i, j in associate(new, old[old_i], cfg)]
         self._mat, self._by_gran, self._bm25, self._graphs = None, {}, {}, {}
         return s_idx
 

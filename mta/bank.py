@@ -129,8 +129,10 @@ class Bank:
                 return a
         raise BankError(f"{self.manifest_path}: anchor {anchor_id!r} is not planned in this bank")
 
-    def add_anchor(self, anchor_id: str, src: str | Path | None = None, state_dict=None, lora_config=None) -> None:
-        """Install (or replace) one anchor's adapter, from a folder or tensors + config."""
+    def add_anchor(self, anchor_id: str, src: str | Path | None = None, state_dict=None, lora_config=None,
+                   train_info: dict | None = None) -> None:
+        """Install (or replace) one anchor's adapter, from a folder or tensors + config. `train_info`
+        (steps, losses) is summarised into the manifest entry (`train`: loss_first/last, steps)."""
         entry = self._entry(anchor_id)
         root = self.path / "anchors"
         root.mkdir(parents=True, exist_ok=True)
@@ -156,6 +158,11 @@ class Bank:
             raise
         old = entry["dir"] if entry["done"] else None
         entry.update(done=True, files=files, dir=f"anchors/{final.name}")
+        if train_info:
+            losses = train_info.get("losses") or []
+            entry["train"] = {"steps": train_info.get("steps"), "seconds": train_info.get("seconds"),
+                              "loss_first": losses[0] if losses else None,
+                              "loss_last": losses[-1] if losses else None}
         atomic_write_json(self.manifest_path, self.manifest)  # the commit point
         if old and old != entry["dir"]:
             shutil.rmtree(self.path / old, ignore_errors=True)

@@ -74,6 +74,27 @@ def score_task(task: str, preds: list[str], golds: list[str]) -> dict[str, float
     return rouge_metrics(preds, golds)
 
 
+def per_query_scores(task: str, preds: list[str], golds: list[str]) -> tuple[list[float], bool, bool]:
+    """Per-query values of the task's main metric, for paired statistics: (scores, binary,
+    higher_is_better) — correctness (0/1), absolute rating error, or ROUGE-1 F."""
+    info = task_info(task)
+    if info["kind"] == "classification":
+        labels = info["labels"]
+        return [float(parse_label(p, labels) == parse_label(g, labels) != -1) for p, g in zip(preds, golds)], True, True
+    if info["kind"] == "rating":
+        out = []
+        for p, g in zip(preds, golds):
+            gv, pv = float(g), parse_rating(p)
+            if pv is None:
+                pv = 1.0 if abs(1.0 - gv) > abs(5.0 - gv) else 5.0
+            out.append(abs(pv - gv))
+        return out, False, False
+    from rouge_score import rouge_scorer
+
+    sc = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    return [float(sc.score(g, p)["rouge1"].fmeasure) for p, g in zip(preds, golds)], False, True
+
+
 PRIMARY = {"classification": ("accuracy", "max"), "rating": ("mae", "min"), "generation": ("rouge1", "max")}
 
 
@@ -131,14 +152,36 @@ def label_logprobs_naive(model, tok, prompt: str, labels: list[str], use_chat: b
     return np.array(out)
 
 
-def calibrate(scores: np.ndarray, mode: str = "batch") -> np.ndarray:
-    """`batch`: subtract each label's mean score over the queries scored together (removes the
-    model's label prior, which otherwise collapses predictions onto one or two labels); `none`."""
-    if mode == "none" or len(scores) < 2:
+CALIBRATIONS = ("content_free", "batch", "none")
+
+
+def content_free_input(task: str) -> str:
+    """The task's query with its content replaced by "N/A" (Zhao et al., 2021, "Calibrate before
+    use"): scoring the labels after it measures the model's label prior for that prompt alone."""
+    from mta.data import ITEM_AS_QUERY
+
+    info = task_info(task)
+    fields = {f: "N/A" for f in info["fields"]}
+    return ITEM_AS_QUERY[task].format(labels=", ".join(info.get("labels", [])), **fields)
+
+
+def calibrate(scores: np.ndarray, mode: str = "content_free", cf_scores: np.ndarray | None = None) -> np.ndarray:
+    """Label-score calibration.
+    - `content_free` (no test inputs): subtract the label scores of the same prompt with its input
+      replaced by "N/A", scored by the same adapter (`cf_scores`, one row per query);
+    - `batch` (transductive, kept for comparison): subtract each label's mean over the queries scored
+      together — every prediction then depends on the other evaluated queries;
+    - `none`."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if mode == "none":
         return scores
+    if mode == "content_free":
+        if cf_scores is None:
+            raise ValueError("content_free calibration needs the content-free scores")
+        return scores - np.asarray(cf_scores, dtype=np.float64)
     if mode == "batch":
-        return scores - scores.mean(0, keepdims=True)
-    raise ValueError(f"unknown calibration {mode!r}")
+        return scores - scores.mean(0, keepdims=True) if len(scores) >= 2 else scores
+    raise ValueError(f"unknown calibration {mode!r}; expected one of {CALIBRATIONS}")
 
 
 @torch.inference_mode()

@@ -5,6 +5,8 @@ The loop is plain PyTorch so that a test, a Ray Train worker (data parallel, gra
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import random
 import time
@@ -37,6 +39,19 @@ class LoraTrainConfig:
     max_samples: int = opt(0, "cap on leave-one-out samples per user (0 = all)")
     grad_clip: float = opt(1.0, "max gradient norm (0 = off)")
     seed: int = opt(0, "LoRA init and sample order")
+
+
+def adapter_seed(run_seed: int, kind: str, ident: str) -> int:
+    """A seed of its own for every adapter (anchor, OPPU, stacked LoRA), derived from the run seed
+    and the adapter's kind and owner: adapters start from different A matrices (so merges of
+    anchors are not sums over one shared A), and reruns are identical."""
+    h = hashlib.sha256(f"{run_seed}/{kind}/{ident}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def for_adapter(cfg: "LoraTrainConfig", kind: str, ident: str) -> "LoraTrainConfig":
+    """`cfg` with the seed of adapter (kind, ident): its LoRA init and its sample order."""
+    return dataclasses.replace(cfg, seed=adapter_seed(cfg.seed, kind, ident))
 
 
 @dataclass
@@ -208,10 +223,12 @@ def train_lora(model, tok, samples: list[Sample], cfg: LoraTrainConfig, max_leng
 
 def train_anchor(host, tok, task: str, profile: list[dict], cfg: LoraTrainConfig, max_length: int = 512,
                  use_chat: bool = True, name: str = "anchor", init_state_dict: dict | None = None,
-                 **train_kw) -> tuple[dict, dict, TrainState]:
+                 anchor_id: str = "", **train_kw) -> tuple[dict, dict, TrainState]:
     """Stage 1b for one anchor: a fresh LoRA (or one resumed from `init_state_dict`) trained on its
     leave-one-out samples. Returns (state_dict in standard peft keys, adapter config dict, train
-    state); the adapter is removed from `host` afterwards."""
+    state); the adapter is removed from `host` afterwards. The LoRA init and sample order come from
+    the seed of (run seed, anchor_id)."""
+    cfg = for_adapter(cfg, "anchor", anchor_id or name)
     samples = loo_samples(task, profile, cfg.max_samples, cfg.seed)
     host.add(name, cfg.r, cfg.alpha, state_dict=init_state_dict, dropout=cfg.dropout,
              target_modules=cfg.target_modules, seed=cfg.seed)

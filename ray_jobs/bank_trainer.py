@@ -128,7 +128,8 @@ def bank_worker_loop(config: dict) -> None:
 
             sd, conf, state = train_anchor(host, tok, config["task"], a["profile"], tcfg, mcfg.max_length,
                                            mcfg.chat_template, init_state_dict=init_sd, rank=rank, world=world,
-                                           on_step=on_step, progress=config.get("progress", False), **kw)
+                                           on_step=on_step, progress=config.get("progress", False),
+                                           anchor_id=a["id"], **kw)
         resume = None
         done.append(a["id"])
         metrics = {"anchor": a["id"], "steps": state.step, "resumed_from_step": resumed_from,
@@ -146,8 +147,9 @@ def bank_worker_loop(config: dict) -> None:
 
 def _train_anchor_deepspeed(config, host, tok, a, tcfg, mcfg, rank, world, done, resume_dir, ai, ray_train):
     from mta.deepspeed_train import gathered_state_dict, train_lora_deepspeed
-    from mta.training import loo_samples
+    from mta.training import for_adapter, loo_samples
 
+    tcfg = for_adapter(tcfg, "anchor", a["id"])  # the same seed the DDP path derives
     every, fail_at = int(config.get("checkpoint_every", 0)), config.get("fail_at", {})
     samples = loo_samples(config["task"], a["profile"], tcfg.max_samples, tcfg.seed)
     host.add("anchor", tcfg.r, tcfg.alpha, dropout=tcfg.dropout, target_modules=tcfg.target_modules, seed=tcfg.seed)
@@ -181,7 +183,7 @@ def install_checkpoints(bank: Bank, checkpoints) -> list[dict]:
                 continue  # a mid-anchor checkpoint
             info = json.loads((Path(d) / "anchor.json").read_text())
             if info["anchor"] not in bank.done_ids():
-                bank.add_anchor(info["anchor"], Path(d) / "adapter")
+                bank.add_anchor(info["anchor"], Path(d) / "adapter", train_info=info)
             stats.append(info)
     return stats
 
@@ -265,8 +267,8 @@ def _train_local(bank: Bank, anchors: list[dict], task: str, model_cfg, train_cf
     for a in tqdm(anchors, desc="anchors", disable=not cfg.progress):
         t0 = time.perf_counter()
         sd, conf, state = train_anchor(host, tok, task, a["profile"], train_cfg, model_cfg.max_length,
-                                       model_cfg.chat_template)
-        bank.add_anchor(a["id"], state_dict=sd, lora_config=conf)
-        stats.append({"anchor": a["id"], "steps": state.step, "seconds": time.perf_counter() - t0,
-                      "losses": state.losses})
+                                       model_cfg.chat_template, anchor_id=a["id"])
+        info = {"anchor": a["id"], "steps": state.step, "seconds": time.perf_counter() - t0, "losses": state.losses}
+        bank.add_anchor(a["id"], state_dict=sd, lora_config=conf, train_info=info)
+        stats.append(info)
     return stats

@@ -1,6 +1,10 @@
-"""Ray Tune over MemGAS: GMM components, mem_threshold, router temperature and formula, PageRank
-damping and seed count (and any other dotted key). Each trial builds the memories of the dev
-conversations with its association settings and reports recall after every conversation.
+"""Ray Tune over MemGAS on the dev split only (`job.split.name` is forced to `dev`): every retrieval
+knob (granularities, lexical granularities and how they enter, router and its formula,
+temperature, score normalisation, session aggregation, graph on/off, damping, seeds) and the
+association knobs (GMM components, mem_threshold, pool). Each trial reports recall after every dev
+conversation; ingested memories are cached per association setting (in the Tune experiment folder), so trials that
+differ only in retrieval do not re-ingest. Writes OUT/best_config.yaml, which `memgas_eval
+best_from=...` reports on the test split.
 
     python -m ray_jobs.sweep_memgas --config ray_jobs/configs/sweep_memgas_locomo_cpu.yaml --out runs/sweep_memgas
 """
@@ -22,11 +26,14 @@ class SweepMemGASConfig:
 def trial(config: dict) -> None:
     from ray import tune
 
+    import hashlib
+    import json
+
     from memgas.data import load_benchmark
     from memgas.encoders import CachedEncoder
     from memgas.evaluate import evaluate, summarize
     from memgas.store import MemoryStore
-    from ray_jobs.memgas_eval import resolve_data
+    from ray_jobs.memgas_eval import resolve_data, split_conversations
     from ray_jobs.sweeps import apply_params
     from ray_jobs.tracking import Tracker
     from suite.encoders import load_encoder
@@ -37,14 +44,16 @@ def trial(config: dict) -> None:
     tracker = Tracker(cfg.tracking, "trial", {**asdict(cfg), "params": config["params"]}, trial_dir,
                       name=tune.get_context().get_trial_name())
     try:
-        convs = load_benchmark(cfg.benchmark, resolve_data(cfg))
+        convs, _ = split_conversations(load_benchmark(cfg.benchmark, resolve_data(cfg)), cfg)
         convs = convs[: cfg.eval.max_conversations] if cfg.eval.max_conversations else convs
+        mem_key = hashlib.sha256(json.dumps([asdict(cfg.memgas), str(resolve_data(cfg))], sort_keys=True).encode()).hexdigest()[:12]
+        cache = Path(tune.get_context().get_trial_dir()).parent / "memories" / mem_key  # shared by the experiment's trials
         enc = CachedEncoder(load_encoder(cfg.memgas.encoder))  # shared by this trial's conversations
         cfg.eval.progress = False
         records = []
         for i, c in enumerate(convs):
             records += evaluate([c], lambda: MemoryStore(cfg.memgas, encoder=enc), {"memgas": cfg.best}, cfg.eval,
-                                trial_dir / "per_question.jsonl")
+                                trial_dir / "per_question.jsonl", memory_cache=cache)
             m = summarize(records, ["memgas"], cfg.eval.ks)["methods"].get("memgas", {})
             m = {k: v for k, v in m.items() if k != "n_scored"}
             tracker.log({**m, "conversations": i + 1}, step=i + 1)
@@ -54,12 +63,26 @@ def trial(config: dict) -> None:
 
 
 def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
-    from ray_jobs.sweeps import report_sweep, run_sweep
+    import yaml
+
+    from ray_jobs.memgas_eval import resolve_data
+    from ray_jobs.sweeps import apply_params, report_sweep, run_sweep
+    from suite.io import atomic_write_text
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    cfg.job.split.name = "dev"  # choices are made on dev only; memgas_eval reports them on test
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
     res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out)
+    best = apply_params(MemGASJobConfig, asdict(cfg.job), res["summary"]["best"]["config"])
+    best.selected_on = {"benchmark": cfg.job.benchmark, "data": str(resolve_data(cfg.job)), "split": "dev",
+                        "metric": cfg.sweep.metric, "value": res["summary"]["best"]["value"],
+                        "trials": res["summary"]["trials"], "sweep": str(out)}
+    best.split.name = "test"
+    atomic_write_text(out / "best_config.yaml",
+                      f"# python -m ray_jobs.memgas_eval --config {out / 'best_config.yaml'} --out runs/memgas_best_test\n"
+                      "# (or: memgas_eval --config <job yaml> best_from=THIS_FILE); selected on the dev split\n"
+                      + yaml.safe_dump(asdict(best), sort_keys=False))
     return report_sweep(res, cfg.sweep, cfg.job.tracking, out)
 
 

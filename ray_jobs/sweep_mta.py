@@ -1,6 +1,8 @@
 """Ray Tune over MTA's fusion and stacking: top-k, weighting and its temperature, merge method,
-stacked rank, steps and learning rate. Each trial evaluates MTA on dev users, reporting the running
-metric after every user (ASHA stops weak trials early). The bank is built once, before the sweep.
+stacked rank, steps and learning rate. Each trial evaluates MTA on the users of `job.data.eval_split`
+— `train` in the shipped sweep: the train users that are not anchors, cut to few-shot profiles, so
+choices are never made on dev — reporting the running metric after every user (ASHA stops weak
+trials early). The bank is built once, before the sweep (or reused from the bank cache).
 
     python -m ray_jobs.sweep_mta --config ray_jobs/configs/sweep_mta_lamp2_cpu.yaml --out runs/sweep_mta
 """
@@ -24,10 +26,9 @@ def trial(config: dict) -> None:
     from ray import tune
 
     from mta.bank import Bank
-    from mta.data import load_task_split
     from mta.evaluate import primary_metric
     from mta.models import load_base
-    from mta.pipeline import Evaluator, _uses_labels, summarize
+    from mta.pipeline import Evaluator, _uses_labels, load_users, summarize
     from ray_jobs.sweeps import apply_params
     from ray_jobs.tracking import Tracker
     from suite.encoders import load_encoder
@@ -39,10 +40,11 @@ def trial(config: dict) -> None:
                       name=tune.get_context().get_trial_name())
     try:
         d = cfg.data
-        users = load_task_split(d.task, d.eval_split, d.root or None, download=d.download, scheme=d.scheme)
+        bank = Bank(cfg.bank_path).load()
+        users, _ = load_users(cfg, d.eval_split, bank.ids)
         users = users[: d.max_eval_users] if d.max_eval_users else users
         model, tok = load_base(cfg.model)
-        ev = Evaluator(cfg, Bank(cfg.bank_path).load(), model, tok, load_encoder(cfg.encoder), trial_dir)
+        ev = Evaluator(cfg, bank, model, tok, load_encoder(cfg.encoder), trial_dir)
         label_mode = _uses_labels(d.task, cfg.eval.inference)
         records = []
         for i, u in enumerate(users):
@@ -58,15 +60,14 @@ def trial(config: dict) -> None:
 def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
     import yaml
 
-    from ray_jobs.mta_pipeline import build_bank
+    from ray_jobs.mta_pipeline import bank_path_for, build_bank
     from ray_jobs.sweeps import apply_params, report_sweep, run_sweep
     from suite.encoders import load_encoder
     from suite.io import atomic_write_text
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if not cfg.job.bank_path:
-        cfg.job.bank_path = str(out / "bank")
+    cfg.job.bank_path = str(bank_path_for(cfg.job).resolve())  # trials run elsewhere: an absolute path
     build_bank(cfg.job, out, load_encoder(cfg.job.encoder))  # trains only what the bank misses
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
     res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out)

@@ -65,3 +65,22 @@ def test_long_mt_bench_shapes(tmp_path):
     assert len(c.sessions) == 2 and c.sessions[1].turns[1].speaker == "assistant" and c.questions[0].gold_sessions == []
     with pytest.raises(ValueError, match="unknown benchmark"):
         load_benchmark("nope", p)
+
+
+def test_longmemeval_s_repeated_sessions_kept_once_or_refused(tmp_path):
+    """The official S file lists some session ids twice with identical content: kept once and
+    counted; the same id with different content stays an error naming the question and the id."""
+    p = tmp_path / "lme_s.json"
+    rec = _lme()
+    rec["haystack_session_ids"].append(rec["haystack_session_ids"][0])
+    rec["haystack_sessions"].append(json.loads(json.dumps(rec["haystack_sessions"][0])))
+    rec["haystack_dates"].append(rec["haystack_dates"][0])
+    rec["haystack_sessions"][1][0]["has_answer"] = True
+    p.write_text(json.dumps([rec]))
+    conv = load_longmemeval(p)[0]
+    assert [s.session_id for s in conv.sessions] == ["s1", "s2"] and conv.report == {"duplicate_sessions": 1}
+    assert conv.questions[0].gold_turns == ["s2:0"]
+    rec["haystack_sessions"][-1] = [{"role": "user", "content": "something else"}]
+    p.write_text(json.dumps([rec]))
+    with pytest.raises(DataError, match=r"record q1, field 'haystack_session_ids'.*'s1' appears twice with different content"):
+        load_longmemeval(p)

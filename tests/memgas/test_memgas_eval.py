@@ -76,3 +76,71 @@ def test_endpoint_dies_mid_run_then_a_rerun_retries_only_failed_questions(tmp_pa
     assert srv2.requests == 4 * 2 + 3 * 2  # memory rebuilt once, then only the 3 failed questions
     answered = [r for r in read_jsonl(tmp_path / "qa" / "per_question.jsonl") if "answer" in r.get("qa", {})]
     assert sorted(r["qid"] for r in answered) == sorted({r["qid"] for r in recs})
+
+
+def _multi_locomo(tmp_path, n=3):
+    """n LoCoMo conversations (copies of the fixture with their own ids)."""
+    one = json.loads(make_locomo(tmp_path / "one.json", n_sessions=6, n_questions=4).read_text())[0]
+    convs = [{**one, "sample_id": f"conv-{i}"} for i in range(n)]
+    p = tmp_path / "multi.json"
+    p.write_text(json.dumps(convs))
+    return p
+
+
+def test_splits_keep_dev_and_test_apart_and_are_recorded(tmp_path):
+    data = _multi_locomo(tmp_path, 4)
+    seen = {}
+    for name in ("dev", "test"):
+        cfg = load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml",
+                          [f"data={data}", f"split.name={name}", "ablations=false"])
+        res = run(cfg, tmp_path / name)["memgas"]["locomo"]
+        sp = res["data"]["split"]
+        assert sp["name"] == name and sp["dev"] == ["conv-0", "conv-3"] and sp["test"] == ["conv-1", "conv-2"]
+        seen[name] = {r["qid"] for r in read_jsonl(tmp_path / name / "per_question.jsonl")}
+        assert {r["conv"] for r in read_jsonl(tmp_path / name / "per_question.jsonl")} == set(sp[name])
+    assert seen["dev"] and seen["test"] and not seen["dev"] & seen["test"]
+
+
+def test_changed_config_is_recomputed_not_reused(tmp_path):
+    data = make_locomo(tmp_path / "locomo.json", n_sessions=6, n_questions=3)
+    base = ["ablations=false", f"data={data}"]
+    out = tmp_path / "run"
+    run(load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml", base), out)
+    n0 = len(read_jsonl(out / "per_question.jsonl"))
+    res = run(load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml", base + ["best.num_seeds=3"]), out)
+    recs = read_jsonl(out / "per_question.jsonl")
+    assert len(recs) == 2 * n0 and len({r["key"] for r in recs}) == 2  # every question redone under the new key
+    assert res["memgas"]["locomo"]["record_key"] == recs[-1]["key"]
+
+
+def test_per_category_breakdown_and_reference_intervals():
+    from memgas.evaluate import summarize
+
+    def rec(cat, a, b):
+        m = lambda v: {"recall_all@5": v, "recall_any@5": v, "ndcg_any@5": v, "recall_all@10": v}  # noqa: E731
+        return {"qid": f"{cat}{a}{b}", "category": cat, "abstention": False, "metrics": {"memgas": m(a), "bm25": m(b)},
+                "latency_ms": {}}
+    recs = [rec("1", 1.0, 0.0)] * 3 + [rec("2", 0.0, 0.0)] * 2 + [
+        {"qid": "x_abs", "category": "2", "abstention": True, "metrics": {}, "latency_ms": {}}]
+    s = summarize(recs, ["memgas", "bm25"], ks=(5, 10), reference="memgas")
+    assert s["by_category"]["1"]["n"] == 3 and s["by_category"]["1"]["memgas"]["recall_all@5"] == 1.0
+    assert s["by_category"]["2"]["n"] == 2 and s["by_category"]["2"]["bm25"]["recall_all@5"] == 0.0
+    assert s["n_excluded"]["abstention"] == 1
+    d = s["vs_reference"]["methods"]["bm25"]
+    assert d["diff"] == -0.6 and d["ci95"][1] < 0 and d["verdict"] == "worse"
+
+
+def test_association_pool_links_session_level_units_only(tmp_path):
+    from memgas.data import load_locomo
+    from memgas.store import MemGASConfig, MemoryStore
+    from suite.encoders import load_encoder
+
+    conv = load_locomo(make_locomo(tmp_path / "l.json", n_sessions=8, n_questions=2))[0]
+    cfg = MemGASConfig(encoder="hashing")
+    cfg.association.start_session = 1
+    store = MemoryStore(cfg, encoder=load_encoder("hashing"))
+    for s in conv.sessions:
+        store.add(s, "u", s.session_id)
+    mem = store.users["u"]
+    assert mem.edges
+    assert all(mem.node_gran[i] != "turn" and mem.node_gran[j] != "turn" for i, j in mem.edges)

@@ -59,3 +59,25 @@ def test_generate_is_greedy_and_deterministic(tiny):
     model, tok = tiny
     a = E.generate(model, tok, "hello", max_new_tokens=6)
     assert a == E.generate(model, tok, "hello", max_new_tokens=6)
+
+
+def test_content_free_calibration_uses_only_the_query_own_twin():
+    s = np.array([[0.0, 5.0], [2.0, 5.0]])
+    cf = np.array([[0.0, 6.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(E.calibrate(s, "content_free", cf), s - cf)
+    # row 0's calibrated scores do not change when other rows change (no test inputs shared)
+    np.testing.assert_array_equal(E.calibrate(s[:1], "content_free", cf[:1]), (s - cf)[:1])
+    assert not np.array_equal(E.calibrate(s[:1], "batch"), E.calibrate(s, "batch")[:1])
+    with pytest.raises(ValueError):
+        E.calibrate(s, "content_free")
+    cfi = E.content_free_input("LaMP_2")
+    assert "description: N/A" in cfi and "sci-fi" in cfi
+
+
+def test_per_query_scores_match_the_aggregate_metric():
+    preds, golds = ["comedy", "sci-fi", "nonsense"], ["comedy", "comedy", "comedy"]
+    s, binary, higher = E.per_query_scores("LaMP_2", preds, golds)
+    assert s == [1.0, 0.0, 0.0] and binary and higher
+    s, binary, higher = E.per_query_scores("LaMP_3", ["5", "x", "2"], ["4", "1", "2"])
+    assert s == [1.0, 4.0, 0.0] and not binary and not higher
+    assert np.mean(s) == E.score_task("LaMP_3", ["5", "x", "2"], ["4", "1", "2"])["mae"]

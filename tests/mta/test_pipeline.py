@@ -6,7 +6,7 @@ from suite.io import read_jsonl
 
 
 def _cfg(lamp_root, **extra):
-    ov = [f"data.root={lamp_root}", *[f"{k}={v}" for k, v in extra.items()]]
+    ov = [f"data.root={lamp_root}", f"bank_cache={lamp_root.parent / 'banks'}", *[f"{k}={v}" for k, v in extra.items()]]
     return load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml", ov)
 
 
@@ -15,13 +15,27 @@ def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
     summary = run(_cfg(lamp_root), out)
     res = summary["mta"]["LaMP_2"]
     assert res["n_users"] == 4
-    assert set(res["methods"]) == {"base", "rag", "prior", "oppu", "fusion", "mta", "uniform", "random"}
+    assert set(res["methods"]) == {"base", "rag", "prior", "prior_recency", "oppu", "fusion", "mta", "mta_prior",
+                                   "uniform", "random"}
+    assert res["calibration"] == "content_free" and set(res["calibration_alternatives"]) == {"batch", "none"}
+    # lambda chosen on train users that are not anchors, never on the evaluated dev users
+    sel = res["split"]["selection"]
+    assert sel["split"] == "train" and sel["users"] > 0 and res["mta_prior_lambda"] == sel["lambda"]
+    assert set(res["vs_mta"]) == set(res["methods"]) - {"mta"}
+    for v in res["vs_mta"].values():
+        assert v["ci95"][0] <= v["diff"] <= v["ci95"][1] and 0 <= v["p"] <= 1 and v["verdict"] in {"tie", "better", "worse"}
+    assert len(res["anchors"]) == res["bank"]["anchors"]
+    for a in res["anchors"]:
+        assert a["rel_update"] > 0 and a["loss_first"] is not None and a["steps"] > 0
+    assert res["bytes_per_user"]["bank_amortised"] == res["bank"]["bytes"] / 4
     for m in res["methods"].values():
         assert set(m) == {"accuracy", "f1"} and 0 <= m["accuracy"] <= 1
     # the fixture users prefer one genre 70% of the time: the model-free prior must find it
     assert res["methods"]["prior"]["accuracy"] >= 0.5
     assert 0 < res["bytes_per_user"]["mta"] < res["bytes_per_user"]["oppu"]
-    assert res["fusion_ms_per_user"] > 0 and set(res["adapt_s_per_user"]) == {"oppu", "mta"}
+    assert res["merge_ms_per_user"] > 0 and set(res["adapt_s_per_user"]) == {"oppu", "fusion", "mta"}
+    # MTA's adaptation includes the new user's encoding, retrieval and merge
+    assert res["adapt_s_per_user"]["mta"] > res["adapt_s_per_user"]["fusion"] > res["merge_ms_per_user"] / 1000
     assert json.loads((out / "summary.json").read_text()) == summary
     preds = json.loads((out / "predictions" / "LaMP_2" / "mta.json").read_text())
     assert preds["task"] == "LaMP_2" and len(preds["golds"]) == 4
@@ -59,7 +73,7 @@ def test_sigkill_mid_run_then_rerun_continues_from_the_last_finished_user(tmp_pa
     make_lamp2(root, "dev", n_users=12, n_items=4, seed=2, prefix="d")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "ray_jobs.mta_pipeline", "--config", "ray_jobs/configs/mta_tiny.yaml",
-           "--out", str(out), f"data.root={root}"]
+           "--out", str(out), f"data.root={root}", f"bank_path={out / 'bank'}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = out / "per_user.jsonl"
     deadline = time.time() + 300
@@ -71,8 +85,30 @@ def test_sigkill_mid_run_then_rerun_continues_from_the_last_finished_user(tmp_pa
     assert 2 <= len(before) < 12, "the kill must land mid-run"
     bank_manifest = (out / "bank" / "manifest.json").read_text()
     head = log.read_text()
-    run(_cfg(root), out)
+    run(_cfg(root, bank_path=out / "bank"), out)
     after = read_jsonl(log)
     assert log.read_text().startswith(head.rsplit("\n", 1)[0])  # finished users untouched
     assert sorted(r["user_id"] for r in after) == sorted({r["user_id"] for r in after}) and len(after) == 12
     assert (out / "bank" / "manifest.json").read_text() == bank_manifest  # no anchor retrained
+
+
+def test_changed_config_recomputes_instead_of_reusing_stale_records(lamp_root, tmp_path):
+    out = tmp_path / "run"
+    run(_cfg(lamp_root, **{"eval.methods": "[prior, rag]"}), out)
+    first = read_jsonl(out / "per_user.jsonl")
+    run(_cfg(lamp_root, **{"eval.methods": "[prior, rag]", "eval.rag_k": 3}), out)
+    recs = read_jsonl(out / "per_user.jsonl")
+    assert len(recs) == 8 and len({r["key"] for r in recs}) == 2  # all four users redone under the new key
+    # switching back reuses the first records (same key), nothing is appended
+    s = run(_cfg(lamp_root, **{"eval.methods": "[prior, rag]"}), out)
+    assert len(read_jsonl(out / "per_user.jsonl")) == 8 and s["mta"]["LaMP_2"]["record_key"] == first[0]["key"]
+
+
+def test_content_free_calibration_does_not_depend_on_the_other_evaluated_users(lamp_root, tmp_path):
+    """With content-free calibration a user's prediction is the same whether 2 or 4 users are evaluated."""
+    preds = {}
+    for n in (2, 4):
+        out = tmp_path / f"run{n}"
+        run(_cfg(lamp_root, **{"eval.methods": "[rag, fusion]", "data.max_eval_users": n, "data.select_users": 0}), out)
+        preds[n] = json.loads((out / "predictions" / "LaMP_2" / "rag.json").read_text())["golds"]
+    assert preds[4][:2] == preds[2]

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from mta.adapters import AdapterHost
@@ -56,3 +57,50 @@ def test_train_anchor_returns_standard_keys_and_cleans_up(lamp_root, tiny):
     assert state.step == 1 and conf["r"] == 2 and conf["lora_alpha"] == 4
     assert all(k.endswith(("lora_A.weight", "lora_B.weight")) and ".anchor." not in k for k in sd)
     assert "anchor" not in host.model.peft_config
+
+
+def test_every_adapter_gets_its_own_seed_and_ref_avg_is_then_inexact(tiny, lamp_root):
+    """Two anchors trained on different users start from different A matrices (seed derived from the
+    run seed and the anchor id), so the reference's separate averaging of A and B is no longer the
+    weighted sum of the updates."""
+    from mta import merge
+    from mta.training import adapter_seed, for_adapter
+
+    assert adapter_seed(0, "anchor", "u1") != adapter_seed(0, "anchor", "u2")
+    assert adapter_seed(0, "anchor", "u1") == adapter_seed(0, "anchor", "u1")  # reruns are identical
+    assert adapter_seed(0, "oppu", "u1") != adapter_seed(0, "stack", "u1")
+    assert for_adapter(LoraTrainConfig(seed=3), "oppu", "u").seed == adapter_seed(3, "oppu", "u")
+    model, tok = tiny
+    users = load_task_split("LaMP_2", "train", str(lamp_root))[:2]
+    host = AdapterHost(model, ["q_proj", "v_proj"])
+    cfg = LoraTrainConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"], max_steps=2, batch_size=2, lr=1e-2)
+    sds = [train_anchor(host, tok, "LaMP_2", u.profile, cfg, 256, anchor_id=u.user_id)[0] for u in users]
+    key_a = next(k for k in sds[0] if ".lora_A." in k)
+    a0, a1 = sds[0][key_a].flatten(), sds[1][key_a].flatten()
+    assert torch.nn.functional.cosine_similarity(a0, a1, dim=0) < 0.5
+    key_b = key_a.replace("lora_A", "lora_B")
+    assert not torch.allclose(sds[0][key_b], sds[1][key_b])
+    As, Bs = [sd[key_a] for sd in sds], [sd[key_b] for sd in sds]
+    exact = sum(0.5 * 2.0 * B @ A for A, B in zip(As, Bs))
+    A_c, B_c, s_c = merge.merge_module("cat", As, Bs, [2.0, 2.0], [0.5, 0.5])
+    A_r, B_r, s_r = merge.merge_module("ref_avg", As, Bs, [2.0, 2.0], [0.5, 0.5])
+    torch.testing.assert_close(s_c * B_c @ A_c, exact, rtol=1e-4, atol=1e-6)
+    assert (s_r * B_r @ A_r - exact).norm() > 0.05 * exact.norm()
+
+
+def test_relative_update_diagnostic(tiny):
+    from mta.diagnostics import base_weights, mean_relative_update, relative_update
+
+    W = torch.eye(4) * 2.0
+    A, B = torch.zeros(1, 4), torch.zeros(4, 1)
+    A[0, 0], B[0, 0] = 1.0, 1.0
+    r = relative_update({"m": W}, {"m.lora_A.weight": A, "m.lora_B.weight": B}, scale=2.0)
+    assert r["m"] == pytest.approx(2.0 / 4.0)  # ||2·e1e1ᵀ|| / ||2·I4|| = 2 / 4
+    model, tok = tiny
+    host = AdapterHost(model, ["q_proj", "v_proj"])
+    host.add("a", 4, 8, target_modules=["q_proj", "v_proj"], seed=1)
+    sd = host.state_dict("a")
+    base = base_weights(host.model)
+    assert mean_relative_update(base, sd, 2.0) == 0.0  # peft inits B = 0: no update yet
+    trained = {k: (torch.randn_like(v) if "lora_B" in k else v) for k, v in sd.items()}
+    assert mean_relative_update(base, trained, 2.0) > 0

@@ -19,11 +19,15 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
         "job.encoder=hashing", "job.anchors.n_clusters=2", "job.anchors.min_items=3", "job.bank.backend=local",
         "job.anchor_train.max_samples=4", "job.anchor_train.epochs=1", "job.stacking.max_steps=1",
         "job.eval.progress=false", "job.tracking.enabled=true", "job.tracking.mode=offline",
+        f"job.bank_cache={tmp_path / 'banks'}", "job.data.eval_split=train", "job.data.select_profile_cap=4",
         "sweep.name=t_mta", "sweep.search=grid", "sweep.scheduler=fifo",
         "sweep.space={fusion.top_k: {values: [1, 2]}, fusion.merge: {values: [cat, ref_avg]}}"])
     out = tmp_path / "sw"
     s = run_mta(cfg, out)
     assert s["trials"] == 4 and s["metric"] == "accuracy" and s["errors"] == 0
+    # trials scored the train users that are not anchors (8 train users, 2 anchors), not dev
+    trial_logs = list((out / "tune" / "t_mta").glob("trial*/result.json"))
+    assert trial_logs and max(json.loads(l)["users"] for t in trial_logs for l in t.read_text().splitlines()) == 6
     assert set(s["best"]["config"]) == {"fusion.top_k", "fusion.merge"} and 0 <= s["best"]["value"] <= 1
     assert json.loads((out / "summary.json").read_text()) == s
     assert (out / "best_config.yaml").read_text().startswith("# python -m ray_jobs.mta_pipeline")
@@ -49,6 +53,18 @@ def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):
     assert s["trials"] == 3 and s["metric"] == "recall_all@5" and s["errors"] == 0
     assert set(s["best"]["config"]) == {"best.temperature", "best.router", "memgas.association.n_components"}
     assert Path(tmp_path / "sw" / "sweep_best_temperature.png").exists()
+    # the dev-selected configuration round-trips into the eval job, which reports it on test
+    from ray_jobs.memgas_eval import MemGASJobConfig, run as run_eval
+
+    best_yaml = tmp_path / "sw" / "best_config.yaml"
+    ev = run_eval(load_config(MemGASJobConfig, None, [f"data={data}", "memgas.encoder=hashing", "tracking.enabled=false",
+                                                      "ablations=false", f"best_from={best_yaml}", "eval.progress=false"]),
+                  tmp_path / "ev")["memgas"]["locomo"]
+    sel = ev["configs"]["selected_on"]
+    assert sel["split"] == "dev" and sel["metric"] == "recall_all@5" and sel["value"] == s["best"]["value"]
+    assert ev["configs"]["memgas"]["router"] == s["best"]["config"]["best.router"]
+    assert ev["configs"]["memgas"]["temperature"] == s["best"]["config"]["best.temperature"]
+    assert ev["configs"]["association"]["n_components"] == s["best"]["config"]["memgas.association.n_components"]
 
 
 def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_path):
