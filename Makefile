@@ -1,6 +1,6 @@
 # make setup  — create .venv with the pinned stack (once; redone when requirements change)
 # make test   — the default test suite (CI runs this)
-# make demo   — the main job on its embedded default: reduced MTA LaMP_2 run + MemGAS on LoCoMo (< 15 min, 2 cores)
+# make demo   — reduced MTA LaMP_2 run + MemGAS (dev-selected config) on the LoCoMo test conversations (< 15 min, 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
@@ -25,7 +25,7 @@ test: setup
 
 demo: setup
 	$(PY) -m ray_jobs.mta_pipeline --config ray_jobs/configs/mta_lamp2_demo.yaml --out runs/demo
-	$(PY) -m ray_jobs.memgas_eval --config ray_jobs/configs/memgas_locomo_cpu.yaml --out runs/demo
+	$(PY) -m ray_jobs.memgas_eval --config ray_jobs/configs/memgas_locomo_test.yaml --out runs/demo best_from=ray_jobs/configs/memgas_locomo_best.yaml
 
 clean:
 	rm -rf runs .pytest_cache

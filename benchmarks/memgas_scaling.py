@@ -3,7 +3,7 @@
     python benchmarks/memgas_scaling.py --out runs/bench_scaling [--sessions 10000] [--encoder minilm]
 
 Sessions are LoCoMo sessions recycled (ids made unique). Query latency is measured at checkpoints
-on LoCoMo questions for the tuned `memgas` configuration and the paper configuration. Writes
+on LoCoMo questions for the dev-selected `memgas` configuration and the paper configuration. Writes
 OUT/scaling.json and OUT/scaling.png.
 """
 from __future__ import annotations
@@ -21,12 +21,13 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--sessions", type=int, default=10000)
     ap.add_argument("--encoder", default="minilm")
+    ap.add_argument("--best", default="", help="best_config.yaml of a MemGAS sweep (default: the committed LoCoMo one)")
     ap.add_argument("--queries", type=int, default=30)
     a = ap.parse_args()
     from memgas.data import load_locomo
     from memgas.retrieval import paper_config
     from memgas.store import MemGASConfig, MemoryStore
-    from ray_jobs.memgas_eval import resolve_data, tuned_config, MemGASJobConfig
+    from ray_jobs.memgas_eval import load_best, resolve_data, MemGASJobConfig
     from suite.encoders import load_encoder
     from suite.io import atomic_write_json
 
@@ -44,7 +45,7 @@ def main() -> None:
             n += 1
         t_ingest += time.perf_counter() - t0
         lat = {}
-        for name, rc in (("memgas", tuned_config()), ("memgas_paper", paper_config())):
+        for name, rc in (("memgas"()), ("memgas_paper", paper_config())):
             ts = []
             for q in qs:
                 t = time.perf_counter()

@@ -38,11 +38,12 @@ def main() -> None:
     ap.add_argument("--readers", type=int, default=4)
     ap.add_argument("--users", type=int, default=4)
     ap.add_argument("--encoder", default="minilm")
+    ap.add_argument("--best", default="", help="best_config.yaml of a MemGAS sweep (default: the committed LoCoMo one)")
     a = ap.parse_args()
 
     from memgas.data import load_locomo
     from memgas.store import MemGASConfig, MemoryStore
-    from ray_jobs.memgas_eval import MemGASJobConfig, resolve_data, tuned_config
+    from ray_jobs.memgas_eval import load_best, MemGASJobConfig, resolve_data
     from suite.encoders import load_encoder
     from suite.io import atomic_write_json
 
@@ -50,7 +51,7 @@ def main() -> None:
     pool = [s for c in convs for s in c.sessions]
     questions = [q.question for c in convs for q in c.questions]
     store = MemoryStore(MemGASConfig(encoder=a.encoder), encoder=load_encoder(a.encoder))
-    store.cfg.retrieval = tuned_config()
+    store.cfg.retrieval = load_best(a.best)
     users = [f"user{i}" for i in range(a.users)]
     added: dict[str, list[str]] = {u: [] for u in users}
     add_lat, search_lat, errors = [], [], []
@@ -110,7 +111,7 @@ def main() -> None:
     out = Path(a.out)
     store.save(out / "store")
     back = MemoryStore.load(out / "store", encoder=store.encoder)
-    back.cfg.retrieval = tuned_config()
+    back.cfg.retrieval = load_best(a.best)
     same = all([r["session_id"] for r in store.search(q, u, 10)["results"]] ==
                [r["session_id"] for r in back.search(q, u, 10)["results"]]
                for q in questions[:20] for u in users if added[u])

@@ -26,6 +26,11 @@ class AssociationConfig:
                                "units, as the reference; add `turn` to link individual turns too",
                           factory=lambda: ["session", "turn_mean", "summary", "keywords"])
 
+    def __post_init__(self):
+        bad = [g for g in self.pool if g not in ("session", "turn", "turn_mean", "summary", "keywords")]
+        if bad:
+            raise ValueError(f"association.pool: unknown granularity {bad[0]!r}")
+
 
 def gmm_neighbours(scores: np.ndarray, n_components: int = 2, seed: int = 0, init_params: str = "k-means++") -> np.ndarray:
     """Boolean mask over `scores`: members of the highest-mean mixture component."""

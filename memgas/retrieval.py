@@ -42,6 +42,17 @@ class RetrievalConfig:
     num_seeds: int = opt(15, "seed nodes for PageRank (0 = every node)")
     lexical_mode: str = opt("seed", "seed (BM25 scores join the graph's seed scores) | bypass (added after the graph)")
 
+    def __post_init__(self):  # a typo fails when the config is read, before any memory is built
+        choices = {"router": ("corrected", "reference", "uniform"), "score_norm": ("raw", "softmax", "rrf"),
+                   "session_agg": ("sum", "max"), "lexical_mode": ("seed", "bypass")}
+        for k, allowed in choices.items():
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"{k}={getattr(self, k)!r}: expected one of {allowed}")
+        bad = [g for g in self.granularities if g not in ("session", "turn", "turn_mean", "summary", "keywords")]
+        bad += [g for g in self.lexical if g not in LEXICAL]
+        if bad:
+            raise ValueError(f"unknown granularity {bad[0]!r}")
+
 
 def _norm(s: np.ndarray, how: str, T: float, rrf_k: float) -> np.ndarray:
     if how == "raw":

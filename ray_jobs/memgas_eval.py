@@ -89,6 +89,19 @@ def apply_best_from(cfg: MemGASJobConfig) -> MemGASJobConfig:
     return replace(cfg, best=sel.best, memgas=sel.memgas, selected_on={**sel.selected_on, "file": cfg.best_from})
 
 
+BEST_LOCOMO = "ray_jobs/configs/memgas_locomo_best.yaml"
+
+
+def load_best(path: str | Path | None = None) -> RetrievalConfig:
+    """The `best` retrieval config of a sweep's best_config.yaml (default: the committed LoCoMo one,
+    selected on the dev conversations); the paper configuration when there is none."""
+    from mta.data import project_root
+    from suite.config import load_config
+
+    p = Path(path) if path else project_root() / BEST_LOCOMO
+    return load_config(MemGASJobConfig, p).best if p.exists() else paper_config()
+
+
 def split_conversations(convs: list, cfg: MemGASJobConfig) -> tuple[list, dict]:
     """The conversations of the configured split, and a record of what went where."""
     sp = cfg.split

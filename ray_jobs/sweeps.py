@@ -32,7 +32,8 @@ class SweepConfig:
     gpus_per_trial: float = opt(0.0, "GPUs reserved per trial")
     storage_path: str = opt("", "Tune storage (local, s3://, NFS); empty = OUT/tune")
     seed: int = opt(0, "search seed")
-    space: dict = opt(help="dotted key → {values: [...]} | {low, high, log: bool, int: bool}", factory=dict)
+    space: dict = opt(help="dotted key → {values: [...]} | {low, high, log: bool, int: bool}; a list-valued "
+                           "choice is written as a YAML string, e.g. '[session, turn]'", factory=dict)
 
 
 def _tune_space(space: dict, search: str) -> dict:
@@ -139,7 +140,12 @@ def apply_params(cls, base: dict, params: dict[str, Any]):
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = val.item() if hasattr(val, "item") else val
+        val = val.item() if hasattr(val, "item") else val
+        if isinstance(val, str) and val.startswith("["):  # list-valued choices travel as YAML text (Optuna
+            import yaml                                   # categoricals must be scalars)
+
+            val = yaml.safe_load(val)
+        node[leaf] = val
     return from_dict(cls, data, "sweep trial")
 
 

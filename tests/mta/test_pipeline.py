@@ -112,3 +112,15 @@ def test_content_free_calibration_does_not_depend_on_the_other_evaluated_users(l
         run(_cfg(lamp_root, **{"eval.methods": "[rag, fusion]", "data.max_eval_users": n, "data.select_users": 0}), out)
         preds[n] = json.loads((out / "predictions" / "LaMP_2" / "rag.json").read_text())["golds"]
     assert preds[4][:2] == preds[2]
+
+
+def test_runs_asking_for_the_same_bank_share_it(lamp_root, tmp_path):
+    """The bank is one-off work: a second run (another OUT) with the same bank settings trains nothing;
+    a different anchor recipe gets a bank of its own."""
+    s1 = run(_cfg(lamp_root, **{"eval.methods": "[prior]"}), tmp_path / "a")["mta"]["LaMP_2"]["bank"]
+    manifest = (lamp_root.parent / "banks").glob("LaMP_2-*/manifest.json")
+    before = {p: p.stat().st_mtime_ns for p in manifest}
+    s2 = run(_cfg(lamp_root, **{"eval.methods": "[prior]", "eval.rag_k": 2}), tmp_path / "b")["mta"]["LaMP_2"]["bank"]
+    assert s1["path"] == s2["path"] and {p: p.stat().st_mtime_ns for p in before} == before
+    s3 = run(_cfg(lamp_root, **{"eval.methods": "[prior]", "anchor_train.lr": 0.001}), tmp_path / "c")["mta"]["LaMP_2"]["bank"]
+    assert s3["path"] != s1["path"] and s3["signature"] != s1["signature"]

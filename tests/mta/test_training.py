@@ -104,3 +104,19 @@ def test_relative_update_diagnostic(tiny):
     assert mean_relative_update(base, sd, 2.0) == 0.0  # peft inits B = 0: no update yet
     trained = {k: (torch.randn_like(v) if "lora_B" in k else v) for k, v in sd.items()}
     assert mean_relative_update(base, trained, 2.0) > 0
+
+
+def test_plain_base_weights_read_the_same_tensors_peft_adapts(tiny):
+    from mta.models import ModelConfig, load_base
+    from mta.diagnostics import base_weights, plain_base_weights
+
+    plain, _ = load_base(ModelConfig(name="tiny"))
+    model, _ = tiny
+    host = AdapterHost(model, ["q_proj", "v_proj"])
+    host.add("a", 2, 4, target_modules=["q_proj", "v_proj"], seed=1)
+    sd = host.state_dict("a")
+    peft_w, plain_w = base_weights(host.model), plain_base_weights(plain, sd)
+    assert set(plain_w) <= set(peft_w) and len(plain_w) == len(sd) // 2
+    for k, w in plain_w.items():
+        torch.testing.assert_close(w, peft_w[k])
+    assert not hasattr(plain, "peft_config")  # reading never wraps the model
