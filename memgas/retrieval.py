@@ -179,12 +179,14 @@ def paper_config() -> RetrievalConfig:
 
 
 def ablation_configs(cfg: RetrievalConfig, prefix: str = "memgas_paper") -> dict[str, RetrievalConfig]:
-    """Each mechanism of `cfg` switched off or swapped, one at a time: the graph, the router
+    """Each mechanism of `cfg` switched off or swapped, one at a time: the graph (on if `cfg` has it
+    off), the router
     (uniform weights), the router formula (the other of reference / corrected), the lexical
     granularities, and how lexical scores enter (seed vs bypass)."""
     from dataclasses import replace
 
-    out = {f"{prefix}_graph_off": replace(cfg, use_graph=False)}
+    out = ({f"{prefix}_graph_off": replace(cfg, use_graph=False)} if cfg.use_graph
+           else {f"{prefix}_graph_on": replace(cfg, use_graph=True)})
     if cfg.router != "uniform":
         out[f"{prefix}_uniform_router"] = replace(cfg, router="uniform")
     other = {"reference": "corrected", "corrected": "reference", "uniform": "corrected"}[cfg.router]
