@@ -49,9 +49,11 @@ class RetrievalConfig:
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{k}={getattr(self, k)!r}: expected one of {allowed}")
         bad = [g for g in self.granularities if g not in ("session", "turn", "turn_mean", "summary", "keywords")]
-        bad += [g for g in self.lexical if g not in LEXICAL]
         if bad:
             raise ValueError(f"unknown granularity {bad[0]!r}")
+        bad = [g for g in self.lexical if g not in LEXICAL]
+        if bad:
+            raise ValueError(f"unknown lexical granularity {bad[0]!r}: {LEXICAL}")
 
 
 def _norm(s: np.ndarray, how: str, T: float, rrf_k: float) -> np.ndarray:
