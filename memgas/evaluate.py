@@ -20,7 +20,7 @@ import numpy as np
 from memgas.data import Conversation
 from memgas.retrieval import RetrievalConfig, rank_sessions
 from suite.config import opt
-from suite.io import append_jsonl, read_jsonl
+from suite.io import append_jsonl, json_digest, read_jsonl
 
 KS = (1, 3, 5, 10, 30, 50)
 
@@ -115,14 +115,12 @@ class MemEvalConfig:
 def run_key(methods: dict[str, RetrievalConfig], store_cfg, cfg: MemEvalConfig, data_sha: str) -> str:
     """Hash of everything a per-question record depends on: the methods' configurations, the memory
     (encoder, association), the metrics' cut-offs, the QA settings and the data file."""
-    import hashlib
-    import json
     from dataclasses import asdict
 
     ev = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "max_conversations", "max_questions")}
     key = {"methods": {m: asdict(c) for m, c in sorted(methods.items())}, "store": asdict(store_cfg) if store_cfg else None,
            "eval": ev, "data": data_sha}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(key)
 
 
 def turn_ranking(mem, s_ids: list[str], q: np.ndarray) -> list[str]:

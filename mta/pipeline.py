@@ -29,7 +29,7 @@ from mta.models import ModelConfig
 from mta.stacking import StackConfig, adapter_bytes, stack_user
 from mta.training import LoraTrainConfig, for_adapter, history_for, loo_samples
 from suite.config import opt
-from suite.io import append_jsonl, read_jsonl
+from suite.io import append_jsonl, json_digest, read_jsonl
 from suite.stats import compare
 
 ALL_METHODS = ["base", "rag", "prior", "prior_recency", "oppu", "fusion", "mta", "mta_prior", "uniform", "random"]
@@ -163,8 +163,6 @@ def few_shot_view(user: User, cap: int) -> User:
 def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
     """Hash of everything a per-user record depends on: a record is reused on resume only when this
     matches (calibration and mta_prior's lambda are applied at summary time and are not part of it)."""
-    import hashlib
-    import json
     from dataclasses import asdict
 
     e = cfg.eval
@@ -173,7 +171,7 @@ def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
            "fusion": asdict(cfg.fusion), "stacking": asdict(cfg.stacking), "oppu": asdict(cfg.oppu),
            "eval": {k: getattr(e, k) for k in ("methods", "inference", "rag_k", "history_k", "max_new_tokens",
                                                 "seed", "recency_decay")}}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(key)
 
 
 class Evaluator:
@@ -226,6 +224,13 @@ class Evaluator:
                                    for q in user.queries]
 
         adapted = {q.id: build_prompt(q.input, hist[q.id]) for q in user.queries}
+        emb_cache: list = []
+
+        def user_emb():  # the profile is encoded once per user (fusion, MTA and random share it)
+            if not emb_cache:
+                emb_cache.append(user_embeddings([user], task, self.encoder)[0])
+            return emb_cache[0]
+
         if "base" in methods:
             run("base", None, {q.id: q.input for q in user.queries}, None)
         if "rag" in methods:
@@ -247,7 +252,7 @@ class Evaluator:
         need_fused = {"fusion", "mta", "mta_prior"} & set(methods)
         if need_fused:
             t0 = time.perf_counter()  # a new user's full path: profile encoding, retrieval, merge
-            emb = user_embeddings([user], task, self.encoder)[0]
+            emb = user_emb()
             fused = fuse(self.bank, emb, cfg.fusion)
             fuse_s = time.perf_counter() - t0
             rec["anchors"] = fused.record()
@@ -273,8 +278,7 @@ class Evaluator:
         if "random" in methods:
             rng = random.Random(f"{cfg.eval.seed}-{user.user_id}")
             idx = rng.sample(range(len(self.bank.ids)), min(cfg.fusion.top_k, len(self.bank.ids)))
-            emb = user_embeddings([user], task, self.encoder)[0]
-            self.host.load_fused(fuse(self.bank, emb, cfg.fusion, idx=idx))
+            self.host.load_fused(fuse(self.bank, user_emb(), cfg.fusion, idx=idx))
             run("random", ["fused"], adapted, hist)
             self.host.remove("fused")
         self.host.deactivate()

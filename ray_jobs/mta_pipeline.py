@@ -33,13 +33,13 @@ class MTAJobConfig(MTAConfig):
 
 def bank_signature(cfg: MTAJobConfig) -> str:
     """Hash of what a bank's content depends on (not how it is trained: backend, workers)."""
-    import hashlib
+    from suite.io import json_digest
 
     d = cfg.data
     key = {"task": d.task, "root": d.root, "train_split": d.train_split, "scheme": d.scheme,
            "max_train_users": d.max_train_users, "model": asdict(cfg.model), "encoder": cfg.encoder,
            "anchors": asdict(cfg.anchors), "lora": asdict(cfg.anchor_train)}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return json_digest(key, 12)
 
 
 def bank_path_for(cfg: MTAJobConfig) -> Path:
@@ -223,10 +223,10 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
 
 def bank_content_id(manifest: dict) -> str:
     """Identity of a bank's content: its anchors and their file checksums."""
-    import hashlib
+    from suite.io import json_digest
 
     ident = [(a["id"], a.get("files")) for a in manifest["anchors"] if a.get("done")]
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(ident)
 
 
 def _evaluate_task(cfg_dict: dict, out: str, bank_path: str, users: list, key: str) -> list[dict]:

@@ -26,9 +26,6 @@ class SweepMemGASConfig:
 def trial(config: dict) -> None:
     from ray import tune
 
-    import hashlib
-    import json
-
     from memgas.data import load_benchmark
     from memgas.encoders import CachedEncoder
     from memgas.evaluate import evaluate, summarize
@@ -36,6 +33,7 @@ def trial(config: dict) -> None:
     from ray_jobs.memgas_eval import resolve_data, split_conversations
     from ray_jobs.sweeps import apply_params
     from ray_jobs.tracking import Tracker
+    from suite.io import json_digest
     from suite.encoders import load_encoder
 
     cfg = apply_params(MemGASJobConfig, config["base"], config["params"])
@@ -46,7 +44,7 @@ def trial(config: dict) -> None:
     try:
         convs, _ = split_conversations(load_benchmark(cfg.benchmark, resolve_data(cfg)), cfg)
         convs = convs[: cfg.eval.max_conversations] if cfg.eval.max_conversations else convs
-        mem_key = hashlib.sha256(json.dumps([asdict(cfg.memgas), str(resolve_data(cfg))], sort_keys=True).encode()).hexdigest()[:12]
+        mem_key = json_digest([asdict(cfg.memgas), str(resolve_data(cfg))], 12)
         cache = Path(tune.get_context().get_trial_dir()).parent / "memories" / mem_key  # shared by the experiment's trials
         enc = CachedEncoder(load_encoder(cfg.memgas.encoder))  # shared by this trial's conversations
         cfg.eval.progress = False

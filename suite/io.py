@@ -171,6 +171,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def json_digest(obj: Any, n: int = 16) -> str:
+    """First `n` hex digits of sha256 over canonical JSON (sorted keys): the identity of a config,
+    a bank plan or a record key."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
