@@ -92,10 +92,12 @@ class HTTPChatLLM:
 class LocalLLM:
     """A transformers causal LM in this process (greedy decoding; temperature is ignored: T=0)."""
 
-    def __init__(self, model_name: str = "smollm2", max_length: int = 2048, tiny_seed: int = 0):
+    def __init__(self, model_name: str = "smollm2", max_length: int = 2048, tiny_seed: int = 0, device: str = ""):
         from mta.models import ModelConfig, load_base
+        from suite.device import current
 
-        self.model, self.tok = load_base(ModelConfig(name=model_name, max_length=max_length, tiny_seed=tiny_seed))
+        self.model, self.tok = load_base(ModelConfig(name=model_name, max_length=max_length, tiny_seed=tiny_seed,
+                                                     device=device or str(current())))
         self.max_length = max_length
         self._lock = threading.Lock()
 

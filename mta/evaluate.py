@@ -10,6 +10,7 @@ import torch
 
 from mta.data import task_info
 from mta.models import format_prompt
+from suite.device import model_device
 
 # ----------------------------------------------------------------------------------------- metrics
 
@@ -110,9 +111,11 @@ def label_logprobs(model, tok, prompt: str, labels: list[str], use_chat: bool = 
     its KV cache shared by all labels (batched)."""
     p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"][-(max_length - 16):]
     l_ids = [tok(l, add_special_tokens=False)["input_ids"] for l in labels]
-    prompt_t = torch.tensor([p_ids])
+    dev = model_device(model)
+    prompt_t = torch.tensor([p_ids], device=dev)
     out = model(input_ids=prompt_t, use_cache=True)
     first = torch.log_softmax(out.logits[0, -1].float(), -1)
+    first = first.cpu()
     scores = np.array([float(first[ids[0]]) for ids in l_ids])
     # continuation inputs ids[:-1] predict ids[1:]
     rest = [ids[:-1] for ids in l_ids]
@@ -131,8 +134,9 @@ def label_logprobs(model, tok, prompt: str, labels: list[str], use_chat: bool = 
             ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, P:P + len(r)] = 1
     pos = torch.arange(P, P + n_rest).unsqueeze(0).expand(L, -1)
-    logits = model(input_ids=ids, attention_mask=mask, past_key_values=pkv, position_ids=pos).logits.float()
-    lp = torch.log_softmax(logits, -1)
+    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=pkv,
+                   position_ids=pos.to(dev)).logits.float()
+    lp = torch.log_softmax(logits, -1).cpu()
     for i, full in enumerate(l_ids):
         for j in range(1, len(full)):
             scores[i] += float(lp[i, j - 1, full[j]])
@@ -146,8 +150,8 @@ def label_logprobs_naive(model, tok, prompt: str, labels: list[str], use_chat: b
     out = []
     for l in labels:
         ids = tok(l, add_special_tokens=False)["input_ids"]
-        x = torch.tensor([p_ids + ids])
-        lp = torch.log_softmax(model(input_ids=x).logits[0].float(), -1)
+        x = torch.tensor([p_ids + ids], device=model_device(model))
+        lp = torch.log_softmax(model(input_ids=x).logits[0].float(), -1).cpu()
         out.append(sum(float(lp[len(p_ids) + j - 1, t]) for j, t in enumerate(ids)))
     return np.array(out)
 
@@ -189,8 +193,8 @@ def generate(model, tok, prompt: str, max_new_tokens: int = 32, use_chat: bool =
              first_line: bool = True) -> str:
     """Greedy decoding; LaMP answers keep only their first line (`first_line`)."""
     p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"][-(max_length - max_new_tokens):]
-    x = torch.tensor([p_ids])
+    x = torch.tensor([p_ids], device=model_device(model))
     out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    text = tok.decode(out[0, len(p_ids):], skip_special_tokens=True).strip()
+    text = tok.decode(out[0, len(p_ids):].cpu(), skip_special_tokens=True).strip()
     return text.split("\n")[0].strip() if first_line else text

@@ -6,11 +6,12 @@ transformers (safetensors or GGUF); nothing is unpickled.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
 from suite.config import opt
+from suite.device import check_dtype, check_spec, dtype_for, resolve
 from suite.encoders import package_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,11 +23,22 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 class ModelConfig:
     name: str = opt("smollm2", "base LLM: smollm2 (offline GGUF), tiny (random, tests), or a hub id / local path")
     gguf_file: str = opt("", "GGUF file inside a local folder (set automatically for smollm2)")
-    dtype: str = opt("float32", "float32 on CPU; bfloat16 on GPU")
+    device: str = opt("auto", "auto (Ray Train's device in a Train worker, else cuda:0 if present, else cpu) | cpu | cuda | cuda:N")
+    dtype: str = opt("auto", "auto (bfloat16 on a GPU that supports it, float32 on CPU) | float32 | bfloat16 | float16")
     max_length: int = opt(512, "prompt+target tokens kept (prompts are truncated from the left)")
     threads: int = opt(0, "torch CPU threads (0 = leave torch's default)")
     tiny_seed: int = opt(0, "seed of the tiny random model (identical on every worker)")
     chat_template: bool = opt(True, "wrap prompts in the model's chat template")
+
+    def __post_init__(self):  # a typo fails at parse time, before any work
+        check_spec(self.device, "model.device")
+        check_dtype(self.dtype, "model.dtype")
+
+
+def model_identity(cfg: ModelConfig) -> dict:
+    """What a model's outputs depend on, for the bank and record hashes: not where or how fast it
+    runs (device, threads), so a bank trained on GPU workers is found again from a CPU driver."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("device", "threads")}
 
 
 def tiny_tokenizer():
@@ -62,7 +74,10 @@ def tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2
 
 
 def load_base(cfg: ModelConfig):
-    """(model, tokenizer) in eval mode with all base weights frozen."""
+    """(model, tokenizer) in eval mode with all base weights frozen, on the device of `cfg.device`
+    (resolved before anything loads, so asking for CUDA where there is none fails first)."""
+    device = resolve(cfg.device)
+    dtype = dtype_for(device, cfg.dtype)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.name == "tiny":
@@ -80,11 +95,12 @@ def load_base(cfg: ModelConfig):
         if "gguf_file" not in kw:
             kw["use_safetensors"] = True  # never unpickle a .bin checkpoint
         tok = AutoTokenizer.from_pretrained(path, **tok_kw)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **kw)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         if not getattr(tok, "chat_template", None):
             tok.chat_template = CHATML
+    model.to(device=device, dtype=dtype)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

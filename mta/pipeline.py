@@ -25,7 +25,7 @@ from mta.data import User, build_prompt, render_item, save_outputs, task_info
 from mta.evaluate import (CALIBRATIONS, calibrate, content_free_input, generate, label_logprobs,
                           per_query_scores, primary_metric, score_task)
 from mta.fusion import FusionConfig, fuse
-from mta.models import ModelConfig
+from mta.models import ModelConfig, model_identity
 from mta.stacking import StackConfig, adapter_bytes, stack_user
 from mta.training import LoraTrainConfig, for_adapter, history_for, loo_samples
 from suite.config import opt
@@ -167,7 +167,7 @@ def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
 
     e = cfg.eval
     key = {"data": {k: getattr(cfg.data, k) for k in ("task", "eval_split", "scheme", "select_profile_cap")},
-           "data_sha": data_sha, "bank": bank_sig, "model": asdict(cfg.model), "encoder": cfg.encoder,
+           "data_sha": data_sha, "bank": bank_sig, "model": model_identity(cfg.model), "encoder": cfg.encoder,
            "fusion": asdict(cfg.fusion), "stacking": asdict(cfg.stacking), "oppu": asdict(cfg.oppu),
            "eval": {k: getattr(e, k) for k in ("methods", "inference", "rag_k", "history_k", "max_new_tokens",
                                                 "seed", "recency_decay")}}

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from suite.device import model_device
+
 from mta.data import build_prompt, item_query, render_item
 from mta.models import format_prompt
 from suite.config import opt
@@ -109,6 +111,8 @@ def collate(encoded: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 def per_sample_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean target-token NLL of each sample (so long targets do not outweigh short ones)."""
+    dev = model_device(model)  # collated batches are built on CPU; the model may be on a GPU
+    batch = {k: v.to(dev) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits = logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
@@ -193,7 +197,7 @@ def train_lora(model, tok, samples: list[Sample], cfg: LoraTrainConfig, max_leng
         batch_idx = order[state.step * cfg.batch_size:(state.step + 1) * cfg.batch_size]
         mine = batch_idx[rank::world]
         opt_.zero_grad(set_to_none=False)
-        loss_sum = torch.zeros(())
+        loss_sum = torch.zeros((), device=model_device(model))
         for j in range(0, len(mine), cfg.micro_batch):
             b = collate([encoded[i] for i in mine[j:j + cfg.micro_batch]], pad)
             loss = per_sample_loss(model, b).sum() / len(batch_idx)

@@ -32,6 +32,8 @@ class BankTrainConfig:
     checkpoint_every: int = opt(0, "also checkpoint inside an anchor every N steps (0 = per anchor only)")
     name: str = opt("", "Ray Train run name (reusing it resumes the run); empty = derived from the bank")
     progress: bool = opt(True, "progress bar per anchor on rank 0")
+    plan_resources: dict = opt(help="--dry-run only: cluster resources to plan for, e.g. {GPU: 16, CPU: 128} "
+                                    "(empty = this machine's)", factory=dict)
     fail_at: dict = opt(help="fault injection for tests: {anchor: i, step: s, rank: r, marker: path} kills that "
                              "worker once", factory=dict)
 
@@ -74,6 +76,7 @@ def bank_worker_loop(config: dict) -> None:
     from mta.adapters import AdapterHost
     from mta.models import ModelConfig, load_base
     from mta.training import LoraTrainConfig, TrainState, train_anchor
+    from suite.device import use as use_device
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -91,6 +94,7 @@ def bank_worker_loop(config: dict) -> None:
             print(f"[bank] resuming from {resume_dir.name}: {len(done)} anchor(s) done, "
                   f"in progress: {prog.get('current')} at step {(prog.get('train_state') or {}).get('step')}")
     mcfg, tcfg = ModelConfig(**config["model"]), LoraTrainConfig(**config["train"])
+    use_device(mcfg.device)  # auto = the device Ray Train assigned this worker (ray.train.torch.get_device())
     strategy, every, fail_at = config.get("strategy", "ddp"), int(config.get("checkpoint_every", 0)), config.get("fail_at", {})
     model, tok = load_base(mcfg)
     host = AdapterHost(model, tcfg.target_modules)
@@ -174,6 +178,37 @@ def _train_anchor_deepspeed(config, host, tok, a, tcfg, mcfg, rank, world, done,
     return sd, conf, state
 
 
+def trainers_at_once(cfg: BankTrainConfig, n_anchors: int, resources: dict) -> int:
+    """How many anchor trainers run concurrently: `parallel`, or (0) as many as `resources` hold."""
+    n_par = cfg.parallel
+    if n_par <= 0:
+        per = cfg.gpus_per_worker if cfg.gpus_per_worker > 0 else cfg.cpus_per_worker
+        have = resources.get("GPU", 0) if cfg.gpus_per_worker > 0 else resources.get("CPU", 1)
+        n_par = max(1, int(have // (per * cfg.num_workers)))
+    return max(1, min(n_par, n_anchors))
+
+
+def placement_plan(cfg: BankTrainConfig, anchors: list[dict], steps: dict[str, int], resources: dict) -> dict:
+    """What `train_bank` would do, without doing it: trainers, their anchors and workers, resources
+    asked of Ray, and the checkpoints each anchor reports (partial every `checkpoint_every` steps, one
+    final). `steps` maps anchor id -> optimiser steps."""
+    n_par = trainers_at_once(cfg, len(anchors), resources)
+    shards = [anchors[i::n_par] for i in range(n_par)]
+    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
+    ckpts = {a["id"]: 1 + ((steps[a["id"]] - 1) // cfg.checkpoint_every if cfg.checkpoint_every else 0)
+             for a in anchors}
+    trainers = [{"trainer": i, "workers": cfg.num_workers, "per_worker": per_worker,
+                 "anchors": [a["id"] for a in sh], "steps": sum(steps[a["id"]] for a in sh),
+                 "checkpoints": sum(ckpts[a["id"]] for a in sh)} for i, sh in enumerate(shards)]
+    return {"strategy": cfg.strategy, "deepspeed_config": cfg.deepspeed_config if cfg.strategy == "deepspeed" else None,
+            "backend": "nccl" if cfg.gpus_per_worker > 0 else "gloo", "trainers_at_once": n_par,
+            "workers_total": n_par * cfg.num_workers,
+            "gpus_needed": n_par * cfg.num_workers * cfg.gpus_per_worker,
+            "cpus_needed": n_par * cfg.num_workers * cfg.cpus_per_worker,
+            "resources_planned_for": resources, "anchors": len(anchors),
+            "checkpoints_expected": sum(ckpts.values()), "trainers": trainers}
+
+
 def install_checkpoints(bank: Bank, checkpoints) -> list[dict]:
     """Copy every reported anchor adapter not yet in the bank into it (atomic per anchor)."""
     stats = []
@@ -203,7 +238,7 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from suite.ray_local import init_ray
 
@@ -211,13 +246,7 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
     storage = cfg.storage_path or str(Path(out_dir).resolve() / "ray_results")
     base = cfg.name or f"bank-{slug(str(Path(bank.path).resolve()))}"
     threads = max(1, int(cfg.cpus_per_worker))
-    n_par = cfg.parallel
-    if n_par <= 0:  # as many trainers as the cluster holds
-        res = ray.cluster_resources()
-        per = cfg.gpus_per_worker if cfg.gpus_per_worker > 0 else cfg.cpus_per_worker
-        have = res.get("GPU", 0) if cfg.gpus_per_worker > 0 else res.get("CPU", 1)
-        n_par = max(1, int(have // (per * cfg.num_workers)))
-    n_par = min(n_par, len(anchors))
+    n_par = trainers_at_once(cfg, len(anchors), ray.cluster_resources() if cfg.parallel <= 0 else {})
     ds_path = cfg.deepspeed_config
     if cfg.strategy == "deepspeed" and not Path(ds_path).is_absolute():
         from mta.data import project_root
@@ -232,6 +261,8 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
                                "threads_per_worker": threads, "progress": cfg.progress, "strategy": cfg.strategy,
                                "deepspeed_config": ds_path, "checkpoint_every": cfg.checkpoint_every,
                                "fail_at": cfg.fail_at},
+            # NCCL between GPU workers, gloo on CPU (DeepSpeed initialises its own group the same way)
+            torch_config=TorchConfig(backend="nccl" if cfg.gpus_per_worker > 0 else "gloo"),
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
                                          resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                                **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}),

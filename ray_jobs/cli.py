@@ -7,11 +7,14 @@ import sys
 from suite.config import ConfigError, describe, load_config
 
 
-def parse(cls, doc: str, argv: list[str] | None = None):
+def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | None = None):
+    """(args, config); `flags` adds boolean --options (name -> help)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="config keys (override with key=value):\n" + "\n".join(describe(cls)))
     ap.add_argument("--config", help="YAML experiment file (ray_jobs/configs/*.yaml)")
     ap.add_argument("--out", required=True, help="run folder: summary.json, predictions, checkpoints")
+    for name, help_ in (flags or {}).items():
+        ap.add_argument(f"--{name}", action="store_true", help=help_)
     ap.add_argument("overrides", nargs="*", help="key=value, dotted for nested keys, e.g. fusion.top_k=3")
     args = ap.parse_args(argv)
     try:

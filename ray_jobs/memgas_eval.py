@@ -26,6 +26,9 @@ from memgas.retrieval import RetrievalConfig, paper_config
 from memgas.store import MemGASConfig
 from ray_jobs.tracking import TrackingConfig
 from suite.config import opt
+from suite.device import check_spec
+from suite.device import describe as describe_device
+from suite.device import use as use_device
 
 DEFAULT_FILES = {"locomo": "locomo10.json", "longmemeval": "longmemeval_s_dev.json"}
 LME_DEV = "longmemeval_s_dev.json"
@@ -56,7 +59,11 @@ class MemGASJobConfig:
     eval: MemEvalConfig = field(default_factory=MemEvalConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     ablations: bool = opt(True, "also run each ablation of `best` and of the paper configuration")
+    device: str = opt("auto", "encoders and the local LLM: auto (the GPU a Ray task reserved, else cpu) | cpu | cuda | cuda:N")
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        check_spec(self.device, "device")
 
 
 def shared_memory_dir() -> Path:
@@ -167,6 +174,7 @@ def _eval_conversation(cfg_dict: dict, conv, methods: dict, key: str, log_dir: s
     from suite.encoders import load_encoder
 
     cfg = from_dict(MemGASJobConfig, cfg_dict, "memgas_eval task")
+    use_device(cfg.device)  # this worker's device (the GPU its task reserved, if any)
     cfg.eval.progress = False
     enc = CachedEncoder(load_encoder(cfg.memgas.encoder))
     tmp_log = Path(log_dir) / f".task-{abs(hash(conv.conv_id))}-{time.time_ns()}.jsonl"
@@ -212,6 +220,7 @@ def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
     from suite.io import atomic_write_json, sha256_file
 
     cfg = apply_best_from(cfg)
+    device = use_device(cfg.device)  # fails here, before any work, if the device is not there
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", asdict(cfg))
@@ -261,6 +270,7 @@ def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
         res["configs"] = {"memgas": asdict(cfg.best), "association": asdict(cfg.memgas.association),
                           "selected_on": cfg.selected_on or "not selected: the configured `best`"}
         res["wall_s"] = time.perf_counter() - t0
+        res["runtime"] = describe_device(device)
         sp = out / "summary.json"
         prev = json.loads(sp.read_text()) if sp.exists() else {}
         prev.setdefault("memgas", {})[cfg.benchmark] = res

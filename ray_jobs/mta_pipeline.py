@@ -11,15 +11,20 @@ every run that asks for the same bank. Rerunning resumes: finished anchors and u
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mta.models import model_identity
 from mta.pipeline import MTAConfig
 from ray_jobs.bank_trainer import BankTrainConfig
 from ray_jobs.tracking import TrackingConfig
 from suite.config import opt
+from suite.device import describe as describe_device
+from suite.device import dtype_for
+from suite.device import use as use_device
 
 
 @dataclass
@@ -37,7 +42,7 @@ def bank_signature(cfg: MTAJobConfig) -> str:
 
     d = cfg.data
     key = {"task": d.task, "root": d.root, "train_split": d.train_split, "scheme": d.scheme,
-           "max_train_users": d.max_train_users, "model": asdict(cfg.model), "encoder": cfg.encoder,
+           "max_train_users": d.max_train_users, "model": model_identity(cfg.model), "encoder": cfg.encoder,
            "anchors": asdict(cfg.anchors), "lora": asdict(cfg.anchor_train)}
     return json_digest(key, 12)
 
@@ -46,19 +51,57 @@ def bank_path_for(cfg: MTAJobConfig) -> Path:
     return Path(cfg.bank_path) if cfg.bank_path else Path(cfg.bank_cache) / f"{cfg.data.task}-{bank_signature(cfg)}"
 
 
-def build_bank(cfg: MTAJobConfig, out: Path, encoder, log=print):
-    """Stage 1a + 1b: choose anchors among train users, train the missing ones, return the bank."""
+def choose_anchors(cfg: MTAJobConfig, encoder):
+    """Stage 1a: (train users, their embeddings, indices of the anchors among them)."""
     from mta.anchors import select_anchors, user_embeddings
-    from mta.bank import Bank
     from mta.data import load_task_split
-    from ray_jobs.bank_trainer import train_bank
 
     d = cfg.data
     train = load_task_split(d.task, d.train_split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url)
     if d.max_train_users:
         train = train[: d.max_train_users]
     emb = user_embeddings(train, d.task, encoder, cfg.anchors.max_items_embedded)
-    idx = select_anchors(train, emb, cfg.anchors)
+    return train, emb, select_anchors(train, emb, cfg.anchors)
+
+
+def plan_bank(cfg: MTAJobConfig, encoder) -> dict:
+    """The placement plan of the bank's training (`pretrain_bank --dry-run`): anchors are chosen
+    (cheap: encoder + k-means), nothing is trained and the LLM is not loaded."""
+    import ray
+
+    from mta.bank import Bank
+    from mta.training import for_adapter, loo_samples, total_steps
+    from ray_jobs.bank_trainer import placement_plan
+
+    train, _, idx = choose_anchors(cfg, encoder)
+    path = bank_path_for(cfg)
+    done = set(Bank(path).done_ids()) if (path / "manifest.json").exists() else set()
+    todo = [train[i] for i in idx if train[i].user_id not in done]
+    steps = {}
+    for u in todo:
+        tc = for_adapter(cfg.anchor_train, "anchor", u.user_id)
+        steps[u.user_id] = total_steps(len(loo_samples(cfg.data.task, u.profile, tc.max_samples, tc.seed)), tc)
+    resources = dict(cfg.bank.plan_resources) or {"CPU": float(os.cpu_count() or 1),
+                                                   "GPU": float(torch_gpus())}
+    plan = placement_plan(cfg.bank, [{"id": u.user_id} for u in todo], steps, resources)
+    plan.update({"bank": str(path), "already_in_bank": sorted(done), "model": cfg.model.name,
+                 "model_dtype": cfg.model.dtype, "ray_version": ray.__version__})
+    return plan
+
+
+def torch_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def build_bank(cfg: MTAJobConfig, out: Path, encoder, log=print):
+    """Stage 1a + 1b: choose anchors among train users, train the missing ones, return the bank."""
+    from mta.bank import Bank
+    from ray_jobs.bank_trainer import train_bank
+
+    d = cfg.data
+    train, emb, idx = choose_anchors(cfg, encoder)
     ids = [train[i].user_id for i in idx]
     path = bank_path_for(cfg)
     log(f"[bank] {len(ids)} anchors chosen among {len(train)} candidate users; bank at {path}")
@@ -156,6 +199,7 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
     from suite.encoders import load_encoder
     from suite.io import atomic_write_json, sha256_file
 
+    device = use_device(cfg.model.device)  # fails here, before any training, if the device is not there
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", asdict(cfg))
@@ -204,6 +248,9 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
                        "signature": bank.manifest.get("signature")}
         if res.get("bytes_per_user"):
             res["bytes_per_user"]["bank_amortised"] = res["bank"]["bytes"] / max(1, len(records))
+        res["runtime"] = {"driver": describe_device(device, dtype_for(device, cfg.model.dtype)),
+                          "eval_backend": cfg.eval.backend, "eval_gpus": cfg.eval.gpus,
+                          "bank_gpus_per_worker": cfg.bank.gpus_per_worker}
         res["seeds"] = "per adapter: sha256(run seed / kind / anchor or user id)"
         res["resolved_calibration"] = resolve_calibration(task, cfg.eval.calibration)
         summary_path = out / "summary.json"
@@ -242,6 +289,7 @@ def _evaluate_task(cfg_dict: dict, out: str, bank_path: str, users: list, key: s
     from suite.encoders import load_encoder
 
     cfg = from_dict(MTAJobConfig, cfg_dict, "mta_pipeline task")
+    use_device(cfg.model.device)  # the GPU this task reserved (eval.gpus), if any
     model, tok = load_base(cfg.model)
     fail = cfg.eval.fail_at
 

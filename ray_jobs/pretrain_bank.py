@@ -2,11 +2,14 @@
 holds, each trainer's workers data parallel under DeepSpeed (ZeRO-2 default, ZeRO-3 for big models).
 
     python -m ray_jobs.pretrain_bank --config ray_jobs/configs/pretrain_bank_lamp2_cpu.yaml --out runs/bank
+    python -m ray_jobs.pretrain_bank --config ray_jobs/configs/pretrain_bank_llama8b_gpu.yaml --out runs/plan --dry-run
     ray job submit --working-dir . -- python -m ray_jobs.pretrain_bank --config ray_jobs/configs/pretrain_bank_llama8b_gpu.yaml --out /mnt/shared/bank
 
 Checkpoints go to `bank.storage_path` (local, NFS or s3://); a failed worker group restarts and
 resumes from its last checkpoint; anchors already in the bank are skipped on rerun. The result is the
 bank the MTA pipeline reads (`bank_path=...`). Writes OUT/summary.json {"bank": {...}}.
+`--dry-run` chooses the anchors, prints the placement plan (trainers, anchors per trainer, workers,
+GPUs, expected checkpoints) and writes it to OUT/plan.json without training or loading the LLM.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ray_jobs.mta_pipeline import MTAJobConfig, build_bank
+from ray_jobs.mta_pipeline import MTAJobConfig, build_bank, plan_bank
 
 
 def run(cfg: MTAJobConfig, out: str | Path) -> dict:
@@ -45,10 +48,29 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
         tracker.finish()
 
 
+def dry_run(cfg: MTAJobConfig, out: str | Path) -> dict:
+    import json
+
+    from suite.encoders import load_encoder
+    from suite.io import atomic_write_json
+
+    plan = plan_bank(cfg, load_encoder(cfg.encoder, device="cpu"))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(out) / "plan.json", plan)
+    print(json.dumps({k: v for k, v in plan.items() if k != "trainers"}, indent=1))
+    for t in plan["trainers"]:
+        print(f"trainer {t['trainer']}: {t['workers']} worker(s) x {t['per_worker']}, {len(t['anchors'])} anchor(s), "
+              f"{t['steps']} steps, {t['checkpoints']} checkpoints: {', '.join(t['anchors'])}")
+    return plan
+
+
 def main(argv=None) -> None:
     from ray_jobs.cli import parse
 
-    args, cfg = parse(MTAJobConfig, __doc__, argv)
+    args, cfg = parse(MTAJobConfig, __doc__, argv, flags={"dry-run": "print the placement plan, train nothing"})
+    if args.dry_run:
+        dry_run(cfg, args.out)
+        return
     run(cfg, args.out)
 
 

@@ -34,9 +34,11 @@ def trial(config: dict) -> None:
     from ray_jobs.sweeps import apply_params
     from ray_jobs.tracking import Tracker
     from suite.io import json_digest
+    from suite.device import use as use_device
     from suite.encoders import load_encoder
 
     cfg = apply_params(MemGASJobConfig, config["base"], config["params"])
+    use_device(cfg.device)
     trial_dir = Path(tune.get_context().get_trial_dir())
     cfg.tracking.group = config["base"]["tracking"].get("group") or "sweep_memgas"
     tracker = Tracker(cfg.tracking, "trial", {**asdict(cfg), "params": config["params"]}, trial_dir,

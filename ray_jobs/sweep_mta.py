@@ -31,9 +31,11 @@ def trial(config: dict) -> None:
     from mta.pipeline import Evaluator, _uses_labels, load_users, summarize
     from ray_jobs.sweeps import apply_params
     from ray_jobs.tracking import Tracker
+    from suite.device import use as use_device
     from suite.encoders import load_encoder
 
     cfg = apply_params(MTAJobConfig, config["base"], config["params"])
+    use_device(cfg.model.device)  # the GPU this trial reserved (sweep.gpus_per_trial), if any
     trial_dir = Path(tune.get_context().get_trial_dir())
     cfg.tracking.group = config["base"]["tracking"].get("group") or "sweep_mta"
     tracker = Tracker(cfg.tracking, "trial", {**asdict(cfg), "params": config["params"]}, trial_dir,

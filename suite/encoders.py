@@ -76,12 +76,13 @@ class SentenceTransformerEncoder:
 class MeanPoolEncoder:
     """A plain transformers encoder with attention-masked mean pooling (Contriever)."""
 
-    def __init__(self, path: str, max_length: int = 512, normalize: bool = False):
+    def __init__(self, path: str, max_length: int = 512, normalize: bool = False, device: str = "cpu"):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
+        self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval().to(device)
+        self.device = torch.device(device)
         self.name, self.max_length, self.normalize, self.torch = str(path), max_length, normalize, torch
         self.dim = int(self.model.config.hidden_size)
 
@@ -91,13 +92,13 @@ class MeanPoolEncoder:
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
                 b = self.tok(texts[i:i + batch_size], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
+                             max_length=self.max_length, return_tensors="pt").to(self.device)
                 h = self.model(**b).last_hidden_state
                 m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
                 e = (h * m).sum(1) / m.sum(1).clamp(min=1)
                 if self.normalize:
                     e = torch.nn.functional.normalize(e, dim=-1)
-                outs.append(e.float().numpy())
+                outs.append(e.float().cpu().numpy())
         return np.concatenate(outs) if outs else np.zeros((0, self.dim), np.float32)
 
 
@@ -114,13 +115,17 @@ class HashingEncoder:
         return self.vec.transform(texts).toarray().astype(np.float32)
 
 
-def load_encoder(name: str = "minilm") -> Encoder:
+def load_encoder(name: str = "minilm", device: str | None = None) -> Encoder:
+    """An encoder on `device` (default: this process's device, `suite.device.current()`)."""
+    from suite.device import current
+
+    device = str(device or current())
     if name == "minilm":
-        return SentenceTransformerEncoder(minilm_path(), name="minilm")
+        return SentenceTransformerEncoder(minilm_path(), name="minilm", device=device)
     if name.startswith("hashing"):
         dim = int(name.split(":")[1]) if ":" in name else 512
         return HashingEncoder(dim)
     p = Path(name)
     if p.exists() and (p / "modules.json").exists():
-        return SentenceTransformerEncoder(p, name=name)
-    return MeanPoolEncoder(name)
+        return SentenceTransformerEncoder(p, name=name, device=device)
+    return MeanPoolEncoder(name, device=device)

@@ -22,7 +22,7 @@ def loopback_env() -> None:
         boot.write_text("{}\n")
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None):
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None):
     """Join `address` (or RAY_ADDRESS, e.g. under `ray job submit`) or start a loopback-only Ray."""
     address = address or os.environ.get("RAY_ADDRESS")
     local = not address or address == "local"
@@ -42,6 +42,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
     ray.init(
         address="local",
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
         include_dashboard=False,
         _node_ip_address=LOOPBACK,
         log_to_driver=True,

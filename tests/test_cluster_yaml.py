@@ -39,3 +39,14 @@ def test_only_ssh_is_open_and_dashboard_is_local():
     assert "py311-gpu" in cfg["docker"]["image"] and "2.60.0" in cfg["docker"]["image"]
     setup = " ".join(cfg["setup_commands"])
     assert "requirements.txt" in setup and "-e /home/ray/personalized-llm-suite" in setup
+
+
+def test_token_auth_on_every_node_and_no_token_in_the_file():
+    cfg = _cfg()
+    for cmds in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in cfg[cmds] if "ray start" in c]
+        assert start and all("RAY_AUTH_MODE=token" in c for c in start), cmds
+    assert "--env RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]  # job drivers in the container too
+    assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    text = Path("cluster.yaml").read_text()
+    assert "RAY_AUTH_TOKEN=" not in text and "auth_token:" not in text.replace("/home/ray/.ray/auth_token:", "")

@@ -18,6 +18,7 @@ def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
     assert set(res["methods"]) == {"base", "rag", "prior", "prior_recency", "oppu", "fusion", "mta", "mta_prior",
                                    "uniform", "random"}
     assert res["calibration"] == "content_free" and set(res["calibration_alternatives"]) == {"batch", "none"}
+    assert res["runtime"]["driver"] == {"device": "cpu", "dtype": "float32"}  # mta_tiny.yaml sets model.device=cpu
     # lambda chosen on train users that are not anchors, never on the evaluated dev users
     sel = res["split"]["selection"]
     assert sel["split"] == "train" and sel["users"] > 0 and res["mta_prior_lambda"] == sel["lambda"]
