@@ -6,11 +6,22 @@
     store.save("mem/"); MemoryStore.load("mem/", encoder=...)
 
 Adding a session embeds its units and associates its nodes with earlier ones (GMM): the graph grows
-incrementally, never rebuilt. `save` writes the whole store into a temp folder and renames it over
-the old one (atomic); every file's checksum is in the manifest and verified on load.
+incrementally, never rebuilt; an add that fails leaves the memory as it was. `save` writes the whole
+store into a temp folder and swaps it with the old one (atomic); every file's checksum is in the
+manifest, the manifest is sealed with its own checksum, and both are verified on load.
+
+Several processes may share one store folder: `save` holds an exclusive inter-process lock,
+`load` a shared one (a reader sees the old or the new store, never a mix), and
+
+    with MemoryStore.transaction("mem/", encoder=enc) as store:   # load → modify → save, locked
+        store.add(messages, user_id="alice")
+
+makes load-modify-save one step, so concurrent writers never lose each other's adds.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +34,8 @@ from memgas.encoders import CachedEncoder
 from memgas.retrieval import RetrievalConfig, rank_sessions
 from memgas.units import SessionUnits, UnitBuilder
 from suite.config import from_dict, opt
-from suite.io import DataError, atomic_dir, read_json, recover_dir, sha256_file
+from suite.io import (DataError, atomic_dir, check_seal, check_text, file_lock, inside, read_json, readable_dir, seal,
+                      sha256_file)
 from suite.lexical import BM25Index
 
 FORMAT = "memgas-store/1"
@@ -84,25 +96,38 @@ class Memory:
         s_idx = len(self.sessions)
         old = self.matrix() if self.rows else np.zeros((0, 0), np.float32)
         first_new = len(self.rows)
-        for g in NODE_GRANULARITIES:
-            for row in emb[g]:
-                self.node_gran.append(g)
-                self.node_sess_list.append(s_idx)
-                self.rows.append(np.asarray(row, dtype=np.float32))
-        self.sessions.append({"session_id": session_id, "date": date, "units": units.by_granularity()})
+        # everything is computed first and committed at the end: an error (a bad embedding, the
+        # GMM failing) leaves the memory untouched, so the same session can be retried
+        gran = [g for g in NODE_GRANULARITIES for _ in emb[g]]
+        rows = [np.asarray(row, dtype=np.float32) for g in NODE_GRANULARITIES for row in emb[g]]
+        if len(old) and any(r.shape != (old.shape[1],) for r in rows):
+            raise ValueError(f"session {session_id!r}: embeddings of dimension {rows[0].shape}, "
+                             f"the memory holds dimension {old.shape[1]}")
+        edges = []
         if s_idx >= cfg.start_session and len(old):
             pool = set(cfg.pool)
-            new_i = [i for i in range(first_new, len(self.rows)) if self.node_gran[i] in pool]
+            new_i = [k for k, g in enumerate(gran) if g in pool]
             old_i = [j for j in range(first_new) if self.node_gran[j] in pool]
             if new_i and old_i:
-                new = np.stack([self.rows[i] for i in new_i])
-                self.edges += [(new_i[i], old_i[j]) for i, j in associate(new, old[old_i], cfg)]
+                new = np.stack([rows[k] for k in new_i])
+                edges = [(first_new + new_i[i], old_i[j]) for i, j in associate(new, old[old_i], cfg)]
+        session = {"session_id": session_id, "date": date, "units": units.by_granularity()}
+        self.node_gran += gran
+        self.node_sess_list += [s_idx] * len(rows)
+        self.rows += rows
+        self.edges += edges
+        self.sessions.append(session)
         self._mat, self._by_gran, self._bm25, self._graphs = None, {}, {}, {}
         return s_idx
 
 
 def _to_session(messages, session_id: str, date: str) -> Session:
+    """A `Session` from what `add()` accepts, every text checked before anything is stored (a text
+    that cannot be saved would otherwise make every later `save()` of the whole store fail)."""
     if isinstance(messages, Session):
+        for j, t in enumerate(messages.turns):
+            check_text("add()", f"{session_id} turn {j}", "text", t.text)
+            check_text("add()", f"{session_id} turn {j}", "speaker", t.speaker)
         return messages
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
@@ -112,8 +137,26 @@ def _to_session(messages, session_id: str, date: str) -> Session:
     for j, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str):
             raise DataError("add()", f"{session_id} message {j}", "content", "missing or not a string")
-        turns.append(Turn(str(m.get("role", "user")), m["content"], f"{session_id}:{j}"))
+        check_text("add()", f"{session_id} message {j}", "content", m["content"])
+        role = check_text("add()", f"{session_id} message {j}", "role", m.get("role", "user"))
+        turns.append(Turn(role, m["content"], f"{session_id}:{j}"))
     return Session(session_id, turns, date)
+
+
+def _check_id(value, field: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError("add()", None, field, f"expected a string or integer, got {type(value).__name__}")
+    return check_text("add()", None, field, str(value), empty_ok=False)
+
+
+def _is_store(path: Path) -> bool:
+    mp = path / "manifest.json"
+    if not mp.is_file():
+        return False
+    try:
+        return json.loads(mp.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class MemoryStore:
@@ -141,16 +184,26 @@ class MemoryStore:
 
     def add(self, messages, user_id: str, session_id: str | None = None, date: str = "") -> str:
         """Store one session (a list of {role, content}, a string, or a `Session`) for a user."""
-        given = session_id or (messages.session_id if isinstance(messages, Session) else None)
+        user_id = _check_id(user_id, "user_id")
+        given = session_id if session_id is not None else (messages.session_id if isinstance(messages, Session) else None)
+        if given is not None:
+            given = _check_id(given, "session_id")
+        if not isinstance(date, str):  # e.g. a datetime.date: JSON cannot hold it
+            raise DataError("add()", given, "date", f"expected an ISO date string, got {type(date).__name__}")
+        check_text("add()", given, "date", date)
         session = _to_session(messages, given or "new", date)
         # LLM calls and encoding touch no shared state: they run outside the lock, so searches
         # are not queued behind them; only the graph update below is serialised.
         units = self.units.build(session)
         emb = self.embed_units(units)
         with self._lock:
-            mem = self.users.setdefault(str(user_id), Memory())
-            sid = given or f"s{len(mem.sessions) + 1}"
+            mem = self.users.get(user_id) or Memory()
+            taken = {x["session_id"] for x in mem.sessions}
+            sid, n = given, len(mem.sessions) + 1
+            while sid is None or (given is None and sid in taken):  # a generated id never takes a chosen one
+                sid, n = f"s{n}", n + 1
             mem.add(sid, date or session.date, units, emb, self.cfg.association)
+            self.users[user_id] = mem  # a new user appears only once their first session is in
             return sid
 
     def search(self, query: str, user_id: str, limit: int = 3, retrieval: RetrievalConfig | None = None) -> dict:
@@ -172,47 +225,91 @@ class MemoryStore:
 
     # ------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
-        """Write the whole store atomically (temp folder + rename), with checksums."""
-        import json
+        """Write the whole store atomically (temp folder + swap) under the folder's exclusive lock.
+        Refuses a folder that exists, is not empty and is not a memory store."""
+        with file_lock(path):
+            return self._write(Path(path))
 
+    def _write(self, path: Path) -> Path:
         from safetensors.numpy import save_file
 
-        with self._lock, atomic_dir(path) as tmp:
+        with self._lock, atomic_dir(path, is_own=_is_store, kind="memory store") as tmp:
             users = {}
             for k, (uid, mem) in enumerate(sorted(self.users.items())):
                 meta = {"user_id": uid, "sessions": mem.sessions, "node_gran": mem.node_gran,
                         "node_sess": mem.node_sess_list, "edges": [list(e) for e in mem.edges]}
-                (tmp / f"user{k}.json").write_text(json.dumps(meta, ensure_ascii=False))
+                (tmp / f"user{k}.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
                 save_file({"emb": mem.matrix().astype(np.float32)}, str(tmp / f"user{k}.safetensors"))
                 users[uid] = {"meta": f"user{k}.json", "emb": f"user{k}.safetensors",
                               "sha256": {f: sha256_file(tmp / f) for f in (f"user{k}.json", f"user{k}.safetensors")}}
-            (tmp / "manifest.json").write_text(json.dumps({"format": FORMAT, "config": asdict(self.cfg),
-                                                           "encoder": self.encoder.name, "users": users}, indent=1))
-        return Path(path)
+            man = seal({"format": FORMAT, "config": asdict(self.cfg), "encoder": self.encoder.name,
+                        "dim": int(self.encoder.dim), "n_users": len(users), "users": users})
+            (tmp / "manifest.json").write_text(json.dumps(man, indent=1), encoding="utf-8")
+        return path
 
     @classmethod
     def load(cls, path: str | Path, encoder=None, llm=None, verify: bool = True) -> "MemoryStore":
+        """Read a store under the folder's shared lock (never while a writer swaps it). Reading
+        changes nothing on disk."""
+        with file_lock(path, shared=True):
+            return cls._read(Path(path), encoder, llm, verify)
+
+    @classmethod
+    @contextlib.contextmanager
+    def transaction(cls, path: str | Path, cfg: MemGASConfig | None = None, encoder=None, llm=None):
+        """Load (or create) → yield → save, all under the exclusive lock: concurrent writers in other
+        processes wait, and none loses another's adds. Nothing is saved if the block raises."""
+        path = Path(path)
+        with file_lock(path):
+            exists = (readable_dir(path) / "manifest.json").exists()
+            store = cls._read(path, encoder, llm, True) if exists else cls(cfg, encoder=encoder, llm=llm)
+            yield store
+            store._write(path)
+
+    @classmethod
+    def _read(cls, path: Path, encoder, llm, verify: bool) -> "MemoryStore":
         from safetensors.numpy import load_file
 
-        path = Path(path)
-        recover_dir(path)
-        mp = path / "manifest.json"
+        where = readable_dir(path)
+        mp = where / "manifest.json"
         if not mp.exists():
             raise StoreError(f"{mp}: no memory store here")
         man = read_json(mp)
-        if man.get("format") != FORMAT:
-            raise StoreError(f"{mp}: format {man.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(man, dict) or man.get("format") != FORMAT:
+            raise StoreError(f"{mp}: format {man.get('format') if isinstance(man, dict) else None!r}, expected {FORMAT!r}")
+        try:
+            check_seal(man, mp)
+        except DataError as e:
+            raise StoreError(str(e)) from None
+        users = man.get("users")
+        if not isinstance(users, dict) or man.get("n_users") != len(users):
+            raise StoreError(f"{mp}: field 'users' does not hold the {man.get('n_users')} user(s) the manifest declares")
         store = cls(from_dict(MemGASConfig, man["config"], str(mp)), encoder=encoder, llm=llm)
         if store.encoder.name != man["encoder"]:
             raise StoreError(f"{mp}: saved with encoder {man['encoder']!r}, loading with {store.encoder.name!r}")
-        for uid, u in man["users"].items():
-            for f, sha in u["sha256"].items():
-                if verify and (not (path / f).exists() or sha256_file(path / f) != sha):
-                    raise StoreError(f"{path / f}: missing or checksum mismatch (store corrupted)")
-            meta = read_json(path / u["meta"])
+        if int(store.encoder.dim) != man.get("dim"):
+            raise StoreError(f"{mp}: saved with {man.get('dim')}-dimensional embeddings, the encoder gives {store.encoder.dim}")
+        for uid, u in users.items():
+            try:
+                files = {k: inside(where, u.get(k), mp, f"user {uid!r}", k) for k in ("meta", "emb")}
+                sums = u.get("sha256")
+                if not isinstance(sums, dict) or set(sums) != {u["meta"], u["emb"]}:
+                    raise DataError(mp, f"user {uid!r}", "sha256", "must give the checksum of exactly its two files")
+            except DataError as e:
+                raise StoreError(str(e)) from None
+            for f, sha in sums.items():
+                if verify and (not (where / f).exists() or sha256_file(where / f) != sha):
+                    raise StoreError(f"{where / f}: missing or checksum mismatch (store corrupted)")
+            meta = read_json(files["meta"])
+            if meta.get("user_id") != uid:
+                raise StoreError(f"{files['meta']}: holds user {meta.get('user_id')!r}, the manifest says {uid!r}")
             mem = Memory()
             mem.sessions, mem.node_gran, mem.node_sess_list = meta["sessions"], meta["node_gran"], meta["node_sess"]
             mem.edges = [tuple(e) for e in meta["edges"]]
-            mem.rows = list(load_file(str(path / u["emb"]))["emb"])
+            emb = load_file(str(files["emb"]))["emb"]
+            if emb.ndim != 2 or len(emb) != len(mem.node_gran) or (len(emb) and emb.shape[1] != man["dim"]):
+                raise StoreError(f"{files['emb']}: {tuple(emb.shape)} embeddings for {len(mem.node_gran)} nodes "
+                                 f"of dimension {man['dim']}")
+            mem.rows = list(emb)
             store.users[uid] = mem
         return store

@@ -12,7 +12,9 @@ at it. The manifest rewrite is the single commit point: a crash anywhere leaves 
 at complete folders whose checksums match (the old state or the new), and a rerun trains only the
 missing anchors. Folders no manifest points to (a crash's leftovers) are removed when a writer
 reopens the bank. The bank has one writer at a time (the driver). Loading verifies every checksum
-and reads tensors only through safetensors.
+and reads tensors only through safetensors. The manifest is sealed with its own checksum, and every
+path in it must stay inside the bank folder: a bank write never touches anything outside it, and a
+folder that exists but is not a bank is refused rather than written into.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save, save_file
 
-from suite.io import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_tree, read_json, sha256_file
+from suite.io import (DataError, atomic_write_bytes, atomic_write_json, check_seal, fsync_dir, fsync_tree, inside,
+                      read_json, refuse_foreign, seal, sha256_file)
 
 FORMAT = "mta-bank/1"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -85,6 +88,14 @@ class LoadedBank:
         return [c["lora_alpha"] / c["r"] for c in self.configs]
 
 
+def _is_bank_folder(path: Path) -> bool:
+    """A bank, or what a crash during `Bank.create` leaves (its embeddings and temp files only)."""
+    if (path / "manifest.json").exists():
+        return True
+    return all(p.name == "embeddings.safetensors" or (p.name.startswith(".") and p.name.endswith(".tmp"))
+               for p in path.iterdir())
+
+
 class Bank:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -92,8 +103,24 @@ class Bank:
         if not self.manifest_path.exists():
             raise BankError(f"{self.manifest_path}: no bank here")
         self.manifest = read_json(self.manifest_path)
-        if self.manifest.get("format") != FORMAT:
-            raise BankError(f"{self.manifest_path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
+            raise BankError(f"{self.manifest_path}: not a bank manifest (format must be {FORMAT!r})")
+        try:
+            check_seal(self.manifest, self.manifest_path)
+            anchors = self.manifest.get("anchors")
+            if not isinstance(anchors, list):
+                raise DataError(self.manifest_path, field="anchors", problem="expected a list")
+            inside(self.path, self.manifest["embeddings"]["file"], self.manifest_path, "embeddings", "file")
+            for a in anchors:
+                d = inside(self.path, a.get("dir"), self.manifest_path, f"anchor {a.get('id')!r}", "dir")
+                if d.parent.name != "anchors" or d.parent.parent.resolve() != self.path.resolve():
+                    raise DataError(self.manifest_path, f"anchor {a.get('id')!r}", "dir",
+                                    f"{a.get('dir')!r} is not a folder under anchors/")
+                if a.get("done") and (not isinstance(a.get("files"), dict) or set(a["files"]) != {ADAPTER_WEIGHTS, ADAPTER_CONFIG}):
+                    raise DataError(self.manifest_path, f"anchor {a.get('id')!r}", "files",
+                                    "a done anchor must give the checksums of its two adapter files")
+        except DataError as e:
+            raise BankError(str(e)) from None
 
     @classmethod
     def create(cls, path: str | Path, anchor_ids: list[str], emb: np.ndarray, meta: dict,
@@ -101,6 +128,10 @@ class Bank:
         """Plan a bank, or reopen it if the same plan is already on disk (resume)."""
         path = Path(path)
         mp = path / "manifest.json"
+        try:
+            refuse_foreign(path, _is_bank_folder, "bank")
+        except DataError as e:
+            raise BankError(str(e)) from None
         if mp.exists():
             bank = cls(path)
             planned = [a["id"] for a in bank.manifest["anchors"]]
@@ -113,8 +144,8 @@ class Bank:
         atomic_write_bytes(ep, save({"anchor_emb": torch.as_tensor(np.asarray(emb, dtype=np.float32))}))
         anchors = [{"id": a, "dir": f"anchors/{slug(a)}", "n_items": (n_items or [0] * len(anchor_ids))[i],
                     "done": False, "files": {}} for i, a in enumerate(anchor_ids)]
-        atomic_write_json(mp, {"format": FORMAT, **meta, "embeddings": {"file": ep.name, "sha256": sha256_file(ep)},
-                               "anchors": anchors})
+        atomic_write_json(mp, seal({"format": FORMAT, **meta, "embeddings": {"file": ep.name, "sha256": sha256_file(ep)},
+                                    "anchors": anchors}))
         return cls(path)
 
     def done_ids(self) -> list[str]:
@@ -163,6 +194,7 @@ class Bank:
             entry["train"] = {"steps": train_info.get("steps"), "seconds": train_info.get("seconds"),
                               "loss_first": losses[0] if losses else None,
                               "loss_last": losses[-1] if losses else None}
+        self.manifest = seal(self.manifest)
         atomic_write_json(self.manifest_path, self.manifest)  # the commit point
         if old and old != entry["dir"]:
             shutil.rmtree(self.path / old, ignore_errors=True)

@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class DataError(ValueError):
@@ -51,6 +51,80 @@ def check_text_value(file, record, field: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DataError(file, record, field, f"expected a string or number, got {type(value).__name__}")
     return str(value)
+
+
+def check_text(file, record, field: str, value: Any, empty_ok: bool = True) -> str:
+    """A text field that will be written to disk later: a str that encodes as UTF-8 (a lone
+    surrogate such as JSON's "\\udce9" does not, and would make every later save fail)."""
+    if not isinstance(value, str):
+        raise DataError(file, record, field, f"expected a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(file, record, field, f"not valid Unicode text (lone surrogate at position {e.start})") from None
+    if not empty_ok and not value.strip():
+        raise DataError(file, record, field, "is empty")
+    return value
+
+
+def inside(folder: str | Path, rel: Any, file, record=None, field: str = "path") -> Path:
+    """`folder / rel` for a path read from a manifest, refusing anything that leaves `folder`
+    (absolute paths, `..`, symlinks pointing out)."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        raise DataError(file, record, field, f"expected a relative path, got {rel!r}")
+    if os.path.isabs(rel) or ".." in Path(rel).parts:
+        raise DataError(file, record, field, f"path {rel!r} leaves the folder")
+    root = Path(folder).resolve()
+    target = (root / rel).resolve()
+    if target != root and root not in target.parents:
+        raise DataError(file, record, field, f"path {rel!r} resolves outside the folder")
+    return Path(folder) / rel
+
+
+SEAL = "manifest_sha256"
+
+
+def seal(manifest: dict) -> dict:
+    """The manifest with its own checksum (sha256 of its canonical JSON without the checksum)."""
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return {**body, SEAL: json_digest(body, 64)}
+
+
+def check_seal(manifest: dict, file) -> dict:
+    """Verify a sealed manifest; an edited, truncated or unsealed one is a DataError naming `file`."""
+    if not isinstance(manifest, dict) or SEAL not in manifest:
+        raise DataError(file, field=SEAL, problem="missing: the manifest is not sealed (edited or not written by this suite)")
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    if json_digest(body, 64) != manifest[SEAL]:
+        raise DataError(file, field=SEAL, problem="mismatch: the manifest was modified after it was written")
+    return manifest
+
+
+@contextlib.contextmanager
+def file_lock(target: str | Path, shared: bool = False, timeout_s: float = 600.0) -> Iterator[None]:
+    """An inter-process lock for `target` (fcntl.flock on the sibling file `.NAME.lock`, which
+    survives the folder swaps of `atomic_dir`). Writers take it exclusive, readers shared."""
+    import fcntl
+    import time
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        while True:
+            try:
+                fcntl.flock(fd, mode)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{lock}: still locked by another process after {timeout_s:.0f}s") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def fsync_dir(path: Path) -> None:
@@ -123,9 +197,18 @@ def _old_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
+def readable_dir(path: str | Path) -> Path:
+    """Where a reader finds a folder written by `atomic_dir`, changing nothing on disk: the folder,
+    or its old copy if a two-rename swap was interrupted before the new one landed."""
+    path = Path(path)
+    old = _old_path(path)
+    return old if not path.exists() and old.exists() else path
+
+
 def recover_dir(path: str | Path) -> None:
-    """Finish or undo an interrupted two-rename `atomic_dir` swap (the non-Linux fallback): if the
-    target is missing but the old copy exists, the new folder never landed, so the old one returns."""
+    """For writers only: finish or undo an interrupted two-rename `atomic_dir` swap (the non-Linux
+    fallback): if the target is missing but the old copy exists, the new folder never landed, so the
+    old one returns."""
     path = Path(path)
     old = _old_path(path)
     if old.exists():
@@ -147,12 +230,28 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+def refuse_foreign(path: str | Path, is_own: Callable[[Path], bool], kind: str) -> None:
+    """Raise unless `path` is absent, an empty folder, or a folder `is_own` recognises: a write
+    never replaces (and so deletes) a folder that holds something else."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise DataError(path, problem=f"exists and is not a folder; refusing to replace it with a {kind}")
+    if any(path.iterdir()) and not is_own(path):
+        raise DataError(path, problem=f"exists and is not a {kind} (no {kind} manifest); refusing to overwrite "
+                                      "its files: choose an empty or new folder")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp folder; on success it replaces `path` atomically (old copy removed after)."""
+def atomic_dir(path: str | Path, is_own: Callable[[Path], bool] | None = None, kind: str = "folder") -> Iterator[Path]:
+    """Yield a temp folder; on success it replaces `path` atomically (old copy removed after).
+    With `is_own`, an existing non-empty `path` that is not of this kind is refused first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path)
+    if is_own is not None:
+        refuse_foreign(path, is_own, kind)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -84,3 +84,40 @@ def test_bank_adapters_are_standard_peft(tmp_path, tiny):
     pm = PeftModel.from_pretrained(fresh, str(bank.path / bank.manifest["anchors"][0]["dir"]))
     got = {k: v for k, v in pm.state_dict().items() if "lora_A" in k}
     assert got and all(torch.allclose(v, sd[k.replace(".default", "")]) for k, v in got.items())
+
+
+# ------------------------------------------------------------------ reliability round 2
+def test_a_folder_that_is_not_a_bank_is_refused(tmp_path):
+    d = tmp_path / "bank"
+    d.mkdir()
+    (d / "results.csv").write_text("keep me")
+    with pytest.raises(BankError, match="is not a bank"):
+        Bank.create(d, ["a"], np.eye(1, 3), {})
+    assert [p.name for p in d.iterdir()] == ["results.csv"]
+
+
+@pytest.mark.parametrize("bad_dir", ["../elsewhere", "/tmp/elsewhere", "anchors/../../elsewhere", "other/x"])
+def test_a_manifest_path_outside_the_bank_is_refused_and_nothing_outside_is_deleted(tmp_path, bad_dir):
+    from suite.io import seal
+
+    bank = _bank(tmp_path)
+    bank.add_anchor("a", state_dict=_sd(0), lora_config=CONF)
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    (victim / "data.txt").write_text("not the bank's")
+    man = json.loads((bank.path / "manifest.json").read_text())
+    man["anchors"][0]["dir"] = bad_dir
+    (bank.path / "manifest.json").write_text(json.dumps(seal(man)))  # even a validly sealed one
+    with pytest.raises(BankError, match="dir"):
+        Bank(bank.path).add_anchor("a", state_dict=_sd(5), lora_config=CONF)
+    assert (victim / "data.txt").read_text() == "not the bank's"
+
+
+def test_an_edited_bank_manifest_is_refused(tmp_path):
+    bank = _bank(tmp_path)
+    bank.add_anchor("a", state_dict=_sd(0), lora_config=CONF)
+    man = json.loads((bank.path / "manifest.json").read_text())
+    man["anchors"][0]["files"] = {}  # checksums emptied
+    (bank.path / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BankError, match="manifest_sha256"):
+        Bank(bank.path)
