@@ -13,13 +13,14 @@ import string
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
 
 from memgas.data import Conversation
 from memgas.retrieval import RetrievalConfig, rank_sessions
-from suite.config import opt
+from suite.config import ConfigError, opt
 from suite.io import append_jsonl, json_digest, read_jsonl
 
 KS = (1, 3, 5, 10, 30, 50)
@@ -102,14 +103,19 @@ class MemEvalConfig:
     judge: bool = opt(False, "LLM-as-judge yes/no (needs an endpoint)")
     progress: bool = opt(True, "progress bar over conversations")
     bootstrap: int = opt(10000, "bootstrap resamples for the paired intervals")
-    backend: str = opt("local", "local | ray (each conversation / LongMemEval question a Ray task)")
+    backend: Literal["local", "ray"] = opt("local", "local | ray (each conversation / LongMemEval question a Ray task)")
     cpus: float = opt(1.0, "ray backend: CPUs per task")
     gpus: float = opt(0.0, "ray backend: GPUs per task (the encoder then runs on it)")
     max_retries: int = opt(3, "ray backend: re-executions of a task whose worker died")
 
     def __post_init__(self):
-        if self.backend not in ("local", "ray"):
-            raise ValueError(f"eval.backend={self.backend!r}: local | ray")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError(f"eval.ks: {self.ks!r} must be a non-empty list of cut-offs >= 1")
+        for name in ("max_conversations", "max_questions", "max_retries", "bootstrap"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval.{name}: {getattr(self, name)!r} must be >= 0")
+        if self.qa_top_k < 1 or self.cpus <= 0 or self.gpus < 0:
+            raise ConfigError("eval.qa_top_k must be >= 1, eval.cpus > 0 and eval.gpus >= 0")
 
 
 def run_key(methods: dict[str, RetrievalConfig], store_cfg, cfg: MemEvalConfig, data_sha: str) -> str:

@@ -1,46 +1,108 @@
 """LLM backends behind one interface, `complete(prompt, max_tokens, temperature) -> str`:
 
 - `http`: any OpenAI-compatible chat endpoint (vLLM, TGI, a hosted API). Key from the environment
-  variable named by `api_key_env`, never from a file or config. Timeouts; retries with exponential
-  backoff and full jitter on 429, 5xx, timeouts and broken connections, within `max_retries` and
-  `retry_budget_s`; a concurrency limit shared by all threads; empty or malformed completions are
-  retried and finally raise `LLMError`.
+  variable named by `api_key_env`, never from a file or config. Each attempt has one deadline,
+  `timeout_s`, covering connect, headers and body (a server dripping bytes is cut off at it); retries
+  with exponential backoff and full jitter on 429, 5xx, timeouts, broken connections and torn
+  responses, within `max_retries` and `retry_budget_s`; every transport failure ends as `LLMError`.
+  Redirects are never followed (the bearer token must not reach another host). A concurrency limit
+  is shared by all threads; empty or malformed completions are retried. URLs in messages are redacted.
 - `local`: a transformers causal LM (SmolLM2 by default) with its chat template, greedy at T=0.
 - `none`: no LLM (`build_llm` returns None; units fall back to extractive text).
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
+import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
 
-from suite.config import opt
+from suite.config import ConfigError, opt
+from suite.redact import redact_url
 
 
 @dataclass
 class LLMConfig:
-    backend: str = opt("none", "none | http | local")
+    backend: Literal["none", "http", "local"] = opt("none", "none | http | local")
     url: str = opt("http://127.0.0.1:8000/v1", "OpenAI-compatible base URL (http backend)")
     model: str = opt("smollm2", "model name sent to the endpoint / local model (smollm2, tiny, hub id, path)")
     api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the endpoint key")
-    timeout_s: float = opt(60.0, "per-request timeout")
+    timeout_s: float = opt(60.0, "deadline of one attempt: connect + headers + body")
     max_retries: int = opt(5, "retries after the first attempt")
     backoff_s: float = opt(1.0, "base of the exponential backoff")
     max_backoff_s: float = opt(30.0, "cap of one backoff sleep")
     retry_budget_s: float = opt(300.0, "total time one call may spend retrying")
     concurrency: int = opt(8, "requests in flight at once (all threads)")
 
+    def __post_init__(self):
+        for name, ok, rule in (("timeout_s", self.timeout_s > 0, "> 0"), ("max_retries", self.max_retries >= 0, ">= 0"),
+                               ("backoff_s", self.backoff_s >= 0, ">= 0"), ("max_backoff_s", self.max_backoff_s >= 0, ">= 0"),
+                               ("retry_budget_s", self.retry_budget_s > 0, "> 0"), ("concurrency", self.concurrency >= 1, ">= 1")):
+            if not ok:
+                raise ConfigError(f"llm.{name}: {getattr(self, name)!r} must be {rule}")
+        if self.backend == "http" and urlsplit(self.url).scheme not in ("http", "https"):
+            raise ConfigError(f"llm.url: {redact_url(self.url)!r} must be an http:// or https:// URL")
+
 
 class LLMError(RuntimeError):
     """The endpoint failed for good (retries or budget exhausted, or a non-retryable error)."""
 
 
+class _HTTPStatus(Exception):
+    def __init__(self, code: int):
+        self.code = code
+
+
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_RESPONSE = 16 << 20  # a chat completion is never this large
+
+
+def post_json(url: str, body: bytes, headers: dict, timeout_s: float) -> dict:
+    """POST and parse JSON within one deadline for the whole exchange: a timer shuts the socket
+    at the deadline, so no sequence of slow reads can outlast it. 3xx is an error, not followed."""
+    u = urlsplit(url)
+    conn_cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(u.hostname, u.port, timeout=timeout_s)
+    expired = threading.Event()
+
+    def cut():
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(timeout_s, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        conn.request("POST", (u.path or "/") + (f"?{u.query}" if u.query else ""), body=body, headers=headers)
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise _HTTPStatus(resp.status)
+        data = resp.read(MAX_RESPONSE + 1)
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within {timeout_s:g}s")
+        if resp.length:  # fewer bytes than Content-Length: the answer was cut
+            raise http.client.IncompleteRead(data, resp.length)
+        if len(data) > MAX_RESPONSE:
+            raise ValueError("response too large")
+        return json.loads(data.decode("utf-8"))
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within {timeout_s:g}s") from None
+        raise
+    finally:
+        timer.cancel()
+        conn.close()
 
 
 class HTTPChatLLM:
@@ -54,14 +116,14 @@ class HTTPChatLLM:
         key = os.environ.get(self.cfg.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.cfg.url.rstrip("/") + "/chat/completions", data=body, headers=headers)
-        with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as r:
-            return json.loads(r.read().decode("utf-8"))
+        u = urlsplit(self.cfg.url)
+        url = u._replace(path=u.path.rstrip("/") + "/chat/completions").geturl()
+        return post_json(url, body, headers, self.cfg.timeout_s)
 
     def complete(self, prompt: str, max_tokens: int = 500, temperature: float = 0.0) -> str:
         body = json.dumps({"model": self.cfg.model, "messages": [{"role": "user", "content": prompt}],
                            "max_tokens": max_tokens, "temperature": temperature}).encode()
-        start, last = time.monotonic(), "no attempt"
+        start, last, where = time.monotonic(), "no attempt", redact_url(self.cfg.url)
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 self.retries += 1
@@ -78,15 +140,18 @@ class HTTPChatLLM:
                     last = "empty completion"
                     continue
                 return text.strip()
-            except urllib.error.HTTPError as e:
+            except _HTTPStatus as e:
                 last = f"HTTP {e.code}"
                 if e.code not in RETRYABLE:
-                    raise LLMError(f"{self.cfg.url}: {last} (not retried)") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+                    why = "redirects are not followed" if 300 <= e.code < 400 else "not retried"
+                    raise LLMError(f"{where}: {last} ({why})") from None
+            except (TimeoutError, OSError, http.client.HTTPException) as e:  # IncompleteRead, BadStatusLine, ...
+                last = f"{type(e).__name__}: {e}"
             except (KeyError, IndexError, TypeError, ValueError) as e:
                 last = f"malformed response ({type(e).__name__})"
-        raise LLMError(f"{self.cfg.url}: gave up after {attempt + 1} attempt(s): {last}")
+            except Exception as e:  # noqa: BLE001 - whatever else the transport raises ends as LLMError
+                raise LLMError(f"{where}: {type(e).__name__}: {e}") from None
+        raise LLMError(f"{where}: gave up after {attempt + 1} attempt(s): {last}")
 
 
 class LocalLLM:

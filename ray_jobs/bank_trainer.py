@@ -238,9 +238,9 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
-    from suite.ray_local import init_ray
+    from suite.ray_local import init_ray, started_locally, torch_config
 
     init_ray()
     storage = cfg.storage_path or str(Path(out_dir).resolve() / "ray_results")
@@ -262,7 +262,7 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
                                "deepspeed_config": ds_path, "checkpoint_every": cfg.checkpoint_every,
                                "fail_at": cfg.fail_at},
             # NCCL between GPU workers, gloo on CPU (DeepSpeed initialises its own group the same way)
-            torch_config=TorchConfig(backend="nccl" if cfg.gpus_per_worker > 0 else "gloo"),
+            torch_config=torch_config("nccl" if cfg.gpus_per_worker > 0 else "gloo", Path(out_dir).resolve() / ".rendezvous"),
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
                                          resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                                **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}),
@@ -270,7 +270,8 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
                                  failure_config=FailureConfig(max_failures=cfg.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=None),
                                  worker_runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
-                                                                  "OMP_NUM_THREADS": str(threads)}}),
+                                                                  "OMP_NUM_THREADS": str(threads),
+                                                                  **({"GLOO_SOCKET_IFNAME": "lo"} if started_locally() else {})}}),
         )
         return [c for c, _ in trainer.fit().best_checkpoints]
 

@@ -26,6 +26,7 @@ from memgas.retrieval import RetrievalConfig, paper_config
 from memgas.store import MemGASConfig
 from ray_jobs.tracking import TrackingConfig
 from suite.config import opt
+from suite.redact import redact_config
 from suite.device import check_spec
 from suite.device import describe as describe_device
 from suite.device import use as use_device
@@ -223,7 +224,7 @@ def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
     device = use_device(cfg.device)  # fails here, before any work, if the device is not there
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", asdict(cfg))
+    atomic_write_json(out / "config.json", redact_config(asdict(cfg)))  # no key embedded in a URL is written
     path = resolve_data(cfg)
     convs, split = split_conversations(load_benchmark(cfg.benchmark, path), cfg)
     if cfg.eval.max_conversations:

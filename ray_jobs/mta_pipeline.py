@@ -22,6 +22,7 @@ from mta.pipeline import MTAConfig
 from ray_jobs.bank_trainer import BankTrainConfig
 from ray_jobs.tracking import TrackingConfig
 from suite.config import opt
+from suite.redact import redact_config
 from suite.device import describe as describe_device
 from suite.device import dtype_for
 from suite.device import use as use_device
@@ -202,7 +203,7 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
     device = use_device(cfg.model.device)  # fails here, before any training, if the device is not there
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", asdict(cfg))
+    atomic_write_json(out / "config.json", redact_config(asdict(cfg)))
     tracker = Tracker(cfg.tracking, "mta_pipeline", asdict(cfg), out, name=f"mta-{cfg.data.task}")
     try:
         encoder = load_encoder(cfg.encoder)

@@ -68,6 +68,7 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     from ray_jobs.memgas_eval import resolve_data
     from ray_jobs.sweeps import apply_params, report_sweep, run_sweep
     from suite.io import atomic_write_text
+    from suite.redact import redact_config
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     atomic_write_text(out / "best_config.yaml",
                       f"# python -m ray_jobs.memgas_eval --config {out / 'best_config.yaml'} --out runs/memgas_best_test\n"
                       "# (or: memgas_eval --config <job yaml> best_from=THIS_FILE); selected on the dev split\n"
-                      + yaml.safe_dump(asdict(best), sort_keys=False))
+                      + yaml.safe_dump(redact_config(asdict(best)), sort_keys=False))
     return report_sweep(res, cfg.sweep, cfg.job.tracking, out)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from suite.redact import redact_config
 from suite.config import opt
 
 
@@ -85,7 +86,8 @@ def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict,
                  if sweep.scheduler == "asha" else FIFOScheduler())
         tuner = tune.Tuner(
             wrapped,
-            param_space={"base": base, "params": params},
+            # Tune writes the param space to disk (params.json): URLs go redacted, keys come from the env
+            param_space={"base": redact_config(base), "params": params},
             tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=search_alg,
                                         scheduler=sched, num_samples=samples,
                                         max_concurrent_trials=sweep.max_concurrent),

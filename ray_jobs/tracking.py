@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from suite.config import opt
+from suite.redact import redact_config
 
 SECRET = re.compile(r"(key|token|secret|password|auth)", re.I)
 
@@ -24,8 +25,9 @@ class TrackingConfig:
 
 
 def redact(obj: Any) -> Any:
+    """Drop secret-named keys and strip credentials from every URL (suite.redact)."""
     if isinstance(obj, dict):
-        return {k: redact(v) for k, v in obj.items() if not SECRET.search(str(k))}
+        return {k: redact(v) for k, v in redact_config(obj).items() if not SECRET.search(str(k))}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj

@@ -49,3 +49,55 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}},
     )
     return ray
+
+
+def started_locally() -> bool:
+    """True when this process runs the loopback-only Ray that `init_ray` started (not a cluster)."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    ctx = ray.get_runtime_context()
+    return ctx.gcs_address.startswith(f"{LOOPBACK}:")
+
+
+def torch_config(backend: str, rendezvous_dir: str | Path | None = None):
+    """Ray Train's TorchConfig for `backend`; on a loopback-only local Ray, a variant whose process
+    group meets through a file (torch FileStore) instead of a TCPStore: torch's TCPStore server
+    listens on every interface and has no bind-address option, so a local run would otherwise
+    open a port beyond loopback for the whole training. Gloo's own pair sockets are pinned to `lo`
+    (GLOO_SOCKET_IFNAME, set in the workers' env)."""
+    from ray.train.torch import TorchConfig
+
+    if rendezvous_dir is None or not started_locally():
+        return TorchConfig(backend=backend)
+    return _file_rendezvous_config(backend, str(rendezvous_dir))
+
+
+def _file_rendezvous_config(backend: str, rendezvous_dir: str):
+    import dataclasses
+    import uuid
+
+    import ray
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
+
+    class FileRendezvousBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            Path(backend_config.rendezvous_dir).mkdir(parents=True, exist_ok=True)
+            url = f"file://{Path(backend_config.rendezvous_dir).resolve()}/pg-{uuid.uuid4().hex}"
+            worker_group.execute(_set_torch_distributed_env_vars)  # LOCAL_RANK etc., as Ray Train does
+            ray.get([worker_group.execute_single_async(i, _setup_torch_process_group, backend=backend_config.backend,
+                                                       world_rank=i, world_size=len(worker_group), init_method=url,
+                                                       timeout_s=backend_config.timeout_s)
+                     for i in range(len(worker_group))])
+
+    @dataclasses.dataclass
+    class FileRendezvousTorchConfig(TorchConfig):
+        rendezvous_dir: str = ""
+
+        @property
+        def backend_cls(self):
+            return FileRendezvousBackend
+
+    return FileRendezvousTorchConfig(backend=backend, rendezvous_dir=rendezvous_dir)

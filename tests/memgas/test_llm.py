@@ -66,3 +66,156 @@ def test_non_retryable_and_dead_server(local):
 def test_server_refuses_non_loopback(local):
     with pytest.raises(ValueError, match="loopback"):
         make_server(local, "0.0.0.0", 0)
+
+
+# ------------------------------------------------------------------ reliability round 2: transport and server
+import http.client  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
+from suite.config import ConfigError  # noqa: E402
+
+
+def _raw_server(respond):
+    """A loopback TCP server whose every connection is handled by `respond(conn)`; returns (url, seen)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    seen = []
+
+    def loop():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            seen.append(conn.recv(65536))
+            try:
+                respond(conn)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.getsockname()[1]}/v1", seen
+
+
+def test_a_dripping_server_is_cut_off_at_the_deadline():
+    def drip(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(30):
+            conn.sendall(b" ")
+            time.sleep(0.2)
+
+    srv, url, _ = _raw_server(drip)
+    try:
+        c = _client(url, [], timeout_s=0.8, max_retries=1)
+        t0 = time.monotonic()
+        with pytest.raises(LLMError, match="TimeoutError"):
+            c.complete("hi", 4)
+        assert time.monotonic() - t0 < 3.0  # 2 attempts x 0.8 s, not 2 x 6 s of dripping
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"choices\": [",  # IncompleteRead
+    b"GARBAGE\r\n\r\n",                                                   # BadStatusLine
+    b"",                                                                   # RemoteDisconnected
+])
+def test_torn_responses_are_retried_then_raise_llmerror(reply):
+    srv, url, seen = _raw_server(lambda conn: conn.sendall(reply))
+    try:
+        c = _client(url, [], timeout_s=2, max_retries=2)
+        with pytest.raises(LLMError, match="gave up after 3 attempt"):
+            c.complete("hi", 4)
+        assert len(seen) == 3
+    finally:
+        srv.close()
+
+
+def test_redirects_are_not_followed_and_the_token_stays_home(monkeypatch):
+    other, other_url, other_seen = _raw_server(lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
+    redirect = f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {other_url}/chat/completions\r\nContent-Length: 0\r\n\r\n"
+    srv, url, seen = _raw_server(lambda conn: conn.sendall(redirect.encode()))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    try:
+        with pytest.raises(LLMError, match="redirects are not followed"):
+            _client(url, []).complete("hi", 4)
+        assert b"Bearer sk-test-secret" in seen[0]  # sent to the configured host only
+        time.sleep(0.2)
+        assert other_seen == []
+    finally:
+        srv.close()
+        other.close()
+
+
+def test_a_key_in_the_url_is_never_written(tmp_path, monkeypatch):
+    from ray_jobs.memgas_eval import MemGASJobConfig
+    from ray_jobs.tracking import redact
+    from suite.config import load_config
+    from suite.redact import redact_url
+
+    url = "https://user:hunter2@llm.example.com/v1?api-key=sk-live-123&deployment=x"
+    assert redact_url(url) == "https://***@llm.example.com/v1?api-key=%2A%2A%2A&deployment=x"
+    cfg = load_config(MemGASJobConfig, None, [f"llm.url={url}", "llm.backend=http"])
+    from dataclasses import asdict
+
+    from suite.redact import redact_config
+
+    for written in (json.dumps(redact_config(asdict(cfg))), json.dumps(redact(asdict(cfg)))):
+        assert "hunter2" not in written and "sk-live-123" not in written
+    c = HTTPChatLLM(LLMConfig(backend="http", url="http://k:sekrit@127.0.0.1:9/v1", timeout_s=0.2, max_retries=0))
+    with pytest.raises(LLMError) as e:
+        c.complete("hi", 2)
+    assert "sekrit" not in str(e.value)
+
+
+@pytest.mark.parametrize("ov,field", [("llm.timeout_s=0", "timeout_s"), ("llm.max_retries=-1", "max_retries"),
+                                      ("llm.concurrency=0", "concurrency"), ("llm.backend=htp", "backend"),
+                                      ("eval.ks=[]", "ks")])
+def test_config_ranges_and_choices_fail_at_load(ov, field):
+    from ray_jobs.memgas_eval import MemGASJobConfig
+    from suite.config import load_config
+
+    with pytest.raises(ConfigError, match=field):
+        load_config(MemGASJobConfig, None, [ov])
+
+
+def _post(port, body: bytes, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json", **(headers or {})})
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+def test_server_answers_bad_requests_with_4xx_and_drops_stalled_clients(local):
+    srv = make_server(local, "127.0.0.1", 0, max_body=2000, max_tokens_cap=64, read_timeout_s=0.5)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    try:
+        assert _post(port, b"{not json")[0] == 400
+        assert _post(port, json.dumps({"messages": []}).encode())[0] == 400
+        ok = {"messages": [{"role": "user", "content": "hi"}]}
+        assert _post(port, json.dumps({**ok, "max_tokens": 10_000}).encode())[0] == 400
+        assert _post(port, json.dumps({**ok, "pad": "x" * 5000}).encode())[0] == 413
+        assert _post(port, json.dumps({**ok, "max_tokens": 4}).encode())[0] == 200
+        # half-sent requests: each thread is freed after the read timeout
+        base = threading.active_count()
+        socks = []
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+            socks.append(s)
+        time.sleep(0.2)
+        assert threading.active_count() > base  # handler threads wait on the stalled bodies
+        time.sleep(1.5)
+        assert threading.active_count() <= base + 1  # ... and are freed by the read timeout
+        for s in socks:
+            s.close()
+        assert _post(port, json.dumps({**ok, "max_tokens": 4}).encode())[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
