@@ -6,6 +6,8 @@ the component with the highest mean become the new node's neighbours (undirected
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import warnings
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ class AssociationConfig:
     n_components: int = opt(2, "GMM components (the highest-mean one gives the neighbours)")
     start_session: int = opt(5, "sessions stored before association starts (reference: from the 6th)")
     seed: int = opt(0, "GMM random_state")
-    init_params: str = opt("k-means++", "GMM init: k-means++ (same split, ~3x faster) | kmeans (sklearn default)")
+    init_params: Literal["k-means++", "kmeans"] = opt("k-means++", "GMM init: k-means++ (same split, ~3x faster) | kmeans (sklearn default)")
     pool: list[str] = opt(help="granularities that are associated (new nodes and old candidates): the session-level "
                                "units, as the reference; add `turn` to link individual turns too",
                           factory=lambda: ["session", "turn_mean", "summary", "keywords"])

@@ -16,6 +16,8 @@
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,15 +34,15 @@ class RetrievalConfig:
                                    factory=lambda: ["session", "turn_mean", "summary", "keywords"])
     lexical: list[str] = opt(help="lexical granularities routed like the dense ones: bm25_session, bm25_turn",
                              factory=list)
-    router: str = opt("corrected", "corrected | reference | uniform")
+    router: Literal["corrected", "reference", "uniform"] = opt("corrected", "corrected | reference | uniform")
     temperature: float = opt(0.2, "router softmax temperature T")
-    score_norm: str = opt("raw", "raw (paper) | softmax | rrf")
+    score_norm: Literal["raw", "softmax", "rrf"] = opt("raw", "raw (paper) | softmax | rrf")
     rrf_k: float = opt(60.0, "rank offset of the rrf normalisation")
-    session_agg: str = opt("sum", "sum (paper) | max")
+    session_agg: Literal["sum", "max"] = opt("sum", "sum (paper) | max")
     use_graph: bool = opt(True, "personalised PageRank over the association graph")
     damping: float = opt(0.1, "igraph damping (probability to follow an edge; 0.1 = 90% restart)")
     num_seeds: int = opt(15, "seed nodes for PageRank (0 = every node)")
-    lexical_mode: str = opt("seed", "seed (BM25 scores join the graph's seed scores) | bypass (added after the graph)")
+    lexical_mode: Literal["seed", "bypass"] = opt("seed", "seed (BM25 scores join the graph's seed scores) | bypass (added after the graph)")
 
     def __post_init__(self):  # a typo fails when the config is read, before any memory is built
         choices = {"router": ("corrected", "reference", "uniform"), "score_norm": ("raw", "softmax", "rrf"),

@@ -12,7 +12,7 @@ import torch
 
 from mta import merge
 from mta.bank import LoadedBank
-from suite.config import opt
+from suite.config import ConfigError, opt
 
 
 @dataclass
@@ -22,6 +22,14 @@ class FusionConfig:
     temperature: float = opt(0.1, "softmax temperature")
     merge: str = opt("cat", "cat (exact) | svd (exact, re-factored to svd_rank) | ref_avg (reference, inexact)")
     svd_rank: int = opt(0, "rank of the svd merge (0 = the anchors' rank)")
+
+    def __post_init__(self):  # registry names, checked at parse time (before any bank is trained)
+        if self.merge not in merge.MERGES:
+            raise ConfigError(f"fusion.merge: {self.merge!r} is not one of {sorted(merge.MERGES)}")
+        if self.weighting not in merge.WEIGHTINGS:
+            raise ConfigError(f"fusion.weighting: {self.weighting!r} is not one of {sorted(merge.WEIGHTINGS)}")
+        if self.top_k < 1:
+            raise ConfigError(f"fusion.top_k: {self.top_k} must be >= 1")
 
 
 @dataclass

@@ -11,6 +11,8 @@ calibration, lambda and statistics are applied once all users are in.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import random
 import time
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from mta.fusion import FusionConfig, fuse
 from mta.models import ModelConfig, model_identity
 from mta.stacking import StackConfig, adapter_bytes, stack_user
 from mta.training import LoraTrainConfig, for_adapter, history_for, loo_samples
-from suite.config import opt
+from suite.config import ConfigError, opt
 from suite.io import append_jsonl, json_digest, read_jsonl
 from suite.stats import compare
 
@@ -42,7 +44,7 @@ class DataConfig:
     root: str = opt("", "data folder (holding LaMP_k/ or the split files); empty = ../shared/data/lamp_like, then download")
     train_split: str = opt("train", "split whose users are anchor candidates")
     eval_split: str = opt("dev", "split whose users are evaluated (`train`: the train users that are not anchors)")
-    scheme: str = opt("user", "user | time (official download layout)")
+    scheme: Literal["user", "time"] = opt("user", "user | time (official download layout)")
     max_eval_users: int = opt(0, "evaluate the first N users (0 = all)")
     max_train_users: int = opt(0, "anchor candidates kept (0 = all)")
     select_users: int = opt(16, "train users (not anchors) on which mta_prior's lambda is chosen (0 = none)")
@@ -55,8 +57,8 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     methods: list[str] = opt(help="methods to run", factory=lambda: list(ALL_METHODS))
-    inference: str = opt("auto", "auto (label scoring for classification/rating, else greedy) | label | generate")
-    calibration: str = opt("auto", "label-score calibration: auto (content_free for classification, none for "
+    inference: Literal["auto", "label", "generate"] = opt("auto", "auto (label scoring for classification/rating, else greedy) | label | generate")
+    calibration: Literal["auto", "content_free", "batch", "none"] = opt("auto", "label-score calibration: auto (content_free for classification, none for "
                                    "rating) | content_free (no test inputs) | batch (transductive) | none")
     rag_k: int = opt(1, "BM25 items in the RAG prompt")
     history_k: int = opt(1, "BM25 items in adapter-method prompts (as in training)")
@@ -71,12 +73,17 @@ class EvalConfig:
                                          "task's main metric replaces `stacking` (empty = use `stacking`)", factory=list)
     bootstrap: int = opt(10000, "bootstrap resamples for the paired intervals")
     progress: bool = opt(True, "progress bar over users")
-    backend: str = opt("local", "local (in the driver) | ray (one Ray task, re-executed from the resume log if its worker dies)")
+    backend: Literal["local", "ray"] = opt("local", "local (in the driver) | ray (one Ray task, re-executed from the resume log if its worker dies)")
     cpus: float = opt(2.0, "ray backend: CPUs reserved by the evaluation task")
     gpus: float = opt(0.0, "ray backend: GPUs reserved by the evaluation task")
     max_retries: int = opt(3, "ray backend: re-executions after the task's worker dies")
     fail_at: dict = opt(help="fault injection for tests: {after_users: N, marker: PATH} kills the task's worker "
                              "once, after its N-th user", factory=dict)
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(f"eval.methods: {unknown or 'empty'} not among {ALL_METHODS}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 
@@ -37,7 +37,7 @@ class LoraTrainConfig:
     batch_size: int = opt(2, "samples per optimizer step (effective, across workers)")
     micro_batch: int = opt(2, "samples per forward pass on one worker (gradient accumulation)")
     warmup_ratio: float = opt(0.1, "linear warmup fraction of steps")
-    scheduler: str = opt("cosine", "cosine | constant")
+    scheduler: Literal["cosine", "constant"] = opt("cosine", "cosine | constant")
     max_samples: int = opt(0, "cap on leave-one-out samples per user (0 = all)")
     grad_clip: float = opt(1.0, "max gradient norm (0 = off)")
     seed: int = opt(0, "LoRA init and sample order")

@@ -7,6 +7,8 @@ checkpoint and skips finished anchors; the driver installs every reported adapte
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import json
 import os
 import tempfile
@@ -20,8 +22,8 @@ from suite.config import opt
 
 @dataclass
 class BankTrainConfig:
-    backend: str = opt("ray", "ray (Ray Train TorchTrainer) | local (same loop in this process)")
-    strategy: str = opt("ddp", "ddp (gradients summed with torch.distributed) | deepspeed")
+    backend: Literal["ray", "local"] = opt("ray", "ray (Ray Train TorchTrainer) | local (same loop in this process)")
+    strategy: Literal["ddp", "deepspeed"] = opt("ddp", "ddp (gradients summed with torch.distributed) | deepspeed")
     deepspeed_config: str = opt("ray_jobs/configs/deepspeed/zero2.json", "DeepSpeed JSON (zero2.json; zero3.json for big models)")
     num_workers: int = opt(1, "Ray Train workers per anchor trainer (data parallel)")
     parallel: int = opt(1, "anchor trainers run at once (0 = as many as the cluster holds)")

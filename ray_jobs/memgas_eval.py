@@ -14,6 +14,8 @@ finished questions and never reuses records of another configuration). Prints a 
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import json
 import sys
 import time
@@ -37,7 +39,7 @@ LME_DEV = "longmemeval_s_dev.json"
 
 @dataclass
 class SplitConfig:
-    name: str = opt("all", "all | dev (tune here) | test (report here: never seen by a sweep)")
+    name: Literal["all", "dev", "test"] = opt("all", "all | dev (tune here) | test (report here: never seen by a sweep)")
     dev_every: int = opt(3, "LoCoMo: conversation i (file order) is dev when i % dev_every == 0 (4 of 10), else test")
     dev_data: str = opt("", "LongMemEval: the dev file whose question ids are excluded from test; "
                             "empty = ../shared/data/memory/longmemeval_s_dev.json")
@@ -49,7 +51,7 @@ class SplitConfig:
 
 @dataclass
 class MemGASJobConfig:
-    benchmark: str = opt("locomo", "locomo | longmemeval | long_mt_bench")
+    benchmark: Literal["locomo", "longmemeval", "long_mt_bench"] = opt("locomo", "locomo | longmemeval | long_mt_bench")
     data: str = opt("", "benchmark file; empty = ../shared/data/memory/<default file> (LongMemEval: the S dev file)")
     split: SplitConfig = field(default_factory=SplitConfig)
     memgas: MemGASConfig = field(default_factory=MemGASConfig)

@@ -22,6 +22,9 @@ class SweepMemGASConfig:
     job: MemGASJobConfig = field(default_factory=MemGASJobConfig)
     sweep: SweepConfig = field(default_factory=lambda: SweepConfig(name="sweep_memgas", metric="recall_all@5", mode="max"))
 
+    def __post_init__(self):
+        self.sweep.check(MemGASJobConfig, set(), r"(recall_any|recall_all|ndcg_any)@\d+")
+
 
 def trial(config: dict) -> None:
     from ray import tune

@@ -20,6 +20,9 @@ class SweepMTAConfig:
     job: MTAJobConfig = field(default_factory=MTAJobConfig)
     sweep: SweepConfig = field(default_factory=lambda: SweepConfig(name="sweep_mta", metric="accuracy", mode="max"))
 
+    def __post_init__(self):
+        self.sweep.check(MTAJobConfig, {"accuracy", "f1", "mae", "rmse", "rouge1", "rougeL"})
+
 
 def trial(config: dict) -> None:
     """One Tune trial (runs in a Tune worker)."""

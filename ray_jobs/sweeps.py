@@ -12,20 +12,20 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from suite.redact import redact_config
-from suite.config import opt
+from suite.config import ConfigError, field_type, opt
 
 
 @dataclass
 class SweepConfig:
     name: str = opt("sweep", "Tune experiment name (also the W&B group)")
     metric: str = opt("accuracy", "metric the trials report")
-    mode: str = opt("max", "max | min")
-    search: str = opt("optuna", "optuna | grid (full product of `values` lists) | random")
+    mode: Literal["max", "min"] = opt("max", "max | min")
+    search: Literal["optuna", "grid", "random"] = opt("optuna", "optuna | grid (full product of `values` lists) | random")
     num_samples: int = opt(8, "trials (optuna/random; grid runs the whole product)")
-    scheduler: str = opt("asha", "asha (early stopping on per-step reports) | fifo")
+    scheduler: Literal["asha", "fifo"] = opt("asha", "asha (early stopping on per-step reports) | fifo")
     grace_period: int = opt(2, "ASHA: steps before a trial may be stopped")
     max_t: int = opt(1000, "ASHA: most steps a trial reports")
     max_concurrent: int = opt(2, "trials run at once")
@@ -35,6 +35,21 @@ class SweepConfig:
     seed: int = opt(0, "search seed")
     space: dict = opt(help="dotted key → {values: [...]} | {low, high, log: bool, int: bool}; a list-valued "
                            "choice is written as a YAML string, e.g. '[session, turn]'", factory=dict)
+
+    def check(self, job_cls: type, metrics: set[str] | None = None, metric_pattern: str = "") -> None:
+        """Parse-time checks against the job the sweep drives: every space key addresses a real field,
+        every spec is well formed, and the metric is one the trials report."""
+        import re
+
+        for key, spec in self.space.items():
+            field_type(job_cls, key, "sweep.space")
+            ok = isinstance(spec, dict) and (("values" in spec and isinstance(spec["values"], list) and spec["values"])
+                                             or ("low" in spec and "high" in spec and spec["low"] <= spec["high"]))
+            if not ok:
+                raise ConfigError(f"sweep.space.{key}: expected {{values: [non-empty list]}} or {{low, high}} with low <= high")
+        if metrics is not None and self.metric not in metrics and not (metric_pattern and re.fullmatch(metric_pattern, self.metric)):
+            raise ConfigError(f"sweep.metric: {self.metric!r} is not reported by the trials; expected one of {sorted(metrics)}"
+                              + (f" or {metric_pattern}" if metric_pattern else ""))
 
 
 def _tune_space(space: dict, search: str) -> dict:

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from suite.config import opt
 from suite.redact import redact_config
@@ -21,7 +21,7 @@ class TrackingConfig:
     project: str = opt("personalized-llm-suite", "W&B project")
     entity: str = opt("", "W&B entity (team); empty = default")
     group: str = opt("", "W&B group (sweep or job family); empty = job name")
-    mode: str = opt("auto", "auto (online iff WANDB_API_KEY is set) | online | offline | disabled")
+    mode: Literal["auto", "online", "offline", "disabled"] = opt("auto", "auto (online iff WANDB_API_KEY is set) | online | offline | disabled")
 
 
 def redact(obj: Any) -> Any:

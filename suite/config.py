@@ -137,15 +137,30 @@ def _deep_update(base: dict, new: dict, where: str) -> None:
             base[k] = v
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: dotted name, default and help text (for `--help`)."""
+def describe(cls: type, prefix: str = "", inst: Any = None) -> list[str]:
+    """One line per field: dotted name, default and help text (for `--help`). Nested defaults are
+    read from the parent's default instance (a parent may give a section non-default values)."""
     lines = []
     hints = typing.get_type_hints(cls)
-    inst = cls()
+    inst = cls() if inst is None else inst
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if _is_dc(tp):
-            lines += describe(tp, f"{prefix}{f.name}.")
+            lines += describe(tp, f"{prefix}{f.name}.", getattr(inst, f.name))
         else:
-            lines.append(f"  {prefix}{f.name} = {getattr(inst, f.name)!r}  # {f.metadata.get('help', '')}")
+            choices = f" [{' | '.join(map(str, typing.get_args(tp)))}]" if typing.get_origin(tp) is typing.Literal else ""
+            lines.append(f"  {prefix}{f.name} = {getattr(inst, f.name)!r}{choices}  # {f.metadata.get('help', '')}")
     return lines
+
+
+def field_type(cls: type, dotted: str, where: str = "config") -> Any:
+    """The annotation of the field a dotted key addresses; ConfigError naming the bad part."""
+    tp: Any = cls
+    for i, part in enumerate(dotted.split(".")):
+        if not _is_dc(tp):
+            raise ConfigError(f"{where}: {dotted!r}: {'.'.join(dotted.split('.')[:i])} is not a section")
+        hints = typing.get_type_hints(tp)
+        if part not in hints or part not in {f.name for f in dataclasses.fields(tp)}:
+            raise ConfigError(f"{where}: {dotted!r}: unknown key {part!r}; known: {sorted(f.name for f in dataclasses.fields(tp))}")
+        tp = hints[part]
+    return tp
