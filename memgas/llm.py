@@ -158,7 +158,7 @@ class LocalLLM:
     """A transformers causal LM in this process (greedy decoding; temperature is ignored: T=0)."""
 
     def __init__(self, model_name: str = "smollm2", max_length: int = 2048, tiny_seed: int = 0, device: str = ""):
-        from mta.models import ModelConfig, load_base
+        from suite.models import ModelConfig, load_base
         from suite.device import current
 
         self.model, self.tok = load_base(ModelConfig(name=model_name, max_length=max_length, tiny_seed=tiny_seed,
@@ -167,7 +167,7 @@ class LocalLLM:
         self._lock = threading.Lock()
 
     def complete(self, prompt: str, max_tokens: int = 500, temperature: float = 0.0) -> str:
-        from mta.evaluate import generate
+        from suite.models import generate
 
         with self._lock:  # one forward at a time: torch already uses every core
             return generate(self.model, self.tok, prompt, max_tokens, True, self.max_length + max_tokens, first_line=False)

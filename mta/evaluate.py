@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mta.data import task_info
-from mta.models import format_prompt
+from suite.models import format_prompt, generate  # noqa: F401  (generate: re-exported for mta users)
 from suite.device import model_device
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -186,15 +186,3 @@ def calibrate(scores: np.ndarray, mode: str = "content_free", cf_scores: np.ndar
     if mode == "batch":
         return scores - scores.mean(0, keepdims=True) if len(scores) >= 2 else scores
     raise ValueError(f"unknown calibration {mode!r}; expected one of {CALIBRATIONS}")
-
-
-@torch.inference_mode()
-def generate(model, tok, prompt: str, max_new_tokens: int = 32, use_chat: bool = True, max_length: int = 512,
-             first_line: bool = True) -> str:
-    """Greedy decoding; LaMP answers keep only their first line (`first_line`)."""
-    p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"][-(max_length - max_new_tokens):]
-    x = torch.tensor([p_ids], device=model_device(model))
-    out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    text = tok.decode(out[0, len(p_ids):].cpu(), skip_special_tokens=True).strip()
-    return text.split("\n")[0].strip() if first_line else text

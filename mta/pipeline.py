@@ -27,7 +27,7 @@ from mta.data import User, build_prompt, render_item, save_outputs, task_info
 from mta.evaluate import (CALIBRATIONS, calibrate, content_free_input, generate, label_logprobs,
                           per_query_scores, primary_metric, score_task)
 from mta.fusion import FusionConfig, fuse
-from mta.models import ModelConfig, model_identity
+from suite.models import ModelConfig, model_identity
 from mta.stacking import StackConfig, adapter_bytes, stack_user
 from mta.training import LoraTrainConfig, for_adapter, history_for, loo_samples
 from suite.config import ConfigError, opt

@@ -18,7 +18,7 @@ import torch
 from suite.device import model_device
 
 from mta.data import build_prompt, item_query, render_item
-from mta.models import format_prompt
+from suite.models import format_prompt
 from suite.config import opt
 from suite.lexical import BM25Index
 

@@ -76,7 +76,7 @@ def bank_worker_loop(config: dict) -> None:
     import torch
 
     from mta.adapters import AdapterHost
-    from mta.models import ModelConfig, load_base
+    from suite.models import ModelConfig, load_base
     from mta.training import LoraTrainConfig, TrainState, train_anchor
     from suite.device import use as use_device
 
@@ -292,7 +292,7 @@ def _train_local(bank: Bank, anchors: list[dict], task: str, model_cfg, train_cf
     from tqdm.auto import tqdm
 
     from mta.adapters import AdapterHost
-    from mta.models import load_base
+    from suite.models import load_base
     from mta.training import train_anchor
 
     model, tok = load_base(model_cfg)

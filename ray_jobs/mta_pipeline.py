@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mta.models import model_identity
+from suite.models import model_identity
 from mta.pipeline import MTAConfig
 from ray_jobs.bank_trainer import BankTrainConfig
 from ray_jobs.tracking import TrackingConfig
@@ -194,7 +194,7 @@ def select_lambda(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -
 
 
 def run(cfg: MTAJobConfig, out: str | Path) -> dict:
-    from mta.models import load_base
+    from suite.models import load_base
     from mta.pipeline import Evaluator, _uses_labels, load_users, record_key, resolve_calibration, summarize
     from ray_jobs.tracking import Tracker
     from suite.encoders import load_encoder
@@ -284,7 +284,7 @@ def _evaluate_task(cfg_dict: dict, out: str, bank_path: str, users: list, key: s
     import signal
 
     from mta.bank import Bank
-    from mta.models import load_base
+    from suite.models import load_base
     from mta.pipeline import Evaluator
     from suite.config import from_dict
     from suite.encoders import load_encoder

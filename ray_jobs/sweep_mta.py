@@ -30,7 +30,7 @@ def trial(config: dict) -> None:
 
     from mta.bank import Bank
     from mta.evaluate import primary_metric
-    from mta.models import load_base
+    from suite.models import load_base
     from mta.pipeline import Evaluator, _uses_labels, load_users, summarize
     from ray_jobs.sweeps import apply_params
     from ray_jobs.tracking import Tracker

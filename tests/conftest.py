@@ -61,7 +61,7 @@ def lamp_root(tmp_path) -> Path:
 @pytest.fixture
 def tiny():
     """A fresh tiny model per test: AdapterHost wraps (mutates) the model it is given."""
-    from mta.models import ModelConfig, load_base
+    from suite.models import ModelConfig, load_base
 
     return load_base(ModelConfig(name="tiny"))
 

@@ -16,7 +16,7 @@ TARGETS = ["q_proj", "v_proj"]
 
 
 def _tiny(device="cuda"):
-    from mta.models import ModelConfig, load_base
+    from suite.models import ModelConfig, load_base
 
     return load_base(ModelConfig(name="tiny", device=device, dtype="float32", max_length=256))
 
@@ -70,7 +70,7 @@ def test_tiny_pipeline_on_gpu_matches_cpu(lamp_root, tmp_path):
 def test_tiny_bank_on_one_gpu_worker(strategy, ds, lamp_root, tmp_path):
     from mta.bank import Bank
     from mta.data import load_task_split
-    from mta.models import ModelConfig
+    from suite.models import ModelConfig
     from mta.training import LoraTrainConfig
     from ray_jobs.bank_trainer import BankTrainConfig, train_bank
     from suite.ray_local import init_ray

@@ -78,7 +78,7 @@ def test_bank_adapters_are_standard_peft(tmp_path, tiny):
     host.remove("x")
     bank = _bank(tmp_path, ["a"])
     bank.add_anchor("a", state_dict=sd, lora_config=conf)
-    from mta.models import ModelConfig, load_base
+    from suite.models import ModelConfig, load_base
 
     fresh, _ = load_base(ModelConfig(name="tiny"))
     pm = PeftModel.from_pretrained(fresh, str(bank.path / bank.manifest["anchors"][0]["dir"]))

@@ -34,7 +34,7 @@ def test_retrieve_orders_by_cosine():
 
 def test_fused_adapter_in_peft_equals_weighted_sum_of_updates():
     """The merged update inside a real peft model equals Σ w_i · scale_i · B_i A_i (cat, svd)."""
-    from mta.models import ModelConfig, load_base
+    from suite.models import ModelConfig, load_base
 
     model, _ = load_base(ModelConfig(name="tiny"))
     host, bank = _bank(model)
@@ -56,7 +56,7 @@ def test_fused_adapter_in_peft_equals_weighted_sum_of_updates():
 
 
 def test_fusion_is_deterministic_and_records_what_is_stored():
-    from mta.models import ModelConfig, load_base
+    from suite.models import ModelConfig, load_base
 
     model, _ = load_base(ModelConfig(name="tiny"))
     _, bank = _bank(model)

@@ -8,7 +8,7 @@ from tests.mta.test_fusion import _bank
 
 def test_stack_trains_only_the_new_lora_on_top_of_frozen_fused():
     from mta.fusion import FusionConfig, fuse
-    from mta.models import ModelConfig, load_base
+    from suite.models import ModelConfig, load_base
 
     model, tok = load_base(ModelConfig(name="tiny"))
     host, bank = _bank(model)

@@ -31,7 +31,7 @@ def test_target_masking(tiny):
 
 
 def test_training_lowers_loss_and_touches_only_lora():
-    from mta.models import ModelConfig, load_base
+    from suite.models import ModelConfig, load_base
 
     model, tok = load_base(ModelConfig(name="tiny"))
     targets = ["q_proj", "v_proj", "up_proj", "down_proj"]
@@ -107,7 +107,7 @@ def test_relative_update_diagnostic(tiny):
 
 
 def test_plain_base_weights_read_the_same_tensors_peft_adapts(tiny):
-    from mta.models import ModelConfig, load_base
+    from suite.models import ModelConfig, load_base
     from mta.diagnostics import base_weights, plain_base_weights
 
     plain, _ = load_base(ModelConfig(name="tiny"))

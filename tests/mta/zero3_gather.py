@@ -11,7 +11,7 @@ import torch.distributed as dist
 from mta.adapters import AdapterHost
 from mta.bank import read_adapter, save_adapter
 from mta.deepspeed_train import gathered_state_dict, train_lora_deepspeed
-from mta.models import ModelConfig, load_base
+from suite.models import ModelConfig, load_base
 from mta.training import LoraTrainConfig, Sample
 
 device, port, out = sys.argv[1], sys.argv[2], sys.argv[3]

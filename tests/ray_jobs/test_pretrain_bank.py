@@ -6,7 +6,7 @@ import numpy as np
 
 from mta.bank import Bank
 from mta.data import load_task_split
-from mta.models import ModelConfig
+from suite.models import ModelConfig
 from mta.training import LoraTrainConfig
 from ray_jobs.bank_trainer import BankTrainConfig, train_bank
 

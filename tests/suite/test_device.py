@@ -3,7 +3,7 @@ fails before any work where there is no CUDA."""
 import pytest
 import torch
 
-from mta.models import ModelConfig
+from suite.models import ModelConfig
 from ray_jobs.memgas_eval import MemGASJobConfig
 from ray_jobs.mta_pipeline import MTAJobConfig
 from suite import device
@@ -48,7 +48,7 @@ def test_auto_is_cpu_without_cuda_and_cuda_is_refused():
 
 
 def test_models_land_on_the_resolved_device():
-    from mta.models import load_base
+    from suite.models import load_base
 
     model, _ = load_base(ModelConfig(name="tiny", device="cpu"))
     assert {p.device.type for p in model.parameters()} | {b.device.type for b in model.buffers()} == {"cpu"}

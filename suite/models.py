@@ -1,4 +1,4 @@
-"""The base LLM and its tokenizer: SmolLM2 GGUF (CPU default), any hub id or local folder, or a
+"""Shared by both methods (MTA's LaMP models, MemGAS's local LLM): the base LLM and its tokenizer: SmolLM2 GGUF (CPU default), any hub id or local folder, or a
 tiny randomly initialised Llama built in code for unit tests (byte-level tokenizer, ChatML).
 
 `ModelConfig.name`: "smollm2" | "tiny" | a hub id / local path. Weights load through
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from suite.config import opt
-from suite.device import check_dtype, check_spec, dtype_for, resolve
+from suite.device import check_dtype, check_spec, dtype_for, model_device, resolve
 from suite.encoders import package_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -112,3 +112,15 @@ def format_prompt(tok, prompt: str, use_chat: bool = True) -> str:
     if not use_chat:
         return prompt + "\n"
     return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+
+
+@torch.inference_mode()
+def generate(model, tok, prompt: str, max_new_tokens: int = 32, use_chat: bool = True, max_length: int = 512,
+             first_line: bool = True) -> str:
+    """Greedy decoding; LaMP answers keep only their first line (`first_line`)."""
+    p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"][-(max_length - max_new_tokens):]
+    x = torch.tensor([p_ids], device=model_device(model))
+    out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    text = tok.decode(out[0, len(p_ids):].cpu(), skip_special_tokens=True).strip()
+    return text.split("\n")[0].strip() if first_line else text

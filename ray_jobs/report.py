@@ -1,0 +1,219 @@
+"""One results report from the runs' `summary.json` files: Markdown tables and matplotlib plots.
+
+    python -m ray_jobs.report runs/bench_lamp2 runs/memgas_locomo_test --out report/
+    python -m ray_jobs.report results/* --out report/ --readme README.md     # regenerate README's tables
+    python -m ray_jobs.report runs/bench_lamp3 --keep results/               # keep a run's summary in git
+
+Every MTA task gets a method table (main metrics, paired 95% interval of the difference to MTA with
+its verdict, per-user bytes and adaptation seconds), an anchor table and an accuracy-versus-storage
+plot; every MemGAS benchmark a method table with intervals against the reference method, recall@k
+curves and per-category bars; a sweep its best configuration. `--readme` replaces each block
+between `<!-- report:NAME -->` and `<!-- /report:NAME -->` (NAME = the run folder's name) with the
+rendered Markdown, so README tables are never edited by hand; `tests/ray_jobs/test_report.py` checks
+that they match the committed summaries in `results/`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from suite.io import atomic_write_text, read_json  # noqa: E402
+
+MTA_LABELS = {"base": "base (no history)", "rag": "RAG (BM25 top-1)", "prior": "prior (most frequent, newest breaks ties)",
+              "prior_recency": "prior_recency", "oppu": "OPPU (own LoRA)", "fusion": "fusion (no stacking)",
+              "mta": "**MTA**", "mta_prior": "mta_prior", "uniform": "uniform merge of all anchors",
+              "random": "random anchors"}
+MEM_COLUMNS = ["recall_all@5", "recall_any@5", "recall_all@10", "ndcg_any@5"]
+
+
+def _f(x, nd=3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float) and abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def _diff(d: dict | None) -> str:
+    if not d:
+        return "—"
+    lo, hi = d["ci95"]
+    return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] {d['verdict']}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+# ------------------------------------------------------------------------------------------- MTA
+def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
+    methods = r["methods"]
+    metrics = list(next(iter(methods.values())))
+    bytes_, adapt = r.get("bytes_per_user", {}), r.get("adapt_s_per_user", {})
+    rows = [[MTA_LABELS.get(m, m)] + [_f(v[k]) for k in metrics] + [_diff(r.get("vs_mta", {}).get(m)),
+                                                                     (f"{bytes_[m]:,.0f}" if m in bytes_ else "—"), _f(adapt.get(m), 2)]
+            for m, v in methods.items()]
+    lines = [f"**{task}** — {r['n_users']} users ({r['split']['eval']} split), {r['inference']} inference, "
+             f"calibration `{r.get('calibration')}`"
+             + (f", mta_prior λ = {r['mta_prior_lambda']}" if "mta_prior_lambda" in r else "") + ".", ""]
+    lines += _table(["method"] + metrics + ["diff vs MTA [95% CI]", "bytes/user", "adapt s/user"], rows)
+    if "bank_amortised" in bytes_:
+        lines += ["", f"Bank: {r['bank']['anchors']} anchors, {r['bank']['bytes']:,} bytes "
+                      f"({bytes_['bank_amortised']:,.0f} per evaluated user)."]
+    if r.get("ratios"):
+        lines += [f"MTA / OPPU: bytes {r['ratios'].get('bytes_mta_over_oppu', float('nan')):.3f}, "
+                  f"adaptation time {r['ratios'].get('adapt_s_mta_over_oppu', float('nan')):.3f}."]
+    alt = r.get("calibration_alternatives") or {}
+    if alt:
+        lines += ["", "Other calibrations (main metric): " + "; ".join(
+            f"`{c}`: " + ", ".join(f"{m} {_f(v[metrics[0]])}" for m, v in vals.items() if m in ("oppu", "mta", "fusion", "rag"))
+            for c, vals in alt.items())]
+    if r.get("anchors"):
+        lines += ["", "Anchors (loss first → last, relative update ‖ΔW‖/‖W‖):", ""]
+        lines += _table(["anchor", "items", "steps", "loss first", "loss last", "rel. update"],
+                        [[str(a["id"]), str(a.get("n_items")), str(a.get("steps")), _f(a.get("loss_first")),
+                          _f(a.get("loss_last")), f"{a['rel_update']:.2e}"] for a in r["anchors"]])
+    main = metrics[0]
+    pts = [(m, bytes_.get(m, 0) or 0, methods[m][main]) for m in methods]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for m, b, v in pts:
+        ax.scatter(max(b, 1), v, s=30)
+        ax.annotate(m, (max(b, 1), v), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("per-user bytes stored (log; 1 = none)")
+    ax.set_ylabel(main)
+    ax.set_title(f"{task}: {main} vs storage ({r['n_users']} users)")
+    fig.tight_layout()
+    png = out / f"{name}_{task}_{main}_vs_bytes.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return lines + ["", f"![{task} {main} versus storage]({png.name})"]
+
+
+# ---------------------------------------------------------------------------------------- MemGAS
+def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
+    methods = r["methods"]
+    vs = r.get("vs_reference", {})
+    ref = vs.get("reference", "memgas")
+    cols = [c for c in MEM_COLUMNS if c in next(iter(methods.values()))]
+    rows = [[f"**{m}**" if m == ref else m] + [_f(v.get(c)) for c in cols] + [_diff(vs.get("methods", {}).get(m))]
+            for m, v in methods.items()]
+    data = r.get("data", {})
+    lines = [f"**{bench}** — {r['n_questions']} questions, split `{data.get('split', {}).get('name', data.get('split'))}`; "
+             f"intervals: paired bootstrap 95% of the difference to `{ref}` on {vs.get('metric', cols[0])}.", ""]
+    lines += _table(["method"] + cols + [f"diff vs {ref} [95% CI]"], rows)
+    if "query_ms_p50" in r:
+        lines += ["", f"Query latency p50 {r['query_ms_p50']:.1f} ms, p95 {r.get('query_ms_p95', float('nan')):.1f} ms"
+                  + (f"; ingestion {r['ingest_sessions_per_s']:.2f} sessions/s" if "ingest_sessions_per_s" in r else "") + "."]
+    # recall@k curves
+    show = [m for m in methods if not m.startswith("memgas_") or m == "memgas_paper"]
+    ks = sorted({int(k.split("@")[1]) for k in next(iter(methods.values())) if k.startswith("recall_all@")})
+    if len(ks) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in show:
+            ax.plot(ks, [methods[m].get(f"recall_all@{k}", float("nan")) for k in ks], marker="o", ms=3, label=m,
+                    lw=2.2 if m == ref else 1)
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k (sessions retrieved)")
+        ax.set_ylabel("recall_all@k")
+        ax.set_title(f"{bench}: recall_all@k ({r['n_questions']} questions)")
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        png = out / f"{name}_{bench}_recall_at_k.png"
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        lines += ["", f"![{bench} recall@k]({png.name})"]
+    cats = r.get("by_category") or {}
+    if cats:
+        pick = [m for m in (ref, "bm25_session", "memgas_paper", "dense_turn") if m in methods]
+        metric = "recall_all@5"
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        width = 0.8 / len(pick)
+        for i, m in enumerate(pick):
+            ax.bar([j + i * width for j in range(len(cats))], [cats[c].get(m, {}).get(metric, 0) for c in cats],
+                   width, label=m)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], [f"{c}\n(n={cats[c]['n']})" for c in cats])
+        ax.set_ylabel(metric)
+        ax.set_title(f"{bench}: {metric} per category")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        png = out / f"{name}_{bench}_by_category.png"
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        lines += ["", f"![{bench} per category]({png.name})"]
+    return lines
+
+
+def render_sweep(name: str, s: dict) -> list[str]:
+    best = s.get("best", {})
+    lines = [f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; best {s.get('metric')} = "
+             f"{_f(best.get('value'))}.", ""]
+    return lines + _table(["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted((best.get("config") or {}).items())])
+
+
+def render_run(run: Path, out: Path) -> str:
+    s = read_json(run / "summary.json")
+    name = run.name
+    lines: list[str] = []
+    for task, r in (s.get("mta") or {}).items():
+        lines += render_mta(name, task, r, out) + [""]
+    for bench, r in (s.get("memgas") or {}).items():
+        lines += render_memgas(name, bench, r, out) + [""]
+    if "trials" in s and "best" in s:
+        lines += render_sweep(name, s) + [""]
+    if not lines:
+        lines = [f"(`{run}/summary.json` holds no MTA, MemGAS or sweep results)"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_readme(readme: Path, blocks: dict[str, str], image_prefix: str) -> list[str]:
+    """Replace each `<!-- report:NAME -->…<!-- /report:NAME -->` block; returns the names replaced."""
+    text = readme.read_text(encoding="utf-8")
+    done = []
+    for name, body in blocks.items():
+        pat = re.compile(rf"(<!-- report:{re.escape(name)} -->\n).*?(<!-- /report:{re.escape(name)} -->)", re.S)
+        if pat.search(text):
+            body = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", rf"![\1]({image_prefix}\2)", body)
+            text = pat.sub(lambda m: m.group(1) + body + m.group(2), text)
+            done.append(name)
+    atomic_write_text(readme, text)
+    return done
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="run folders holding summary.json")
+    ap.add_argument("--out", default="report", help="folder for report.md and the plots")
+    ap.add_argument("--readme", help="README whose report blocks are regenerated")
+    ap.add_argument("--keep", help="copy each run's summary.json to KEEP/<run name>/ (committed results)")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks = {}
+    for run in map(Path, a.runs):
+        if not (run / "summary.json").exists():
+            raise SystemExit(f"{run}/summary.json: not found")
+        if a.keep:
+            dest = Path(a.keep) / run.name
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run / "summary.json", dest / "summary.json")
+        blocks[run.name] = render_run(run, out)
+    atomic_write_text(out / "report.md", "".join(f"## {n}\n\n{b}\n" for n, b in blocks.items()))
+    print(f"report: {out / 'report.md'} ({len(blocks)} run(s), {len(list(out.glob('*.png')))} plot(s))")
+    if a.readme:
+        prefix = "" if Path(a.readme).resolve().parent == out.resolve() else f"{Path(a.out).as_posix().rstrip('/')}/"
+        done = update_readme(Path(a.readme), blocks, prefix)
+        print(f"{a.readme}: regenerated {done}")
+
+
+if __name__ == "__main__":
+    main()
