@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--samples", type=int, default=16)
     a = ap.parse_args()
-    from ray_jobs.mta_pipeline import MTAJobConfig
+    from mta.recipe import MTAJobConfig
     from ray_jobs.pretrain_bank import run
 
     out = Path(a.out)

@@ -27,7 +27,7 @@ def main() -> None:
     from memgas.data import load_locomo
     from memgas.retrieval import paper_config
     from memgas.store import MemGASConfig, MemoryStore
-    from ray_jobs.memgas_eval import load_best, resolve_data, MemGASJobConfig
+    from memgas.recipe import load_best, resolve_data, MemGASJobConfig
     from suite.encoders import load_encoder
     from suite.io import atomic_write_json
 

@@ -43,7 +43,7 @@ def main() -> None:
 
     from memgas.data import load_locomo
     from memgas.store import MemGASConfig, MemoryStore
-    from ray_jobs.memgas_eval import load_best, MemGASJobConfig, resolve_data
+    from memgas.recipe import load_best, MemGASJobConfig, resolve_data
     from suite.encoders import load_encoder
     from suite.io import atomic_write_json
 

@@ -17,11 +17,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ray_jobs.mta_pipeline import MTAJobConfig, build_bank, plan_bank
+from mta.recipe import MTAJobConfig, build_bank, plan_bank
 
 
 def run(cfg: MTAJobConfig, out: str | Path) -> dict:
-    from ray_jobs.tracking import Tracker
+    from suite.tracking import Tracker
     from suite.encoders import load_encoder
     from suite.io import atomic_write_json
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ray_jobs.memgas_eval import MemGASJobConfig
+from memgas.recipe import MemGASJobConfig
 from ray_jobs.sweeps import SweepConfig
 
 
@@ -33,9 +33,9 @@ def trial(config: dict) -> None:
     from memgas.encoders import CachedEncoder
     from memgas.evaluate import evaluate, summarize
     from memgas.store import MemoryStore
-    from ray_jobs.memgas_eval import resolve_data, split_conversations
+    from memgas.recipe import resolve_data, split_conversations
     from ray_jobs.sweeps import apply_params
-    from ray_jobs.tracking import Tracker
+    from suite.tracking import Tracker
     from suite.io import json_digest
     from suite.device import use as use_device
     from suite.encoders import load_encoder
@@ -68,7 +68,7 @@ def trial(config: dict) -> None:
 def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     import yaml
 
-    from ray_jobs.memgas_eval import resolve_data
+    from memgas.recipe import resolve_data
     from ray_jobs.sweeps import apply_params, report_sweep, run_sweep
     from suite.io import atomic_write_text
     from suite.redact import redact_config

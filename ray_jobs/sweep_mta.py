@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ray_jobs.mta_pipeline import MTAJobConfig
+from mta.recipe import MTAJobConfig
 from ray_jobs.sweeps import SweepConfig
 
 
@@ -33,7 +33,7 @@ def trial(config: dict) -> None:
     from suite.models import load_base
     from mta.pipeline import Evaluator, _uses_labels, load_users, summarize
     from ray_jobs.sweeps import apply_params
-    from ray_jobs.tracking import Tracker
+    from suite.tracking import Tracker
     from suite.device import use as use_device
     from suite.encoders import load_encoder
 
@@ -65,7 +65,7 @@ def trial(config: dict) -> None:
 def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
     import yaml
 
-    from ray_jobs.mta_pipeline import bank_path_for, build_bank
+    from mta.recipe import bank_path_for, build_bank
     from ray_jobs.sweeps import apply_params, report_sweep, run_sweep
     from suite.encoders import load_encoder
     from suite.io import atomic_write_text

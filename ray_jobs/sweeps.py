@@ -170,7 +170,7 @@ def report_sweep(res: dict, sweep: SweepConfig, tracking, out: Path) -> dict:
     """Write OUT/summary.json, log the best values and the plots to one W&B summary run, print."""
     from dataclasses import asdict
 
-    from ray_jobs.tracking import Tracker
+    from suite.tracking import Tracker
     from suite.io import atomic_write_json
 
     summary = res["summary"]

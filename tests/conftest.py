@@ -88,3 +88,13 @@ def make_locomo(path: Path, n_sessions: int = 8, n_questions: int = 6, seed: int
     qa.append({"question": "Adversarial?", "adversarial_answer": "no", "evidence": [], "category": 5})
     path.write_text(json.dumps([{"sample_id": "conv-x", "conversation": conv, "qa": qa}]))
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A loopback-only local Ray per test module (started and shut down around the module)."""
+    from suite.ray_local import init_ray
+
+    ray = init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -48,7 +48,7 @@ def test_local_ray_train_and_serve_listen_on_loopback_only(lamp_root, tmp_path):
     from mta.data import load_task_split
     from suite.models import ModelConfig
     from mta.training import LoraTrainConfig
-    from ray_jobs.bank_trainer import BankTrainConfig, train_bank
+    from mta.bank_trainer import BankTrainConfig, train_bank
     from suite.ray_local import init_ray
 
     with Sampler() as s:

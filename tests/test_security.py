@@ -84,8 +84,8 @@ def test_no_config_field_can_hold_a_secret():
     """Keys are named by environment variable (`api_key_env`), never stored in a config."""
     import dataclasses
 
-    from ray_jobs.memgas_eval import MemGASJobConfig
-    from ray_jobs.mta_pipeline import MTAJobConfig
+    from memgas.recipe import MemGASJobConfig
+    from mta.recipe import MTAJobConfig
     from ray_jobs.sweep_memgas import SweepMemGASConfig
     from ray_jobs.sweep_mta import SweepMTAConfig
 

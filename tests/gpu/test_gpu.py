@@ -52,7 +52,7 @@ def test_minilm_on_gpu_equals_cpu():
 
 
 def test_tiny_pipeline_on_gpu_matches_cpu(lamp_root, tmp_path):
-    from ray_jobs.mta_pipeline import MTAJobConfig, run
+    from mta.recipe import MTAJobConfig, run
     from suite.config import load_config
 
     def go(dev):
@@ -72,7 +72,7 @@ def test_tiny_bank_on_one_gpu_worker(strategy, ds, lamp_root, tmp_path):
     from mta.data import load_task_split
     from suite.models import ModelConfig
     from mta.training import LoraTrainConfig
-    from ray_jobs.bank_trainer import BankTrainConfig, train_bank
+    from mta.bank_trainer import BankTrainConfig, train_bank
     from suite.ray_local import init_ray
 
     ray = init_ray(num_cpus=2, num_gpus=1)

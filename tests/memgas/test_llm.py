@@ -153,8 +153,8 @@ def test_redirects_are_not_followed_and_the_token_stays_home(monkeypatch):
 
 
 def test_a_key_in_the_url_is_never_written(tmp_path, monkeypatch):
-    from ray_jobs.memgas_eval import MemGASJobConfig
-    from ray_jobs.tracking import redact
+    from memgas.recipe import MemGASJobConfig
+    from suite.tracking import redact
     from suite.config import load_config
     from suite.redact import redact_url
 
@@ -177,7 +177,7 @@ def test_a_key_in_the_url_is_never_written(tmp_path, monkeypatch):
                                       ("llm.concurrency=0", "concurrency"), ("llm.backend=htp", "backend"),
                                       ("eval.ks=[]", "ks")])
 def test_config_ranges_and_choices_fail_at_load(ov, field):
-    from ray_jobs.memgas_eval import MemGASJobConfig
+    from memgas.recipe import MemGASJobConfig
     from suite.config import load_config
 
     with pytest.raises(ConfigError, match=field):

@@ -1,6 +1,6 @@
 import json
 
-from ray_jobs.memgas_eval import MemGASJobConfig, run
+from memgas.recipe import MemGASJobConfig, run
 from suite.config import load_config
 from suite.io import read_jsonl
 from tests.conftest import make_locomo

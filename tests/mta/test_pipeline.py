@@ -1,6 +1,6 @@
 import json
 
-from ray_jobs.mta_pipeline import MTAJobConfig, run
+from mta.recipe import MTAJobConfig, run
 from suite.config import load_config
 from suite.io import read_jsonl
 

@@ -2,7 +2,7 @@
 the driver alone writes the resume log; a rerun finds everything done."""
 import json
 
-from ray_jobs.memgas_eval import MemGASJobConfig, run
+from memgas.recipe import MemGASJobConfig, run
 from suite.config import load_config
 from suite.io import read_jsonl
 

@@ -1,7 +1,7 @@
 """The MTA per-user stage (fusion, stacking, baselines) as a Ray task: its worker is SIGKILLed after
 two users; Ray re-executes the task, which resumes from per_user.jsonl, and the job finishes."""
 
-from ray_jobs.mta_pipeline import MTAJobConfig, run
+from mta.recipe import MTAJobConfig, run
 from suite.config import load_config
 from suite.io import read_jsonl
 

@@ -8,7 +8,7 @@ from mta.bank import Bank
 from mta.data import load_task_split
 from suite.models import ModelConfig
 from mta.training import LoraTrainConfig
-from ray_jobs.bank_trainer import BankTrainConfig, train_bank
+from mta.bank_trainer import BankTrainConfig, train_bank
 
 
 def test_deepspeed_zero2_kill_resume_and_skip(ray_local, lamp_root, tmp_path):

@@ -54,7 +54,7 @@ def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):
     assert set(s["best"]["config"]) == {"best.temperature", "best.router", "memgas.association.n_components"}
     assert Path(tmp_path / "sw" / "sweep_best_temperature.png").exists()
     # the dev-selected configuration round-trips into the eval job, which reports it on test
-    from ray_jobs.memgas_eval import MemGASJobConfig, run as run_eval
+    from memgas.recipe import MemGASJobConfig, run as run_eval
 
     best_yaml = tmp_path / "sw" / "best_config.yaml"
     ev = run_eval(load_config(MemGASJobConfig, None, [f"data={data}", "memgas.encoder=hashing", "tracking.enabled=false",

@@ -47,7 +47,7 @@ def test_describe_has_help():
 def test_every_shipped_yaml_loads_and_starts_with_its_command():
     from pathlib import Path
 
-    from ray_jobs.mta_pipeline import MTAJobConfig
+    from mta.recipe import MTAJobConfig
 
     for p in sorted(Path("ray_jobs/configs").glob("mta_*.yaml")):
         first = p.read_text().splitlines()[0]

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from ray_jobs.memgas_eval import MemGASJobConfig
-from ray_jobs.mta_pipeline import MTAJobConfig
+from memgas.recipe import MemGASJobConfig
+from mta.recipe import MTAJobConfig
 from ray_jobs.sweep_memgas import SweepMemGASConfig
 from ray_jobs.sweep_mta import SweepMTAConfig
 from suite.config import ConfigError, describe, load_config

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from suite.models import ModelConfig
-from ray_jobs.memgas_eval import MemGASJobConfig
-from ray_jobs.mta_pipeline import MTAJobConfig
+from memgas.recipe import MemGASJobConfig
+from mta.recipe import MTAJobConfig
 from suite import device
 from suite.config import ConfigError, load_config
 
@@ -57,7 +57,7 @@ def test_models_land_on_the_resolved_device():
 
 @no_cuda
 def test_asking_for_cuda_fails_before_any_training(lamp_root, tmp_path):
-    from ray_jobs.mta_pipeline import run
+    from mta.recipe import run
 
     cfg = load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml",
                       [f"data.root={lamp_root}", "model.device=cuda", f"bank_cache={tmp_path / 'banks'}"])

@@ -1,6 +1,6 @@
 import os
 
-from ray_jobs.tracking import Tracker, TrackingConfig, redact
+from suite.tracking import Tracker, TrackingConfig, redact
 
 
 def test_redact_drops_secret_keys_at_any_depth():

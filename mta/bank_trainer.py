@@ -7,17 +7,32 @@ checkpoint and skips finished anchors; the driver installs every reported adapte
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import json
 import os
+import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from mta.adapters import AdapterHost
 from mta.bank import Bank, save_adapter, slug
+from mta.data import project_root
+from mta.deepspeed_train import gathered_state_dict, train_lora_deepspeed
+from mta.training import LoraTrainConfig, TrainState, for_adapter, loo_samples, train_anchor
 from suite.config import opt
+from suite.device import use as use_device
+from suite.models import ModelConfig, load_base
+from suite.ray_local import init_ray, started_locally, torch_config
+
+# Ray is imported inside functions on purpose: suite.ray_local must set its loopback-only
+# environment before the first `import ray` of a process (Ray reads it at import time).
 
 
 @dataclass
@@ -73,53 +88,51 @@ def _report_progress(ray_train, rank: int, done: list[str], current: str | None,
 def bank_worker_loop(config: dict) -> None:
     """Runs on every Ray Train worker: train the listed anchors one after another."""
     import ray.train
-    import torch
 
-    from mta.adapters import AdapterHost
-    from suite.models import ModelConfig, load_base
-    from mta.training import LoraTrainConfig, TrainState, train_anchor
-    from suite.device import use as use_device
-
+    # 1. This worker: its rank, its device (auto = the one Ray Train assigned) and CPU threads.
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
+    mcfg, tcfg = ModelConfig(**config["model"]), LoraTrainConfig(**config["train"])
+    use_device(mcfg.device)
+    strategy, every, fail_at = config.get("strategy", "ddp"), int(config.get("checkpoint_every", 0)), config.get("fail_at", {})
+
+    # 2. Resume: the last checkpoint's progress, and its files copied to a folder this worker owns
+    #    for the rest of the loop (the checkpoint's own folder is released when the `with` ends).
+    local = Path(tempfile.mkdtemp(prefix="bank-resume-"))
     done, resume, resume_dir = [], None, None
     ckpt = ray.train.get_checkpoint()
-    ckpt_ctx = ckpt.as_directory() if ckpt is not None else None
-    if ckpt_ctx is not None:
-        resume_dir = Path(ckpt_ctx.__enter__())
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            shutil.copytree(d, local / "ckpt")
+        resume_dir = local / "ckpt"
         prog = json.loads((resume_dir / "progress.json").read_text())
-        done = prog["done"]
-        if prog.get("current"):
-            resume = prog
+        done, resume = prog["done"], (prog if prog.get("current") else None)
         if rank == 0:
-            print(f"[bank] resuming from {resume_dir.name}: {len(done)} anchor(s) done, "
-                  f"in progress: {prog.get('current')} at step {(prog.get('train_state') or {}).get('step')}")
-    mcfg, tcfg = ModelConfig(**config["model"]), LoraTrainConfig(**config["train"])
-    use_device(mcfg.device)  # auto = the device Ray Train assigned this worker (ray.train.torch.get_device())
-    strategy, every, fail_at = config.get("strategy", "ddp"), int(config.get("checkpoint_every", 0)), config.get("fail_at", {})
+            print(f"[bank] resuming: {len(done)} anchor(s) done, in progress: {prog.get('current')} "
+                  f"at step {(prog.get('train_state') or {}).get('step')}")
+
+    # 3. The base model, loaded once per worker and shared by all its anchors.
     model, tok = load_base(mcfg)
     host = AdapterHost(model, tcfg.target_modules)
+
+    # 4. Train each anchor not done yet; resume the one in progress from its partial checkpoint.
     for ai, a in enumerate(config["anchors"]):
         if a["id"] in done:
             continue
         t0 = time.perf_counter()
-        resumed_from = 0
+        mine = resume if resume and resume["current"] == a["id"] else None
+        resumed_from = mine["train_state"]["step"] if mine else 0
         tag = f"anchor-{len(done) + 1:04d}-{slug(a['id'])}"
         if strategy == "deepspeed":
             sd, conf, state = _train_anchor_deepspeed(config, host, tok, a, tcfg, mcfg, rank, world, done,
-                                                      resume_dir if resume and resume["current"] == a["id"] else None,
-                                                      ai, ray.train)
-            resumed_from = resume["train_state"]["step"] if resume and resume["current"] == a["id"] else 0
+                                                      resume_dir if mine else None, ai, ray.train)
         else:
             init_sd, kw = None, {}
-            if resume and resume["current"] == a["id"]:
-                from safetensors.torch import load_file
-
+            if mine:
                 init_sd = load_file(str(resume_dir / "partial" / "adapter_model.safetensors"))
-                kw["state"] = TrainState(**resume["train_state"])
+                kw["state"] = TrainState(**mine["train_state"])
                 kw["optimizer_state"] = torch.load(resume_dir / "optimizer.pt", weights_only=True)
-                resumed_from = kw["state"].step
 
             def on_step(state, opt_state, _a=a, _ai=ai, _tag=tag):
                 _maybe_fail(fail_at, _ai, state.step, rank)
@@ -137,6 +150,8 @@ def bank_worker_loop(config: dict) -> None:
                                            on_step=on_step, progress=config.get("progress", False),
                                            anchor_id=a["id"], **kw)
         resume = None
+
+        # 5. Report the finished anchor: rank 0 writes its adapter into the checkpoint.
         done.append(a["id"])
         metrics = {"anchor": a["id"], "steps": state.step, "resumed_from_step": resumed_from,
                    "loss": state.losses[-1] if state.losses else None,
@@ -147,13 +162,10 @@ def bank_worker_loop(config: dict) -> None:
             (d / "anchor.json").write_text(json.dumps({**_m, "losses": _state.losses}))
 
         _report_progress(ray.train, rank, done, None, None, {"final": write_final} if rank == 0 else {}, metrics, tag)
-    if ckpt_ctx is not None:
-        ckpt_ctx.__exit__(None, None, None)
+    shutil.rmtree(local, ignore_errors=True)
 
 
 def _train_anchor_deepspeed(config, host, tok, a, tcfg, mcfg, rank, world, done, resume_dir, ai, ray_train):
-    from mta.deepspeed_train import gathered_state_dict, train_lora_deepspeed
-    from mta.training import for_adapter, loo_samples
 
     tcfg = for_adapter(tcfg, "anchor", a["id"])  # the same seed the DDP path derives
     every, fail_at = int(config.get("checkpoint_every", 0)), config.get("fail_at", {})
@@ -236,13 +248,10 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
         return _train_local(bank, anchors, task, model_cfg, train_cfg, cfg)
     if cfg.backend != "ray":
         raise ValueError(f"bank backend {cfg.backend!r}: expected ray or local")
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from suite.ray_local import init_ray, started_locally, torch_config
 
     init_ray()
     storage = cfg.storage_path or str(Path(out_dir).resolve() / "ray_results")
@@ -251,8 +260,6 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
     n_par = trainers_at_once(cfg, len(anchors), ray.cluster_resources() if cfg.parallel <= 0 else {})
     ds_path = cfg.deepspeed_config
     if cfg.strategy == "deepspeed" and not Path(ds_path).is_absolute():
-        from mta.data import project_root
-
         ds_path = str(project_root() / ds_path)
     shards = [anchors[i::n_par] for i in range(n_par)]
 
@@ -289,11 +296,6 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
 
 def _train_local(bank: Bank, anchors: list[dict], task: str, model_cfg, train_cfg, cfg: BankTrainConfig) -> list[dict]:
     """The same per-anchor training in this process, sequentially (baseline for Ray's overhead)."""
-    from tqdm.auto import tqdm
-
-    from mta.adapters import AdapterHost
-    from suite.models import load_base
-    from mta.training import train_anchor
 
     model, tok = load_base(model_cfg)
     host = AdapterHost(model, train_cfg.target_modules)

@@ -6,7 +6,7 @@ from mta.bank import Bank
 from mta.data import load_task_split
 from suite.models import ModelConfig
 from mta.training import LoraTrainConfig
-from ray_jobs.bank_trainer import BankTrainConfig, train_bank
+from mta.bank_trainer import BankTrainConfig, train_bank
 
 
 def _plan(lamp_root, path, n=2):

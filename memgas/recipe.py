@@ -1,0 +1,289 @@
+"""Recipe (the job config, its stages and the report; `ray_jobs.memgas_eval` launches it).
+
+MemGAS retrieval (and optionally QA) on LoCoMo, LongMemEval or Long-MT-Bench+.
+
+    python -m ray_jobs.memgas_eval --config ray_jobs/configs/memgas_locomo_cpu.yaml --out runs/memgas_locomo
+    python -m ray_jobs.memgas_eval --config ray_jobs/configs/memgas_longmemeval_cpu.yaml --out runs/memgas_lme
+
+    python -m ray_jobs.memgas_eval --config ray_jobs/configs/memgas_locomo_test.yaml --out runs/memgas_locomo_test \
+        best_from=runs/sweep_memgas_locomo/best_config.yaml
+
+Writes OUT/summary.json ({"memgas": {benchmark: {...}}}) with every baseline, `memgas_paper` (the
+reference defaults), `memgas` (`best`, or the sweep's choice read from `best_from`), each ablation of
+both, paired bootstrap intervals against `memgas`, per-category breakdowns and the split used;
+OUT/per_question.jsonl (resume log keyed by a hash of the configuration and data file: a rerun skips
+finished questions and never reuses records of another configuration). Prints a table.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from memgas.evaluate import MemEvalConfig
+from memgas.llm import LLMConfig
+from memgas.retrieval import RetrievalConfig, paper_config
+from memgas.store import MemGASConfig
+from suite.tracking import TrackingConfig
+from suite.config import opt
+from suite.redact import redact_config
+from suite.device import check_spec
+from suite.device import describe as describe_device
+from suite.device import use as use_device
+
+DEFAULT_FILES = {"locomo": "locomo10.json", "longmemeval": "longmemeval_s_dev.json"}
+LME_DEV = "longmemeval_s_dev.json"
+
+
+@dataclass
+class SplitConfig:
+    name: Literal["all", "dev", "test"] = opt("all", "all | dev (tune here) | test (report here: never seen by a sweep)")
+    dev_every: int = opt(3, "LoCoMo: conversation i (file order) is dev when i % dev_every == 0 (4 of 10), else test")
+    dev_data: str = opt("", "LongMemEval: the dev file whose question ids are excluded from test; "
+                            "empty = ../shared/data/memory/longmemeval_s_dev.json")
+
+    def __post_init__(self):
+        if self.name not in ("all", "dev", "test"):
+            raise ValueError(f"split.name={self.name!r}: all | dev | test")
+
+
+@dataclass
+class MemGASJobConfig:
+    benchmark: Literal["locomo", "longmemeval", "long_mt_bench"] = opt("locomo", "locomo | longmemeval | long_mt_bench")
+    data: str = opt("", "benchmark file; empty = ../shared/data/memory/<default file> (LongMemEval: the S dev file)")
+    split: SplitConfig = field(default_factory=SplitConfig)
+    memgas: MemGASConfig = field(default_factory=MemGASConfig)
+    best: RetrievalConfig = field(default_factory=paper_config)
+    best_from: str = opt("", "a best_config.yaml written by sweep_memgas: its `best` retrieval and `memgas` "
+                             "memory settings replace these (report the dev-selected config on test)")
+    selected_on: dict = opt(help="where `best` was selected (written by sweep_memgas; informational)", factory=dict)
+    eval: MemEvalConfig = field(default_factory=MemEvalConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    ablations: bool = opt(True, "also run each ablation of `best` and of the paper configuration")
+    device: str = opt("auto", "encoders and the local LLM: auto (the GPU a Ray task reserved, else cpu) | cpu | cuda | cuda:N")
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        check_spec(self.device, "device")
+
+
+def shared_memory_dir() -> Path:
+    from mta.data import project_root
+
+    return project_root().parent / "shared" / "data" / "memory"
+
+
+def resolve_data(cfg: MemGASJobConfig) -> Path:
+    if cfg.data:
+        return Path(cfg.data)
+    if cfg.benchmark == "longmemeval" and cfg.split.name == "test":
+        raise SystemExit("LongMemEval test questions are S questions outside the dev file; they are not on this "
+                         "machine: pass data=PATH/longmemeval_s.json (the dev questions are excluded automatically)")
+    name = DEFAULT_FILES.get(cfg.benchmark)
+    if name is None:
+        raise SystemExit(f"benchmark {cfg.benchmark!r} has no default file here: pass data=PATH")
+    return shared_memory_dir() / name
+
+
+def apply_best_from(cfg: MemGASJobConfig) -> MemGASJobConfig:
+    """Take `best` and `memgas` from a sweep's best_config.yaml (validated like any config)."""
+    if not cfg.best_from:
+        return cfg
+    from dataclasses import replace
+
+    from suite.config import load_config
+
+    sel = load_config(MemGASJobConfig, cfg.best_from)
+    return replace(cfg, best=sel.best, memgas=sel.memgas, selected_on={**sel.selected_on, "file": cfg.best_from})
+
+
+BEST_LOCOMO = "ray_jobs/configs/memgas_locomo_best.yaml"
+
+
+def load_best(path: str | Path | None = None) -> RetrievalConfig:
+    """The `best` retrieval config of a sweep's best_config.yaml (default: the committed LoCoMo one,
+    selected on the dev conversations); the paper configuration when there is none."""
+    from mta.data import project_root
+    from suite.config import load_config
+
+    p = Path(path) if path else project_root() / BEST_LOCOMO
+    return load_config(MemGASJobConfig, p).best if p.exists() else paper_config()
+
+
+def split_conversations(convs: list, cfg: MemGASJobConfig) -> tuple[list, dict]:
+    """The conversations of the configured split, and a record of what went where."""
+    sp = cfg.split
+    if sp.name == "all" or cfg.benchmark not in ("locomo", "longmemeval"):
+        return convs, {"name": "all", "n": len(convs)}
+    if cfg.benchmark == "locomo":
+        dev = [c for i, c in enumerate(convs) if i % sp.dev_every == 0]
+        test = [c for i, c in enumerate(convs) if i % sp.dev_every != 0]
+        chosen = dev if sp.name == "dev" else test
+        return chosen, {"name": sp.name, "unit": "conversation", "dev": [c.conv_id for c in dev],
+                        "test": [c.conv_id for c in test]}
+    from memgas.data import load_longmemeval
+
+    dev_path = Path(sp.dev_data) if sp.dev_data else shared_memory_dir() / LME_DEV
+    dev_ids = {c.conv_id for c in load_longmemeval(dev_path)}
+    chosen = [c for c in convs if (c.conv_id in dev_ids) == (sp.name == "dev")]
+    if not chosen:
+        raise SystemExit(f"split {sp.name!r}: no LongMemEval question of this file is on that side of {dev_path}")
+    return chosen, {"name": sp.name, "unit": "question", "dev_file": str(dev_path), "n_dev_ids": len(dev_ids)}
+
+
+def methods_for(cfg: MemGASJobConfig) -> dict[str, RetrievalConfig]:
+    from memgas.retrieval import ablation_configs, baseline_configs
+
+    paper = paper_config()
+    m = {**baseline_configs(), "memgas_paper": paper, "memgas": cfg.best}
+    if cfg.ablations:
+        m.update(ablation_configs(paper, "memgas_paper"))
+        m.update(ablation_configs(cfg.best, "memgas"))
+    return m
+
+
+def encoder_throughput(encoder, texts: list[str]) -> float:
+    """Raw texts/s of the encoder on a sample of unit texts (no cache)."""
+    t = time.perf_counter()
+    encoder.encode(texts)
+    return len(texts) / (time.perf_counter() - t)
+
+
+def print_table(name: str, res: dict, file=sys.stdout) -> None:
+    cols = ["recall_all@5", "recall_any@5", "recall_all@10", "ndcg_any@5", "ndcg_any@10"]
+    print(f"\n{name} — {res['n_questions']} questions", file=file)
+    print(f"{'method':<32}" + "".join(f"{c:>15}" for c in cols), file=file)
+    for m, v in res["methods"].items():
+        print(f"{m:<32}" + "".join(f"{v.get(c, float('nan')):>15.4f}" for c in cols), file=file)
+    for k in ("query_ms_p50", "ingest_sessions_per_s", "ingest_vs_encoder"):
+        if k in res:
+            print(f"{k}: {res[k]:.3f}", file=file)
+    vs = res.get("vs_reference", {})
+    for m, d in vs.get("methods", {}).items():
+        print(f"  {m:<40} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] p={d['p']:.3g} {d['verdict']}"
+              f" vs {vs['reference']}", file=file)
+
+
+def _eval_conversation(cfg_dict: dict, conv, methods: dict, key: str, log_dir: str) -> list[dict]:
+    """One conversation (LongMemEval: one question with its haystack) as a Ray task: it ingests its
+    own memory and returns its records; the driver is the only writer of per_question.jsonl.
+    If the task's worker dies, Ray runs it again (max_retries)."""
+    from memgas.encoders import CachedEncoder
+    from memgas.evaluate import evaluate
+    from memgas.store import MemoryStore
+    from suite.config import from_dict
+    from suite.encoders import load_encoder
+
+    cfg = from_dict(MemGASJobConfig, cfg_dict, "memgas_eval task")
+    use_device(cfg.device)  # this worker's device (the GPU its task reserved, if any)
+    cfg.eval.progress = False
+    enc = CachedEncoder(load_encoder(cfg.memgas.encoder))
+    tmp_log = Path(log_dir) / f".task-{abs(hash(conv.conv_id))}-{time.time_ns()}.jsonl"
+    try:
+        return evaluate([conv], lambda: MemoryStore(cfg.memgas, encoder=enc), methods, cfg.eval, tmp_log, key=key)
+    finally:
+        tmp_log.unlink(missing_ok=True)
+
+
+def evaluate_on_ray(cfg: MemGASJobConfig, convs: list, methods: dict, key: str, log_path: Path) -> list[dict]:
+    """Conversations not yet logged under `key` run as Ray tasks (`eval.cpus` each); each finished
+    one is appended to the log by the driver, so a rerun resumes with what was done."""
+    import ray
+
+    from suite.io import append_jsonl, read_jsonl
+    from suite.ray_local import init_ray
+
+    done = {r["qid"]: r for r in read_jsonl(log_path) if r.get("key") == key}
+    todo = [c for c in convs if any(q.qid not in done for q in c.questions)]
+    if todo:
+        init_ray()
+        task = ray.remote(num_cpus=cfg.eval.cpus, num_gpus=cfg.eval.gpus, max_retries=cfg.eval.max_retries)(_eval_conversation)
+        refs = {task.remote(asdict(cfg), c, methods, key, str(log_path.parent)): c.conv_id for c in todo}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for rec in ray.get(ready[0]):
+                if rec["qid"] not in done:
+                    append_jsonl(log_path, rec)
+                    done[rec["qid"]] = rec
+    return [done[q.qid] for c in convs for q in c.questions if q.qid in done]
+
+
+def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
+    from memgas.data import load_benchmark
+    from memgas.encoders import CachedEncoder
+    from memgas.evaluate import evaluate, run_key, summarize
+    from memgas.llm import build_llm
+    from memgas.store import MemoryStore
+    from memgas.units import UnitBuilder
+    from suite.tracking import Tracker
+    from suite.encoders import load_encoder
+    from suite.io import atomic_write_json, sha256_file
+
+    cfg = apply_best_from(cfg)
+    device = use_device(cfg.device)  # fails here, before any work, if the device is not there
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", redact_config(asdict(cfg)))  # no key embedded in a URL is written
+    path = resolve_data(cfg)
+    convs, split = split_conversations(load_benchmark(cfg.benchmark, path), cfg)
+    if cfg.eval.max_conversations:
+        convs = convs[: cfg.eval.max_conversations]
+    llm = build_llm(cfg.llm)
+    encoder = load_encoder(cfg.memgas.encoder)
+    units = UnitBuilder(llm if cfg.eval.qa else None)  # shared by every conversation's store
+    # the same mix of unit texts ingestion embeds (sessions, turns, summaries, keywords)
+    extractive = UnitBuilder(None)
+    sample = [t for c in convs[:2] for s in c.sessions[:8] for g in extractive.build(s).by_granularity().values() for t in g]
+    raw_tps = encoder_throughput(encoder, sample)
+    methods = methods_for(cfg)
+    key = run_key(methods, cfg.memgas, cfg.eval, sha256_file(path))
+    tracker = Tracker(cfg.tracking, "memgas_eval", asdict(cfg), out, name=f"memgas-{cfg.benchmark}")
+
+    def make_store():
+        # a fresh cache per conversation: ingest timing includes every encoder call
+        s = MemoryStore(cfg.memgas, encoder=CachedEncoder(encoder), units=units)
+        stores.append(s)
+        return s
+
+    stores: list = []
+    try:
+        t0 = time.perf_counter()
+        log = out / "per_question.jsonl"
+        if cfg.eval.backend == "ray":
+            recs = evaluate_on_ray(cfg, convs, methods, key, log)
+        else:
+            recs = evaluate(convs, make_store, methods, cfg.eval, log, llm=llm if cfg.eval.qa else None, key=key)
+        res = summarize(recs, list(methods), cfg.eval.ks, reference="memgas", n_boot=cfg.eval.bootstrap)
+        n_sess = sum(len(s.users[next(iter(s.users))].sessions) for s in stores if s.users)
+        if stores and n_sess:
+            ingest_s = sum(sum(r["ingest_s"] for r in recs if r["conv"] == next(iter(s.users))) for s in stores if s.users)
+            texts = sum(s.encoder.encoded for s in stores)
+            res["ingest_sessions_per_s"] = n_sess / ingest_s
+            res["ingest_texts_per_s"] = texts / ingest_s
+            res["encoder_texts_per_s"] = raw_tps
+            res["ingest_vs_encoder"] = res["ingest_texts_per_s"] / raw_tps
+        res["units"] = units.source
+        res["data"] = {"file": str(path), "split": split,
+                       "duplicate_sessions": sum(c.report.get("duplicate_sessions", 0) for c in convs)}
+        res["record_key"] = key
+        res["router"] = {"memgas": cfg.best.router, "memgas_paper": "reference"}
+        res["configs"] = {"memgas": asdict(cfg.best), "association": asdict(cfg.memgas.association),
+                          "selected_on": cfg.selected_on or "not selected: the configured `best`"}
+        res["wall_s"] = time.perf_counter() - t0
+        res["runtime"] = describe_device(device)
+        sp = out / "summary.json"
+        prev = json.loads(sp.read_text()) if sp.exists() else {}
+        prev.setdefault("memgas", {})[cfg.benchmark] = res
+        atomic_write_json(sp, prev)
+        print_table(cfg.benchmark, res)
+        tracker.summary({f"{cfg.benchmark}/{m}/{k}": v for m, vals in res["methods"].items() for k, v in vals.items()})
+        rows = [[r["qid"], json.dumps(r.get("router_memgas", {}))] for r in recs[:500]]
+        tracker.table("router_weights", ["qid", "weights"], rows)
+        return prev
+    finally:
+        tracker.finish()

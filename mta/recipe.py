@@ -1,0 +1,315 @@
+"""Recipe (the job config, its stages and the report; `ray_jobs.mta_pipeline` launches it).
+
+MTA end to end on one LaMP task: anchors → bank (Ray Train) → fusion → stacking → evaluation.
+
+    python -m ray_jobs.mta_pipeline --config ray_jobs/configs/mta_lamp2_cpu.yaml --out runs/mta_lamp2
+    python -m ray_jobs.mta_pipeline --config ray_jobs/configs/mta_lamp2_cpu.yaml --out runs/x fusion.top_k=3
+
+Writes OUT/summary.json ({"mta": {task: {...}}}), OUT/predictions/<task>/<method>.json (LaMP outputs
+format), OUT/per_user.jsonl and OUT/select_user.jsonl (resume logs, keyed by a configuration hash)
+and prints a table. The bank lives in bank_cache (default runs/banks/<task>-<hash>) and is shared by
+every run that asks for the same bank. Rerunning resumes: finished anchors and users are not redone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from suite.models import model_identity
+from mta.pipeline import MTAConfig
+from mta.bank_trainer import BankTrainConfig
+from suite.tracking import TrackingConfig
+from suite.config import opt
+from suite.redact import redact_config
+from suite.device import describe as describe_device
+from suite.device import dtype_for
+from suite.device import use as use_device
+
+
+@dataclass
+class MTAJobConfig(MTAConfig):
+    bank_path: str = opt("", "bank folder; empty = BANK_CACHE/<task>-<hash of everything the bank depends on>")
+    bank_cache: str = opt("runs/banks", "where banks are kept and shared: every run asking for the same bank "
+                                        "(task, data, model, encoder, anchors, anchor recipe) reuses it")
+    bank: BankTrainConfig = field(default_factory=BankTrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def bank_signature(cfg: MTAJobConfig) -> str:
+    """Hash of what a bank's content depends on (not how it is trained: backend, workers)."""
+    from suite.io import json_digest
+
+    d = cfg.data
+    key = {"task": d.task, "root": d.root, "train_split": d.train_split, "scheme": d.scheme,
+           "max_train_users": d.max_train_users, "model": model_identity(cfg.model), "encoder": cfg.encoder,
+           "anchors": asdict(cfg.anchors), "lora": asdict(cfg.anchor_train)}
+    return json_digest(key, 12)
+
+
+def bank_path_for(cfg: MTAJobConfig) -> Path:
+    return Path(cfg.bank_path) if cfg.bank_path else Path(cfg.bank_cache) / f"{cfg.data.task}-{bank_signature(cfg)}"
+
+
+def choose_anchors(cfg: MTAJobConfig, encoder):
+    """Stage 1a: (train users, their embeddings, indices of the anchors among them)."""
+    from mta.anchors import select_anchors, user_embeddings
+    from mta.data import load_task_split
+
+    d = cfg.data
+    train = load_task_split(d.task, d.train_split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url)
+    if d.max_train_users:
+        train = train[: d.max_train_users]
+    emb = user_embeddings(train, d.task, encoder, cfg.anchors.max_items_embedded)
+    return train, emb, select_anchors(train, emb, cfg.anchors)
+
+
+def plan_bank(cfg: MTAJobConfig, encoder) -> dict:
+    """The placement plan of the bank's training (`pretrain_bank --dry-run`): anchors are chosen
+    (cheap: encoder + k-means), nothing is trained and the LLM is not loaded."""
+    import ray
+
+    from mta.bank import Bank
+    from mta.training import for_adapter, loo_samples, total_steps
+    from mta.bank_trainer import placement_plan
+
+    train, _, idx = choose_anchors(cfg, encoder)
+    path = bank_path_for(cfg)
+    done = set(Bank(path).done_ids()) if (path / "manifest.json").exists() else set()
+    todo = [train[i] for i in idx if train[i].user_id not in done]
+    steps = {}
+    for u in todo:
+        tc = for_adapter(cfg.anchor_train, "anchor", u.user_id)
+        steps[u.user_id] = total_steps(len(loo_samples(cfg.data.task, u.profile, tc.max_samples, tc.seed)), tc)
+    resources = dict(cfg.bank.plan_resources) or {"CPU": float(os.cpu_count() or 1),
+                                                   "GPU": float(torch_gpus())}
+    plan = placement_plan(cfg.bank, [{"id": u.user_id} for u in todo], steps, resources)
+    plan.update({"bank": str(path), "already_in_bank": sorted(done), "model": cfg.model.name,
+                 "model_dtype": cfg.model.dtype, "ray_version": ray.__version__})
+    return plan
+
+
+def torch_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def build_bank(cfg: MTAJobConfig, out: Path, encoder, log=print):
+    """Stage 1a + 1b: choose anchors among train users, train the missing ones, return the bank."""
+    from mta.bank import Bank
+    from mta.bank_trainer import train_bank
+
+    d = cfg.data
+    train, emb, idx = choose_anchors(cfg, encoder)
+    ids = [train[i].user_id for i in idx]
+    path = bank_path_for(cfg)
+    log(f"[bank] {len(ids)} anchors chosen among {len(train)} candidate users; bank at {path}")
+    meta = {"task": d.task, "base_model": cfg.model.name, "encoder": cfg.encoder, "signature": bank_signature(cfg),
+            "lora": asdict(cfg.anchor_train), "anchors_config": asdict(cfg.anchors)}
+    bank = Bank.create(path, ids, emb[idx], meta, [len(train[i].profile) for i in idx])
+    t0 = time.perf_counter()
+    stats = train_bank(bank, {train[i].user_id: train[i].profile for i in idx}, d.task, cfg.model,
+                       cfg.anchor_train, cfg.bank, out)
+    log(f"[bank] trained {len(stats)} anchor(s) in {time.perf_counter() - t0:.0f}s; "
+        f"{len(bank.done_ids())}/{len(ids)} in the bank at {bank.path}")
+    return bank, stats
+
+
+def anchor_report(bank, loaded, model) -> list[dict]:
+    """Per anchor: items, steps, training loss first/last (from the manifest) and the mean relative
+    update ||dW||/||W|| over its modules, measured against the base model's weights."""
+    from mta.diagnostics import mean_relative_update, plain_base_weights
+
+    base = plain_base_weights(model, loaded.adapters[0])
+    entries = {a["id"]: a for a in bank.manifest["anchors"]}
+    out = []
+    for i, aid in enumerate(loaded.ids):
+        e = entries[aid]
+        out.append({"id": aid, "n_items": e.get("n_items"), **(e.get("train") or {}),
+                    "rel_update": mean_relative_update(base, loaded.adapters[i], loaded.scales[i])})
+    return out
+
+
+def print_table(task: str, res: dict, file=sys.stdout) -> None:
+    methods = res["methods"]
+    if not methods:
+        return
+    metrics = list(next(iter(methods.values())))
+    vs = res.get("vs_mta", {})
+    print(f"\n{task} — {res['n_users']} users, {res['inference']}, calibration {res.get('calibration')}", file=file)
+    print(f"{'method':<14}" + "".join(f"{m:>10}" for m in metrics) + f"{'diff vs MTA [95% CI]':>34}", file=file)
+    for name, vals in methods.items():
+        d = vs.get(name)
+        cmp = f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}] {d['verdict']}" if d else ""
+        print(f"{name:<14}" + "".join(f"{vals[m]:>10.4f}" for m in metrics) + f"{cmp:>34}", file=file)
+    for k in ("bytes_per_user", "adapt_s_per_user", "ratios"):
+        if res.get(k):
+            print(f"{k}: " + ", ".join(f"{m}={v:,.3f}" for m, v in res[k].items()), file=file)
+
+
+def select_stacking(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -> tuple[MTAJobConfig, dict]:
+    """Stage 3's settings chosen on train users that are not anchors (their newest item held out):
+    every candidate of `eval.stacking_grid` runs MTA on them; the best main metric wins (ties: the
+    first). Returns the config with the winner and what each candidate scored."""
+    import dataclasses
+
+    from mta.evaluate import primary_metric, score_task
+    from mta.pipeline import _uses_labels, load_users, predictions, record_key, resolve_calibration
+    from suite.io import sha256_file
+
+    task = cfg.data.task
+    users, path = load_users(cfg, cfg.data.train_split, anchor_ids)
+    users = users[: cfg.data.select_users]
+    metric, mode = primary_metric(task)
+    label_mode = _uses_labels(task, cfg.eval.inference)
+    cal = resolve_calibration(task, cfg.eval.calibration)
+    tried = []
+    for cand in cfg.eval.stacking_grid:
+        c = dataclasses.replace(cfg, stacking=dataclasses.replace(cfg.stacking, **cand))
+        e = ev.with_log(record_key(c, sha256_file(path), bank_sig), "select_user.jsonl")
+        e.cfg = c
+        recs = e.run(users, methods=["mta"])
+        p = predictions(task, recs, ["mta"], label_mode, cal)["mta"]
+        tried.append({"stacking": cand, metric: score_task(task, p, [g for r in recs for g in r["golds"]])[metric]})
+        print(f"[select] stacking {cand}: {metric} {tried[-1][metric]:.4f} on {len(users)} train users")
+    best = (max if mode == "max" else min)(tried, key=lambda t: t[metric])
+    chosen = dataclasses.replace(cfg, stacking=dataclasses.replace(cfg.stacking, **best["stacking"]))
+    return chosen, {"tried": tried, "chosen": best["stacking"], "users": len(users), "split": cfg.data.train_split}
+
+
+def select_lambda(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -> dict:
+    """mta_prior's lambda, chosen on train users that are not anchors (never on the evaluated split)."""
+    from mta.pipeline import choose_lambda, load_users, record_key, resolve_calibration
+    from suite.io import sha256_file
+
+    users, path = load_users(cfg, cfg.data.train_split, anchor_ids)
+    users = users[: cfg.data.select_users]
+    key = record_key(cfg, sha256_file(path), bank_sig)
+    recs = ev.with_log(key, "select_user.jsonl").run(users, methods=["mta"])
+    cal = resolve_calibration(cfg.data.task, cfg.eval.calibration)
+    lam, grid = choose_lambda(cfg.data.task, recs, cal, cfg.eval.lambda_grid)
+    return {"lambda": lam, "by_lambda": grid, "users": len(users), "split": cfg.data.train_split}
+
+
+def run(cfg: MTAJobConfig, out: str | Path) -> dict:
+    from suite.models import load_base
+    from mta.pipeline import Evaluator, _uses_labels, load_users, record_key, resolve_calibration, summarize
+    from suite.tracking import Tracker
+    from suite.encoders import load_encoder
+    from suite.io import atomic_write_json, sha256_file
+
+    device = use_device(cfg.model.device)  # fails here, before any training, if the device is not there
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", redact_config(asdict(cfg)))
+    tracker = Tracker(cfg.tracking, "mta_pipeline", asdict(cfg), out, name=f"mta-{cfg.data.task}")
+    try:
+        encoder = load_encoder(cfg.encoder)
+        bank, stats = build_bank(cfg, out, encoder)
+        for s in stats:
+            tracker.log({"bank/anchor_seconds": s["seconds"], "bank/steps": s["steps"]})
+        loaded = bank.load()
+        bank_sig = bank_content_id(bank.manifest)
+        d = cfg.data
+        task = d.task
+        label_mode = _uses_labels(task, cfg.eval.inference)
+        users, qpath = load_users(cfg, d.eval_split, loaded.ids)
+        if d.max_eval_users:
+            users = users[: d.max_eval_users]
+        model, tok = load_base(cfg.model)
+        anchors = anchor_report(bank, loaded, model)
+        ev = Evaluator(cfg, loaded, model, tok, encoder, out)  # wraps the model once (peft)
+        stack_sel = None
+        if cfg.eval.stacking_grid and d.select_users > 0:
+            cfg, stack_sel = select_stacking(cfg, ev, loaded.ids, bank_sig)
+            ev.cfg = cfg
+        key = record_key(cfg, sha256_file(qpath), bank_sig)
+        ev.key = key
+        selection, lam = None, max(cfg.eval.prior_lambda, 0.0)
+        if "mta_prior" in cfg.eval.methods and label_mode and cfg.eval.prior_lambda < 0 and d.select_users > 0:
+            selection = select_lambda(cfg, ev, loaded.ids, bank_sig)
+            lam = selection["lambda"]
+            print(f"[select] mta_prior lambda = {lam} (best on {selection['users']} train users)")
+        if cfg.eval.backend == "ray":
+            del model, ev
+            records = evaluate_on_ray(cfg, out, bank.path, users, key)
+        elif cfg.eval.backend == "local":
+            records = ev.run(users)
+        else:
+            raise ValueError(f"eval.backend={cfg.eval.backend!r}: local | ray")
+        res = summarize(task, records, cfg.eval.methods, label_mode, cfg.eval.calibration, out, lam, cfg.eval.bootstrap)
+        res["split"] = {"eval": d.eval_split, "eval_file": str(qpath), "selection": selection,
+                        "stacking_selection": stack_sel}
+        res["stacking"] = asdict(cfg.stacking)
+        res["record_key"] = key
+        res["anchors"] = anchors
+        res["bank"] = {"anchors": len(loaded.ids), "bytes": bank.bytes_on_disk(), "path": str(bank.path),
+                       "signature": bank.manifest.get("signature")}
+        if res.get("bytes_per_user"):
+            res["bytes_per_user"]["bank_amortised"] = res["bank"]["bytes"] / max(1, len(records))
+        res["runtime"] = {"driver": describe_device(device, dtype_for(device, cfg.model.dtype)),
+                          "eval_backend": cfg.eval.backend, "eval_gpus": cfg.eval.gpus,
+                          "bank_gpus_per_worker": cfg.bank.gpus_per_worker}
+        res["seeds"] = "per adapter: sha256(run seed / kind / anchor or user id)"
+        res["resolved_calibration"] = resolve_calibration(task, cfg.eval.calibration)
+        summary_path = out / "summary.json"
+        prev = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        prev.setdefault("mta", {})[task] = res
+        atomic_write_json(summary_path, prev)
+        print_table(task, res)
+        tracker.summary({f"{task}/{m}/{k}": v for m, vals in res["methods"].items() for k, v in vals.items()})
+        tracker.table("anchors_per_user", ["user_id", "anchors", "weights"],
+                      [[r["user_id"], json.dumps(r["anchors"]["anchors"]), json.dumps(r["anchors"]["weights"])]
+                       for r in records if "anchors" in r])
+        tracker.artifact(f"bank-{task}", "model", bank.path, {"anchors": len(loaded.ids)})
+        return prev
+    finally:
+        tracker.finish()
+
+
+def bank_content_id(manifest: dict) -> str:
+    """Identity of a bank's content: its anchors and their file checksums."""
+    from suite.io import json_digest
+
+    ident = [(a["id"], a.get("files")) for a in manifest["anchors"] if a.get("done")]
+    return json_digest(ident)
+
+
+def _evaluate_task(cfg_dict: dict, out: str, bank_path: str, users: list, key: str) -> list[dict]:
+    """The per-user stage (fusion, stacking, baselines) as a Ray task. If its worker dies, Ray runs
+    it again; the new attempt skips the users already in per_user.jsonl."""
+    import os
+    import signal
+
+    from mta.bank import Bank
+    from suite.models import load_base
+    from mta.pipeline import Evaluator
+    from suite.config import from_dict
+    from suite.encoders import load_encoder
+
+    cfg = from_dict(MTAJobConfig, cfg_dict, "mta_pipeline task")
+    use_device(cfg.model.device)  # the GPU this task reserved (eval.gpus), if any
+    model, tok = load_base(cfg.model)
+    fail = cfg.eval.fail_at
+
+    def on_user(n: int) -> None:
+        if fail and n == int(fail["after_users"]) and not Path(fail["marker"]).exists():
+            Path(fail["marker"]).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)  # what an OOM kill or a lost node does
+
+    ev = Evaluator(cfg, Bank(bank_path).load(), model, tok, load_encoder(cfg.encoder), Path(out), key)
+    return ev.run(users, on_user=on_user)
+
+
+def evaluate_on_ray(cfg: MTAJobConfig, out: Path, bank_path, users: list, key: str) -> list[dict]:
+    import ray
+
+    from suite.ray_local import init_ray
+
+    init_ray()
+    task = ray.remote(num_cpus=cfg.eval.cpus, num_gpus=cfg.eval.gpus, max_retries=cfg.eval.max_retries)(_evaluate_task)
+    return ray.get(task.remote(asdict(cfg), str(Path(out).resolve()), str(Path(bank_path).resolve()), users, key))
