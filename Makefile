@@ -1,5 +1,6 @@
 # make setup  — create .venv with the pinned stack (once; redone when requirements change)
 # make test   — the default test suite (CI runs this)
+# make lint   — ruff lint + format check (CI runs this)
 # make demo   — reduced MTA LaMP_2 run + MemGAS (dev-selected config) on the LoCoMo test conversations (< 15 min, 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test lint demo bench clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,6 +23,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: setup
 	$(PY) -m ray_jobs.mta_pipeline --config ray_jobs/configs/mta_lamp2_demo.yaml --out runs/demo

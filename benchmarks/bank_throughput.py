@@ -6,6 +6,7 @@ overhead per anchor against the same loop run sequentially in one process (backe
 Prints a table and writes OUT/bank_throughput.json. Also states the paper estimate for 50 anchors
 of an 8B model on 8 GPUs (see README).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,26 +34,49 @@ def main() -> None:
     for backend, workers, strategy in setups:
         d = out / f"{backend}-{workers}w-{strategy}"
         shutil.rmtree(d, ignore_errors=True)
-        cfg = load_config(MTAJobConfig, "ray_jobs/configs/pretrain_bank_lamp2_cpu.yaml", [
-            f"model.name={a.model}", f"anchors.n_clusters={a.anchors}", f"anchor_train.max_samples={a.samples}",
-            f"bank.backend={backend}", f"bank.num_workers={workers}", f"bank.strategy={strategy}",
-            "bank.checkpoint_every=0", "bank.progress=false", "tracking.enabled=false"])
+        cfg = load_config(
+            MTAJobConfig,
+            "ray_jobs/configs/pretrain_bank_lamp2_cpu.yaml",
+            [
+                f"model.name={a.model}",
+                f"anchors.n_clusters={a.anchors}",
+                f"anchor_train.max_samples={a.samples}",
+                f"bank.backend={backend}",
+                f"bank.num_workers={workers}",
+                f"bank.strategy={strategy}",
+                "bank.checkpoint_every=0",
+                "bank.progress=false",
+                "tracking.enabled=false",
+            ],
+        )
         t0 = time.perf_counter()
         s = run(cfg, d)["bank"]
         wall = time.perf_counter() - t0
         train_s = sum(x["seconds"] for x in s["per_anchor"])
-        rows.append({"backend": backend, "workers": workers, "strategy": strategy, "anchors": s["trained_now"],
-                     "wall_s": wall, "anchors_per_hour": s["trained_now"] / wall * 3600,
-                     "train_s_per_anchor": train_s / max(1, s["trained_now"]),
-                     "overhead_s_per_anchor": (wall - train_s) / max(1, s["trained_now"])})
+        rows.append(
+            {
+                "backend": backend,
+                "workers": workers,
+                "strategy": strategy,
+                "anchors": s["trained_now"],
+                "wall_s": wall,
+                "anchors_per_hour": s["trained_now"] / wall * 3600,
+                "train_s_per_anchor": train_s / max(1, s["trained_now"]),
+                "overhead_s_per_anchor": (wall - train_s) / max(1, s["trained_now"]),
+            }
+        )
     base = rows[0]["wall_s"] / rows[0]["anchors"]
     for r in rows:
         r["ray_overhead_vs_local_s_per_anchor"] = r["wall_s"] / r["anchors"] - base
     atomic_write_json(out / "bank_throughput.json", {"rows": rows, "model": a.model, "samples_per_anchor": a.samples})
-    print(f"{'backend':<8}{'workers':>8}{'strategy':>11}{'anchors/h':>11}{'train s/anc':>13}{'wall s/anc':>12}{'vs local':>10}")
+    print(
+        f"{'backend':<8}{'workers':>8}{'strategy':>11}{'anchors/h':>11}{'train s/anc':>13}{'wall s/anc':>12}{'vs local':>10}"  # noqa: E501
+    )
     for r in rows:
-        print(f"{r['backend']:<8}{r['workers']:>8}{r['strategy']:>11}{r['anchors_per_hour']:>11.1f}"
-              f"{r['train_s_per_anchor']:>13.1f}{r['wall_s'] / r['anchors']:>12.1f}{r['ray_overhead_vs_local_s_per_anchor']:>10.1f}")
+        print(
+            f"{r['backend']:<8}{r['workers']:>8}{r['strategy']:>11}{r['anchors_per_hour']:>11.1f}"
+            f"{r['train_s_per_anchor']:>13.1f}{r['wall_s'] / r['anchors']:>12.1f}{r['ray_overhead_vs_local_s_per_anchor']:>10.1f}"  # noqa: E501
+        )
 
 
 if __name__ == "__main__":

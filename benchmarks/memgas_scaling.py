@@ -6,6 +6,7 @@ Sessions are LoCoMo sessions recycled (ids made unique). Query latency is measur
 on LoCoMo questions for the dev-selected `memgas` configuration and the paper configuration. Writes
 OUT/scaling.json and OUT/scaling.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=30)
     a = ap.parse_args()
     from memgas.data import load_locomo
+    from memgas.recipe import MemGASJobConfig, resolve_data
     from memgas.retrieval import paper_config
     from memgas.store import MemGASConfig, MemoryStore
-    from memgas.recipe import load_best, resolve_data, MemGASJobConfig
     from suite.encoders import load_encoder
     from suite.io import atomic_write_json
 
@@ -53,11 +54,22 @@ def main() -> None:
                 ts.append((time.perf_counter() - t) * 1000)
             lat[name] = float(np.percentile(ts, 50))
         mem = store.users["u"]
-        rows.append({"sessions": n, "nodes": len(mem.rows), "edges": len(mem.edges), "ingest_s_total": t_ingest,
-                     "ingest_sessions_per_s_recent": (m - (rows[-1]["sessions"] if rows else 0)) / max(1e-9, time.perf_counter() - t0),
-                     "query_ms_p50": lat})
-        print(f"{n:>6} sessions {len(mem.rows):>7} nodes {len(mem.edges):>8} edges  ingest {t_ingest:8.1f}s  "
-              f"query p50 memgas {lat['memgas']:7.1f} ms  paper {lat['memgas_paper']:7.1f} ms", flush=True)
+        rows.append(
+            {
+                "sessions": n,
+                "nodes": len(mem.rows),
+                "edges": len(mem.edges),
+                "ingest_s_total": t_ingest,
+                "ingest_sessions_per_s_recent": (m - (rows[-1]["sessions"] if rows else 0))
+                / max(1e-9, time.perf_counter() - t0),
+                "query_ms_p50": lat,
+            }
+        )
+        print(
+            f"{n:>6} sessions {len(mem.rows):>7} nodes {len(mem.edges):>8} edges  ingest {t_ingest:8.1f}s  "
+            f"query p50 memgas {lat['memgas']:7.1f} ms  paper {lat['memgas_paper']:7.1f} ms",
+            flush=True,
+        )
         atomic_write_json(Path(a.out) / "scaling.json", {"encoder": a.encoder, "rows": rows})
     import matplotlib
 

@@ -4,11 +4,13 @@ bounded time; report throughput, latency percentiles and an end-of-run consisten
     python benchmarks/store_load.py --out runs/bench_store_load [--seconds 60] [--writers 2] [--readers 4]
 
 Writers add LoCoMo sessions (ids made unique) to a few users; readers search those users with
-LoCoMo questions (only users that already hold sessions). At the end every added session must be found (each user searched with a limit of
+LoCoMo questions (only users that already hold sessions). At the end every added session must be
+found (each user searched with a limit of
 its session count), and a save + load round trip must return identical rankings. Writes
 OUT/store_load.json. The store serialises add and search on one lock (a memory's graph is updated
 in place), so throughput measures that lock under contention; Python threads share the GIL too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +28,13 @@ def pct(xs: list[float]) -> dict:
     if not xs:
         return {}
     a = np.asarray(xs) * 1000
-    return {"n": len(xs), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
+    return {
+        "n": len(xs),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "max_ms": float(a.max()),
+    }
 
 
 def main() -> None:
@@ -42,8 +49,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from memgas.data import load_locomo
+    from memgas.recipe import MemGASJobConfig, load_best, resolve_data
     from memgas.store import MemGASConfig, MemoryStore
-    from memgas.recipe import load_best, MemGASJobConfig, resolve_data
     from suite.encoders import load_encoder
     from suite.io import atomic_write_json
 
@@ -91,8 +98,9 @@ def main() -> None:
                 continue
             search_lat.append(time.perf_counter() - t)
 
-    threads = ([threading.Thread(target=writer, args=(i,)) for i in range(a.writers)]
-               + [threading.Thread(target=reader, args=(100 + i,)) for i in range(a.readers)])
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(a.writers)] + [
+        threading.Thread(target=reader, args=(100 + i,)) for i in range(a.readers)
+    ]
     t0 = time.perf_counter()
     for th in threads:
         th.start()
@@ -112,23 +120,44 @@ def main() -> None:
     store.save(out / "store")
     back = MemoryStore.load(out / "store", encoder=store.encoder)
     back.cfg.retrieval = load_best(a.best)
-    same = all([r["session_id"] for r in store.search(q, u, 10)["results"]] ==
-               [r["session_id"] for r in back.search(q, u, 10)["results"]]
-               for q in questions[:20] for u in users if added[u])
-    res = {"seconds": wall, "writers": a.writers, "readers": a.readers, "users": a.users, "encoder": a.encoder,
-           "sessions_added": sum(len(v) for v in added.values()),
-           "adds_per_s": len(add_lat) / wall, "searches_per_s": len(search_lat) / wall,
-           "add_latency": pct(add_lat), "search_latency": pct(search_lat), "errors": errors[:20],
-           "n_errors": len(errors), "consistent": not missing and not errors, "missing": missing,
-           "reload_identical": same}
+    same = all(
+        [r["session_id"] for r in store.search(q, u, 10)["results"]]
+        == [r["session_id"] for r in back.search(q, u, 10)["results"]]
+        for q in questions[:20]
+        for u in users
+        if added[u]
+    )
+    res = {
+        "seconds": wall,
+        "writers": a.writers,
+        "readers": a.readers,
+        "users": a.users,
+        "encoder": a.encoder,
+        "sessions_added": sum(len(v) for v in added.values()),
+        "adds_per_s": len(add_lat) / wall,
+        "searches_per_s": len(search_lat) / wall,
+        "add_latency": pct(add_lat),
+        "search_latency": pct(search_lat),
+        "errors": errors[:20],
+        "n_errors": len(errors),
+        "consistent": not missing and not errors,
+        "missing": missing,
+        "reload_identical": same,
+    }
     atomic_write_json(out / "store_load.json", res)
-    print(f"{res['sessions_added']} sessions added, {len(search_lat)} searches in {wall:.1f}s "
-          f"({res['adds_per_s']:.1f} adds/s, {res['searches_per_s']:.1f} searches/s)")
-    print(f"add p50/p95/p99 ms: {res['add_latency'].get('p50_ms', 0):.1f}/{res['add_latency'].get('p95_ms', 0):.1f}/"
-          f"{res['add_latency'].get('p99_ms', 0):.1f}; search p50/p95/p99 ms: {res['search_latency'].get('p50_ms', 0):.1f}/"
-          f"{res['search_latency'].get('p95_ms', 0):.1f}/{res['search_latency'].get('p99_ms', 0):.1f}")
-    print(f"consistent: {res['consistent']} (errors {len(errors)}, users with missing sessions {len(missing)}); "
-          f"reload identical: {same}")
+    print(
+        f"{res['sessions_added']} sessions added, {len(search_lat)} searches in {wall:.1f}s "
+        f"({res['adds_per_s']:.1f} adds/s, {res['searches_per_s']:.1f} searches/s)"
+    )
+    print(
+        f"add p50/p95/p99 ms: {res['add_latency'].get('p50_ms', 0):.1f}/{res['add_latency'].get('p95_ms', 0):.1f}/"
+        f"{res['add_latency'].get('p99_ms', 0):.1f}; search p50/p95/p99 ms: {res['search_latency'].get('p50_ms', 0):.1f}/"  # noqa: E501
+        f"{res['search_latency'].get('p95_ms', 0):.1f}/{res['search_latency'].get('p99_ms', 0):.1f}"
+    )
+    print(
+        f"consistent: {res['consistent']} (errors {len(errors)}, users with missing sessions {len(missing)}); "
+        f"reload identical: {same}"
+    )
     if not res["consistent"] or not same:
         sys.exit(1)
 

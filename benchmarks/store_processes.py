@@ -8,6 +8,7 @@ Uses the hashing encoder so the figures measure the store and its lock, not the 
 the same writers *without* the transaction (plain load → add → save) to show what the lock prevents.
 Writes OUT/store_processes.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,13 +88,26 @@ def trial(out: Path, writers: int, adds: int, readers: int, locked: bool) -> dic
     errors = sum(v[1] for kind, v in got if kind == "reader")
     st = MemoryStore.load(path, encoder=HashingEncoder())
     kept = {s["session_id"] for m in st.users.values() for s in m.sessions}
-    res = {"locked": locked, "writers": writers, "adds_per_writer": adds, "readers": readers,
-           "adds_expected": writers * adds, "adds_kept": len(kept), "adds_lost": writers * adds - len(kept),
-           "reader_loads": loads, "reader_errors": errors, "wall_s": wall,
-           "adds_per_s": writers * adds / wall}
+    res = {
+        "locked": locked,
+        "writers": writers,
+        "adds_per_writer": adds,
+        "readers": readers,
+        "adds_expected": writers * adds,
+        "adds_kept": len(kept),
+        "adds_lost": writers * adds - len(kept),
+        "reader_loads": loads,
+        "reader_errors": errors,
+        "wall_s": wall,
+        "adds_per_s": writers * adds / wall,
+    }
     if waits:
         a = np.asarray(waits) * 1000
-        res["lock_wait_ms"] = {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "max": float(a.max())}
+        res["lock_wait_ms"] = {
+            "p50": float(np.percentile(a, 50)),
+            "p95": float(np.percentile(a, 95)),
+            "max": float(a.max()),
+        }
     return res
 
 
@@ -108,8 +122,10 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = {"locked": trial(out, a.writers, a.adds, a.readers, True),
-           "unlocked": trial(out, a.writers, a.adds, a.readers, False)}
+    res = {
+        "locked": trial(out, a.writers, a.adds, a.readers, True),
+        "unlocked": trial(out, a.writers, a.adds, a.readers, False),
+    }
     atomic_write_json(out / "store_processes.json", res)
     print(json.dumps(res, indent=1))
 

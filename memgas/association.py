@@ -4,12 +4,12 @@ From the `start_session`-th session on, each new node is scored (dot product) ag
 earlier sessions; the top `mem_threshold` scores get a 1-D `GaussianMixture(n_components)`; nodes in
 the component with the highest mean become the new node's neighbours (undirected, unweighted).
 """
-from __future__ import annotations
 
-from typing import Literal
+from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from sklearn.mixture import GaussianMixture
@@ -23,10 +23,14 @@ class AssociationConfig:
     n_components: int = opt(2, "GMM components (the highest-mean one gives the neighbours)")
     start_session: int = opt(5, "sessions stored before association starts (reference: from the 6th)")
     seed: int = opt(0, "GMM random_state")
-    init_params: Literal["k-means++", "kmeans"] = opt("k-means++", "GMM init: k-means++ (same split, ~3x faster) | kmeans (sklearn default)")
-    pool: list[str] = opt(help="granularities that are associated (new nodes and old candidates): the session-level "
-                               "units, as the reference; add `turn` to link individual turns too",
-                          factory=lambda: ["session", "turn_mean", "summary", "keywords"])
+    init_params: Literal["k-means++", "kmeans"] = opt(
+        "k-means++", "GMM init: k-means++ (same split, ~3x faster) | kmeans (sklearn default)"
+    )
+    pool: list[str] = opt(
+        help="granularities that are associated (new nodes and old candidates): the session-level "
+        "units, as the reference; add `turn` to link individual turns too",
+        factory=lambda: ["session", "turn_mean", "summary", "keywords"],
+    )
 
     def __post_init__(self):
         bad = [g for g in self.pool if g not in ("session", "turn", "turn_mean", "summary", "keywords")]
@@ -34,7 +38,9 @@ class AssociationConfig:
             raise ValueError(f"association.pool: unknown granularity {bad[0]!r}")
 
 
-def gmm_neighbours(scores: np.ndarray, n_components: int = 2, seed: int = 0, init_params: str = "k-means++") -> np.ndarray:
+def gmm_neighbours(
+    scores: np.ndarray, n_components: int = 2, seed: int = 0, init_params: str = "k-means++"
+) -> np.ndarray:
     """Boolean mask over `scores`: members of the highest-mean mixture component."""
     s = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
     if len(s) < n_components or np.ptp(s) < 1e-9:

@@ -15,6 +15,7 @@ Errors name file, record and field (`suite.io.DataError`). Documented handling:
 - Ids must be strings or integers; answers strings or numbers; a session with no turns is an error
   (it could never be retrieved); evidence entries that are not strings are read as text.
 """
+
 from __future__ import annotations
 
 import re
@@ -141,9 +142,16 @@ def load_locomo(path: str | Path) -> list[Conversation]:
                         raise DataError(path, rid, "evidence", f"{e!r} points to session {s}, which does not exist")
                     if f"session_{int(s)}" not in gold:
                         gold.append(f"session_{int(s)}")
-            questions.append(Question(f"{cid}:{j}", _str(path, rid, "question", q["question"], False),
-                                      check_text_value(path, rid, "answer", ans), gold,
-                                      str(q.get("category", "")), False))
+            questions.append(
+                Question(
+                    f"{cid}:{j}",
+                    _str(path, rid, "question", q["question"], False),
+                    check_text_value(path, rid, "answer", ans),
+                    gold,
+                    str(q.get("category", "")),
+                    False,
+                )
+            )
         out.append(Conversation(cid, sessions, questions, {"unparsable_evidence": unparsable}))
     return out
 
@@ -165,17 +173,24 @@ def load_longmemeval(path: str | Path) -> list[Conversation]:
         if qid in seen:
             raise DataError(path, qid, "question_id", "duplicate question id")
         seen.add(qid)
-        ids = [check_id(path, qid, "haystack_session_ids", x) for x in _list(path, qid, "haystack_session_ids", rec["haystack_session_ids"])]
+        ids = [
+            check_id(path, qid, "haystack_session_ids", x)
+            for x in _list(path, qid, "haystack_session_ids", rec["haystack_session_ids"])
+        ]
         sess = _list(path, qid, "haystack_sessions", rec["haystack_sessions"])
-        dates = [_str(path, qid, "haystack_dates", d) for d in _list(path, qid, "haystack_dates", rec.get("haystack_dates") or [""] * len(ids))]
+        dates = [
+            _str(path, qid, "haystack_dates", d)
+            for d in _list(path, qid, "haystack_dates", rec.get("haystack_dates") or [""] * len(ids))
+        ]
         if len(sess) != len(ids) or len(dates) != len(ids):
             raise DataError(path, qid, "haystack_sessions", f"{len(sess)} sessions, {len(ids)} ids, {len(dates)} dates")
         sessions, first, dup, gold_turns = [], {}, 0, []
         for sid, date, turns in zip(ids, dates, sess):
             if sid in first:  # a repeated id: the official S file repeats some sessions verbatim
                 if turns != first[sid]:
-                    raise DataError(path, qid, "haystack_session_ids",
-                                    f"session id {sid!r} appears twice with different content")
+                    raise DataError(
+                        path, qid, "haystack_session_ids", f"session id {sid!r} appears twice with different content"
+                    )
                 dup += 1
                 continue
             first[sid] = turns
@@ -184,19 +199,35 @@ def load_longmemeval(path: str | Path) -> list[Conversation]:
                 rid = f"{qid} session {sid} turn {j}"
                 if not isinstance(t, dict) or "content" not in t:
                     raise DataError(path, rid, "content", "missing")
-                tl.append(Turn(_str(path, rid, "role", t.get("role", "user")), _str(path, rid, "content", t["content"]), f"{sid}:{j}"))
+                tl.append(
+                    Turn(
+                        _str(path, rid, "role", t.get("role", "user")),
+                        _str(path, rid, "content", t["content"]),
+                        f"{sid}:{j}",
+                    )
+                )
                 if t.get("has_answer") is True:
                     gold_turns.append(f"{sid}:{j}")
             _nonempty(path, f"{qid} session {sid}", "haystack_sessions", tl)
             sessions.append(Session(sid, tl, date))
-        gold = [check_id(path, qid, "answer_session_ids", x) for x in _list(path, qid, "answer_session_ids", rec.get("answer_session_ids") or [])]
+        gold = [
+            check_id(path, qid, "answer_session_ids", x)
+            for x in _list(path, qid, "answer_session_ids", rec.get("answer_session_ids") or [])
+        ]
         missing = [g for g in gold if g not in set(ids)]
         if missing:
             raise DataError(path, qid, "answer_session_ids", f"{missing[0]!r} is not in haystack_session_ids")
         abst = qid.endswith("_abs")
-        q = Question(qid, _str(path, qid, "question", rec["question"], False), check_text_value(path, qid, "answer", rec["answer"]),
-                     [] if abst else gold, _str(path, qid, "question_type", rec.get("question_type", "")), abst,
-                     _str(path, qid, "question_date", rec.get("question_date", "")), [] if abst else gold_turns)
+        q = Question(
+            qid,
+            _str(path, qid, "question", rec["question"], False),
+            check_text_value(path, qid, "answer", rec["answer"]),
+            [] if abst else gold,
+            _str(path, qid, "question_type", rec.get("question_type", "")),
+            abst,
+            _str(path, qid, "question_date", rec.get("question_date", "")),
+            [] if abst else gold_turns,
+        )
         out.append(Conversation(qid, sessions, [q], {"duplicate_sessions": dup} if dup else {}))
     return out
 
@@ -226,18 +257,32 @@ def load_long_mt_bench(path: str | Path) -> list[Conversation]:
         data = data.get("data", [data])
     out = []
     for i, rec in enumerate(_list(path, None, None, data)):
-        cid = (check_id(path, f"#{i}", "id", rec["id"]) if "id" in rec else f"conv-{i}") if isinstance(rec, dict) else f"#{i}"
+        cid = (
+            (check_id(path, f"#{i}", "id", rec["id"]) if "id" in rec else f"conv-{i}")
+            if isinstance(rec, dict)
+            else f"#{i}"
+        )
         if not isinstance(rec, dict) or "sessions" not in rec:
             raise DataError(path, cid, "sessions", "missing")
-        sessions = [Session(f"session_{k + 1}", _nonempty(path, f"{cid} session_{k + 1}", "sessions",
-                                                           _mt_turns(path, f"{cid} session_{k + 1}", s)))
-                    for k, s in enumerate(_list(path, cid, "sessions", rec["sessions"]))]
+        sessions = [
+            Session(
+                f"session_{k + 1}",
+                _nonempty(path, f"{cid} session_{k + 1}", "sessions", _mt_turns(path, f"{cid} session_{k + 1}", s)),
+            )
+            for k, s in enumerate(_list(path, cid, "sessions", rec["sessions"]))
+        ]
         qs, ans = rec.get("questions", []), rec.get("answers", [])
         if len(_list(path, cid, "questions", qs)) != len(_list(path, cid, "answers", ans)):
             raise DataError(path, cid, "answers", f"{len(qs)} questions but {len(ans)} answers")
-        questions = [Question(f"{cid}:{j}", _str(path, f"{cid} q{j}", "questions", q, False),
-                              check_text_value(path, f"{cid} q{j}", "answers", a), [])
-                     for j, (q, a) in enumerate(zip(qs, ans))]
+        questions = [
+            Question(
+                f"{cid}:{j}",
+                _str(path, f"{cid} q{j}", "questions", q, False),
+                check_text_value(path, f"{cid} q{j}", "answers", a),
+                [],
+            )
+            for j, (q, a) in enumerate(zip(qs, ans))
+        ]
         out.append(Conversation(cid, sessions, questions))
     return out
 

@@ -1,5 +1,6 @@
 """Embedding cache over the shared encoders (`suite.encoders`): a unit text is embedded once per
 encoder, whatever the method, run or sweep trial that asks for it."""
+
 from __future__ import annotations
 
 import hashlib

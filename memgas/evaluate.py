@@ -6,6 +6,7 @@ LongMemEval's DCG (rel_1 + Σ_{i≥2} rel_i / log2(i)). Abstention questions and
 gold session are skipped. QA: SQuAD-normalised token F1 and exact match, BLEU-1, ROUGE-L, and a
 yes/no LLM judge when an endpoint is configured.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,8 +14,8 @@ import string
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -79,12 +80,18 @@ def qa_metrics(pred: str, gold: str) -> dict[str, float]:
     from rouge_score import rouge_scorer
 
     rl = rouge_scorer.RougeScorer(["rougeL"]).score(gold, pred)["rougeL"].fmeasure
-    return {"f1": token_f1(pred, gold), "em": float(normalize_answer(pred) == normalize_answer(gold)),
-            "bleu1": bleu1(pred, gold), "rougeL": float(rl)}
+    return {
+        "f1": token_f1(pred, gold),
+        "em": float(normalize_answer(pred) == normalize_answer(gold)),
+        "bleu1": bleu1(pred, gold),
+        "rougeL": float(rl),
+    }
 
 
-JUDGE_PROMPT = ("Question: {q}\nGold answer: {g}\nModel answer: {p}\n"
-                "Does the model answer contain the gold answer or mean the same? Answer yes or no.")
+JUDGE_PROMPT = (
+    "Question: {q}\nGold answer: {g}\nModel answer: {p}\n"
+    "Does the model answer contain the gold answer or mean the same? Answer yes or no."
+)
 
 
 def judge(llm, q: str, gold: str, pred: str) -> float:
@@ -124,8 +131,12 @@ def run_key(methods: dict[str, RetrievalConfig], store_cfg, cfg: MemEvalConfig, 
     from dataclasses import asdict
 
     ev = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "max_conversations", "max_questions")}
-    key = {"methods": {m: asdict(c) for m, c in sorted(methods.items())}, "store": asdict(store_cfg) if store_cfg else None,
-           "eval": ev, "data": data_sha}
+    key = {
+        "methods": {m: asdict(c) for m, c in sorted(methods.items())},
+        "store": asdict(store_cfg) if store_cfg else None,
+        "eval": ev,
+        "data": data_sha,
+    }
     return json_digest(key)
 
 
@@ -156,8 +167,17 @@ def turn_gold(gold_turns: list[str]) -> list[str]:
     return out
 
 
-def evaluate(convs: list[Conversation], make_store, methods: dict[str, RetrievalConfig], cfg: MemEvalConfig,
-             log_path: str | Path, llm=None, on_question=None, key: str = "", memory_cache: str | Path | None = None) -> list[dict]:
+def evaluate(
+    convs: list[Conversation],
+    make_store,
+    methods: dict[str, RetrievalConfig],
+    cfg: MemEvalConfig,
+    log_path: str | Path,
+    llm=None,
+    on_question=None,
+    key: str = "",
+    memory_cache: str | Path | None = None,
+) -> list[dict]:
     """Run every method on every question; per-question records are appended to `log_path` as
     they finish, and questions already there under the same `key` are skipped (resume); records
     written under another key (a changed configuration or data file) are recomputed, never reused.
@@ -203,9 +223,19 @@ def evaluate(convs: list[Conversation], make_store, methods: dict[str, Retrieval
         mem = store.users[conv.conv_id]
         corpus = [s["session_id"] for s in mem.sessions]
         for q in todo:
-            rec = {"qid": q.qid, "key": key, "conv": conv.conv_id, "category": q.category, "abstention": q.abstention,
-                   "gold": q.gold_sessions, "n_sessions": len(corpus), "ingest_s": ingest_s / max(1, len(todo)),
-                   "metrics": {}, "latency_ms": {}, "top": {}}
+            rec = {
+                "qid": q.qid,
+                "key": key,
+                "conv": conv.conv_id,
+                "category": q.category,
+                "abstention": q.abstention,
+                "gold": q.gold_sessions,
+                "n_sessions": len(corpus),
+                "ingest_s": ingest_s / max(1, len(todo)),
+                "metrics": {},
+                "latency_ms": {},
+                "top": {},
+            }
             t = time.perf_counter()
             qv = store.encoder.encode([q.question])[0]
             enc_ms = (time.perf_counter() - t) * 1000
@@ -241,16 +271,22 @@ def evaluate(convs: list[Conversation], make_store, methods: dict[str, Retrieval
 BREAKDOWN_KEYS = ("recall_all@5", "recall_any@5", "ndcg_any@5", "recall_all@10")
 
 
-def summarize(records: list[dict], methods: list[str], ks=KS, reference: str | None = None,
-              n_boot: int = 10000) -> dict:
+def summarize(
+    records: list[dict], methods: list[str], ks=KS, reference: str | None = None, n_boot: int = 10000
+) -> dict:
     """Means per method; per category / question type; turn-level recall (LongMemEval); and, given
     a `reference` method, every other method's paired bootstrap interval and permutation p-value
     against it on recall_all@5 (`vs_reference`)."""
     from suite.stats import compare
 
-    out: dict = {"n_questions": len(records), "methods": {},
-                 "n_excluded": {"abstention": sum(1 for r in records if r.get("abstention")),
-                                "no_gold": sum(1 for r in records if not r.get("abstention") and not r["metrics"])}}
+    out: dict = {
+        "n_questions": len(records),
+        "methods": {},
+        "n_excluded": {
+            "abstention": sum(1 for r in records if r.get("abstention")),
+            "no_gold": sum(1 for r in records if not r.get("abstention") and not r["metrics"]),
+        },
+    }
     for m in methods:
         rows = [r["metrics"][m] for r in records if m in r["metrics"]]
         if rows:
@@ -268,16 +304,25 @@ def summarize(records: list[dict], methods: list[str], ks=KS, reference: str | N
         out["by_category"][c] = {"n": len(rs), **per_m}
     tm = [r["turn_metrics"] for r in records if "turn_metrics" in r]
     if tm:
-        out["turn_level"] = {"unit": "a user turn with its reply; gold from has_answer", "n": len(tm),
-                             "dense_turn": {k: float(np.mean([x[k] for x in tm])) for k in tm[0]}}
+        out["turn_level"] = {
+            "unit": "a user turn with its reply; gold from has_answer",
+            "n": len(tm),
+            "dense_turn": {k: float(np.mean([x[k] for x in tm])) for k in tm[0]},
+        }
     if reference and reference in out["methods"]:
         scored = [r for r in records if reference in r["metrics"]]
-        per_q = {m: [r["metrics"][m]["recall_all@5"] for r in scored] for m in methods
-                 if all(m in r["metrics"] for r in scored)}
-        out["vs_reference"] = {"reference": reference, "metric": "recall_all@5",
-                               "note": "diff = method - reference; ci95 paired bootstrap; p paired permutation; "
-                                       "'tie' when the interval contains 0",
-                               "methods": compare(per_q, reference, binary=False, n_boot=n_boot)}
+        per_q = {
+            m: [r["metrics"][m]["recall_all@5"] for r in scored]
+            for m in methods
+            if all(m in r["metrics"] for r in scored)
+        }
+        out["vs_reference"] = {
+            "reference": reference,
+            "metric": "recall_all@5",
+            "note": "diff = method - reference; ci95 paired bootstrap; p paired permutation; "
+            "'tie' when the interval contains 0",
+            "methods": compare(per_q, reference, binary=False, n_boot=n_boot),
+        }
     lat = [r["latency_ms"].get("memgas") for r in records if "memgas" in r["latency_ms"]]
     if lat:
         out["query_ms_p50"] = float(np.percentile(lat, 50))

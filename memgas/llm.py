@@ -10,6 +10,7 @@
 - `local`: a transformers causal LM (SmolLM2 by default) with its chat template, greedy at T=0.
 - `none`: no LLM (`build_llm` returns None; units fall back to extractive text).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -41,9 +42,14 @@ class LLMConfig:
     concurrency: int = opt(8, "requests in flight at once (all threads)")
 
     def __post_init__(self):
-        for name, ok, rule in (("timeout_s", self.timeout_s > 0, "> 0"), ("max_retries", self.max_retries >= 0, ">= 0"),
-                               ("backoff_s", self.backoff_s >= 0, ">= 0"), ("max_backoff_s", self.max_backoff_s >= 0, ">= 0"),
-                               ("retry_budget_s", self.retry_budget_s > 0, "> 0"), ("concurrency", self.concurrency >= 1, ">= 1")):
+        for name, ok, rule in (
+            ("timeout_s", self.timeout_s > 0, "> 0"),
+            ("max_retries", self.max_retries >= 0, ">= 0"),
+            ("backoff_s", self.backoff_s >= 0, ">= 0"),
+            ("max_backoff_s", self.max_backoff_s >= 0, ">= 0"),
+            ("retry_budget_s", self.retry_budget_s > 0, "> 0"),
+            ("concurrency", self.concurrency >= 1, ">= 1"),
+        ):
             if not ok:
                 raise ConfigError(f"llm.{name}: {getattr(self, name)!r} must be {rule}")
         if self.backend == "http" and urlsplit(self.url).scheme not in ("http", "https"):
@@ -121,8 +127,14 @@ class HTTPChatLLM:
         return post_json(url, body, headers, self.cfg.timeout_s)
 
     def complete(self, prompt: str, max_tokens: int = 500, temperature: float = 0.0) -> str:
-        body = json.dumps({"model": self.cfg.model, "messages": [{"role": "user", "content": prompt}],
-                           "max_tokens": max_tokens, "temperature": temperature}).encode()
+        body = json.dumps(
+            {
+                "model": self.cfg.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+            }
+        ).encode()
         start, last, where = time.monotonic(), "no attempt", redact_url(self.cfg.url)
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
@@ -158,11 +170,12 @@ class LocalLLM:
     """A transformers causal LM in this process (greedy decoding; temperature is ignored: T=0)."""
 
     def __init__(self, model_name: str = "smollm2", max_length: int = 2048, tiny_seed: int = 0, device: str = ""):
-        from suite.models import ModelConfig, load_base
         from suite.device import current
+        from suite.models import ModelConfig, load_base
 
-        self.model, self.tok = load_base(ModelConfig(name=model_name, max_length=max_length, tiny_seed=tiny_seed,
-                                                     device=device or str(current())))
+        self.model, self.tok = load_base(
+            ModelConfig(name=model_name, max_length=max_length, tiny_seed=tiny_seed, device=device or str(current()))
+        )
         self.max_length = max_length
         self._lock = threading.Lock()
 
@@ -170,7 +183,9 @@ class LocalLLM:
         from suite.models import generate
 
         with self._lock:  # one forward at a time: torch already uses every core
-            return generate(self.model, self.tok, prompt, max_tokens, True, self.max_length + max_tokens, first_line=False)
+            return generate(
+                self.model, self.tok, prompt, max_tokens, True, self.max_length + max_tokens, first_line=False
+            )
 
 
 def build_llm(cfg: LLMConfig):

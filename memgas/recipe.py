@@ -14,26 +14,26 @@ both, paired bootstrap intervals against `memgas`, per-category breakdowns and t
 OUT/per_question.jsonl (resume log keyed by a hash of the configuration and data file: a rerun skips
 finished questions and never reuses records of another configuration). Prints a table.
 """
-from __future__ import annotations
 
-from typing import Literal
+from __future__ import annotations
 
 import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from memgas.evaluate import MemEvalConfig
 from memgas.llm import LLMConfig
 from memgas.retrieval import RetrievalConfig, paper_config
 from memgas.store import MemGASConfig
-from suite.tracking import TrackingConfig
 from suite.config import opt
-from suite.redact import redact_config
 from suite.device import check_spec
 from suite.device import describe as describe_device
 from suite.device import use as use_device
+from suite.redact import redact_config
+from suite.tracking import TrackingConfig
 
 DEFAULT_FILES = {"locomo": "locomo10.json", "longmemeval": "longmemeval_s_dev.json"}
 LME_DEV = "longmemeval_s_dev.json"
@@ -41,10 +41,15 @@ LME_DEV = "longmemeval_s_dev.json"
 
 @dataclass
 class SplitConfig:
-    name: Literal["all", "dev", "test"] = opt("all", "all | dev (tune here) | test (report here: never seen by a sweep)")
+    name: Literal["all", "dev", "test"] = opt(
+        "all", "all | dev (tune here) | test (report here: never seen by a sweep)"
+    )
     dev_every: int = opt(3, "LoCoMo: conversation i (file order) is dev when i % dev_every == 0 (4 of 10), else test")
-    dev_data: str = opt("", "LongMemEval: the dev file whose question ids are excluded from test; "
-                            "empty = ../shared/data/memory/longmemeval_s_dev.json")
+    dev_data: str = opt(
+        "",
+        "LongMemEval: the dev file whose question ids are excluded from test; "
+        "empty = ../shared/data/memory/longmemeval_s_dev.json",
+    )
 
     def __post_init__(self):
         if self.name not in ("all", "dev", "test"):
@@ -58,13 +63,18 @@ class MemGASJobConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     memgas: MemGASConfig = field(default_factory=MemGASConfig)
     best: RetrievalConfig = field(default_factory=paper_config)
-    best_from: str = opt("", "a best_config.yaml written by sweep_memgas: its `best` retrieval and `memgas` "
-                             "memory settings replace these (report the dev-selected config on test)")
+    best_from: str = opt(
+        "",
+        "a best_config.yaml written by sweep_memgas: its `best` retrieval and `memgas` "
+        "memory settings replace these (report the dev-selected config on test)",
+    )
     selected_on: dict = opt(help="where `best` was selected (written by sweep_memgas; informational)", factory=dict)
     eval: MemEvalConfig = field(default_factory=MemEvalConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     ablations: bool = opt(True, "also run each ablation of `best` and of the paper configuration")
-    device: str = opt("auto", "encoders and the local LLM: auto (the GPU a Ray task reserved, else cpu) | cpu | cuda | cuda:N")
+    device: str = opt(
+        "auto", "encoders and the local LLM: auto (the GPU a Ray task reserved, else cpu) | cpu | cuda | cuda:N"
+    )
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
@@ -81,8 +91,10 @@ def resolve_data(cfg: MemGASJobConfig) -> Path:
     if cfg.data:
         return Path(cfg.data)
     if cfg.benchmark == "longmemeval" and cfg.split.name == "test":
-        raise SystemExit("LongMemEval test questions are S questions outside the dev file; they are not on this "
-                         "machine: pass data=PATH/longmemeval_s.json (the dev questions are excluded automatically)")
+        raise SystemExit(
+            "LongMemEval test questions are S questions outside the dev file; they are not on this "
+            "machine: pass data=PATH/longmemeval_s.json (the dev questions are excluded automatically)"
+        )
     name = DEFAULT_FILES.get(cfg.benchmark)
     if name is None:
         raise SystemExit(f"benchmark {cfg.benchmark!r} has no default file here: pass data=PATH")
@@ -123,8 +135,12 @@ def split_conversations(convs: list, cfg: MemGASJobConfig) -> tuple[list, dict]:
         dev = [c for i, c in enumerate(convs) if i % sp.dev_every == 0]
         test = [c for i, c in enumerate(convs) if i % sp.dev_every != 0]
         chosen = dev if sp.name == "dev" else test
-        return chosen, {"name": sp.name, "unit": "conversation", "dev": [c.conv_id for c in dev],
-                        "test": [c.conv_id for c in test]}
+        return chosen, {
+            "name": sp.name,
+            "unit": "conversation",
+            "dev": [c.conv_id for c in dev],
+            "test": [c.conv_id for c in test],
+        }
     from memgas.data import load_longmemeval
 
     dev_path = Path(sp.dev_data) if sp.dev_data else shared_memory_dir() / LME_DEV
@@ -164,8 +180,11 @@ def print_table(name: str, res: dict, file=sys.stdout) -> None:
             print(f"{k}: {res[k]:.3f}", file=file)
     vs = res.get("vs_reference", {})
     for m, d in vs.get("methods", {}).items():
-        print(f"  {m:<40} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] p={d['p']:.3g} {d['verdict']}"
-              f" vs {vs['reference']}", file=file)
+        print(
+            f"  {m:<40} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] p={d['p']:.3g} {d['verdict']}"
+            f" vs {vs['reference']}",
+            file=file,
+        )
 
 
 def _eval_conversation(cfg_dict: dict, conv, methods: dict, key: str, log_dir: str) -> list[dict]:
@@ -201,7 +220,9 @@ def evaluate_on_ray(cfg: MemGASJobConfig, convs: list, methods: dict, key: str, 
     todo = [c for c in convs if any(q.qid not in done for q in c.questions)]
     if todo:
         init_ray()
-        task = ray.remote(num_cpus=cfg.eval.cpus, num_gpus=cfg.eval.gpus, max_retries=cfg.eval.max_retries)(_eval_conversation)
+        task = ray.remote(num_cpus=cfg.eval.cpus, num_gpus=cfg.eval.gpus, max_retries=cfg.eval.max_retries)(
+            _eval_conversation
+        )
         refs = {task.remote(asdict(cfg), c, methods, key, str(log_path.parent)): c.conv_id for c in todo}
         pending = list(refs)
         while pending:
@@ -220,9 +241,9 @@ def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
     from memgas.llm import build_llm
     from memgas.store import MemoryStore
     from memgas.units import UnitBuilder
-    from suite.tracking import Tracker
     from suite.encoders import load_encoder
     from suite.io import atomic_write_json, sha256_file
+    from suite.tracking import Tracker
 
     cfg = apply_best_from(cfg)
     device = use_device(cfg.device)  # fails here, before any work, if the device is not there
@@ -238,7 +259,9 @@ def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
     units = UnitBuilder(llm if cfg.eval.qa else None)  # shared by every conversation's store
     # the same mix of unit texts ingestion embeds (sessions, turns, summaries, keywords)
     extractive = UnitBuilder(None)
-    sample = [t for c in convs[:2] for s in c.sessions[:8] for g in extractive.build(s).by_granularity().values() for t in g]
+    sample = [
+        t for c in convs[:2] for s in c.sessions[:8] for g in extractive.build(s).by_granularity().values() for t in g
+    ]
     raw_tps = encoder_throughput(encoder, sample)
     methods = methods_for(cfg)
     key = run_key(methods, cfg.memgas, cfg.eval, sha256_file(path))
@@ -261,19 +284,27 @@ def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
         res = summarize(recs, list(methods), cfg.eval.ks, reference="memgas", n_boot=cfg.eval.bootstrap)
         n_sess = sum(len(s.users[next(iter(s.users))].sessions) for s in stores if s.users)
         if stores and n_sess:
-            ingest_s = sum(sum(r["ingest_s"] for r in recs if r["conv"] == next(iter(s.users))) for s in stores if s.users)
+            ingest_s = sum(
+                sum(r["ingest_s"] for r in recs if r["conv"] == next(iter(s.users))) for s in stores if s.users
+            )
             texts = sum(s.encoder.encoded for s in stores)
             res["ingest_sessions_per_s"] = n_sess / ingest_s
             res["ingest_texts_per_s"] = texts / ingest_s
             res["encoder_texts_per_s"] = raw_tps
             res["ingest_vs_encoder"] = res["ingest_texts_per_s"] / raw_tps
         res["units"] = units.source
-        res["data"] = {"file": str(path), "split": split,
-                       "duplicate_sessions": sum(c.report.get("duplicate_sessions", 0) for c in convs)}
+        res["data"] = {
+            "file": str(path),
+            "split": split,
+            "duplicate_sessions": sum(c.report.get("duplicate_sessions", 0) for c in convs),
+        }
         res["record_key"] = key
         res["router"] = {"memgas": cfg.best.router, "memgas_paper": "reference"}
-        res["configs"] = {"memgas": asdict(cfg.best), "association": asdict(cfg.memgas.association),
-                          "selected_on": cfg.selected_on or "not selected: the configured `best`"}
+        res["configs"] = {
+            "memgas": asdict(cfg.best),
+            "association": asdict(cfg.memgas.association),
+            "selected_on": cfg.selected_on or "not selected: the configured `best`",
+        }
         res["wall_s"] = time.perf_counter() - t0
         res["runtime"] = describe_device(device)
         sp = out / "summary.json"

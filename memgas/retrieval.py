@@ -14,11 +14,11 @@
 5. session score = sum (paper) or max of its nodes' scores; sessions no seed reached are ordered
    by their best node score (a 1e-6 tie-break), so deep cut-offs (@30, @50) stay meaningful.
 """
+
 from __future__ import annotations
 
-from typing import Literal
-
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -30,10 +30,13 @@ LEXICAL = ("bm25_session", "bm25_turn")
 
 @dataclass
 class RetrievalConfig:
-    granularities: list[str] = opt(help="dense granularities: session, turn, turn_mean, summary, keywords",
-                                   factory=lambda: ["session", "turn_mean", "summary", "keywords"])
-    lexical: list[str] = opt(help="lexical granularities routed like the dense ones: bm25_session, bm25_turn",
-                             factory=list)
+    granularities: list[str] = opt(
+        help="dense granularities: session, turn, turn_mean, summary, keywords",
+        factory=lambda: ["session", "turn_mean", "summary", "keywords"],
+    )
+    lexical: list[str] = opt(
+        help="lexical granularities routed like the dense ones: bm25_session, bm25_turn", factory=list
+    )
     router: Literal["corrected", "reference", "uniform"] = opt("corrected", "corrected | reference | uniform")
     temperature: float = opt(0.2, "router softmax temperature T")
     score_norm: Literal["raw", "softmax", "rrf"] = opt("raw", "raw (paper) | softmax | rrf")
@@ -42,11 +45,17 @@ class RetrievalConfig:
     use_graph: bool = opt(True, "personalised PageRank over the association graph")
     damping: float = opt(0.1, "igraph damping (probability to follow an edge; 0.1 = 90% restart)")
     num_seeds: int = opt(15, "seed nodes for PageRank (0 = every node)")
-    lexical_mode: Literal["seed", "bypass"] = opt("seed", "seed (BM25 scores join the graph's seed scores) | bypass (added after the graph)")
+    lexical_mode: Literal["seed", "bypass"] = opt(
+        "seed", "seed (BM25 scores join the graph's seed scores) | bypass (added after the graph)"
+    )
 
     def __post_init__(self):  # a typo fails when the config is read, before any memory is built
-        choices = {"router": ("corrected", "reference", "uniform"), "score_norm": ("raw", "softmax", "rrf"),
-                   "session_agg": ("sum", "max"), "lexical_mode": ("seed", "bypass")}
+        choices = {
+            "router": ("corrected", "reference", "uniform"),
+            "score_norm": ("raw", "softmax", "rrf"),
+            "session_agg": ("sum", "max"),
+            "lexical_mode": ("seed", "bypass"),
+        }
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{k}={getattr(self, k)!r}: expected one of {allowed}")
@@ -75,8 +84,9 @@ def personalized_pagerank(n: int, edges, reset: np.ndarray, damping: float, grap
     import igraph as ig
 
     g = graph if graph is not None else ig.Graph(n=n, edges=[tuple(map(int, e)) for e in edges], directed=False)
-    return np.asarray(g.personalized_pagerank(damping=damping, reset=reset.tolist(), directed=False,
-                                              implementation="prpack"))
+    return np.asarray(
+        g.personalized_pagerank(damping=damping, reset=reset.tolist(), directed=False, implementation="prpack")
+    )
 
 
 def subgraph(mem, gidx: np.ndarray, key: tuple):
@@ -172,8 +182,13 @@ def baseline_configs() -> dict[str, RetrievalConfig]:
         "dense_turn_mean": RetrievalConfig(granularities=["turn_mean"], **flat),
         "dense_summary": RetrievalConfig(granularities=["summary"], **flat),
         "dense_keywords": RetrievalConfig(granularities=["keywords"], **flat),
-        "no_graph": RetrievalConfig(granularities=["session", "turn", "summary", "keywords"], router="corrected",
-                                    use_graph=False, num_seeds=0, session_agg="max"),
+        "no_graph": RetrievalConfig(
+            granularities=["session", "turn", "summary", "keywords"],
+            router="corrected",
+            use_graph=False,
+            num_seeds=0,
+            session_agg="max",
+        ),
     }
 
 
@@ -189,8 +204,11 @@ def ablation_configs(cfg: RetrievalConfig, prefix: str = "memgas_paper") -> dict
     granularities, and how lexical scores enter (seed vs bypass)."""
     from dataclasses import replace
 
-    out = ({f"{prefix}_graph_off": replace(cfg, use_graph=False)} if cfg.use_graph
-           else {f"{prefix}_graph_on": replace(cfg, use_graph=True)})
+    out = (
+        {f"{prefix}_graph_off": replace(cfg, use_graph=False)}
+        if cfg.use_graph
+        else {f"{prefix}_graph_on": replace(cfg, use_graph=True)}
+    )
     if cfg.router != "uniform":
         out[f"{prefix}_uniform_router"] = replace(cfg, router="uniform")
     other = {"reference": "corrected", "corrected": "reference", "uniform": "corrected"}[cfg.router]
@@ -198,5 +216,6 @@ def ablation_configs(cfg: RetrievalConfig, prefix: str = "memgas_paper") -> dict
     if cfg.lexical and cfg.granularities:
         out[f"{prefix}_no_lexical"] = replace(cfg, lexical=[])
         out[f"{prefix}_lexical_{'bypass' if cfg.lexical_mode == 'seed' else 'seed'}"] = replace(
-            cfg, lexical_mode="bypass" if cfg.lexical_mode == "seed" else "seed")
+            cfg, lexical_mode="bypass" if cfg.lexical_mode == "seed" else "seed"
+        )
     return out

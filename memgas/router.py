@@ -7,6 +7,7 @@ H_g = -Σ p log p; a sharper distribution (lower entropy) earns a larger weight.
   maximum, so weights stay in [0, 1] whatever the number of nodes.
 - `uniform`: 1 / G (ablation).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,9 @@ def entropy(p: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def router_weights(scores: dict[str, np.ndarray], temperature: float = 0.2, formula: str = "corrected") -> dict[str, float]:
+def router_weights(
+    scores: dict[str, np.ndarray], temperature: float = 0.2, formula: str = "corrected"
+) -> dict[str, float]:
     names = [g for g in scores if len(scores[g])]
     if not names:
         return {}

@@ -11,6 +11,7 @@ Hardened like a real endpoint: request bodies over `max_body` bytes get 413, bad
 without messages gets 400 (the connection is answered, not dropped), `max_tokens` above
 `max_tokens_cap` gets 400, and a client that stops sending is dropped after `read_timeout_s`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from suite.ray_local import LOOPBACK
-
 
 MAX_BODY = 1 << 20
 MAX_TOKENS_CAP = 2048
@@ -47,7 +47,12 @@ def parse_request(headers, rfile, max_body: int, max_tokens_cap: int) -> tuple[s
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise BadRequest(400, "body is not valid JSON") from None
     msgs = body.get("messages") if isinstance(body, dict) else None
-    if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict) or not isinstance(msgs[-1].get("content"), str):
+    if (
+        not isinstance(msgs, list)
+        or not msgs
+        or not isinstance(msgs[-1], dict)
+        or not isinstance(msgs[-1].get("content"), str)
+    ):
         raise BadRequest(400, "messages: expected a non-empty list of {role, content}")
     try:
         max_tokens, temperature = int(body.get("max_tokens", 64)), float(body.get("temperature", 0.0))
@@ -58,8 +63,15 @@ def parse_request(headers, rfile, max_body: int, max_tokens_cap: int) -> tuple[s
     return msgs[-1]["content"], max_tokens, temperature, str(body.get("model", "local"))
 
 
-def make_server(llm, host: str = LOOPBACK, port: int = 0, faults: list[str] | None = None, max_body: int = MAX_BODY,
-                max_tokens_cap: int = MAX_TOKENS_CAP, read_timeout_s: float = 10.0) -> ThreadingHTTPServer:
+def make_server(
+    llm,
+    host: str = LOOPBACK,
+    port: int = 0,
+    faults: list[str] | None = None,
+    max_body: int = MAX_BODY,
+    max_tokens_cap: int = MAX_TOKENS_CAP,
+    read_timeout_s: float = 10.0,
+) -> ThreadingHTTPServer:
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError("the test server binds loopback only")
     faults = list(faults or [])
@@ -80,7 +92,9 @@ def make_server(llm, host: str = LOOPBACK, port: int = 0, faults: list[str] | No
 
         def do_POST(self):
             try:
-                prompt, max_tokens, temperature, model = parse_request(self.headers, self.rfile, max_body, max_tokens_cap)
+                prompt, max_tokens, temperature, model = parse_request(
+                    self.headers, self.rfile, max_body, max_tokens_cap
+                )
             except BadRequest as e:
                 self.close_connection = True
                 return self._send(e.code, json.dumps({"error": e.msg}).encode())
@@ -92,7 +106,9 @@ def make_server(llm, host: str = LOOPBACK, port: int = 0, faults: list[str] | No
                 self.server.requests += 1
             if fault == "die":
                 self.close_connection = True
-                threading.Thread(target=lambda: (self.server.shutdown(), self.server.server_close()), daemon=True).start()
+                threading.Thread(
+                    target=lambda: (self.server.shutdown(), self.server.server_close()), daemon=True
+                ).start()
                 return
             if fault and fault.startswith("sleep:"):
                 time.sleep(float(fault.split(":")[1]))
@@ -103,9 +119,18 @@ def make_server(llm, host: str = LOOPBACK, port: int = 0, faults: list[str] | No
             elif fault == "malformed":
                 return self._send(200, b'{"nope": 1}')
             text = llm.complete(prompt, max_tokens, temperature)
-            self._send(200, json.dumps({"object": "chat.completion", "model": model,
-                                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                     "finish_reason": "stop"}]}).encode())
+            self._send(
+                200,
+                json.dumps(
+                    {
+                        "object": "chat.completion",
+                        "model": model,
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                        ],
+                    }
+                ).encode(),
+            )
 
     srv = ThreadingHTTPServer((host, port), Handler)
     srv.daemon_threads = True

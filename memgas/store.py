@@ -18,6 +18,7 @@ Several processes may share one store folder: `save` holds an exclusive inter-pr
 
 makes load-modify-save one step, so concurrent writers never lose each other's adds.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,18 @@ from memgas.encoders import CachedEncoder
 from memgas.retrieval import RetrievalConfig, rank_sessions
 from memgas.units import SessionUnits, UnitBuilder
 from suite.config import from_dict, opt
-from suite.io import (DataError, atomic_dir, check_seal, check_text, file_lock, inside, read_json, readable_dir, seal,
-                      sha256_file)
+from suite.io import (
+    DataError,
+    atomic_dir,
+    check_seal,
+    check_text,
+    file_lock,
+    inside,
+    read_json,
+    readable_dir,
+    seal,
+    sha256_file,
+)
 from suite.lexical import BM25Index
 
 FORMAT = "memgas-store/1"
@@ -85,12 +96,17 @@ class Memory:
 
     def bm25(self, g: str) -> BM25Index:
         if g not in self._bm25:
-            texts = ([s["units"]["session"][0] for s in self.sessions] if g == "bm25_session"
-                     else [t for s in self.sessions for t in s["units"]["turn"]])
+            texts = (
+                [s["units"]["session"][0] for s in self.sessions]
+                if g == "bm25_session"
+                else [t for s in self.sessions for t in s["units"]["turn"]]
+            )
             self._bm25[g] = BM25Index(texts)
         return self._bm25[g]
 
-    def add(self, session_id: str, date: str, units: SessionUnits, emb: dict[str, np.ndarray], cfg: AssociationConfig) -> int:
+    def add(
+        self, session_id: str, date: str, units: SessionUnits, emb: dict[str, np.ndarray], cfg: AssociationConfig
+    ) -> int:
         if any(s["session_id"] == session_id for s in self.sessions):
             raise ValueError(f"session {session_id!r} is already in this memory")
         s_idx = len(self.sessions)
@@ -101,8 +117,10 @@ class Memory:
         gran = [g for g in NODE_GRANULARITIES for _ in emb[g]]
         rows = [np.asarray(row, dtype=np.float32) for g in NODE_GRANULARITIES for row in emb[g]]
         if len(old) and any(r.shape != (old.shape[1],) for r in rows):
-            raise ValueError(f"session {session_id!r}: embeddings of dimension {rows[0].shape}, "
-                             f"the memory holds dimension {old.shape[1]}")
+            raise ValueError(
+                f"session {session_id!r}: embeddings of dimension {rows[0].shape}, "
+                f"the memory holds dimension {old.shape[1]}"
+            )
         edges = []
         if s_idx >= cfg.start_session and len(old):
             pool = set(cfg.pool)
@@ -164,7 +182,9 @@ class MemoryStore:
         from suite.encoders import load_encoder
 
         self.cfg = cfg or MemGASConfig()
-        self.encoder = encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder or load_encoder(self.cfg.encoder))
+        self.encoder = (
+            encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder or load_encoder(self.cfg.encoder))
+        )
         self.units = units or UnitBuilder(llm)  # a shared builder counts LLM fallbacks across stores
         self.users: dict[str, Memory] = {}
         self._lock = threading.RLock()
@@ -176,7 +196,7 @@ class MemoryStore:
         e = self.encoder.encode(texts)
         out, i = {}, 0
         for g in ("session", "turn", "summary", "keywords"):
-            out[g] = e[i:i + len(by[g])]
+            out[g] = e[i : i + len(by[g])]
             i += len(by[g])
         m = out["turn"].mean(0, keepdims=True)  # the reference's session-level turn node
         out["turn_mean"] = m / max(float(np.linalg.norm(m)), 1e-12) if self.encoder.name != "contriever" else m
@@ -185,7 +205,9 @@ class MemoryStore:
     def add(self, messages, user_id: str, session_id: str | None = None, date: str = "") -> str:
         """Store one session (a list of {role, content}, a string, or a `Session`) for a user."""
         user_id = _check_id(user_id, "user_id")
-        given = session_id if session_id is not None else (messages.session_id if isinstance(messages, Session) else None)
+        given = (
+            session_id if session_id is not None else (messages.session_id if isinstance(messages, Session) else None)
+        )
         if given is not None:
             given = _check_id(given, "session_id")
         if not isinstance(date, str):  # e.g. a datetime.date: JSON cannot hold it
@@ -217,10 +239,17 @@ class MemoryStore:
             if mem is None or not mem.sessions:
                 return {"results": [], "router_weights": {}}
             order, scores, w = rank_sessions(mem, q, query, retrieval or self.cfg.retrieval)
-            res = [{"session_id": mem.sessions[i]["session_id"], "score": float(s), "date": mem.sessions[i]["date"],
-                    "text": mem.sessions[i]["units"]["session"][0], "summary": mem.sessions[i]["units"]["summary"][0],
-                    "keywords": mem.sessions[i]["units"]["keywords"][0]}
-                   for i, s in zip(order[:limit], scores[:limit])]
+            res = [
+                {
+                    "session_id": mem.sessions[i]["session_id"],
+                    "score": float(s),
+                    "date": mem.sessions[i]["date"],
+                    "text": mem.sessions[i]["units"]["session"][0],
+                    "summary": mem.sessions[i]["units"]["summary"][0],
+                    "keywords": mem.sessions[i]["units"]["keywords"][0],
+                }
+                for i, s in zip(order[:limit], scores[:limit])
+            ]
             return {"results": res, "router_weights": w}
 
     # ------------------------------------------------------------------------------- persistence
@@ -236,19 +265,35 @@ class MemoryStore:
         with self._lock, atomic_dir(path, is_own=_is_store, kind="memory store") as tmp:
             users = {}
             for k, (uid, mem) in enumerate(sorted(self.users.items())):
-                meta = {"user_id": uid, "sessions": mem.sessions, "node_gran": mem.node_gran,
-                        "node_sess": mem.node_sess_list, "edges": [list(e) for e in mem.edges]}
+                meta = {
+                    "user_id": uid,
+                    "sessions": mem.sessions,
+                    "node_gran": mem.node_gran,
+                    "node_sess": mem.node_sess_list,
+                    "edges": [list(e) for e in mem.edges],
+                }
                 (tmp / f"user{k}.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
                 save_file({"emb": mem.matrix().astype(np.float32)}, str(tmp / f"user{k}.safetensors"))
-                users[uid] = {"meta": f"user{k}.json", "emb": f"user{k}.safetensors",
-                              "sha256": {f: sha256_file(tmp / f) for f in (f"user{k}.json", f"user{k}.safetensors")}}
-            man = seal({"format": FORMAT, "config": asdict(self.cfg), "encoder": self.encoder.name,
-                        "dim": int(self.encoder.dim), "n_users": len(users), "users": users})
+                users[uid] = {
+                    "meta": f"user{k}.json",
+                    "emb": f"user{k}.safetensors",
+                    "sha256": {f: sha256_file(tmp / f) for f in (f"user{k}.json", f"user{k}.safetensors")},
+                }
+            man = seal(
+                {
+                    "format": FORMAT,
+                    "config": asdict(self.cfg),
+                    "encoder": self.encoder.name,
+                    "dim": int(self.encoder.dim),
+                    "n_users": len(users),
+                    "users": users,
+                }
+            )
             (tmp / "manifest.json").write_text(json.dumps(man, indent=1), encoding="utf-8")
         return path
 
     @classmethod
-    def load(cls, path: str | Path, encoder=None, llm=None, verify: bool = True) -> "MemoryStore":
+    def load(cls, path: str | Path, encoder=None, llm=None, verify: bool = True) -> MemoryStore:
         """Read a store under the folder's shared lock (never while a writer swaps it). Reading
         changes nothing on disk."""
         with file_lock(path, shared=True):
@@ -267,7 +312,7 @@ class MemoryStore:
             store._write(path)
 
     @classmethod
-    def _read(cls, path: Path, encoder, llm, verify: bool) -> "MemoryStore":
+    def _read(cls, path: Path, encoder, llm, verify: bool) -> MemoryStore:
         from safetensors.numpy import load_file
 
         where = readable_dir(path)
@@ -276,19 +321,25 @@ class MemoryStore:
             raise StoreError(f"{mp}: no memory store here")
         man = read_json(mp)
         if not isinstance(man, dict) or man.get("format") != FORMAT:
-            raise StoreError(f"{mp}: format {man.get('format') if isinstance(man, dict) else None!r}, expected {FORMAT!r}")
+            raise StoreError(
+                f"{mp}: format {man.get('format') if isinstance(man, dict) else None!r}, expected {FORMAT!r}"
+            )
         try:
             check_seal(man, mp)
         except DataError as e:
             raise StoreError(str(e)) from None
         users = man.get("users")
         if not isinstance(users, dict) or man.get("n_users") != len(users):
-            raise StoreError(f"{mp}: field 'users' does not hold the {man.get('n_users')} user(s) the manifest declares")
+            raise StoreError(
+                f"{mp}: field 'users' does not hold the {man.get('n_users')} user(s) the manifest declares"
+            )
         store = cls(from_dict(MemGASConfig, man["config"], str(mp)), encoder=encoder, llm=llm)
         if store.encoder.name != man["encoder"]:
             raise StoreError(f"{mp}: saved with encoder {man['encoder']!r}, loading with {store.encoder.name!r}")
         if int(store.encoder.dim) != man.get("dim"):
-            raise StoreError(f"{mp}: saved with {man.get('dim')}-dimensional embeddings, the encoder gives {store.encoder.dim}")
+            raise StoreError(
+                f"{mp}: saved with {man.get('dim')}-dimensional embeddings, the encoder gives {store.encoder.dim}"
+            )
         for uid, u in users.items():
             try:
                 files = {k: inside(where, u.get(k), mp, f"user {uid!r}", k) for k in ("meta", "emb")}
@@ -308,8 +359,10 @@ class MemoryStore:
             mem.edges = [tuple(e) for e in meta["edges"]]
             emb = load_file(str(files["emb"]))["emb"]
             if emb.ndim != 2 or len(emb) != len(mem.node_gran) or (len(emb) and emb.shape[1] != man["dim"]):
-                raise StoreError(f"{files['emb']}: {tuple(emb.shape)} embeddings for {len(mem.node_gran)} nodes "
-                                 f"of dimension {man['dim']}")
+                raise StoreError(
+                    f"{files['emb']}: {tuple(emb.shape)} embeddings for {len(mem.node_gran)} nodes "
+                    f"of dimension {man['dim']}"
+                )
             mem.rows = list(emb)
             store.users[uid] = mem
         return store

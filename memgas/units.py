@@ -2,6 +2,7 @@
 utterance with its reply), a summary and a keyword list. Summary and keywords come from one LLM
 call each (temperature 0, max 500 tokens) or, with no LLM, from the extractive fallback below;
 `UnitBuilder.source` says which was used and results report it."""
+
 from __future__ import annotations
 
 import re
@@ -11,18 +12,24 @@ from dataclasses import dataclass
 from memgas.data import Session
 
 GRANULARITIES = ("session", "turn", "summary", "keywords")
-SUMMARY_PROMPT = ("Summarize the following conversation session in a few sentences, keeping names, dates, "
-                  "events and facts.\n\n{session}\n\nSummary:")
-KEYWORD_PROMPT = ("List the keywords (names, places, objects, topics, events) of the following conversation "
-                  "session, comma separated.\n\n{session}\n\nKeywords:")
+SUMMARY_PROMPT = (
+    "Summarize the following conversation session in a few sentences, keeping names, dates, "
+    "events and facts.\n\n{session}\n\nSummary:"
+)
+KEYWORD_PROMPT = (
+    "List the keywords (names, places, objects, topics, events) of the following conversation "
+    "session, comma separated.\n\n{session}\n\nKeywords:"
+)
 
-_STOP = set("""a about above after again against all am an and any are as at be because been before being below
+_STOP = set(
+    """a about above after again against all am an and any are as at be because been before being below
 between both but by can could did do does doing down during each few for from further had has have having he her
 here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of
 off on once only or other our ours ourselves out over own same she should so some such than that the their theirs
 them themselves then there these they this those through to too under until up very was we were what when where
 which while who whom why will with would you your yours yourself yourselves yeah yes oh hey hi thanks thank really
-also like get got know think going go well much lot one that's it's i'm you're don't can't i've what's""".split())
+also like get got know think going go well much lot one that's it's i'm you're don't can't i've what's""".split()
+)
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]+")
 _SENT = re.compile(r"(?<=[.!?])\s+")
 
@@ -37,8 +44,10 @@ def extractive_summary(session: Session, n_sentences: int = 4) -> str:
     if not sents:
         return ""
     freq = Counter(w for _, s in sents for w in content_words(s))
-    scored = [(sum(freq[w] for w in set(content_words(s))) / (1 + len(content_words(s))) ** 0.5, i)
-              for i, (_, s) in enumerate(sents)]
+    scored = [
+        (sum(freq[w] for w in set(content_words(s))) / (1 + len(content_words(s))) ** 0.5, i)
+        for i, (_, s) in enumerate(sents)
+    ]
     keep = sorted(i for _, i in sorted(scored, reverse=True)[:n_sentences])
     return " ".join(f"{sents[i][0]}: {sents[i][1]}" for i in keep)
 
@@ -58,7 +67,7 @@ def extractive_keywords(session: Session, n: int = 15) -> str:
 def turn_units(session: Session) -> list[str]:
     """Each utterance with its reply: consecutive turns paired (a lone last turn stands alone)."""
     t = session.turns
-    return [" \n".join(f"{x.speaker}: {x.text}" for x in t[i:i + 2]) for i in range(0, len(t), 2)] or [""]
+    return [" \n".join(f"{x.speaker}: {x.text}" for x in t[i : i + 2]) for i in range(0, len(t), 2)] or [""]
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Stage 1a — anchor selection (SPEC §1): mean-pooled item embeddings per user, KMeans over the
 candidate users, and per cluster the member with the longest profile (kept if > min_items)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -16,6 +16,7 @@ and reads tensors only through safetensors. The manifest is sealed with its own 
 path in it must stay inside the bank folder: a bank write never touches anything outside it, and a
 folder that exists but is not a bank is refused rather than written into.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,19 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save, save_file
 
-from suite.io import (DataError, atomic_write_bytes, atomic_write_json, check_seal, fsync_dir, fsync_tree, inside,
-                      read_json, refuse_foreign, seal, sha256_file)
+from suite.io import (
+    DataError,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_seal,
+    fsync_dir,
+    fsync_tree,
+    inside,
+    read_json,
+    refuse_foreign,
+    seal,
+    sha256_file,
+)
 
 FORMAT = "mta-bank/1"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -77,6 +89,7 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 @dataclass
 class LoadedBank:
     """A verified bank in memory: ids, embeddings (n×d) and adapters of the done anchors."""
+
     ids: list[str]
     emb: np.ndarray
     adapters: list[dict[str, torch.Tensor]]
@@ -92,8 +105,10 @@ def _is_bank_folder(path: Path) -> bool:
     """A bank, or what a crash during `Bank.create` leaves (its embeddings and temp files only)."""
     if (path / "manifest.json").exists():
         return True
-    return all(p.name == "embeddings.safetensors" or (p.name.startswith(".") and p.name.endswith(".tmp"))
-               for p in path.iterdir())
+    return all(
+        p.name == "embeddings.safetensors" or (p.name.startswith(".") and p.name.endswith(".tmp"))
+        for p in path.iterdir()
+    )
 
 
 class Bank:
@@ -114,17 +129,28 @@ class Bank:
             for a in anchors:
                 d = inside(self.path, a.get("dir"), self.manifest_path, f"anchor {a.get('id')!r}", "dir")
                 if d.parent.name != "anchors" or d.parent.parent.resolve() != self.path.resolve():
-                    raise DataError(self.manifest_path, f"anchor {a.get('id')!r}", "dir",
-                                    f"{a.get('dir')!r} is not a folder under anchors/")
-                if a.get("done") and (not isinstance(a.get("files"), dict) or set(a["files"]) != {ADAPTER_WEIGHTS, ADAPTER_CONFIG}):
-                    raise DataError(self.manifest_path, f"anchor {a.get('id')!r}", "files",
-                                    "a done anchor must give the checksums of its two adapter files")
+                    raise DataError(
+                        self.manifest_path,
+                        f"anchor {a.get('id')!r}",
+                        "dir",
+                        f"{a.get('dir')!r} is not a folder under anchors/",
+                    )
+                if a.get("done") and (
+                    not isinstance(a.get("files"), dict) or set(a["files"]) != {ADAPTER_WEIGHTS, ADAPTER_CONFIG}
+                ):
+                    raise DataError(
+                        self.manifest_path,
+                        f"anchor {a.get('id')!r}",
+                        "files",
+                        "a done anchor must give the checksums of its two adapter files",
+                    )
         except DataError as e:
             raise BankError(str(e)) from None
 
     @classmethod
-    def create(cls, path: str | Path, anchor_ids: list[str], emb: np.ndarray, meta: dict,
-               n_items: list[int] | None = None) -> "Bank":
+    def create(
+        cls, path: str | Path, anchor_ids: list[str], emb: np.ndarray, meta: dict, n_items: list[int] | None = None
+    ) -> Bank:
         """Plan a bank, or reopen it if the same plan is already on disk (resume)."""
         path = Path(path)
         mp = path / "manifest.json"
@@ -142,10 +168,27 @@ class Bank:
         path.mkdir(parents=True, exist_ok=True)
         ep = path / "embeddings.safetensors"
         atomic_write_bytes(ep, save({"anchor_emb": torch.as_tensor(np.asarray(emb, dtype=np.float32))}))
-        anchors = [{"id": a, "dir": f"anchors/{slug(a)}", "n_items": (n_items or [0] * len(anchor_ids))[i],
-                    "done": False, "files": {}} for i, a in enumerate(anchor_ids)]
-        atomic_write_json(mp, seal({"format": FORMAT, **meta, "embeddings": {"file": ep.name, "sha256": sha256_file(ep)},
-                                    "anchors": anchors}))
+        anchors = [
+            {
+                "id": a,
+                "dir": f"anchors/{slug(a)}",
+                "n_items": (n_items or [0] * len(anchor_ids))[i],
+                "done": False,
+                "files": {},
+            }
+            for i, a in enumerate(anchor_ids)
+        ]
+        atomic_write_json(
+            mp,
+            seal(
+                {
+                    "format": FORMAT,
+                    **meta,
+                    "embeddings": {"file": ep.name, "sha256": sha256_file(ep)},
+                    "anchors": anchors,
+                }
+            ),
+        )
         return cls(path)
 
     def done_ids(self) -> list[str]:
@@ -160,8 +203,14 @@ class Bank:
                 return a
         raise BankError(f"{self.manifest_path}: anchor {anchor_id!r} is not planned in this bank")
 
-    def add_anchor(self, anchor_id: str, src: str | Path | None = None, state_dict=None, lora_config=None,
-                   train_info: dict | None = None) -> None:
+    def add_anchor(
+        self,
+        anchor_id: str,
+        src: str | Path | None = None,
+        state_dict=None,
+        lora_config=None,
+        train_info: dict | None = None,
+    ) -> None:
         """Install (or replace) one anchor's adapter, from a folder or tensors + config. `train_info`
         (steps, losses) is summarised into the manifest entry (`train`: loss_first/last, steps)."""
         entry = self._entry(anchor_id)
@@ -191,9 +240,12 @@ class Bank:
         entry.update(done=True, files=files, dir=f"anchors/{final.name}")
         if train_info:
             losses = train_info.get("losses") or []
-            entry["train"] = {"steps": train_info.get("steps"), "seconds": train_info.get("seconds"),
-                              "loss_first": losses[0] if losses else None,
-                              "loss_last": losses[-1] if losses else None}
+            entry["train"] = {
+                "steps": train_info.get("steps"),
+                "seconds": train_info.get("seconds"),
+                "loss_first": losses[0] if losses else None,
+                "loss_last": losses[-1] if losses else None,
+            }
         self.manifest = seal(self.manifest)
         atomic_write_json(self.manifest_path, self.manifest)  # the commit point
         if old and old != entry["dir"]:
@@ -204,7 +256,7 @@ class Bank:
         keep = {Path(a["dir"]).name for a in self.manifest["anchors"] if a["done"]}
         removed = []
         root = self.path / "anchors"
-        for d in (root.iterdir() if root.exists() else []):
+        for d in root.iterdir() if root.exists() else []:
             if d.name in keep:
                 continue
             if d.is_dir():
@@ -232,14 +284,18 @@ class Bank:
         if verify:
             self.verify()
         if require_complete and self.missing_ids():
-            raise BankError(f"{self.manifest_path}: {len(self.missing_ids())} anchor(s) not trained yet: "
-                            f"{self.missing_ids()[:5]}")
+            raise BankError(
+                f"{self.manifest_path}: {len(self.missing_ids())} anchor(s) not trained yet: {self.missing_ids()[:5]}"
+            )
         emb = load_file(str(self.path / self.manifest["embeddings"]["file"]))["anchor_emb"].numpy()
         ids, rows, adapters, configs = [], [], [], []
         for i, a in enumerate(self.manifest["anchors"]):
             if a["done"]:
                 sd, cfg = read_adapter(self.path / a["dir"])
-                ids.append(a["id"]); rows.append(i); adapters.append(sd); configs.append(cfg)
+                ids.append(a["id"])
+                rows.append(i)
+                adapters.append(sd)
+                configs.append(cfg)
         if not ids:
             raise BankError(f"{self.manifest_path}: the bank holds no trained anchor")
         return LoadedBank(ids, emb[rows], adapters, configs, self.manifest)

@@ -5,6 +5,7 @@ After each anchor, rank 0 reports a checkpoint holding that anchor's adapter and
 done so far; every worker calls `ray.train.report`. A restarted worker group resumes from the last
 checkpoint and skips finished anchors; the driver installs every reported adapter into the bank.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ from suite.ray_local import init_ray, started_locally, torch_config
 class BankTrainConfig:
     backend: Literal["ray", "local"] = opt("ray", "ray (Ray Train TorchTrainer) | local (same loop in this process)")
     strategy: Literal["ddp", "deepspeed"] = opt("ddp", "ddp (gradients summed with torch.distributed) | deepspeed")
-    deepspeed_config: str = opt("ray_jobs/configs/deepspeed/zero2.json", "DeepSpeed JSON (zero2.json; zero3.json for big models)")
+    deepspeed_config: str = opt(
+        "ray_jobs/configs/deepspeed/zero2.json", "DeepSpeed JSON (zero2.json; zero3.json for big models)"
+    )
     num_workers: int = opt(1, "Ray Train workers per anchor trainer (data parallel)")
     parallel: int = opt(1, "anchor trainers run at once (0 = as many as the cluster holds)")
     cpus_per_worker: float = opt(1.0, "CPUs reserved per worker")
@@ -49,15 +52,24 @@ class BankTrainConfig:
     checkpoint_every: int = opt(0, "also checkpoint inside an anchor every N steps (0 = per anchor only)")
     name: str = opt("", "Ray Train run name (reusing it resumes the run); empty = derived from the bank")
     progress: bool = opt(True, "progress bar per anchor on rank 0")
-    plan_resources: dict = opt(help="--dry-run only: cluster resources to plan for, e.g. {GPU: 16, CPU: 128} "
-                                    "(empty = this machine's)", factory=dict)
-    fail_at: dict = opt(help="fault injection for tests: {anchor: i, step: s, rank: r, marker: path} kills that "
-                             "worker once", factory=dict)
+    plan_resources: dict = opt(
+        help="--dry-run only: cluster resources to plan for, e.g. {GPU: 16, CPU: 128} (empty = this machine's)",
+        factory=dict,
+    )
+    fail_at: dict = opt(
+        help="fault injection for tests: {anchor: i, step: s, rank: r, marker: path} kills that worker once",
+        factory=dict,
+    )
 
 
 def _maybe_fail(fail_at: dict, anchor_i: int, step: int, rank: int) -> None:
     """Kill this worker process once (a marker file remembers it), to test recovery."""
-    if not fail_at or anchor_i != fail_at.get("anchor") or step != fail_at.get("step") or rank != fail_at.get("rank", 0):
+    if (
+        not fail_at
+        or anchor_i != fail_at.get("anchor")
+        or step != fail_at.get("step")
+        or rank != fail_at.get("rank", 0)
+    ):
         return
     marker = Path(fail_at["marker"])
     if not marker.exists():
@@ -70,16 +82,26 @@ def _maybe_fail(fail_at: dict, anchor_i: int, step: int, rank: int) -> None:
         os._exit(1)
 
 
-def _report_progress(ray_train, rank: int, done: list[str], current: str | None, state, extra_files: dict,
-                     metrics: dict, name: str, all_ranks_files: bool = False) -> None:
+def _report_progress(
+    ray_train,
+    rank: int,
+    done: list[str],
+    current: str | None,
+    state,
+    extra_files: dict,
+    metrics: dict,
+    name: str,
+    all_ranks_files: bool = False,
+) -> None:
     """Report a checkpoint (from rank 0, or every rank for sharded DeepSpeed states)."""
     if rank == 0 or all_ranks_files:
         with tempfile.TemporaryDirectory() as tmp:
             for writer in extra_files.values():
                 writer(Path(tmp))
             if rank == 0:
-                (Path(tmp) / "progress.json").write_text(json.dumps(
-                    {"done": done, "current": current, "train_state": asdict(state) if state else None}))
+                (Path(tmp) / "progress.json").write_text(
+                    json.dumps({"done": done, "current": current, "train_state": asdict(state) if state else None})
+                )
             ray_train.report(metrics, checkpoint=ray_train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
     else:
         ray_train.report(metrics)
@@ -95,7 +117,11 @@ def bank_worker_loop(config: dict) -> None:
     torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
     mcfg, tcfg = ModelConfig(**config["model"]), LoraTrainConfig(**config["train"])
     use_device(mcfg.device)
-    strategy, every, fail_at = config.get("strategy", "ddp"), int(config.get("checkpoint_every", 0)), config.get("fail_at", {})
+    strategy, every, fail_at = (
+        config.get("strategy", "ddp"),
+        int(config.get("checkpoint_every", 0)),
+        config.get("fail_at", {}),
+    )
 
     # 2. Resume: the last checkpoint's progress, and its files copied to a folder this worker owns
     #    for the rest of the loop (the checkpoint's own folder is released when the `with` ends).
@@ -109,8 +135,10 @@ def bank_worker_loop(config: dict) -> None:
         prog = json.loads((resume_dir / "progress.json").read_text())
         done, resume = prog["done"], (prog if prog.get("current") else None)
         if rank == 0:
-            print(f"[bank] resuming: {len(done)} anchor(s) done, in progress: {prog.get('current')} "
-                  f"at step {(prog.get('train_state') or {}).get('step')}")
+            print(
+                f"[bank] resuming: {len(done)} anchor(s) done, in progress: {prog.get('current')} "
+                f"at step {(prog.get('train_state') or {}).get('step')}"
+            )
 
     # 3. The base model, loaded once per worker and shared by all its anchors.
     model, tok = load_base(mcfg)
@@ -125,8 +153,9 @@ def bank_worker_loop(config: dict) -> None:
         resumed_from = mine["train_state"]["step"] if mine else 0
         tag = f"anchor-{len(done) + 1:04d}-{slug(a['id'])}"
         if strategy == "deepspeed":
-            sd, conf, state = _train_anchor_deepspeed(config, host, tok, a, tcfg, mcfg, rank, world, done,
-                                                      resume_dir if mine else None, ai, ray.train)
+            sd, conf, state = _train_anchor_deepspeed(
+                config, host, tok, a, tcfg, mcfg, rank, world, done, resume_dir if mine else None, ai, ray.train
+            )
         else:
             init_sd, kw = None, {}
             if mine:
@@ -140,22 +169,50 @@ def bank_worker_loop(config: dict) -> None:
                     files = {}
                     if rank == 0:
                         lora = {k: v.detach().clone() for k, v in host.state_dict("anchor").items()}
-                        files = {"lora": lambda d: save_adapter(d / "partial", lora, host.lora_config("anchor")),
-                                 "opt": lambda d: torch.save(opt_state, d / "optimizer.pt")}
-                    _report_progress(ray.train, rank, done, _a["id"], state, files,
-                                     {"anchor": _a["id"], "step": state.step, "partial": True}, f"{_tag}-step{state.step:05d}")
+                        files = {
+                            "lora": lambda d: save_adapter(d / "partial", lora, host.lora_config("anchor")),
+                            "opt": lambda d: torch.save(opt_state, d / "optimizer.pt"),
+                        }
+                    _report_progress(
+                        ray.train,
+                        rank,
+                        done,
+                        _a["id"],
+                        state,
+                        files,
+                        {"anchor": _a["id"], "step": state.step, "partial": True},
+                        f"{_tag}-step{state.step:05d}",
+                    )
 
-            sd, conf, state = train_anchor(host, tok, config["task"], a["profile"], tcfg, mcfg.max_length,
-                                           mcfg.chat_template, init_state_dict=init_sd, rank=rank, world=world,
-                                           on_step=on_step, progress=config.get("progress", False),
-                                           anchor_id=a["id"], **kw)
+            sd, conf, state = train_anchor(
+                host,
+                tok,
+                config["task"],
+                a["profile"],
+                tcfg,
+                mcfg.max_length,
+                mcfg.chat_template,
+                init_state_dict=init_sd,
+                rank=rank,
+                world=world,
+                on_step=on_step,
+                progress=config.get("progress", False),
+                anchor_id=a["id"],
+                **kw,
+            )
         resume = None
 
         # 5. Report the finished anchor: rank 0 writes its adapter into the checkpoint.
         done.append(a["id"])
-        metrics = {"anchor": a["id"], "steps": state.step, "resumed_from_step": resumed_from,
-                   "loss": state.losses[-1] if state.losses else None,
-                   "seconds": time.perf_counter() - t0, "n_done": len(done), "partial": False}
+        metrics = {
+            "anchor": a["id"],
+            "steps": state.step,
+            "resumed_from_step": resumed_from,
+            "loss": state.losses[-1] if state.losses else None,
+            "seconds": time.perf_counter() - t0,
+            "n_done": len(done),
+            "partial": False,
+        }
 
         def write_final(d, _sd=sd, _conf=conf, _m=metrics, _state=state):
             save_adapter(d / "adapter", _sd, _conf)
@@ -176,15 +233,37 @@ def _train_anchor_deepspeed(config, host, tok, a, tcfg, mcfg, rank, world, done,
     def on_step(state, engine):
         _maybe_fail(fail_at, ai, state.step, rank)
         # every rank writes its ZeRO shard; Ray Train merges the workers' files into one checkpoint
-        files = {"ds": lambda d: engine.save_checkpoint(str(d / "ds"), tag="step",
-                                                        client_state={"train_state": {"step": state.step, "losses": state.losses}})}
-        _report_progress(ray_train, rank, done, a["id"], state, files, {"anchor": a["id"], "step": state.step, "partial": True},
-                         f"anchor-{len(done) + 1:04d}-{slug(a['id'])}-step{state.step:05d}", all_ranks_files=True)
+        files = {
+            "ds": lambda d: engine.save_checkpoint(
+                str(d / "ds"), tag="step", client_state={"train_state": {"step": state.step, "losses": state.losses}}
+            )
+        }
+        _report_progress(
+            ray_train,
+            rank,
+            done,
+            a["id"],
+            state,
+            files,
+            {"anchor": a["id"], "step": state.step, "partial": True},
+            f"anchor-{len(done) + 1:04d}-{slug(a['id'])}-step{state.step:05d}",
+            all_ranks_files=True,
+        )
 
-    state, engine = train_lora_deepspeed(host.model, tok, samples, tcfg, config["deepspeed_config"], rank, world,
-                                         mcfg.max_length, mcfg.chat_template,
-                                         resume_dir=str(resume_dir / "ds") if resume_dir else None,
-                                         on_step=on_step, checkpoint_every=every)
+    state, engine = train_lora_deepspeed(
+        host.model,
+        tok,
+        samples,
+        tcfg,
+        config["deepspeed_config"],
+        rank,
+        world,
+        mcfg.max_length,
+        mcfg.chat_template,
+        resume_dir=str(resume_dir / "ds") if resume_dir else None,
+        on_step=on_step,
+        checkpoint_every=every,
+    )
     sd = gathered_state_dict(host, "anchor")  # before the engine goes: ZeRO-3 partitions are gathered
     conf = host.lora_config("anchor")
     del engine
@@ -209,18 +288,33 @@ def placement_plan(cfg: BankTrainConfig, anchors: list[dict], steps: dict[str, i
     n_par = trainers_at_once(cfg, len(anchors), resources)
     shards = [anchors[i::n_par] for i in range(n_par)]
     per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
-    ckpts = {a["id"]: 1 + ((steps[a["id"]] - 1) // cfg.checkpoint_every if cfg.checkpoint_every else 0)
-             for a in anchors}
-    trainers = [{"trainer": i, "workers": cfg.num_workers, "per_worker": per_worker,
-                 "anchors": [a["id"] for a in sh], "steps": sum(steps[a["id"]] for a in sh),
-                 "checkpoints": sum(ckpts[a["id"]] for a in sh)} for i, sh in enumerate(shards)]
-    return {"strategy": cfg.strategy, "deepspeed_config": cfg.deepspeed_config if cfg.strategy == "deepspeed" else None,
-            "backend": "nccl" if cfg.gpus_per_worker > 0 else "gloo", "trainers_at_once": n_par,
-            "workers_total": n_par * cfg.num_workers,
-            "gpus_needed": n_par * cfg.num_workers * cfg.gpus_per_worker,
-            "cpus_needed": n_par * cfg.num_workers * cfg.cpus_per_worker,
-            "resources_planned_for": resources, "anchors": len(anchors),
-            "checkpoints_expected": sum(ckpts.values()), "trainers": trainers}
+    ckpts = {
+        a["id"]: 1 + ((steps[a["id"]] - 1) // cfg.checkpoint_every if cfg.checkpoint_every else 0) for a in anchors
+    }
+    trainers = [
+        {
+            "trainer": i,
+            "workers": cfg.num_workers,
+            "per_worker": per_worker,
+            "anchors": [a["id"] for a in sh],
+            "steps": sum(steps[a["id"]] for a in sh),
+            "checkpoints": sum(ckpts[a["id"]] for a in sh),
+        }
+        for i, sh in enumerate(shards)
+    ]
+    return {
+        "strategy": cfg.strategy,
+        "deepspeed_config": cfg.deepspeed_config if cfg.strategy == "deepspeed" else None,
+        "backend": "nccl" if cfg.gpus_per_worker > 0 else "gloo",
+        "trainers_at_once": n_par,
+        "workers_total": n_par * cfg.num_workers,
+        "gpus_needed": n_par * cfg.num_workers * cfg.gpus_per_worker,
+        "cpus_needed": n_par * cfg.num_workers * cfg.cpus_per_worker,
+        "resources_planned_for": resources,
+        "anchors": len(anchors),
+        "checkpoints_expected": sum(ckpts.values()),
+        "trainers": trainers,
+    }
 
 
 def install_checkpoints(bank: Bank, checkpoints) -> list[dict]:
@@ -237,8 +331,15 @@ def install_checkpoints(bank: Bank, checkpoints) -> list[dict]:
     return stats
 
 
-def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg, train_cfg, cfg: BankTrainConfig,
-               out_dir: str | Path) -> list[dict]:
+def train_bank(
+    bank: Bank,
+    profiles: dict[str, list[dict]],
+    task: str,
+    model_cfg,
+    train_cfg,
+    cfg: BankTrainConfig,
+    out_dir: str | Path,
+) -> list[dict]:
     """Train every anchor the bank still misses; returns per-anchor stats."""
     missing = bank.missing_ids()
     if not missing:
@@ -251,7 +352,6 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
 
     init_ray()
     storage = cfg.storage_path or str(Path(out_dir).resolve() / "ray_results")
@@ -266,21 +366,43 @@ def train_bank(bank: Bank, profiles: dict[str, list[dict]], task: str, model_cfg
     def fit(i: int):
         trainer = TorchTrainer(
             bank_worker_loop,
-            train_loop_config={"anchors": shards[i], "task": task, "model": asdict(model_cfg), "train": asdict(train_cfg),
-                               "threads_per_worker": threads, "progress": cfg.progress, "strategy": cfg.strategy,
-                               "deepspeed_config": ds_path, "checkpoint_every": cfg.checkpoint_every,
-                               "fail_at": cfg.fail_at},
+            train_loop_config={
+                "anchors": shards[i],
+                "task": task,
+                "model": asdict(model_cfg),
+                "train": asdict(train_cfg),
+                "threads_per_worker": threads,
+                "progress": cfg.progress,
+                "strategy": cfg.strategy,
+                "deepspeed_config": ds_path,
+                "checkpoint_every": cfg.checkpoint_every,
+                "fail_at": cfg.fail_at,
+            },
             # NCCL between GPU workers, gloo on CPU (DeepSpeed initialises its own group the same way)
-            torch_config=torch_config("nccl" if cfg.gpus_per_worker > 0 else "gloo", Path(out_dir).resolve() / ".rendezvous"),
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
-                                         resources_per_worker={"CPU": cfg.cpus_per_worker,
-                                                               **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}),
-            run_config=RunConfig(name=base if n_par == 1 else f"{base}-shard{i}of{n_par}", storage_path=storage,
-                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=None),
-                                 worker_runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
-                                                                  "OMP_NUM_THREADS": str(threads),
-                                                                  **({"GLOO_SOCKET_IFNAME": "lo"} if started_locally() else {})}}),
+            torch_config=torch_config(
+                "nccl" if cfg.gpus_per_worker > 0 else "gloo", Path(out_dir).resolve() / ".rendezvous"
+            ),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.num_workers,
+                use_gpu=cfg.gpus_per_worker > 0,
+                resources_per_worker={
+                    "CPU": cfg.cpus_per_worker,
+                    **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {}),
+                },
+            ),
+            run_config=RunConfig(
+                name=base if n_par == 1 else f"{base}-shard{i}of{n_par}",
+                storage_path=storage,
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=None),
+                worker_runtime_env={
+                    "env_vars": {
+                        "TOKENIZERS_PARALLELISM": "false",
+                        "OMP_NUM_THREADS": str(threads),
+                        **({"GLOO_SOCKET_IFNAME": "lo"} if started_locally() else {}),
+                    }
+                },
+            ),
         )
         return [c for c, _ in trainer.fit().best_checkpoints]
 
@@ -302,8 +424,9 @@ def _train_local(bank: Bank, anchors: list[dict], task: str, model_cfg, train_cf
     stats = []
     for a in tqdm(anchors, desc="anchors", disable=not cfg.progress):
         t0 = time.perf_counter()
-        sd, conf, state = train_anchor(host, tok, task, a["profile"], train_cfg, model_cfg.max_length,
-                                       model_cfg.chat_template, anchor_id=a["id"])
+        sd, conf, state = train_anchor(
+            host, tok, task, a["profile"], train_cfg, model_cfg.max_length, model_cfg.chat_template, anchor_id=a["id"]
+        )
         info = {"anchor": a["id"], "steps": state.step, "seconds": time.perf_counter() - t0, "losses": state.losses}
         bank.add_anchor(a["id"], state_dict=sd, lora_config=conf, train_info=info)
         stats.append(info)

@@ -5,6 +5,7 @@ Official LaMP: `{split}_questions.json` = [{id, input, profile: [{id, ...fields}
 [{user_id, profile, query: [{id, input, gold}]}]. Both load into `User` records. Every record is
 validated at this boundary; errors name the file, the record id and the field (`suite.io.DataError`).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,13 +24,31 @@ TASKS: dict[str, dict[str, Any]] = {
     "LaMP_2": {
         "fields": ["description", "tag"],
         "kind": "classification",
-        "labels": ["sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia",
-                   "dark comedy", "classic", "psychology", "fantasy", "romance", "thought-provoking",
-                   "social commentary", "violence", "true story"],
+        "labels": [
+            "sci-fi",
+            "based on a book",
+            "comedy",
+            "action",
+            "twist ending",
+            "dystopia",
+            "dark comedy",
+            "classic",
+            "psychology",
+            "fantasy",
+            "romance",
+            "thought-provoking",
+            "social commentary",
+            "violence",
+            "true story",
+        ],
         "label_field": "tag",
     },
-    "LaMP_3": {"fields": ["text", "score"], "kind": "rating", "labels": ["1", "2", "3", "4", "5"],
-               "label_field": "score"},
+    "LaMP_3": {
+        "fields": ["text", "score"],
+        "kind": "rating",
+        "labels": ["1", "2", "3", "4", "5"],
+        "label_field": "score",
+    },
     "LaMP_4": {"fields": ["text", "title"], "kind": "generation", "output_field": "title"},
     "LaMP_5": {"fields": ["abstract", "title"], "kind": "generation", "output_field": "title"},
     "LaMP_7": {"fields": ["text"], "kind": "generation", "output_field": "text"},
@@ -50,10 +69,14 @@ ITEM_TEMPLATES = {
 # For leave-one-out training a profile item becomes a query: the task instruction + its input part.
 ITEM_AS_QUERY = {
     "LaMP_1": None,  # citation items carry no second candidate: LaMP_1 profiles are not trainable targets
-    "LaMP_2": ("Which tag does this movie relate to among the following tags? Just answer with the tag "
-               "name without further explanation. tags: [{labels}] description: {description}"),
-    "LaMP_3": ("What is the score of the following review on a scale of 1 to 5? just answer with 1, 2, 3, "
-               "4, or 5 without further explanation. review: {text}"),
+    "LaMP_2": (
+        "Which tag does this movie relate to among the following tags? Just answer with the tag "
+        "name without further explanation. tags: [{labels}] description: {description}"
+    ),
+    "LaMP_3": (
+        "What is the score of the following review on a scale of 1 to 5? just answer with 1, 2, 3, "
+        "4, or 5 without further explanation. review: {text}"
+    ),
     "LaMP_4": "Generate a headline for the following article: {text}",
     "LaMP_5": "Generate a title for the following abstract of a paper: {abstract}",
     "LaMP_7": "Paraphrase the following tweet without any explanation before or after it: {text}",
@@ -185,7 +208,9 @@ def load_lamp(questions: str | Path, outputs: str | Path | None, task: str) -> l
         asked = {q.id for u in users.values() for q in u.queries}
         orphans = [g for g in golds if g not in asked]
         if orphans:
-            raise DataError(outputs, orphans[0], "id", f"{len(orphans)} gold output(s) answer no question in {questions.name}")
+            raise DataError(
+                outputs, orphans[0], "id", f"{len(orphans)} gold output(s) answer no question in {questions.name}"
+            )
     return _validate_users(questions, task, list(users.values()))
 
 
@@ -193,7 +218,7 @@ def load_outputs(path: str | Path, task: str) -> dict[str, str]:
     path = Path(path)
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("golds"), list):
-        raise DataError(path, None, "golds", "expected {\"task\": ..., \"golds\": [...]}")
+        raise DataError(path, None, "golds", 'expected {"task": ..., "golds": [...]}')
     if data.get("task") not in (None, task):
         raise DataError(path, None, "task", f"file is for {data.get('task')!r}, expected {task!r}")
     out: dict[str, str] = {}
@@ -254,7 +279,9 @@ def time_split(user: User, task: str) -> User:
     dated = [it for it in user.profile if "date" in it]
     if len(dated) != len(user.profile) or len(user.profile) < 2:
         raise ValueError(f"user {user.user_id}: time split needs >= 2 items, each with a 'date'")
-    items = sorted(user.profile, key=lambda it: str(it["date"]) if isinstance(it["date"], str) else f"{it['date']:020d}")
+    items = sorted(
+        user.profile, key=lambda it: str(it["date"]) if isinstance(it["date"], str) else f"{it['date']:020d}"
+    )
     last = items[-1]
     inp, gold = item_query(task, last)
     return User(user.user_id, items[:-1], [Query(str(last.get("id", f"{user.user_id}-t")), inp, gold)])
@@ -278,8 +305,14 @@ def official_url(task: str, split: str, scheme: str = "user", base_url: str = OF
     return f"{root}/{split}/{split}_questions.json", f"{root}/{split}/{split}_outputs.json"
 
 
-def download_lamp(task: str, split: str, cache_dir: str | Path, scheme: str = "user",
-                  base_url: str = OFFICIAL_URL, timeout: float = 60.0) -> Path:
+def download_lamp(
+    task: str,
+    split: str,
+    cache_dir: str | Path,
+    scheme: str = "user",
+    base_url: str = OFFICIAL_URL,
+    timeout: float = 60.0,
+) -> Path:
     """Fetch the official files once into `cache_dir/{scheme}/{task}/` (atomic; cached after)."""
     dest = Path(cache_dir) / scheme / task
     urls = official_url(task, split, scheme, base_url)
@@ -303,9 +336,15 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def resolve_task_dir(task: str, split: str, data: str | None = None, download: bool = True,
-                     cache_dir: str | Path | None = None, scheme: str = "user",
-                     base_url: str = OFFICIAL_URL) -> Path:
+def resolve_task_dir(
+    task: str,
+    split: str,
+    data: str | None = None,
+    download: bool = True,
+    cache_dir: str | Path | None = None,
+    scheme: str = "user",
+    base_url: str = OFFICIAL_URL,
+) -> Path:
     """`data` (explicit) → `../shared/data/lamp_like` beside the project → official download."""
     fname = f"{split}_questions.json"
     if data:
@@ -314,7 +353,10 @@ def resolve_task_dir(task: str, split: str, data: str | None = None, download: b
             if (cand / fname).exists():
                 return cand
         raise DataError(d, None, None, f"no {task}/{fname} under the given data root")
-    for base in (project_root().parent / "shared" / "data" / "lamp_like", Path.cwd().parent / "shared" / "data" / "lamp_like"):
+    for base in (
+        project_root().parent / "shared" / "data" / "lamp_like",
+        Path.cwd().parent / "shared" / "data" / "lamp_like",
+    ):
         if (base / task / fname).exists():
             return base / task
     if not download:

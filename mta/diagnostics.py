@@ -3,6 +3,7 @@
 Pure tensor math (`relative_update`) apart from the one helper that reads base weights out of a
 peft model (`base_weights`). The bank reports the mean over modules for every anchor.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,11 @@ def relative_update(base: dict[str, torch.Tensor], adapter: dict[str, torch.Tens
 
 def base_weights(peft_model) -> dict[str, torch.Tensor]:
     """Base linear weights of a peft model keyed like its LoRA state dict (module path)."""
-    return {name: m.base_layer.weight for name, m in peft_model.named_modules() if hasattr(m, "base_layer")
-            and hasattr(m.base_layer, "weight")}
+    return {
+        name: m.base_layer.weight
+        for name, m in peft_model.named_modules()
+        if hasattr(m, "base_layer") and hasattr(m.base_layer, "weight")
+    }
 
 
 def plain_base_weights(model, adapter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -36,7 +40,7 @@ def plain_base_weights(model, adapter: dict[str, torch.Tensor]) -> dict[str, tor
     for key in adapter:
         if key.endswith(".lora_A.weight"):
             mod = key[: -len(".lora_A.weight")]
-            path = mod[len("base_model.model."):] if mod.startswith("base_model.model.") else mod
+            path = mod[len("base_model.model.") :] if mod.startswith("base_model.model.") else mod
             out[mod] = model.get_submodule(path).weight
     return out
 

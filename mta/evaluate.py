@@ -1,5 +1,6 @@
 """LaMP metrics (official scoring rules, SPEC §1) and inference: label log-likelihood scoring with
 calibration for classification tasks, greedy decoding otherwise."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,8 @@ import numpy as np
 import torch
 
 from mta.data import task_info
-from suite.models import format_prompt, generate  # noqa: F401  (generate: re-exported for mta users)
 from suite.device import model_device
+from suite.models import format_prompt, generate  # noqa: F401  (generate: re-exported for mta users)
 
 # ----------------------------------------------------------------------------------------- metrics
 
@@ -35,8 +36,10 @@ def classification_metrics(preds: list[str], golds: list[str], labels: list[str]
 
     p = [parse_label(x, labels) for x in preds]
     g = [parse_label(x, labels) for x in golds]
-    return {"accuracy": float(accuracy_score(g, p)),
-            "f1": float(f1_score(g, p, labels=list(range(len(labels))), average="macro", zero_division=0))}
+    return {
+        "accuracy": float(accuracy_score(g, p)),
+        "f1": float(f1_score(g, p, labels=list(range(len(labels))), average="macro", zero_division=0)),
+    }
 
 
 def rating_metrics(preds: list[str], golds: list[str]) -> dict[str, float]:
@@ -49,7 +52,7 @@ def rating_metrics(preds: list[str], golds: list[str]) -> dict[str, float]:
             pv = 1.0 if abs(1.0 - gv) > abs(5.0 - gv) else 5.0
         errs.append(abs(pv - gv))
     e = np.asarray(errs, dtype=np.float64)
-    return {"mae": float(e.mean()), "rmse": float(math.sqrt((e ** 2).mean()))}
+    return {"mae": float(e.mean()), "rmse": float(math.sqrt((e**2).mean()))}
 
 
 def rouge_metrics(preds: list[str], golds: list[str]) -> dict[str, float]:
@@ -102,14 +105,17 @@ PRIMARY = {"classification": ("accuracy", "max"), "rating": ("mae", "min"), "gen
 def primary_metric(task: str) -> tuple[str, str]:
     return PRIMARY[task_info(task)["kind"]]
 
+
 # --------------------------------------------------------------------------------------- inference
 
 
 @torch.inference_mode()
-def label_logprobs(model, tok, prompt: str, labels: list[str], use_chat: bool = True, max_length: int = 512) -> np.ndarray:
+def label_logprobs(
+    model, tok, prompt: str, labels: list[str], use_chat: bool = True, max_length: int = 512
+) -> np.ndarray:
     """Sum of log-probabilities of each label's tokens after the prompt. The prompt is run once and
     its KV cache shared by all labels (batched)."""
-    p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"][-(max_length - 16):]
+    p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"][-(max_length - 16) :]
     l_ids = [tok(l, add_special_tokens=False)["input_ids"] for l in labels]
     dev = model_device(model)
     prompt_t = torch.tensor([p_ids], device=dev)
@@ -131,11 +137,12 @@ def label_logprobs(model, tok, prompt: str, labels: list[str], use_chat: bool = 
     mask[:, :P] = 1
     for i, r in enumerate(rest):
         if r:
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, P:P + len(r)] = 1
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, P : P + len(r)] = 1
     pos = torch.arange(P, P + n_rest).unsqueeze(0).expand(L, -1)
-    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=pkv,
-                   position_ids=pos.to(dev)).logits.float()
+    logits = model(
+        input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=pkv, position_ids=pos.to(dev)
+    ).logits.float()
     lp = torch.log_softmax(logits, -1).cpu()
     for i, full in enumerate(l_ids):
         for j in range(1, len(full)):

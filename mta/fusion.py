@@ -1,6 +1,7 @@
 """Stage 2 — adaptive LoRA fusion: retrieve the top-k anchors for a user by cosine similarity of
 profile embeddings, weight them, merge their LoRAs. The fused adapter is a pure, deterministic
 function of (bank, user embedding, config): built on demand, never stored per user."""
+
 from __future__ import annotations
 
 import time
@@ -93,5 +94,13 @@ def fuse(bank: LoadedBank, user_emb: np.ndarray, cfg: FusionConfig, idx: list[in
     w = merge.weights(cfg.weighting, sims, cfg.temperature)
     sd, r, alpha = merge_adapters(bank, [int(i) for i in chosen], w, cfg.merge, cfg.svd_rank)
     targets = sorted(set(bank.configs[int(chosen[0])]["target_modules"]))
-    return FusedAdapter([bank.ids[int(i)] for i in chosen], [float(x) for x in w], [float(s) for s in sims],
-                        sd, r, alpha, targets, time.perf_counter() - t0)
+    return FusedAdapter(
+        [bank.ids[int(i)] for i in chosen],
+        [float(x) for x in w],
+        [float(s) for s in sims],
+        sd,
+        r,
+        alpha,
+        targets,
+        time.perf_counter() - t0,
+    )

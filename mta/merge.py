@@ -18,9 +18,10 @@ Weightings map similarities (sorted, most similar first) to weights summing to 1
 - `reference_inverted` the MTA reference for k = 2: a = s1/(s1+s2) and the MOST similar anchor
   gets 1 - a, i.e. the smaller weight (proportional weights assigned in reverse order for k > 2).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -99,8 +100,8 @@ def merge_svd(As, Bs, scales, w, rank: int = 0):
     dtype = A_cat.dtype
     A_cat, B_cat = A_cat.double(), B_cat.double()
     rank = rank or As[0].shape[0]
-    qb, rb = torch.linalg.qr(B_cat)            # B = Qb Rb
-    qa, ra = torch.linalg.qr(A_cat.T)          # Aᵀ = Qa Ra  ⇒  B A = Qb (Rb Raᵀ) Qaᵀ
+    qb, rb = torch.linalg.qr(B_cat)  # B = Qb Rb
+    qa, ra = torch.linalg.qr(A_cat.T)  # Aᵀ = Qa Ra  ⇒  B A = Qb (Rb Raᵀ) Qaᵀ
     u, s, vh = torch.linalg.svd(rb @ ra.T)
     rank = min(rank, s.shape[0])
     root = s[:rank].sqrt()

@@ -9,14 +9,14 @@ content-free twin) are appended to `per_user.jsonl` under a hash of the configur
 interrupted run resumes where it stopped and a changed configuration never reuses old records;
 calibration, lambda and statistics are applied once all users are in.
 """
-from __future__ import annotations
 
-from typing import Literal
+from __future__ import annotations
 
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -24,14 +24,22 @@ from mta.adapters import AdapterHost
 from mta.anchors import AnchorConfig, user_embeddings
 from mta.bank import LoadedBank
 from mta.data import User, build_prompt, render_item, save_outputs, task_info
-from mta.evaluate import (CALIBRATIONS, calibrate, content_free_input, generate, label_logprobs,
-                          per_query_scores, primary_metric, score_task)
+from mta.evaluate import (
+    CALIBRATIONS,
+    calibrate,
+    content_free_input,
+    generate,
+    label_logprobs,
+    per_query_scores,
+    primary_metric,
+    score_task,
+)
 from mta.fusion import FusionConfig, fuse
-from suite.models import ModelConfig, model_identity
 from mta.stacking import StackConfig, adapter_bytes, stack_user
 from mta.training import LoraTrainConfig, for_adapter, history_for, loo_samples
 from suite.config import ConfigError, opt
 from suite.io import append_jsonl, json_digest, read_jsonl
+from suite.models import ModelConfig, model_identity
 from suite.stats import compare
 
 ALL_METHODS = ["base", "rag", "prior", "prior_recency", "oppu", "fusion", "mta", "mta_prior", "uniform", "random"]
@@ -41,15 +49,18 @@ LABEL_ONLY = {"mta_prior"}  # methods that need label scores (classification / r
 @dataclass
 class DataConfig:
     task: str = opt("LaMP_2", "LaMP task: LaMP_1,2,3,4,5,7")
-    root: str = opt("", "data folder (holding LaMP_k/ or the split files); empty = ../shared/data/lamp_like, then download")
+    root: str = opt(
+        "", "data folder (holding LaMP_k/ or the split files); empty = ../shared/data/lamp_like, then download"
+    )
     train_split: str = opt("train", "split whose users are anchor candidates")
     eval_split: str = opt("dev", "split whose users are evaluated (`train`: the train users that are not anchors)")
     scheme: Literal["user", "time"] = opt("user", "user | time (official download layout)")
     max_eval_users: int = opt(0, "evaluate the first N users (0 = all)")
     max_train_users: int = opt(0, "anchor candidates kept (0 = all)")
     select_users: int = opt(16, "train users (not anchors) on which mta_prior's lambda is chosen (0 = none)")
-    select_profile_cap: int = opt(10, "newest profile items kept for train users used as few-shot users "
-                                      "(selection, sweeps on eval_split=train)")
+    select_profile_cap: int = opt(
+        10, "newest profile items kept for train users used as few-shot users (selection, sweeps on eval_split=train)"
+    )
     download: bool = opt(True, "download the official files when not found locally")
     base_url: str = opt("https://ciir.cs.umass.edu/downloads/LaMP", "official LaMP host")
 
@@ -57,28 +68,42 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     methods: list[str] = opt(help="methods to run", factory=lambda: list(ALL_METHODS))
-    inference: Literal["auto", "label", "generate"] = opt("auto", "auto (label scoring for classification/rating, else greedy) | label | generate")
-    calibration: Literal["auto", "content_free", "batch", "none"] = opt("auto", "label-score calibration: auto (content_free for classification, none for "
-                                   "rating) | content_free (no test inputs) | batch (transductive) | none")
+    inference: Literal["auto", "label", "generate"] = opt(
+        "auto", "auto (label scoring for classification/rating, else greedy) | label | generate"
+    )
+    calibration: Literal["auto", "content_free", "batch", "none"] = opt(
+        "auto",
+        "label-score calibration: auto (content_free for classification, none for "
+        "rating) | content_free (no test inputs) | batch (transductive) | none",
+    )
     rag_k: int = opt(1, "BM25 items in the RAG prompt")
     history_k: int = opt(1, "BM25 items in adapter-method prompts (as in training)")
     max_new_tokens: int = opt(32, "greedy decoding length")
     seed: int = opt(0, "random-anchor baseline seed")
     recency_decay: float = opt(0.8, "prior_recency / mta_prior: an item's weight is decay**(its age rank, newest 0)")
     prior_lambda: float = opt(-1.0, "mta_prior: weight of log p_user(label); < 0 = chosen on the selection users")
-    lambda_grid: list[float] = opt(help="mta_prior: lambdas tried on the selection users",
-                                   factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
-    stacking_grid: list[dict] = opt(help="stacking settings tried on the selection users (train users, never dev), "
-                                         "e.g. [{max_steps: 2, lr: 5e-4}, {r: 2, max_steps: 8}]; the best by the "
-                                         "task's main metric replaces `stacking` (empty = use `stacking`)", factory=list)
+    lambda_grid: list[float] = opt(
+        help="mta_prior: lambdas tried on the selection users", factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    )
+    stacking_grid: list[dict] = opt(
+        help="stacking settings tried on the selection users (train users, never dev), "
+        "e.g. [{max_steps: 2, lr: 5e-4}, {r: 2, max_steps: 8}]; the best by the "
+        "task's main metric replaces `stacking` (empty = use `stacking`)",
+        factory=list,
+    )
     bootstrap: int = opt(10000, "bootstrap resamples for the paired intervals")
     progress: bool = opt(True, "progress bar over users")
-    backend: Literal["local", "ray"] = opt("local", "local (in the driver) | ray (one Ray task, re-executed from the resume log if its worker dies)")
+    backend: Literal["local", "ray"] = opt(
+        "local", "local (in the driver) | ray (one Ray task, re-executed from the resume log if its worker dies)"
+    )
     cpus: float = opt(2.0, "ray backend: CPUs reserved by the evaluation task")
     gpus: float = opt(0.0, "ray backend: GPUs reserved by the evaluation task")
     max_retries: int = opt(3, "ray backend: re-executions after the task's worker dies")
-    fail_at: dict = opt(help="fault injection for tests: {after_users: N, marker: PATH} kills the task's worker "
-                             "once, after its N-th user", factory=dict)
+    fail_at: dict = opt(
+        help="fault injection for tests: {after_users: N, marker: PATH} kills the task's worker "
+        "once, after its N-th user",
+        factory=dict,
+    )
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in ALL_METHODS]
@@ -125,7 +150,7 @@ def label_weights(task: str, profile: list[dict], decay: float) -> dict[str, flo
     items = by_recency(profile)
     w: dict[str, float] = {}
     for age, it in enumerate(reversed(items)):
-        w[str(it[field_])] = w.get(str(it[field_]), 0.0) + decay ** age
+        w[str(it[field_])] = w.get(str(it[field_]), 0.0) + decay**age
     return w
 
 
@@ -148,7 +173,7 @@ def _prior(task: str, user: User, query_input: str, decay: float = 1.0) -> str:
         return max(w, key=lambda l: (round(w[l], 9), -newest[l]))
     if info["kind"] == "rating":
         items = by_recency(user.profile)
-        ws = np.array([decay ** age for age in range(len(items))][::-1])
+        ws = np.array([decay**age for age in range(len(items))][::-1])
         return f"{np.average([float(it['score']) for it in items], weights=ws):.2f}"
     hist = [user.profile[i] for i in _bm25_idx(task, user, query_input, 1)]
     return str(hist[0][info["output_field"]]) if hist else ""
@@ -173,17 +198,35 @@ def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
     from dataclasses import asdict
 
     e = cfg.eval
-    key = {"data": {k: getattr(cfg.data, k) for k in ("task", "eval_split", "scheme", "select_profile_cap")},
-           "data_sha": data_sha, "bank": bank_sig, "model": model_identity(cfg.model), "encoder": cfg.encoder,
-           "fusion": asdict(cfg.fusion), "stacking": asdict(cfg.stacking), "oppu": asdict(cfg.oppu),
-           "eval": {k: getattr(e, k) for k in ("methods", "inference", "rag_k", "history_k", "max_new_tokens",
-                                                "seed", "recency_decay")}}
+    key = {
+        "data": {k: getattr(cfg.data, k) for k in ("task", "eval_split", "scheme", "select_profile_cap")},
+        "data_sha": data_sha,
+        "bank": bank_sig,
+        "model": model_identity(cfg.model),
+        "encoder": cfg.encoder,
+        "fusion": asdict(cfg.fusion),
+        "stacking": asdict(cfg.stacking),
+        "oppu": asdict(cfg.oppu),
+        "eval": {
+            k: getattr(e, k)
+            for k in ("methods", "inference", "rag_k", "history_k", "max_new_tokens", "seed", "recency_decay")
+        },
+    }
     return json_digest(key)
 
 
 class Evaluator:
-    def __init__(self, cfg: MTAConfig, bank: LoadedBank, model, tok, encoder, out_dir: str | Path,
-                 key: str = "", log_name: str = "per_user.jsonl"):
+    def __init__(
+        self,
+        cfg: MTAConfig,
+        bank: LoadedBank,
+        model,
+        tok,
+        encoder,
+        out_dir: str | Path,
+        key: str = "",
+        log_name: str = "per_user.jsonl",
+    ):
         self.cfg, self.bank, self.tok, self.encoder = cfg, bank, tok, encoder
         self.out = Path(out_dir)
         self.task = cfg.data.task
@@ -194,7 +237,7 @@ class Evaluator:
         self.key, self.log_name = key, log_name
         self.cf_input = content_free_input(self.task) if self.label_mode else None
 
-    def with_log(self, key: str, log_name: str) -> "Evaluator":
+    def with_log(self, key: str, log_name: str) -> Evaluator:
         """The same evaluator (one adapter host on one model) writing another resume log."""
         import copy
 
@@ -219,16 +262,24 @@ class Evaluator:
         """Everything one user contributes: raw outputs per method and query (label scores for the
         query and for its content-free twin), the user's label log-prior, costs."""
         cfg, task = self.cfg, self.task
-        rec: dict = {"user_id": user.user_id, "key": self.key, "queries": [q.id for q in user.queries],
-                     "golds": [q.gold for q in user.queries], "out": {}, "cf": {}, "cost": {}}
+        rec: dict = {
+            "user_id": user.user_id,
+            "key": self.key,
+            "queries": [q.id for q in user.queries],
+            "golds": [q.gold for q in user.queries],
+            "out": {},
+            "cf": {},
+            "cost": {},
+        }
         hist = {q.id: history_for(task, user.profile, q.input, cfg.eval.history_k) for q in user.queries}
         rag = {q.id: history_for(task, user.profile, q.input, cfg.eval.rag_k) for q in user.queries}
 
         def run(name: str, names: list[str] | None, prompts: dict[str, str], cf_hist: dict[str, list[str]] | None):
             rec["out"][name] = [self._with(names, prompts[q.id]) for q in user.queries]
             if self.label_mode:  # the same prompt, input blanked: the adapter's own label prior
-                rec["cf"][name] = [self._with(names, build_prompt(self.cf_input, (cf_hist or {}).get(q.id)))
-                                   for q in user.queries]
+                rec["cf"][name] = [
+                    self._with(names, build_prompt(self.cf_input, (cf_hist or {}).get(q.id))) for q in user.queries
+                ]
 
         adapted = {q.id: build_prompt(q.input, hist[q.id]) for q in user.queries}
         emb_cache: list = []
@@ -251,9 +302,18 @@ class Evaluator:
         samples = loo_samples(task, user.profile, 0, cfg.eval.seed, cfg.eval.history_k)
         if "oppu" in methods:
             t0 = time.perf_counter()  # OPPU's adaptation: training the user's own LoRA
-            self.host.train_new("oppu", samples, for_adapter(cfg.oppu, "oppu", user.user_id), self.tok,
-                                max_length=cfg.model.max_length, use_chat=self.use_chat)
-            rec["cost"]["oppu"] = {"seconds": time.perf_counter() - t0, "bytes": adapter_bytes(self.host.state_dict("oppu"))}
+            self.host.train_new(
+                "oppu",
+                samples,
+                for_adapter(cfg.oppu, "oppu", user.user_id),
+                self.tok,
+                max_length=cfg.model.max_length,
+                use_chat=self.use_chat,
+            )
+            rec["cost"]["oppu"] = {
+                "seconds": time.perf_counter() - t0,
+                "bytes": adapter_bytes(self.host.state_dict("oppu")),
+            }
             run("oppu", ["oppu"], adapted, hist)
             self.host.remove("oppu")
         need_fused = {"fusion", "mta", "mta_prior"} & set(methods)
@@ -263,23 +323,38 @@ class Evaluator:
             fused = fuse(self.bank, emb, cfg.fusion)
             fuse_s = time.perf_counter() - t0
             rec["anchors"] = fused.record()
-            rec["cost"]["fusion"] = {"seconds": fuse_s, "bytes": adapter_bytes({}, fused.record()),
-                                     "merge_ms": fused.seconds * 1000}
+            rec["cost"]["fusion"] = {
+                "seconds": fuse_s,
+                "bytes": adapter_bytes({}, fused.record()),
+                "merge_ms": fused.seconds * 1000,
+            }
             if "fusion" in methods:
                 self.host.load_fused(fused)
                 run("fusion", ["fused"], adapted, hist)
             if {"mta", "mta_prior"} & set(methods):
-                st = stack_user(self.host, fused, samples, for_adapter(cfg.stacking, "stack", user.user_id), self.tok,
-                                cfg.model.max_length, self.use_chat)
+                st = stack_user(
+                    self.host,
+                    fused,
+                    samples,
+                    for_adapter(cfg.stacking, "stack", user.user_id),
+                    self.tok,
+                    cfg.model.max_length,
+                    self.use_chat,
+                )
                 # st["seconds"] counts the merge once; the encoding + retrieval before it are added here
-                rec["cost"]["mta"] = {"seconds": st["seconds"] + fuse_s - fused.seconds, "bytes": st["bytes"],
-                                      "steps": st["steps"]}
+                rec["cost"]["mta"] = {
+                    "seconds": st["seconds"] + fuse_s - fused.seconds,
+                    "bytes": st["bytes"],
+                    "steps": st["steps"],
+                }
                 run("mta", ["fused", "stack"], adapted, hist)
                 self.host.remove("stack")
             self.host.remove("fused")
         if "uniform" in methods:
             u_cfg = FusionConfig(**{**cfg.fusion.__dict__, "weighting": "uniform"})
-            self.host.load_fused(fuse(self.bank, np.ones(self.bank.emb.shape[1]), u_cfg, idx=list(range(len(self.bank.ids)))))
+            self.host.load_fused(
+                fuse(self.bank, np.ones(self.bank.emb.shape[1]), u_cfg, idx=list(range(len(self.bank.ids))))
+            )
             run("uniform", ["fused"], adapted, hist)
             self.host.remove("fused")
         if "random" in methods:
@@ -300,8 +375,9 @@ class Evaluator:
         log = self.out / self.log_name
         done = {r["user_id"]: r for r in read_jsonl(log) if r.get("key") == self.key}
         methods = methods or self.cfg.eval.methods
-        for u in tqdm([u for u in users if u.user_id not in done], desc=f"{self.task} users",
-                      disable=not self.cfg.eval.progress):
+        for u in tqdm(
+            [u for u in users if u.user_id not in done], desc=f"{self.task} users", disable=not self.cfg.eval.progress
+        ):
             rec = self.user_record(u, methods)
             append_jsonl(log, rec)
             done[u.user_id] = rec
@@ -315,8 +391,11 @@ def _label_scores(records: list[dict], m: str, calibration: str) -> np.ndarray |
     cfs = [o for r in records for o in r.get("cf", {}).get(m, [])]
     if not outs:
         return None
-    return calibrate(np.asarray(outs, dtype=np.float64), calibration,
-                     np.asarray(cfs, dtype=np.float64) if len(cfs) == len(outs) else None)
+    return calibrate(
+        np.asarray(outs, dtype=np.float64),
+        calibration,
+        np.asarray(cfs, dtype=np.float64) if len(cfs) == len(outs) else None,
+    )
 
 
 def mta_prior_scores(records: list[dict], calibration: str, lam: float) -> np.ndarray | None:
@@ -344,8 +423,9 @@ def choose_lambda(task: str, records: list[dict], calibration: str, grid: list[f
     return min(l for l, v in scores.items() if v == best), {str(k): v for k, v in scores.items()}
 
 
-def predictions(task: str, records: list[dict], methods: list[str], label_mode: bool, calibration: str,
-                lam: float = 0.0) -> dict[str, list[str]]:
+def predictions(
+    task: str, records: list[dict], methods: list[str], label_mode: bool, calibration: str, lam: float = 0.0
+) -> dict[str, list[str]]:
     labels = task_info(task).get("labels", [])
     n = sum(len(r["queries"]) for r in records)
     out = {}
@@ -365,18 +445,30 @@ def predictions(task: str, records: list[dict], methods: list[str], label_mode: 
     return out
 
 
-def summarize(task: str, records: list[dict], methods: list[str], label_mode: bool, calibration: str,
-              out_dir: str | Path | None = None, lam: float = 0.0, n_boot: int = 10000,
-              reference: str = "mta") -> dict:
+def summarize(
+    task: str,
+    records: list[dict],
+    methods: list[str],
+    label_mode: bool,
+    calibration: str,
+    out_dir: str | Path | None = None,
+    lam: float = 0.0,
+    n_boot: int = 10000,
+    reference: str = "mta",
+) -> dict:
     """Turn per-user records into the summary block of one task (and write predictions): metrics
     per method under the chosen calibration, the other calibrations beside, paired intervals and
     tests of every method against MTA (`vs_mta`), costs."""
     calibration = resolve_calibration(task, calibration)
     qids = [q for r in records for q in r["queries"]]
     golds = [g for r in records for g in r["golds"]]
-    res: dict = {"n_users": len(records), "n_queries": len(qids), "methods": {},
-                 "inference": "label_scoring" if label_mode else "greedy",
-                 "calibration": calibration if label_mode else None}
+    res: dict = {
+        "n_users": len(records),
+        "n_queries": len(qids),
+        "methods": {},
+        "inference": "label_scoring" if label_mode else "greedy",
+        "calibration": calibration if label_mode else None,
+    }
     preds = predictions(task, records, methods, label_mode, calibration, lam)
     per_q, binary, higher = {}, False, True
     for m, p in preds.items():
@@ -387,18 +479,29 @@ def summarize(task: str, records: list[dict], methods: list[str], label_mode: bo
     if "mta_prior" in preds:
         res["mta_prior_lambda"] = lam
     res["vs_mta"] = compare(per_q, reference, binary, higher, n_boot)
-    res["vs_mta_note"] = ("diff = method - MTA on the per-query " + primary_metric(task)[0]
-                          + ("" if higher else " (absolute error: lower is better)")
-                          + "; ci95 = paired bootstrap; p = " + ("exact McNemar" if binary else "paired permutation")
-                          + "; verdict 'tie' when the interval contains 0")
+    res["vs_mta_note"] = (
+        "diff = method - MTA on the per-query "
+        + primary_metric(task)[0]
+        + ("" if higher else " (absolute error: lower is better)")
+        + "; ci95 = paired bootstrap; p = "
+        + ("exact McNemar" if binary else "paired permutation")
+        + "; verdict 'tie' when the interval contains 0"
+    )
     if label_mode:
         res["calibration_alternatives"] = {
-            c: {m: score_task(task, p, golds) for m, p in predictions(task, records, methods, True, c, lam).items()
-                if not m.startswith("prior")}
-            for c in CALIBRATIONS if c != calibration}
+            c: {
+                m: score_task(task, p, golds)
+                for m, p in predictions(task, records, methods, True, c, lam).items()
+                if not m.startswith("prior")
+            }
+            for c in CALIBRATIONS
+            if c != calibration
+        }
     cost = lambda key, f: [r["cost"][key][f] for r in records if key in r.get("cost", {})]  # noqa: E731
     res["bytes_per_user"] = {k: float(np.mean(cost(k, "bytes"))) for k in ("oppu", "fusion", "mta") if cost(k, "bytes")}
-    res["adapt_s_per_user"] = {k: float(np.mean(cost(k, "seconds"))) for k in ("oppu", "fusion", "mta") if cost(k, "seconds")}
+    res["adapt_s_per_user"] = {
+        k: float(np.mean(cost(k, "seconds"))) for k in ("oppu", "fusion", "mta") if cost(k, "seconds")
+    }
     ms = cost("fusion", "merge_ms")
     if ms:
         res["merge_ms_per_user"] = float(np.mean(ms))
@@ -419,8 +522,10 @@ def load_users(cfg: MTAConfig, split: str, anchor_ids: list[str] | None = None) 
 
     d = cfg.data
     users = load_task_split(d.task, split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url)
-    path = resolve_task_dir(d.task, split, d.root or None, download=d.download, scheme=d.scheme,
-                            base_url=d.base_url) / f"{split}_questions.json"
+    path = (
+        resolve_task_dir(d.task, split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url)
+        / f"{split}_questions.json"
+    )
     if split == d.train_split:
         skip = set(anchor_ids or [])
         users = [few_shot_view(u, d.select_profile_cap) for u in users if u.user_id not in skip]

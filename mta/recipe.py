@@ -10,6 +10,7 @@ format), OUT/per_user.jsonl and OUT/select_user.jsonl (resume logs, keyed by a c
 and prints a table. The bank lives in bank_cache (default runs/banks/<task>-<hash>) and is shared by
 every run that asks for the same bank. Rerunning resumes: finished anchors and users are not redone.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,22 +20,25 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from suite.models import model_identity
-from mta.pipeline import MTAConfig
 from mta.bank_trainer import BankTrainConfig
-from suite.tracking import TrackingConfig
+from mta.pipeline import MTAConfig
 from suite.config import opt
-from suite.redact import redact_config
 from suite.device import describe as describe_device
 from suite.device import dtype_for
 from suite.device import use as use_device
+from suite.models import model_identity
+from suite.redact import redact_config
+from suite.tracking import TrackingConfig
 
 
 @dataclass
 class MTAJobConfig(MTAConfig):
     bank_path: str = opt("", "bank folder; empty = BANK_CACHE/<task>-<hash of everything the bank depends on>")
-    bank_cache: str = opt("runs/banks", "where banks are kept and shared: every run asking for the same bank "
-                                        "(task, data, model, encoder, anchors, anchor recipe) reuses it")
+    bank_cache: str = opt(
+        "runs/banks",
+        "where banks are kept and shared: every run asking for the same bank "
+        "(task, data, model, encoder, anchors, anchor recipe) reuses it",
+    )
     bank: BankTrainConfig = field(default_factory=BankTrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -44,9 +48,17 @@ def bank_signature(cfg: MTAJobConfig) -> str:
     from suite.io import json_digest
 
     d = cfg.data
-    key = {"task": d.task, "root": d.root, "train_split": d.train_split, "scheme": d.scheme,
-           "max_train_users": d.max_train_users, "model": model_identity(cfg.model), "encoder": cfg.encoder,
-           "anchors": asdict(cfg.anchors), "lora": asdict(cfg.anchor_train)}
+    key = {
+        "task": d.task,
+        "root": d.root,
+        "train_split": d.train_split,
+        "scheme": d.scheme,
+        "max_train_users": d.max_train_users,
+        "model": model_identity(cfg.model),
+        "encoder": cfg.encoder,
+        "anchors": asdict(cfg.anchors),
+        "lora": asdict(cfg.anchor_train),
+    }
     return json_digest(key, 12)
 
 
@@ -60,7 +72,9 @@ def choose_anchors(cfg: MTAJobConfig, encoder):
     from mta.data import load_task_split
 
     d = cfg.data
-    train = load_task_split(d.task, d.train_split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url)
+    train = load_task_split(
+        d.task, d.train_split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url
+    )
     if d.max_train_users:
         train = train[: d.max_train_users]
     emb = user_embeddings(train, d.task, encoder, cfg.anchors.max_items_embedded)
@@ -73,8 +87,8 @@ def plan_bank(cfg: MTAJobConfig, encoder) -> dict:
     import ray
 
     from mta.bank import Bank
-    from mta.training import for_adapter, loo_samples, total_steps
     from mta.bank_trainer import placement_plan
+    from mta.training import for_adapter, loo_samples, total_steps
 
     train, _, idx = choose_anchors(cfg, encoder)
     path = bank_path_for(cfg)
@@ -84,11 +98,17 @@ def plan_bank(cfg: MTAJobConfig, encoder) -> dict:
     for u in todo:
         tc = for_adapter(cfg.anchor_train, "anchor", u.user_id)
         steps[u.user_id] = total_steps(len(loo_samples(cfg.data.task, u.profile, tc.max_samples, tc.seed)), tc)
-    resources = dict(cfg.bank.plan_resources) or {"CPU": float(os.cpu_count() or 1),
-                                                   "GPU": float(torch_gpus())}
+    resources = dict(cfg.bank.plan_resources) or {"CPU": float(os.cpu_count() or 1), "GPU": float(torch_gpus())}
     plan = placement_plan(cfg.bank, [{"id": u.user_id} for u in todo], steps, resources)
-    plan.update({"bank": str(path), "already_in_bank": sorted(done), "model": cfg.model.name,
-                 "model_dtype": cfg.model.dtype, "ray_version": ray.__version__})
+    plan.update(
+        {
+            "bank": str(path),
+            "already_in_bank": sorted(done),
+            "model": cfg.model.name,
+            "model_dtype": cfg.model.dtype,
+            "ray_version": ray.__version__,
+        }
+    )
     return plan
 
 
@@ -108,14 +128,23 @@ def build_bank(cfg: MTAJobConfig, out: Path, encoder, log=print):
     ids = [train[i].user_id for i in idx]
     path = bank_path_for(cfg)
     log(f"[bank] {len(ids)} anchors chosen among {len(train)} candidate users; bank at {path}")
-    meta = {"task": d.task, "base_model": cfg.model.name, "encoder": cfg.encoder, "signature": bank_signature(cfg),
-            "lora": asdict(cfg.anchor_train), "anchors_config": asdict(cfg.anchors)}
+    meta = {
+        "task": d.task,
+        "base_model": cfg.model.name,
+        "encoder": cfg.encoder,
+        "signature": bank_signature(cfg),
+        "lora": asdict(cfg.anchor_train),
+        "anchors_config": asdict(cfg.anchors),
+    }
     bank = Bank.create(path, ids, emb[idx], meta, [len(train[i].profile) for i in idx])
     t0 = time.perf_counter()
-    stats = train_bank(bank, {train[i].user_id: train[i].profile for i in idx}, d.task, cfg.model,
-                       cfg.anchor_train, cfg.bank, out)
-    log(f"[bank] trained {len(stats)} anchor(s) in {time.perf_counter() - t0:.0f}s; "
-        f"{len(bank.done_ids())}/{len(ids)} in the bank at {bank.path}")
+    stats = train_bank(
+        bank, {train[i].user_id: train[i].profile for i in idx}, d.task, cfg.model, cfg.anchor_train, cfg.bank, out
+    )
+    log(
+        f"[bank] trained {len(stats)} anchor(s) in {time.perf_counter() - t0:.0f}s; "
+        f"{len(bank.done_ids())}/{len(ids)} in the bank at {bank.path}"
+    )
     return bank, stats
 
 
@@ -129,8 +158,14 @@ def anchor_report(bank, loaded, model) -> list[dict]:
     out = []
     for i, aid in enumerate(loaded.ids):
         e = entries[aid]
-        out.append({"id": aid, "n_items": e.get("n_items"), **(e.get("train") or {}),
-                    "rel_update": mean_relative_update(base, loaded.adapters[i], loaded.scales[i])})
+        out.append(
+            {
+                "id": aid,
+                "n_items": e.get("n_items"),
+                **(e.get("train") or {}),
+                "rel_update": mean_relative_update(base, loaded.adapters[i], loaded.scales[i]),
+            }
+        )
     return out
 
 
@@ -196,11 +231,11 @@ def select_lambda(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -
 
 
 def run(cfg: MTAJobConfig, out: str | Path) -> dict:
-    from suite.models import load_base
     from mta.pipeline import Evaluator, _uses_labels, load_users, record_key, resolve_calibration, summarize
-    from suite.tracking import Tracker
     from suite.encoders import load_encoder
     from suite.io import atomic_write_json, sha256_file
+    from suite.models import load_base
+    from suite.tracking import Tracker
 
     device = use_device(cfg.model.device)  # fails here, before any training, if the device is not there
     out = Path(out)
@@ -242,18 +277,29 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
         else:
             raise ValueError(f"eval.backend={cfg.eval.backend!r}: local | ray")
         res = summarize(task, records, cfg.eval.methods, label_mode, cfg.eval.calibration, out, lam, cfg.eval.bootstrap)
-        res["split"] = {"eval": d.eval_split, "eval_file": str(qpath), "selection": selection,
-                        "stacking_selection": stack_sel}
+        res["split"] = {
+            "eval": d.eval_split,
+            "eval_file": str(qpath),
+            "selection": selection,
+            "stacking_selection": stack_sel,
+        }
         res["stacking"] = asdict(cfg.stacking)
         res["record_key"] = key
         res["anchors"] = anchors
-        res["bank"] = {"anchors": len(loaded.ids), "bytes": bank.bytes_on_disk(), "path": str(bank.path),
-                       "signature": bank.manifest.get("signature")}
+        res["bank"] = {
+            "anchors": len(loaded.ids),
+            "bytes": bank.bytes_on_disk(),
+            "path": str(bank.path),
+            "signature": bank.manifest.get("signature"),
+        }
         if res.get("bytes_per_user"):
             res["bytes_per_user"]["bank_amortised"] = res["bank"]["bytes"] / max(1, len(records))
-        res["runtime"] = {"driver": describe_device(device, dtype_for(device, cfg.model.dtype)),
-                          "eval_backend": cfg.eval.backend, "eval_gpus": cfg.eval.gpus,
-                          "bank_gpus_per_worker": cfg.bank.gpus_per_worker}
+        res["runtime"] = {
+            "driver": describe_device(device, dtype_for(device, cfg.model.dtype)),
+            "eval_backend": cfg.eval.backend,
+            "eval_gpus": cfg.eval.gpus,
+            "bank_gpus_per_worker": cfg.bank.gpus_per_worker,
+        }
         res["seeds"] = "per adapter: sha256(run seed / kind / anchor or user id)"
         res["resolved_calibration"] = resolve_calibration(task, cfg.eval.calibration)
         summary_path = out / "summary.json"
@@ -262,9 +308,15 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
         atomic_write_json(summary_path, prev)
         print_table(task, res)
         tracker.summary({f"{task}/{m}/{k}": v for m, vals in res["methods"].items() for k, v in vals.items()})
-        tracker.table("anchors_per_user", ["user_id", "anchors", "weights"],
-                      [[r["user_id"], json.dumps(r["anchors"]["anchors"]), json.dumps(r["anchors"]["weights"])]
-                       for r in records if "anchors" in r])
+        tracker.table(
+            "anchors_per_user",
+            ["user_id", "anchors", "weights"],
+            [
+                [r["user_id"], json.dumps(r["anchors"]["anchors"]), json.dumps(r["anchors"]["weights"])]
+                for r in records
+                if "anchors" in r
+            ],
+        )
         tracker.artifact(f"bank-{task}", "model", bank.path, {"anchors": len(loaded.ids)})
         return prev
     finally:
@@ -286,10 +338,10 @@ def _evaluate_task(cfg_dict: dict, out: str, bank_path: str, users: list, key: s
     import signal
 
     from mta.bank import Bank
-    from suite.models import load_base
     from mta.pipeline import Evaluator
     from suite.config import from_dict
     from suite.encoders import load_encoder
+    from suite.models import load_base
 
     cfg = from_dict(MTAJobConfig, cfg_dict, "mta_pipeline task")
     use_device(cfg.model.device)  # the GPU this task reserved (eval.gpus), if any

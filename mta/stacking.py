@@ -3,6 +3,7 @@
 merged full model per user; here nothing per user touches the disk but the small stacked LoRA.
 
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ from mta.adapters import AdapterHost
 from mta.fusion import FusedAdapter
 from mta.training import LoraTrainConfig, Sample
 from suite.config import opt
-
 
 
 @dataclass
@@ -36,12 +36,22 @@ def adapter_bytes(state_dict: dict[str, torch.Tensor], extra: dict | None = None
     return n + (len(json.dumps(extra).encode()) if extra else 0)
 
 
-def stack_user(host: AdapterHost, fused: FusedAdapter, samples: list[Sample], cfg: StackConfig, tok,
-               max_length: int = 512, use_chat: bool = True) -> dict:
+def stack_user(
+    host: AdapterHost,
+    fused: FusedAdapter,
+    samples: list[Sample],
+    cfg: StackConfig,
+    tok,
+    max_length: int = 512,
+    use_chat: bool = True,
+) -> dict:
     """Fuse + stack for one user; leaves ["fused", "stack"] active for inference."""
     t0 = time.perf_counter()
     host.load_fused(fused)
     state = host.train_new("stack", samples, cfg, tok, frozen=["fused"], max_length=max_length, use_chat=use_chat)
     host.activate(["fused", "stack"])
-    return {"steps": state.step, "seconds": time.perf_counter() - t0 + fused.seconds,
-            "bytes": adapter_bytes(host.state_dict("stack"), fused.record())}
+    return {
+        "steps": state.step,
+        "seconds": time.perf_counter() - t0 + fused.seconds,
+        "bytes": adapter_bytes(host.state_dict("stack"), fused.record()),
+    }

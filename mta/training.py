@@ -3,6 +3,7 @@
 The loop is plain PyTorch so that a test, a Ray Train worker (data parallel, gradients summed with
 `torch.distributed`) and a stacking run all call the same `train_lora`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,17 +11,17 @@ import hashlib
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
-from suite.device import model_device
-
 from mta.data import build_prompt, item_query, render_item
-from suite.models import format_prompt
 from suite.config import opt
+from suite.device import model_device
 from suite.lexical import BM25Index
+from suite.models import format_prompt
 
 LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -30,7 +31,9 @@ class LoraTrainConfig:
     r: int = opt(8, "LoRA rank")
     alpha: int = opt(16, "LoRA alpha (scale = alpha / r)")
     dropout: float = opt(0.0, "LoRA dropout")
-    target_modules: list[str] = opt(help="linear layers adapted (all linear, not lm_head)", factory=lambda: list(LINEAR_MODULES))
+    target_modules: list[str] = opt(
+        help="linear layers adapted (all linear, not lm_head)", factory=lambda: list(LINEAR_MODULES)
+    )
     lr: float = opt(1e-4, "peak learning rate")
     epochs: int = opt(3, "passes over the samples (ignored when max_steps > 0)")
     max_steps: int = opt(0, "optimizer steps; 0 = derived from epochs")
@@ -51,7 +54,7 @@ def adapter_seed(run_seed: int, kind: str, ident: str) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def for_adapter(cfg: "LoraTrainConfig", kind: str, ident: str) -> "LoraTrainConfig":
+def for_adapter(cfg: LoraTrainConfig, kind: str, ident: str) -> LoraTrainConfig:
     """`cfg` with the seed of adapter (kind, ident): its LoRA init and its sample order."""
     return dataclasses.replace(cfg, seed=adapter_seed(cfg.seed, kind, ident))
 
@@ -63,8 +66,14 @@ class Sample:
     item_id: str = ""
 
 
-def history_for(task: str, profile: list[dict], query_text: str, k: int = 1, exclude: set[int] | None = None,
-                index: BM25Index | None = None) -> list[str]:
+def history_for(
+    task: str,
+    profile: list[dict],
+    query_text: str,
+    k: int = 1,
+    exclude: set[int] | None = None,
+    index: BM25Index | None = None,
+) -> list[str]:
     """Rendered BM25 top-k profile items for a query (the reference's `### User History`)."""
     if not profile or k <= 0:
         return []
@@ -72,7 +81,9 @@ def history_for(task: str, profile: list[dict], query_text: str, k: int = 1, exc
     return [render_item(task, profile[i]) for i in index.top(query_text, k, exclude)]
 
 
-def loo_samples(task: str, profile: list[dict], max_samples: int = 0, seed: int = 0, history_k: int = 1) -> list[Sample]:
+def loo_samples(
+    task: str, profile: list[dict], max_samples: int = 0, seed: int = 0, history_k: int = 1
+) -> list[Sample]:
     """For item i: prompt = history (BM25 top-1 of the *other* items) + task prompt of item i;
     target = item i's output field."""
     index = BM25Index([render_item(task, it) for it in profile]) if len(profile) > 1 else None
@@ -92,7 +103,7 @@ def encode_sample(tok, s: Sample, max_length: int, use_chat: bool = True) -> dic
     p_ids = tok(format_prompt(tok, s.prompt, use_chat), add_special_tokens=False)["input_ids"]
     t_ids = tok(s.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     t_ids = t_ids[: max_length // 2]
-    p_ids = p_ids[-(max_length - len(t_ids)):]
+    p_ids = p_ids[-(max_length - len(t_ids)) :]
     return {"input_ids": p_ids + t_ids, "labels": [-100] * len(p_ids) + t_ids}
 
 
@@ -153,15 +164,26 @@ def sample_order(n: int, steps: int, cfg: LoraTrainConfig) -> list[int]:
 @dataclass
 class TrainState:
     """What a checkpoint needs to resume mid-run: step counter and optimizer state."""
+
     step: int = 0
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def train_lora(model, tok, samples: list[Sample], cfg: LoraTrainConfig, max_length: int = 512,
-               use_chat: bool = True, rank: int = 0, world: int = 1, state: TrainState | None = None,
-               optimizer_state: dict | None = None, on_step: Callable[[TrainState, torch.optim.Optimizer], None] | None = None,
-               progress: bool = False) -> TrainState:
+def train_lora(
+    model,
+    tok,
+    samples: list[Sample],
+    cfg: LoraTrainConfig,
+    max_length: int = 512,
+    use_chat: bool = True,
+    rank: int = 0,
+    world: int = 1,
+    state: TrainState | None = None,
+    optimizer_state: dict | None = None,
+    on_step: Callable[[TrainState, torch.optim.Optimizer], None] | None = None,
+    progress: bool = False,
+) -> TrainState:
     """Train the trainable parameters of `model` (its active LoRA) on `samples`.
 
     Each optimizer step takes `batch_size` samples in a seeded order identical on all workers;
@@ -194,12 +216,12 @@ def train_lora(model, tok, samples: list[Sample], cfg: LoraTrainConfig, max_leng
         bar = tqdm(total=steps, initial=state.step, desc="lora", leave=False)
     t0 = time.perf_counter()
     while state.step < steps:
-        batch_idx = order[state.step * cfg.batch_size:(state.step + 1) * cfg.batch_size]
+        batch_idx = order[state.step * cfg.batch_size : (state.step + 1) * cfg.batch_size]
         mine = batch_idx[rank::world]
         opt_.zero_grad(set_to_none=False)
         loss_sum = torch.zeros((), device=model_device(model))
         for j in range(0, len(mine), cfg.micro_batch):
-            b = collate([encoded[i] for i in mine[j:j + cfg.micro_batch]], pad)
+            b = collate([encoded[i] for i in mine[j : j + cfg.micro_batch]], pad)
             loss = per_sample_loss(model, b).sum() / len(batch_idx)
             loss.backward()
             loss_sum += loss.detach()
@@ -225,17 +247,34 @@ def train_lora(model, tok, samples: list[Sample], cfg: LoraTrainConfig, max_leng
     return state
 
 
-def train_anchor(host, tok, task: str, profile: list[dict], cfg: LoraTrainConfig, max_length: int = 512,
-                 use_chat: bool = True, name: str = "anchor", init_state_dict: dict | None = None,
-                 anchor_id: str = "", **train_kw) -> tuple[dict, dict, TrainState]:
+def train_anchor(
+    host,
+    tok,
+    task: str,
+    profile: list[dict],
+    cfg: LoraTrainConfig,
+    max_length: int = 512,
+    use_chat: bool = True,
+    name: str = "anchor",
+    init_state_dict: dict | None = None,
+    anchor_id: str = "",
+    **train_kw,
+) -> tuple[dict, dict, TrainState]:
     """Stage 1b for one anchor: a fresh LoRA (or one resumed from `init_state_dict`) trained on its
     leave-one-out samples. Returns (state_dict in standard peft keys, adapter config dict, train
     state); the adapter is removed from `host` afterwards. The LoRA init and sample order come from
     the seed of (run seed, anchor_id)."""
     cfg = for_adapter(cfg, "anchor", anchor_id or name)
     samples = loo_samples(task, profile, cfg.max_samples, cfg.seed)
-    host.add(name, cfg.r, cfg.alpha, state_dict=init_state_dict, dropout=cfg.dropout,
-             target_modules=cfg.target_modules, seed=cfg.seed)
+    host.add(
+        name,
+        cfg.r,
+        cfg.alpha,
+        state_dict=init_state_dict,
+        dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        seed=cfg.seed,
+    )
     host.activate([name], trainable=name)
     state = train_lora(host.model, tok, samples, cfg, max_length, use_chat, **train_kw)
     sd = {k: v.detach().clone() for k, v in host.state_dict(name).items()}

@@ -1,4 +1,5 @@
 """Argument parsing shared by every entry point: --config YAML, --out DIR, key=value overrides."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,11 @@ from suite.config import ConfigError, describe, load_config
 
 def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | None = None):
     """(args, config); `flags` adds boolean --options (name -> help)."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="config keys (override with key=value):\n" + "\n".join(describe(cls)))
+    ap = argparse.ArgumentParser(
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (override with key=value):\n" + "\n".join(describe(cls)),
+    )
     ap.add_argument("--config", help="YAML experiment file (ray_jobs/configs/*.yaml)")
     ap.add_argument("--out", required=True, help="run folder: summary.json, predictions, checkpoints")
     for name, help_ in (flags or {}).items():

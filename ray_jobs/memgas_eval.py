@@ -12,6 +12,7 @@ both, paired bootstrap intervals against `memgas`, per-category breakdowns and t
 OUT/per_question.jsonl (resume log keyed by a hash of the configuration and data file: a rerun skips
 finished questions and never reuses records of another configuration). Prints a table.
 """
+
 from __future__ import annotations
 
 from memgas.recipe import MemGASJobConfig, run

@@ -8,6 +8,7 @@ format), OUT/per_user.jsonl and OUT/select_user.jsonl (resume logs, keyed by a c
 and prints a table. The bank lives in bank_cache (default runs/banks/<task>-<hash>) and is shared by
 every run that asks for the same bank. Rerunning resumes: finished anchors and users are not redone.
 """
+
 from __future__ import annotations
 
 from mta.recipe import MTAJobConfig, run

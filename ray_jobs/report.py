@@ -12,10 +12,10 @@ between `<!-- report:NAME -->` and `<!-- /report:NAME -->` (NAME = the run folde
 rendered Markdown, so README tables are never edited by hand; `tests/ray_jobs/test_report.py` checks
 that they match the committed summaries in `results/`.
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 from pathlib import Path
@@ -27,10 +27,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from suite.io import atomic_write_text, read_json  # noqa: E402
 
-MTA_LABELS = {"base": "base (no history)", "rag": "RAG (BM25 top-1)", "prior": "prior (most frequent, newest breaks ties)",
-              "prior_recency": "prior_recency", "oppu": "OPPU (own LoRA)", "fusion": "fusion (no stacking)",
-              "mta": "**MTA**", "mta_prior": "mta_prior", "uniform": "uniform merge of all anchors",
-              "random": "random anchors"}
+MTA_LABELS = {
+    "base": "base (no history)",
+    "rag": "RAG (BM25 top-1)",
+    "prior": "prior (most frequent, newest breaks ties)",
+    "prior_recency": "prior_recency",
+    "oppu": "OPPU (own LoRA)",
+    "fusion": "fusion (no stacking)",
+    "mta": "**MTA**",
+    "mta_prior": "mta_prior",
+    "uniform": "uniform merge of all anchors",
+    "random": "random anchors",
+}
 MEM_COLUMNS = ["recall_all@5", "recall_any@5", "recall_all@10", "ndcg_any@5"]
 
 
@@ -58,29 +66,60 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
     methods = r["methods"]
     metrics = list(next(iter(methods.values())))
     bytes_, adapt = r.get("bytes_per_user", {}), r.get("adapt_s_per_user", {})
-    rows = [[MTA_LABELS.get(m, m)] + [_f(v[k]) for k in metrics] + [_diff(r.get("vs_mta", {}).get(m)),
-                                                                     (f"{bytes_[m]:,.0f}" if m in bytes_ else "—"), _f(adapt.get(m), 2)]
-            for m, v in methods.items()]
-    lines = [f"**{task}** — {r['n_users']} users ({r['split']['eval']} split), {r['inference']} inference, "
-             f"calibration `{r.get('calibration')}`"
-             + (f", mta_prior λ = {r['mta_prior_lambda']}" if "mta_prior_lambda" in r else "") + ".", ""]
+    rows = [
+        [MTA_LABELS.get(m, m)]
+        + [_f(v[k]) for k in metrics]
+        + [_diff(r.get("vs_mta", {}).get(m)), (f"{bytes_[m]:,.0f}" if m in bytes_ else "—"), _f(adapt.get(m), 2)]
+        for m, v in methods.items()
+    ]
+    lines = [
+        f"**{task}** — {r['n_users']} users ({r['split']['eval']} split), {r['inference']} inference, "
+        f"calibration `{r.get('calibration')}`"
+        + (f", mta_prior λ = {r['mta_prior_lambda']}" if "mta_prior_lambda" in r else "")
+        + ".",
+        "",
+    ]
     lines += _table(["method"] + metrics + ["diff vs MTA [95% CI]", "bytes/user", "adapt s/user"], rows)
     if "bank_amortised" in bytes_:
-        lines += ["", f"Bank: {r['bank']['anchors']} anchors, {r['bank']['bytes']:,} bytes "
-                      f"({bytes_['bank_amortised']:,.0f} per evaluated user)."]
+        lines += [
+            "",
+            f"Bank: {r['bank']['anchors']} anchors, {r['bank']['bytes']:,} bytes "
+            f"({bytes_['bank_amortised']:,.0f} per evaluated user).",
+        ]
     if r.get("ratios"):
-        lines += [f"MTA / OPPU: bytes {r['ratios'].get('bytes_mta_over_oppu', float('nan')):.3f}, "
-                  f"adaptation time {r['ratios'].get('adapt_s_mta_over_oppu', float('nan')):.3f}."]
+        lines += [
+            f"MTA / OPPU: bytes {r['ratios'].get('bytes_mta_over_oppu', float('nan')):.3f}, "
+            f"adaptation time {r['ratios'].get('adapt_s_mta_over_oppu', float('nan')):.3f}."
+        ]
     alt = r.get("calibration_alternatives") or {}
     if alt:
-        lines += ["", "Other calibrations (main metric): " + "; ".join(
-            f"`{c}`: " + ", ".join(f"{m} {_f(v[metrics[0]])}" for m, v in vals.items() if m in ("oppu", "mta", "fusion", "rag"))
-            for c, vals in alt.items())]
+        lines += [
+            "",
+            "Other calibrations (main metric): "
+            + "; ".join(
+                f"`{c}`: "
+                + ", ".join(
+                    f"{m} {_f(v[metrics[0]])}" for m, v in vals.items() if m in ("oppu", "mta", "fusion", "rag")
+                )
+                for c, vals in alt.items()
+            ),
+        ]
     if r.get("anchors"):
         lines += ["", "Anchors (loss first → last, relative update ‖ΔW‖/‖W‖):", ""]
-        lines += _table(["anchor", "items", "steps", "loss first", "loss last", "rel. update"],
-                        [[str(a["id"]), str(a.get("n_items")), str(a.get("steps")), _f(a.get("loss_first")),
-                          _f(a.get("loss_last")), f"{a['rel_update']:.2e}"] for a in r["anchors"]])
+        lines += _table(
+            ["anchor", "items", "steps", "loss first", "loss last", "rel. update"],
+            [
+                [
+                    str(a["id"]),
+                    str(a.get("n_items")),
+                    str(a.get("steps")),
+                    _f(a.get("loss_first")),
+                    _f(a.get("loss_last")),
+                    f"{a['rel_update']:.2e}",
+                ]
+                for a in r["anchors"]
+            ],
+        )
     main = metrics[0]
     pts = [(m, bytes_.get(m, 0) or 0, methods[m][main]) for m in methods]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -104,23 +143,38 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
     vs = r.get("vs_reference", {})
     ref = vs.get("reference", "memgas")
     cols = [c for c in MEM_COLUMNS if c in next(iter(methods.values()))]
-    rows = [[f"**{m}**" if m == ref else m] + [_f(v.get(c)) for c in cols] + [_diff(vs.get("methods", {}).get(m))]
-            for m, v in methods.items()]
+    rows = [
+        [f"**{m}**" if m == ref else m] + [_f(v.get(c)) for c in cols] + [_diff(vs.get("methods", {}).get(m))]
+        for m, v in methods.items()
+    ]
     data = r.get("data", {})
-    lines = [f"**{bench}** — {r['n_questions']} questions, split `{data.get('split', {}).get('name', data.get('split'))}`; "
-             f"intervals: paired bootstrap 95% of the difference to `{ref}` on {vs.get('metric', cols[0])}.", ""]
+    lines = [
+        f"**{bench}** — {r['n_questions']} questions, split `{data.get('split', {}).get('name', data.get('split'))}`; "
+        f"intervals: paired bootstrap 95% of the difference to `{ref}` on {vs.get('metric', cols[0])}.",
+        "",
+    ]
     lines += _table(["method"] + cols + [f"diff vs {ref} [95% CI]"], rows)
     if "query_ms_p50" in r:
-        lines += ["", f"Query latency p50 {r['query_ms_p50']:.1f} ms, p95 {r.get('query_ms_p95', float('nan')):.1f} ms"
-                  + (f"; ingestion {r['ingest_sessions_per_s']:.2f} sessions/s" if "ingest_sessions_per_s" in r else "") + "."]
+        lines += [
+            "",
+            f"Query latency p50 {r['query_ms_p50']:.1f} ms, p95 {r.get('query_ms_p95', float('nan')):.1f} ms"
+            + (f"; ingestion {r['ingest_sessions_per_s']:.2f} sessions/s" if "ingest_sessions_per_s" in r else "")
+            + ".",
+        ]
     # recall@k curves
     show = [m for m in methods if not m.startswith("memgas_") or m == "memgas_paper"]
     ks = sorted({int(k.split("@")[1]) for k in next(iter(methods.values())) if k.startswith("recall_all@")})
     if len(ks) > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
         for m in show:
-            ax.plot(ks, [methods[m].get(f"recall_all@{k}", float("nan")) for k in ks], marker="o", ms=3, label=m,
-                    lw=2.2 if m == ref else 1)
+            ax.plot(
+                ks,
+                [methods[m].get(f"recall_all@{k}", float("nan")) for k in ks],
+                marker="o",
+                ms=3,
+                label=m,
+                lw=2.2 if m == ref else 1,
+            )
         ax.set_xscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("k (sessions retrieved)")
@@ -139,8 +193,12 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         width = 0.8 / len(pick)
         for i, m in enumerate(pick):
-            ax.bar([j + i * width for j in range(len(cats))], [cats[c].get(m, {}).get(metric, 0) for c in cats],
-                   width, label=m)
+            ax.bar(
+                [j + i * width for j in range(len(cats))],
+                [cats[c].get(m, {}).get(metric, 0) for c in cats],
+                width,
+                label=m,
+            )
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], [f"{c}\n(n={cats[c]['n']})" for c in cats])
         ax.set_ylabel(metric)
         ax.set_title(f"{bench}: {metric} per category")
@@ -155,9 +213,14 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
 
 def render_sweep(name: str, s: dict) -> list[str]:
     best = s.get("best", {})
-    lines = [f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; best {s.get('metric')} = "
-             f"{_f(best.get('value'))}.", ""]
-    return lines + _table(["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted((best.get("config") or {}).items())])
+    lines = [
+        f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; best {s.get('metric')} = "
+        f"{_f(best.get('value'))}.",
+        "",
+    ]
+    return lines + _table(
+        ["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted((best.get("config") or {}).items())]
+    )
 
 
 def render_run(run: Path, out: Path) -> str:

@@ -3,6 +3,7 @@ LoRAs exactly on a worker, and the result is written to OUT/summary.json.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m ray_jobs.smoke --out /tmp/smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,12 @@ def main(argv=None) -> None:
 
     ray = init_ray()
     err = ray.get(ray.remote(_merge_error).remote())
-    res = {"smoke": "ok" if err < 1e-9 else "failed", "merge_error": err, "nodes": len(ray.nodes()),
-           "cpus": ray.cluster_resources().get("CPU", 0)}
+    res = {
+        "smoke": "ok" if err < 1e-9 else "failed",
+        "merge_error": err,
+        "nodes": len(ray.nodes()),
+        "cpus": ray.cluster_resources().get("CPU", 0),
+    }
     atomic_write_json(Path(args.out) / "summary.json", res)
     print("SMOKE", json.dumps(res))
 

@@ -8,6 +8,7 @@ best_from=...` reports on the test split.
 
     python -m ray_jobs.sweep_memgas --config ray_jobs/configs/sweep_memgas_locomo_cpu.yaml --out runs/sweep_memgas
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,9 @@ from ray_jobs.sweeps import SweepConfig
 @dataclass
 class SweepMemGASConfig:
     job: MemGASJobConfig = field(default_factory=MemGASJobConfig)
-    sweep: SweepConfig = field(default_factory=lambda: SweepConfig(name="sweep_memgas", metric="recall_all@5", mode="max"))
+    sweep: SweepConfig = field(
+        default_factory=lambda: SweepConfig(name="sweep_memgas", metric="recall_all@5", mode="max")
+    )
 
     def __post_init__(self):
         self.sweep.check(MemGASJobConfig, set(), r"(recall_any|recall_all|ndcg_any)@\d+")
@@ -32,31 +35,44 @@ def trial(config: dict) -> None:
     from memgas.data import load_benchmark
     from memgas.encoders import CachedEncoder
     from memgas.evaluate import evaluate, summarize
-    from memgas.store import MemoryStore
     from memgas.recipe import resolve_data, split_conversations
+    from memgas.store import MemoryStore
     from ray_jobs.sweeps import apply_params
-    from suite.tracking import Tracker
-    from suite.io import json_digest
     from suite.device import use as use_device
     from suite.encoders import load_encoder
+    from suite.io import json_digest
+    from suite.tracking import Tracker
 
     cfg = apply_params(MemGASJobConfig, config["base"], config["params"])
     use_device(cfg.device)
     trial_dir = Path(tune.get_context().get_trial_dir())
     cfg.tracking.group = config["base"]["tracking"].get("group") or "sweep_memgas"
-    tracker = Tracker(cfg.tracking, "trial", {**asdict(cfg), "params": config["params"]}, trial_dir,
-                      name=tune.get_context().get_trial_name())
+    tracker = Tracker(
+        cfg.tracking,
+        "trial",
+        {**asdict(cfg), "params": config["params"]},
+        trial_dir,
+        name=tune.get_context().get_trial_name(),
+    )
     try:
         convs, _ = split_conversations(load_benchmark(cfg.benchmark, resolve_data(cfg)), cfg)
         convs = convs[: cfg.eval.max_conversations] if cfg.eval.max_conversations else convs
         mem_key = json_digest([asdict(cfg.memgas), str(resolve_data(cfg))], 12)
-        cache = Path(tune.get_context().get_trial_dir()).parent / "memories" / mem_key  # shared by the experiment's trials
+        cache = (
+            Path(tune.get_context().get_trial_dir()).parent / "memories" / mem_key
+        )  # shared by the experiment's trials
         enc = CachedEncoder(load_encoder(cfg.memgas.encoder))  # shared by this trial's conversations
         cfg.eval.progress = False
         records = []
         for i, c in enumerate(convs):
-            records += evaluate([c], lambda: MemoryStore(cfg.memgas, encoder=enc), {"memgas": cfg.best}, cfg.eval,
-                                trial_dir / "per_question.jsonl", memory_cache=cache)
+            records += evaluate(
+                [c],
+                lambda: MemoryStore(cfg.memgas, encoder=enc),
+                {"memgas": cfg.best},
+                cfg.eval,
+                trial_dir / "per_question.jsonl",
+                memory_cache=cache,
+            )
             m = summarize(records, ["memgas"], cfg.eval.ks)["methods"].get("memgas", {})
             m = {k: v for k, v in m.items() if k != "n_scored"}
             tracker.log({**m, "conversations": i + 1}, step=i + 1)
@@ -79,14 +95,22 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
     res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out)
     best = apply_params(MemGASJobConfig, asdict(cfg.job), res["summary"]["best"]["config"])
-    best.selected_on = {"benchmark": cfg.job.benchmark, "data": str(resolve_data(cfg.job)), "split": "dev",
-                        "metric": cfg.sweep.metric, "value": res["summary"]["best"]["value"],
-                        "trials": res["summary"]["trials"], "sweep": str(out)}
+    best.selected_on = {
+        "benchmark": cfg.job.benchmark,
+        "data": str(resolve_data(cfg.job)),
+        "split": "dev",
+        "metric": cfg.sweep.metric,
+        "value": res["summary"]["best"]["value"],
+        "trials": res["summary"]["trials"],
+        "sweep": str(out),
+    }
     best.split.name = "test"
-    atomic_write_text(out / "best_config.yaml",
-                      f"# python -m ray_jobs.memgas_eval --config {out / 'best_config.yaml'} --out runs/memgas_best_test\n"
-                      "# (or: memgas_eval --config <job yaml> best_from=THIS_FILE); selected on the dev split\n"
-                      + yaml.safe_dump(redact_config(asdict(best)), sort_keys=False))
+    atomic_write_text(
+        out / "best_config.yaml",
+        f"# python -m ray_jobs.memgas_eval --config {out / 'best_config.yaml'} --out runs/memgas_best_test\n"
+        "# (or: memgas_eval --config <job yaml> best_from=THIS_FILE); selected on the dev split\n"
+        + yaml.safe_dump(redact_config(asdict(best)), sort_keys=False),
+    )
     return report_sweep(res, cfg.sweep, cfg.job.tracking, out)
 
 

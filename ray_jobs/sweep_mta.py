@@ -6,6 +6,7 @@ trials early). The bank is built once, before the sweep (or reused from the bank
 
     python -m ray_jobs.sweep_mta --config ray_jobs/configs/sweep_mta_lamp2_cpu.yaml --out runs/sweep_mta
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -30,19 +31,24 @@ def trial(config: dict) -> None:
 
     from mta.bank import Bank
     from mta.evaluate import primary_metric
-    from suite.models import load_base
     from mta.pipeline import Evaluator, _uses_labels, load_users, summarize
     from ray_jobs.sweeps import apply_params
-    from suite.tracking import Tracker
     from suite.device import use as use_device
     from suite.encoders import load_encoder
+    from suite.models import load_base
+    from suite.tracking import Tracker
 
     cfg = apply_params(MTAJobConfig, config["base"], config["params"])
     use_device(cfg.model.device)  # the GPU this trial reserved (sweep.gpus_per_trial), if any
     trial_dir = Path(tune.get_context().get_trial_dir())
     cfg.tracking.group = config["base"]["tracking"].get("group") or "sweep_mta"
-    tracker = Tracker(cfg.tracking, "trial", {**asdict(cfg), "params": config["params"]}, trial_dir,
-                      name=tune.get_context().get_trial_name())
+    tracker = Tracker(
+        cfg.tracking,
+        "trial",
+        {**asdict(cfg), "params": config["params"]},
+        trial_dir,
+        name=tune.get_context().get_trial_name(),
+    )
     try:
         d = cfg.data
         bank = Bank(cfg.bank_path).load()
@@ -77,9 +83,11 @@ def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
     res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out)
     best_cfg = apply_params(MTAJobConfig, asdict(cfg.job), res["summary"]["best"]["config"])
-    atomic_write_text(out / "best_config.yaml",
-                      f"# python -m ray_jobs.mta_pipeline --config {out / 'best_config.yaml'} --out runs/mta_best\n"
-                      + yaml.safe_dump(asdict(best_cfg), sort_keys=False))
+    atomic_write_text(
+        out / "best_config.yaml",
+        f"# python -m ray_jobs.mta_pipeline --config {out / 'best_config.yaml'} --out runs/mta_best\n"
+        + yaml.safe_dump(asdict(best_cfg), sort_keys=False),
+    )
     return report_sweep(res, cfg.sweep, cfg.job.tracking, out)
 
 

@@ -7,15 +7,17 @@ Rerunning a sweep with the same OUT restores it (`Tuner.restore`): finished tria
 Writes OUT/summary.json {"trials", "metric", "best": {"config", "value"}}, OUT/best_config.yaml (the
 base YAML with the best values applied) and one plot per swept key.
 """
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
-from suite.redact import redact_config
 from suite.config import ConfigError, field_type, opt
+from suite.redact import redact_config
 
 
 @dataclass
@@ -23,7 +25,9 @@ class SweepConfig:
     name: str = opt("sweep", "Tune experiment name (also the W&B group)")
     metric: str = opt("accuracy", "metric the trials report")
     mode: Literal["max", "min"] = opt("max", "max | min")
-    search: Literal["optuna", "grid", "random"] = opt("optuna", "optuna | grid (full product of `values` lists) | random")
+    search: Literal["optuna", "grid", "random"] = opt(
+        "optuna", "optuna | grid (full product of `values` lists) | random"
+    )
     num_samples: int = opt(8, "trials (optuna/random; grid runs the whole product)")
     scheduler: Literal["asha", "fifo"] = opt("asha", "asha (early stopping on per-step reports) | fifo")
     grace_period: int = opt(2, "ASHA: steps before a trial may be stopped")
@@ -33,8 +37,11 @@ class SweepConfig:
     gpus_per_trial: float = opt(0.0, "GPUs reserved per trial")
     storage_path: str = opt("", "Tune storage (local, s3://, NFS); empty = OUT/tune")
     seed: int = opt(0, "search seed")
-    space: dict = opt(help="dotted key → {values: [...]} | {low, high, log: bool, int: bool}; a list-valued "
-                           "choice is written as a YAML string, e.g. '[session, turn]'", factory=dict)
+    space: dict = opt(
+        help="dotted key → {values: [...]} | {low, high, log: bool, int: bool}; a list-valued "
+        "choice is written as a YAML string, e.g. '[session, turn]'",
+        factory=dict,
+    )
 
     def check(self, job_cls: type, metrics: set[str] | None = None, metric_pattern: str = "") -> None:
         """Parse-time checks against the job the sweep drives: every space key addresses a real field,
@@ -43,13 +50,23 @@ class SweepConfig:
 
         for key, spec in self.space.items():
             field_type(job_cls, key, "sweep.space")
-            ok = isinstance(spec, dict) and (("values" in spec and isinstance(spec["values"], list) and spec["values"])
-                                             or ("low" in spec and "high" in spec and spec["low"] <= spec["high"]))
+            ok = isinstance(spec, dict) and (
+                ("values" in spec and isinstance(spec["values"], list) and spec["values"])
+                or ("low" in spec and "high" in spec and spec["low"] <= spec["high"])
+            )
             if not ok:
-                raise ConfigError(f"sweep.space.{key}: expected {{values: [non-empty list]}} or {{low, high}} with low <= high")
-        if metrics is not None and self.metric not in metrics and not (metric_pattern and re.fullmatch(metric_pattern, self.metric)):
-            raise ConfigError(f"sweep.metric: {self.metric!r} is not reported by the trials; expected one of {sorted(metrics)}"
-                              + (f" or {metric_pattern}" if metric_pattern else ""))
+                raise ConfigError(
+                    f"sweep.space.{key}: expected {{values: [non-empty list]}} or {{low, high}} with low <= high"
+                )
+        if (
+            metrics is not None
+            and self.metric not in metrics
+            and not (metric_pattern and re.fullmatch(metric_pattern, self.metric))
+        ):
+            raise ConfigError(
+                f"sweep.metric: {self.metric!r} is not reported by the trials; expected one of {sorted(metrics)}"
+                + (f" or {metric_pattern}" if metric_pattern else "")
+            )
 
 
 def _tune_space(space: dict, search: str) -> dict:
@@ -97,23 +114,34 @@ def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict,
             samples = 1  # grid_search expands to the full product
         elif sweep.search != "random":
             raise ValueError(f"sweep.search={sweep.search!r}: optuna | grid | random")
-        sched = (ASHAScheduler(grace_period=sweep.grace_period, max_t=sweep.max_t)
-                 if sweep.scheduler == "asha" else FIFOScheduler())
+        sched = (
+            ASHAScheduler(grace_period=sweep.grace_period, max_t=sweep.max_t)
+            if sweep.scheduler == "asha"
+            else FIFOScheduler()
+        )
         tuner = tune.Tuner(
             wrapped,
             # Tune writes the param space to disk (params.json): URLs go redacted, keys come from the env
             param_space={"base": redact_config(base), "params": params},
-            tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=search_alg,
-                                        scheduler=sched, num_samples=samples,
-                                        max_concurrent_trials=sweep.max_concurrent),
+            tune_config=tune.TuneConfig(
+                metric=sweep.metric,
+                mode=sweep.mode,
+                search_alg=search_alg,
+                scheduler=sched,
+                num_samples=samples,
+                max_concurrent_trials=sweep.max_concurrent,
+            ),
             run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=1),
         )
     grid = tuner.fit()
     best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
     df = grid.get_dataframe(filter_metric=sweep.metric, filter_mode=sweep.mode)
-    summary = {"trials": len(grid), "metric": sweep.metric,
-               "best": {"config": best.config["params"], "value": float(best.metrics[sweep.metric])},
-               "errors": len(grid.errors)}
+    summary = {
+        "trials": len(grid),
+        "metric": sweep.metric,
+        "best": {"config": best.config["params"], "value": float(best.metrics[sweep.metric])},
+        "errors": len(grid.errors),
+    }
     del tuner, grid  # drop the Tuner before any ray.shutdown() (SPEC §3)
     plots = plot_sweep(df, sweep, out)
     return {"summary": summary, "plots": plots}
@@ -159,7 +187,7 @@ def apply_params(cls, base: dict, params: dict[str, Any]):
             node = node.setdefault(p, {})
         val = val.item() if hasattr(val, "item") else val
         if isinstance(val, str) and val.startswith("["):  # list-valued choices travel as YAML text (Optuna
-            import yaml                                   # categoricals must be scalars)
+            import yaml  # categoricals must be scalars)
 
             val = yaml.safe_load(val)
         node[leaf] = val
@@ -170,15 +198,19 @@ def report_sweep(res: dict, sweep: SweepConfig, tracking, out: Path) -> dict:
     """Write OUT/summary.json, log the best values and the plots to one W&B summary run, print."""
     from dataclasses import asdict
 
-    from suite.tracking import Tracker
     from suite.io import atomic_write_json
+    from suite.tracking import Tracker
 
     summary = res["summary"]
     atomic_write_json(Path(out) / "summary.json", summary)
     tr = Tracker(tracking, "sweep", {"sweep": asdict(sweep)}, out, name=f"{sweep.name}-summary")
-    tr.summary({"best_value": summary["best"]["value"], **{f"best/{k}": v for k, v in summary["best"]["config"].items()}})
+    tr.summary(
+        {"best_value": summary["best"]["value"], **{f"best/{k}": v for k, v in summary["best"]["config"].items()}}
+    )
     for p in res["plots"]:
         tr.image(Path(p).stem, p)
     tr.finish()
-    print(f"{summary['trials']} trials; best {sweep.metric} = {summary['best']['value']:.4f} with {summary['best']['config']}")
+    print(
+        f"{summary['trials']} trials; best {sweep.metric} = {summary['best']['value']:.4f} with {summary['best']['config']}"  # noqa: E501
+    )
     return summary

@@ -4,6 +4,7 @@ Every field carries its help text in `metadata["help"]` (see `opt`), so `--help`
 point prints the whole tree. Nested dataclasses map to nested YAML mappings; an override such as
 `fusion.top_k=3` addresses a nested field with dots and its value is parsed as YAML.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -148,7 +149,9 @@ def describe(cls: type, prefix: str = "", inst: Any = None) -> list[str]:
         if _is_dc(tp):
             lines += describe(tp, f"{prefix}{f.name}.", getattr(inst, f.name))
         else:
-            choices = f" [{' | '.join(map(str, typing.get_args(tp)))}]" if typing.get_origin(tp) is typing.Literal else ""
+            choices = (
+                f" [{' | '.join(map(str, typing.get_args(tp)))}]" if typing.get_origin(tp) is typing.Literal else ""
+            )
             lines.append(f"  {prefix}{f.name} = {getattr(inst, f.name)!r}{choices}  # {f.metadata.get('help', '')}")
     return lines
 
@@ -161,6 +164,8 @@ def field_type(cls: type, dotted: str, where: str = "config") -> Any:
             raise ConfigError(f"{where}: {dotted!r}: {'.'.join(dotted.split('.')[:i])} is not a section")
         hints = typing.get_type_hints(tp)
         if part not in hints or part not in {f.name for f in dataclasses.fields(tp)}:
-            raise ConfigError(f"{where}: {dotted!r}: unknown key {part!r}; known: {sorted(f.name for f in dataclasses.fields(tp))}")
+            raise ConfigError(
+                f"{where}: {dotted!r}: unknown key {part!r}; known: {sorted(f.name for f in dataclasses.fields(tp))}"
+            )
         tp = hints[part]
     return tp

@@ -10,6 +10,7 @@ per process from the job config's `device` (`use(spec)`), and resolved as:
 
 The dtype follows the device: bfloat16 where the GPU supports it, float32 on CPU (`dtype=auto`).
 """
+
 from __future__ import annotations
 
 import re
@@ -62,8 +63,10 @@ def resolve(spec: str = "auto") -> torch.device:
         return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={spec!r} but CUDA is not available in this process (torch {torch.__version__}, "
-                              f"built with CUDA {torch.version.cuda}); use device=auto or device=cpu")
+            raise ConfigError(
+                f"device={spec!r} but CUDA is not available in this process (torch {torch.__version__}, "
+                f"built with CUDA {torch.version.cuda}); use device=auto or device=cpu"
+            )
         dev = torch.device(spec if ":" in spec else "cuda:0")
         if dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device={spec!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")

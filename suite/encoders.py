@@ -8,6 +8,7 @@
 - `hashing`: a deterministic hashed bag-of-words vector (sklearn), for unit tests and as a
   model-free lexical fallback.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,12 +42,18 @@ def _chunks(text: str, words: int) -> list[str]:
     toks = text.split()
     if len(toks) <= words:
         return [text]
-    return [" ".join(toks[i:i + words]) for i in range(0, len(toks), words)]
+    return [" ".join(toks[i : i + words]) for i in range(0, len(toks), words)]
 
 
 class SentenceTransformerEncoder:
-    def __init__(self, path: str | Path, name: str = "minilm", chunk_words: int = 180, device: str = "cpu",
-                 normalize: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        name: str = "minilm",
+        chunk_words: int = 180,
+        device: str = "cpu",
+        normalize: bool = True,
+    ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
@@ -62,8 +69,13 @@ class SentenceTransformerEncoder:
             for c in _chunks(t or " ", self.chunk_words):
                 pieces.append(c)
                 owner.append(i)
-        emb = self.model.encode(pieces, batch_size=batch_size, show_progress_bar=progress,
-                                convert_to_numpy=True, normalize_embeddings=self.normalize)
+        emb = self.model.encode(
+            pieces,
+            batch_size=batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=self.normalize,
+        )
         out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
         counts = np.bincount(np.asarray(owner, dtype=np.int64), minlength=len(texts)).astype(np.float32)
         np.add.at(out, np.asarray(owner), emb)
@@ -91,8 +103,13 @@ class MeanPoolEncoder:
         outs = []
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                b = self.tok(texts[i:i + batch_size], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt").to(self.device)
+                b = self.tok(
+                    texts[i : i + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 h = self.model(**b).last_hidden_state
                 m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
                 e = (h * m).sum(1) / m.sum(1).clamp(min=1)

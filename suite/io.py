@@ -8,6 +8,7 @@ filesystem lacks the exchange, two renames are used and `recover_dir` (called by
 folder written this way) puts the old folder back if a crash fell between them.
 RELIABILITY.md lists the tests that kill writers at every line of these paths.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 class DataError(ValueError):
@@ -93,7 +95,9 @@ def seal(manifest: dict) -> dict:
 def check_seal(manifest: dict, file) -> dict:
     """Verify a sealed manifest; an edited, truncated or unsealed one is a DataError naming `file`."""
     if not isinstance(manifest, dict) or SEAL not in manifest:
-        raise DataError(file, field=SEAL, problem="missing: the manifest is not sealed (edited or not written by this suite)")
+        raise DataError(
+            file, field=SEAL, problem="missing: the manifest is not sealed (edited or not written by this suite)"
+        )
     body = {k: v for k, v in manifest.items() if k != SEAL}
     if json_digest(body, 64) != manifest[SEAL]:
         raise DataError(file, field=SEAL, problem="mismatch: the manifest was modified after it was written")
@@ -239,8 +243,11 @@ def refuse_foreign(path: str | Path, is_own: Callable[[Path], bool], kind: str) 
     if not path.is_dir():
         raise DataError(path, problem=f"exists and is not a folder; refusing to replace it with a {kind}")
     if any(path.iterdir()) and not is_own(path):
-        raise DataError(path, problem=f"exists and is not a {kind} (no {kind} manifest); refusing to overwrite "
-                                      "its files: choose an empty or new folder")
+        raise DataError(
+            path,
+            problem=f"exists and is not a {kind} (no {kind} manifest); refusing to overwrite "
+            "its files: choose an empty or new folder",
+        )
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """BM25 over a small corpus (bm25s, sparse scores), shared by MTA's history retrieval and
 MemGAS's lexical baselines and router granularity."""
+
 from __future__ import annotations
 
 import numpy as np

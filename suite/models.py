@@ -1,9 +1,11 @@
-"""Shared by both methods (MTA's LaMP models, MemGAS's local LLM): the base LLM and its tokenizer: SmolLM2 GGUF (CPU default), any hub id or local folder, or a
+"""Shared by both methods (MTA's LaMP models, MemGAS's local LLM): the base LLM and its tokenizer:
+SmolLM2 GGUF (CPU default), any hub id or local folder, or a
 tiny randomly initialised Llama built in code for unit tests (byte-level tokenizer, ChatML).
 
 `ModelConfig.name`: "smollm2" | "tiny" | a hub id / local path. Weights load through
 transformers (safetensors or GGUF); nothing is unpickled.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -15,15 +17,19 @@ from suite.device import check_dtype, check_spec, dtype_for, model_device, resol
 from suite.encoders import package_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @dataclass
 class ModelConfig:
     name: str = opt("smollm2", "base LLM: smollm2 (offline GGUF), tiny (random, tests), or a hub id / local path")
     gguf_file: str = opt("", "GGUF file inside a local folder (set automatically for smollm2)")
-    device: str = opt("auto", "auto (Ray Train's device in a Train worker, else cuda:0 if present, else cpu) | cpu | cuda | cuda:N")
+    device: str = opt(
+        "auto", "auto (Ray Train's device in a Train worker, else cuda:0 if present, else cpu) | cpu | cuda | cuda:N"
+    )
     dtype: str = opt("auto", "auto (bfloat16 on a GPU that supports it, float32 on CPU) | float32 | bfloat16 | float16")
     max_length: int = opt(512, "prompt+target tokens kept (prompts are truncated from the left)")
     threads: int = opt(0, "torch CPU threads (0 = leave torch's default)")
@@ -54,8 +60,9 @@ def tiny_tokenizer():
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     t.decoder = decoders.ByteLevel()
     t.add_special_tokens(specials)
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|im_end|>", pad_token="<pad>",
-                                  bos_token="<|im_start|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=t, eos_token="<|im_end|>", pad_token="<pad>", bos_token="<|im_start|>"
+    )
     tok.chat_template = CHATML
     return tok
 
@@ -63,10 +70,17 @@ def tiny_tokenizer():
 def tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=4096, tie_word_embeddings=True,
-                      initializer_range=0.2)  # large enough that greedy output is not one repeated token
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )  # large enough that greedy output is not one repeated token
     g = torch.random.fork_rng()
     with g:
         torch.manual_seed(seed)
@@ -115,12 +129,27 @@ def format_prompt(tok, prompt: str, use_chat: bool = True) -> str:
 
 
 @torch.inference_mode()
-def generate(model, tok, prompt: str, max_new_tokens: int = 32, use_chat: bool = True, max_length: int = 512,
-             first_line: bool = True) -> str:
+def generate(
+    model,
+    tok,
+    prompt: str,
+    max_new_tokens: int = 32,
+    use_chat: bool = True,
+    max_length: int = 512,
+    first_line: bool = True,
+) -> str:
     """Greedy decoding; LaMP answers keep only their first line (`first_line`)."""
-    p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"][-(max_length - max_new_tokens):]
+    p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"][
+        -(max_length - max_new_tokens) :
+    ]
     x = torch.tensor([p_ids], device=model_device(model))
-    out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    text = tok.decode(out[0, len(p_ids):].cpu(), skip_special_tokens=True).strip()
+    out = model.generate(
+        input_ids=x,
+        attention_mask=torch.ones_like(x),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    text = tok.decode(out[0, len(p_ids) :].cpu(), skip_special_tokens=True).strip()
     return text.split("\n")[0].strip() if first_line else text

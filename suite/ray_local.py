@@ -4,6 +4,7 @@ By default Ray binds the machine's external address and its dashboard probes clo
 addresses. `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` plus `$HOME/ray_bootstrap_config.yaml` holding
 `{}` were seen to stop both; we set them only for a local Ray that this process starts itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -87,10 +88,20 @@ def _file_rendezvous_config(backend: str, rendezvous_dir: str):
             Path(backend_config.rendezvous_dir).mkdir(parents=True, exist_ok=True)
             url = f"file://{Path(backend_config.rendezvous_dir).resolve()}/pg-{uuid.uuid4().hex}"
             worker_group.execute(_set_torch_distributed_env_vars)  # LOCAL_RANK etc., as Ray Train does
-            ray.get([worker_group.execute_single_async(i, _setup_torch_process_group, backend=backend_config.backend,
-                                                       world_rank=i, world_size=len(worker_group), init_method=url,
-                                                       timeout_s=backend_config.timeout_s)
-                     for i in range(len(worker_group))])
+            ray.get(
+                [
+                    worker_group.execute_single_async(
+                        i,
+                        _setup_torch_process_group,
+                        backend=backend_config.backend,
+                        world_rank=i,
+                        world_size=len(worker_group),
+                        init_method=url,
+                        timeout_s=backend_config.timeout_s,
+                    )
+                    for i in range(len(worker_group))
+                ]
+            )
 
     @dataclasses.dataclass
     class FileRendezvousTorchConfig(TorchConfig):

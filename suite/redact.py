@@ -1,5 +1,6 @@
 """Secrets never written: URLs lose their credentials (user:password@, and query parameters that
 carry keys) wherever a URL is written — config.json, logs, W&B config, error messages."""
+
 from __future__ import annotations
 
 import re
@@ -21,7 +22,9 @@ def redact_url(url: str) -> str:
     netloc = u.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = urlencode([(k, "***" if SECRET_PARAM.search(k) else v) for k, v in parse_qsl(u.query, keep_blank_values=True)])
+    query = urlencode(
+        [(k, "***" if SECRET_PARAM.search(k) else v) for k, v in parse_qsl(u.query, keep_blank_values=True)]
+    )
     return urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
 
 

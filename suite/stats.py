@@ -6,6 +6,7 @@ a 95% paired bootstrap interval and a paired test:
 - a paired sign-flip permutation test for real-valued per-query scores (ROUGE, absolute error).
 A difference whose interval contains 0 is a tie, and reports say so (`verdict`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -26,7 +27,7 @@ def paired_bootstrap_ci(a, b, n_boot: int = 10000, seed: int = 0, level: float =
     means = np.empty(n_boot)
     for s in range(0, n_boot, 1000):  # chunks bound memory for large query sets
         m = min(1000, n_boot - s)
-        means[s:s + m] = d[rng.integers(0, d.size, size=(m, d.size))].mean(1)
+        means[s : s + m] = d[rng.integers(0, d.size, size=(m, d.size))].mean(1)
     lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return float(d.mean()), float(lo), float(hi)
 
@@ -60,8 +61,14 @@ def paired_permutation(a, b, n_perm: int = 10000, seed: int = 0) -> float:
     return float((np.sum(stats >= obs - 1e-12) + 1) / (n_perm + 1))
 
 
-def compare(per_query: dict[str, list[float]], reference: str, binary: bool, higher_is_better: bool = True,
-            n_boot: int = 10000, seed: int = 0) -> dict[str, dict]:
+def compare(
+    per_query: dict[str, list[float]],
+    reference: str,
+    binary: bool,
+    higher_is_better: bool = True,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> dict[str, dict]:
     """Every method against `reference` on paired per-query scores.
 
     Returns {method: {"diff": mean(method - reference), "ci95": [lo, hi], "p": p, "verdict"}}; the

@@ -1,6 +1,7 @@
 """The one place that talks to W&B. Offline mode when no WANDB_API_KEY is set (sync later with
 `wandb sync OUT/wandb/offline-run-*`); nothing waits on the network. Secrets never reach a config:
 keys that look like credentials are dropped before logging."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,9 @@ class TrackingConfig:
     project: str = opt("personalized-llm-suite", "W&B project")
     entity: str = opt("", "W&B entity (team); empty = default")
     group: str = opt("", "W&B group (sweep or job family); empty = job name")
-    mode: Literal["auto", "online", "offline", "disabled"] = opt("auto", "auto (online iff WANDB_API_KEY is set) | online | offline | disabled")
+    mode: Literal["auto", "online", "offline", "disabled"] = opt(
+        "auto", "auto (online iff WANDB_API_KEY is set) | online | offline | disabled"
+    )
 
 
 def redact(obj: Any) -> Any:
@@ -50,10 +53,18 @@ class Tracker:
 
         os.environ.setdefault("WANDB_SILENT", "true")
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity or None, group=cfg.group or job_type,
-                              job_type=job_type, name=name, config=redact(config), dir=str(out_dir),
-                              mode=wandb_mode(cfg.mode), reinit="finish_previous",
-                              settings=wandb.Settings(console="off", x_disable_stats=True))
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity or None,
+            group=cfg.group or job_type,
+            job_type=job_type,
+            name=name,
+            config=redact(config),
+            dir=str(out_dir),
+            mode=wandb_mode(cfg.mode),
+            reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
 
     @property
     def dir(self) -> str | None:

@@ -1,5 +1,6 @@
 """Shared fixtures: LaMP-format tasks written by the tests themselves (never ../shared data),
 tiny random models, and an environment that keeps everything offline and on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -38,12 +39,24 @@ def make_lamp2(root: Path, split: str, n_users: int, n_items: int, seed: int = 0
         for i in range(n_items):
             tag = fav if rng.random() < 0.7 else rng.choice(tags)
             words = GENRES[tag].split()
-            prof.append({"id": f"{prefix}{u}-p{i}", "tag": tag, "date": 1000 + i,
-                         "description": "A film about " + " ".join(rng.sample(words, 3)) + "."})
+            prof.append(
+                {
+                    "id": f"{prefix}{u}-p{i}",
+                    "tag": tag,
+                    "date": 1000 + i,
+                    "description": "A film about " + " ".join(rng.sample(words, 3)) + ".",
+                }
+            )
         qid = f"LaMP_2-{split}-{prefix}{u}"
-        qs.append({"id": qid, "user_id": f"{prefix}{u}", "profile": prof,
-                   "input": "Which tag does this movie relate to among the following tags? description: A film about "
-                            + " ".join(rng.sample(GENRES[fav].split(), 3))})
+        qs.append(
+            {
+                "id": qid,
+                "user_id": f"{prefix}{u}",
+                "profile": prof,
+                "input": "Which tag does this movie relate to among the following tags? description: A film about "
+                + " ".join(rng.sample(GENRES[fav].split(), 3)),
+            }
+        )
         golds.append({"id": qid, "output": fav})
     (d / f"{split}_questions.json").write_text(json.dumps(qs))
     (d / f"{split}_outputs.json").write_text(json.dumps({"task": "LaMP_2", "golds": golds}))
@@ -69,22 +82,40 @@ def tiny():
 def make_locomo(path: Path, n_sessions: int = 8, n_questions: int = 6, seed: int = 0) -> Path:
     """A LoCoMo-format file: each session talks about one topic; each question asks about one."""
     rng = random.Random(seed)
-    topics = ["hiking trip mountains trail", "painting sunset canvas", "adopting puppy dog shelter",
-              "cooking pasta recipe dinner", "guitar concert music band", "marathon running race",
-              "moving new apartment city", "camping lake tent fishing"]
+    topics = [
+        "hiking trip mountains trail",
+        "painting sunset canvas",
+        "adopting puppy dog shelter",
+        "cooking pasta recipe dinner",
+        "guitar concert music band",
+        "marathon running race",
+        "moving new apartment city",
+        "camping lake tent fishing",
+    ]
     conv = {"speaker_a": "Ann", "speaker_b": "Bob"}
     for s in range(1, n_sessions + 1):
         words = topics[(s - 1) % len(topics)].split()
         conv[f"session_{s}_date_time"] = f"1:00 pm on {s} May, 2023"
-        conv[f"session_{s}"] = [{"speaker": "Ann" if t % 2 == 0 else "Bob", "dia_id": f"D{s}:{t + 1}",
-                                 "text": f"I love the {rng.choice(words)} and the {rng.choice(words)} {rng.choice(words)}."}
-                                for t in range(6)]
+        conv[f"session_{s}"] = [
+            {
+                "speaker": "Ann" if t % 2 == 0 else "Bob",
+                "dia_id": f"D{s}:{t + 1}",
+                "text": f"I love the {rng.choice(words)} and the {rng.choice(words)} {rng.choice(words)}.",
+            }
+            for t in range(6)
+        ]
     qa = []
     for j in range(n_questions):
         s = j % n_sessions + 1
         words = topics[(s - 1) % len(topics)].split()
-        qa.append({"question": f"What about the {words[0]} {words[1]}?", "answer": words[2],
-                   "evidence": [f"D{s}:2"], "category": 1})
+        qa.append(
+            {
+                "question": f"What about the {words[0]} {words[1]}?",
+                "answer": words[2],
+                "evidence": [f"D{s}:2"],
+                "category": 1,
+            }
+        )
     qa.append({"question": "Adversarial?", "adversarial_answer": "no", "evidence": [], "category": 5})
     path.write_text(json.dumps([{"sample_id": "conv-x", "conversation": conv, "qa": qa}]))
     return path

@@ -7,12 +7,13 @@ what a preempted node or an OOM kill does to a process. The parent then inspects
 (A kill cannot lose data that already reached the page cache; power loss is out of scope here and
 is what the fsyncs in `suite.io` are for.)
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def _tracer(files: tuple[str, ...], on_line: Callable[[], None]):

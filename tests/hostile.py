@@ -1,5 +1,6 @@
 """Hypothesis strategies for hostile inputs: a valid document, then one mutation of it, written to
 disk as JSON or as raw (possibly non-UTF-8, truncated) bytes."""
+
 from __future__ import annotations
 
 import copy
@@ -10,12 +11,15 @@ from hypothesis import strategies as st
 
 # any JSON value, including the wrong types a field might carry
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
     max_leaves=6,
 )
-HUGE = st.sampled_from(["x" * 200_000, "word " * 50_000, "\u00e9\u4e2d\U0001F600" * 30_000])
+HUGE = st.sampled_from(["x" * 200_000, "word " * 50_000, "\u00e9\u4e2d\U0001f600" * 30_000])
 
 
 def paths(doc: Any, prefix: tuple = ()) -> list[tuple]:

@@ -1,4 +1,5 @@
 """cluster.yaml passes Ray's own cluster-config validation and keeps every port but SSH closed."""
+
 import copy
 from pathlib import Path
 
@@ -17,7 +18,9 @@ def test_ray_validates_the_cluster_config():
     validate_config(cfg)  # Ray's JSON schema + node-type checks; raises on any error
     assert cfg["head_node_type"] in cfg["available_node_types"]
     gpu = [n for n in cfg["available_node_types"] if "gpu" in n]
-    assert gpu and all(cfg["available_node_types"][n]["min_workers"] <= cfg["available_node_types"][n]["max_workers"] for n in gpu)
+    assert gpu and all(
+        cfg["available_node_types"][n]["min_workers"] <= cfg["available_node_types"][n]["max_workers"] for n in gpu
+    )
 
 
 def test_validation_rejects_a_broken_config():

@@ -1,6 +1,7 @@
 """Crash consistency: writers of a bank, a memory store and results files are SIGKILLed at every
 line of their write path (tests/crash.py); every reload must see the old or the new state, never a
 mix, verification must pass, and a rerun must finish the job with each item exactly once."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ IDS = ["a", "b"]
 
 
 def _sd(v: float) -> dict[str, torch.Tensor]:
-    return {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.full((2, 8), v),
-            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.full((8, 2), -v)}
+    return {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.full((2, 8), v),
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.full((8, 2), -v),
+    }
 
 
 def _points(total: int, cap: int = 160) -> list[int]:
@@ -96,7 +99,9 @@ def test_bank_killed_while_replacing_an_anchor(tmp_path):
         shutil.copytree(base, path)
         assert crash_at(lambda: replace(path), n, files)
         assert _check_bank(path, {"a": {1.0, 9.0}, "b": {2.0}}) == IDS
-        versions.add(float(Bank(path).load().adapters[0]["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"][0, 0]))
+        versions.add(
+            float(Bank(path).load().adapters[0]["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"][0, 0])
+        )
     assert versions == {1.0, 9.0}
 
 
@@ -107,14 +112,17 @@ def test_corrupted_anchor_is_reported_by_checksum(tmp_path):
     raw = bytearray(f.read_bytes())
     raw[-1] ^= 0xFF
     f.write_bytes(bytes(raw))
-    with pytest.raises(BankError, match=r"adapter_model.safetensors: checksum mismatch for anchor 'a' \(bank corrupted\)"):
+    with pytest.raises(
+        BankError, match=r"adapter_model.safetensors: checksum mismatch for anchor 'a' \(bank corrupted\)"
+    ):
         Bank(tmp_path / "b").load()
 
 
 # ------------------------------------------------------------------------------------------ store
 def _store(n_sessions: int) -> MemoryStore:
-    st = MemoryStore(MemGASConfig(encoder="hashing", association=AssociationConfig(start_session=1)),
-                     encoder=HashingEncoder(dim=64))
+    st = MemoryStore(
+        MemGASConfig(encoder="hashing", association=AssociationConfig(start_session=1)), encoder=HashingEncoder(dim=64)
+    )
     topics = ["hiking trail", "guitar band", "pasta dinner", "puppy shelter"]
     for i in range(n_sessions):
         st.add([{"role": "user", "content": f"we talked about {topics[i % 4]} number {i}"}], "ann", f"s{i}")

@@ -1,5 +1,6 @@
 """Import layering: the two methods import neither each other nor the launchers, and the shared
 `suite` imports neither method. Checked on the AST of every module (imports inside functions count)."""
+
 import ast
 from pathlib import Path
 

@@ -3,6 +3,7 @@ torch.distributed rendezvous and gloo pairs, and memgas.serve — is bound to 12
 
 Listeners are sampled machine-wide (psutil) while the work runs; ones that existed before the test
 are ignored."""
+
 import threading
 import time
 
@@ -13,8 +14,9 @@ LOOPBACK = ("127.", "::ffff:127.", "::1")
 
 
 def _listeners() -> set[tuple[str, int, int | None]]:
-    return {(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="inet")
-            if c.status == psutil.CONN_LISTEN}
+    return {
+        (c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+    }
 
 
 class Sampler:
@@ -45,10 +47,10 @@ def test_local_ray_train_and_serve_listen_on_loopback_only(lamp_root, tmp_path):
     from memgas.llm import LocalLLM
     from memgas.serve import make_server
     from mta.bank import Bank
-    from mta.data import load_task_split
-    from suite.models import ModelConfig
-    from mta.training import LoraTrainConfig
     from mta.bank_trainer import BankTrainConfig, train_bank
+    from mta.data import load_task_split
+    from mta.training import LoraTrainConfig
+    from suite.models import ModelConfig
     from suite.ray_local import init_ray
 
     with Sampler() as s:
@@ -57,10 +59,18 @@ def test_local_ray_train_and_serve_listen_on_loopback_only(lamp_root, tmp_path):
             users = load_task_split("LaMP_2", "train", str(lamp_root))[:1]
             profiles = {u.user_id: u.profile for u in users}
             bank = Bank.create(tmp_path / "bank", list(profiles), np.eye(1, 4), {"task": "LaMP_2"})
-            tcfg = LoraTrainConfig(r=2, alpha=4, epochs=1, batch_size=2, micro_batch=1, max_samples=4,
-                                   target_modules=["q_proj", "v_proj"])
-            stats = train_bank(bank, profiles, "LaMP_2", ModelConfig(name="tiny", max_length=128), tcfg,
-                               BankTrainConfig(num_workers=2, progress=False), tmp_path / "out")
+            tcfg = LoraTrainConfig(
+                r=2, alpha=4, epochs=1, batch_size=2, micro_batch=1, max_samples=4, target_modules=["q_proj", "v_proj"]
+            )
+            stats = train_bank(
+                bank,
+                profiles,
+                "LaMP_2",
+                ModelConfig(name="tiny", max_length=128),
+                tcfg,
+                BankTrainConfig(num_workers=2, progress=False),
+                tmp_path / "out",
+            )
             assert stats and stats[0]["steps"] == 2  # two gloo workers really trained
         finally:
             ray.shutdown()

@@ -2,6 +2,7 @@
 
 Static checks over every module of the suite (an AST walk, so comments and strings do not count)
 plus behavioural checks that a pickle-only checkpoint is refused."""
+
 from __future__ import annotations
 
 import ast
@@ -42,8 +43,13 @@ def test_no_unpickling_anywhere_in_the_suite():
     for f, node in _calls():
         where = f"{f.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            mods = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-            if any(m.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal") for m in mods):
+            mods = [a.name for a in node.names] + (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            )
+            if any(
+                m.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal")
+                for m in mods
+            ):
                 bad.append(f"{where}: imports a pickle module")
         if isinstance(node, ast.Call):
             n = _name(node.func)
@@ -71,8 +77,11 @@ def test_a_pickle_only_encoder_checkpoint_is_refused(tmp_path):
     from suite.encoders import load_encoder, minilm_path
 
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))
-    model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                 num_attention_heads=2, intermediate_size=32))
+    model = BertModel(
+        BertConfig(
+            vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    )
     tok.save_pretrained(tmp_path)
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")

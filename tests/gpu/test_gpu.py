@@ -5,12 +5,15 @@ ZeRO-2/3 on one GPU worker, evaluation on GPU equal to CPU.
 
 Without CUDA they are skipped with the reason; `make test` never selects them (`-m 'not slow and not gpu'`).
 """
+
 import numpy as np
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)"),
+]
 
 TARGETS = ["q_proj", "v_proj"]
 
@@ -56,8 +59,14 @@ def test_tiny_pipeline_on_gpu_matches_cpu(lamp_root, tmp_path):
     from suite.config import load_config
 
     def go(dev):
-        ov = [f"data.root={lamp_root}", f"model.device={dev}", "model.dtype=float32", "data.max_eval_users=3",
-              "eval.methods=[base, oppu, fusion, mta]", f"bank_cache={tmp_path / dev / 'banks'}"]
+        ov = [
+            f"data.root={lamp_root}",
+            f"model.device={dev}",
+            "model.dtype=float32",
+            "data.max_eval_users=3",
+            "eval.methods=[base, oppu, fusion, mta]",
+            f"bank_cache={tmp_path / dev / 'banks'}",
+        ]
         return run(load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml", ov), tmp_path / dev)["mta"]["LaMP_2"]
 
     g, c = go("cuda"), go("cpu")
@@ -69,10 +78,10 @@ def test_tiny_pipeline_on_gpu_matches_cpu(lamp_root, tmp_path):
 @pytest.mark.parametrize("strategy,ds", [("ddp", ""), ("deepspeed", "zero2.json"), ("deepspeed", "zero3.json")])
 def test_tiny_bank_on_one_gpu_worker(strategy, ds, lamp_root, tmp_path):
     from mta.bank import Bank
-    from mta.data import load_task_split
-    from suite.models import ModelConfig
-    from mta.training import LoraTrainConfig
     from mta.bank_trainer import BankTrainConfig, train_bank
+    from mta.data import load_task_split
+    from mta.training import LoraTrainConfig
+    from suite.models import ModelConfig
     from suite.ray_local import init_ray
 
     ray = init_ray(num_cpus=2, num_gpus=1)
@@ -80,12 +89,33 @@ def test_tiny_bank_on_one_gpu_worker(strategy, ds, lamp_root, tmp_path):
         users = load_task_split("LaMP_2", "train", str(lamp_root))[:1]
         profiles = {u.user_id: u.profile for u in users}
         bank = Bank.create(tmp_path / "bank", list(profiles), np.eye(1, 4), {"task": "LaMP_2"})
-        tcfg = LoraTrainConfig(r=2, alpha=4, epochs=1, batch_size=2, micro_batch=2, max_samples=4, lr=1e-2,
-                               warmup_ratio=0.0, target_modules=TARGETS)
-        cfg = BankTrainConfig(strategy=strategy, num_workers=1, gpus_per_worker=1, progress=False,
-                              deepspeed_config=f"ray_jobs/configs/deepspeed/{ds}" if ds else "ray_jobs/configs/deepspeed/zero2.json")
-        stats = train_bank(bank, profiles, "LaMP_2", ModelConfig(name="tiny", max_length=256, dtype="float32"), tcfg,
-                           cfg, tmp_path / "out")
+        tcfg = LoraTrainConfig(
+            r=2,
+            alpha=4,
+            epochs=1,
+            batch_size=2,
+            micro_batch=2,
+            max_samples=4,
+            lr=1e-2,
+            warmup_ratio=0.0,
+            target_modules=TARGETS,
+        )
+        cfg = BankTrainConfig(
+            strategy=strategy,
+            num_workers=1,
+            gpus_per_worker=1,
+            progress=False,
+            deepspeed_config=f"ray_jobs/configs/deepspeed/{ds}" if ds else "ray_jobs/configs/deepspeed/zero2.json",
+        )
+        stats = train_bank(
+            bank,
+            profiles,
+            "LaMP_2",
+            ModelConfig(name="tiny", max_length=256, dtype="float32"),
+            tcfg,
+            cfg,
+            tmp_path / "out",
+        )
         assert stats and stats[0]["steps"] == 2
         sd = Bank(bank.path).load().adapters[0]
         assert sd and all(v.numel() > 0 for v in sd.values())  # ZeRO-3 without a gather would save empty tensors

@@ -17,7 +17,9 @@ def test_no_split_on_constant_scores():
 def test_associate_links_new_nodes_to_their_similar_old_nodes():
     rng = np.random.default_rng(1)
     a, b = np.eye(16)[0], np.eye(16)[1]
-    old = np.stack([a + 0.05 * rng.normal(size=16) for _ in range(5)] + [b + 0.05 * rng.normal(size=16) for _ in range(25)])
+    old = np.stack(
+        [a + 0.05 * rng.normal(size=16) for _ in range(5)] + [b + 0.05 * rng.normal(size=16) for _ in range(25)]
+    )
     new = np.stack([a, b])
     edges = associate(new, old, AssociationConfig(mem_threshold=30))
     assert {j for i, j in edges if i == 0} == set(range(5))

@@ -18,12 +18,15 @@ def test_locomo_loads_and_parses_odd_evidence(tmp_path):
     assert c.questions[-1].answer == "no" and c.questions[-1].gold_sessions == []
 
 
-@pytest.mark.parametrize("mutate,record,field", [
-    (lambda d: d[0]["qa"][0].__setitem__("evidence", ["D99:1"]), "conv-x qa[0]", "evidence"),
-    (lambda d: d[0]["conversation"]["session_2"][1].pop("text"), "conv-x session_2[1]", "text"),
-    (lambda d: d[0]["qa"][1].pop("answer"), "conv-x qa[1]", "answer"),
-    (lambda d: d[0].__setitem__("conversation", []), "conv-x", "conversation"),
-])
+@pytest.mark.parametrize(
+    "mutate,record,field",
+    [
+        (lambda d: d[0]["qa"][0].__setitem__("evidence", ["D99:1"]), "conv-x qa[0]", "evidence"),
+        (lambda d: d[0]["conversation"]["session_2"][1].pop("text"), "conv-x session_2[1]", "text"),
+        (lambda d: d[0]["qa"][1].pop("answer"), "conv-x qa[1]", "answer"),
+        (lambda d: d[0].__setitem__("conversation", []), "conv-x", "conversation"),
+    ],
+)
 def test_locomo_errors_name_file_record_field(tmp_path, mutate, record, field):
     p = make_locomo(tmp_path / "l.json")
     d = json.loads(p.read_text())
@@ -35,10 +38,20 @@ def test_locomo_errors_name_file_record_field(tmp_path, mutate, record, field):
 
 
 def _lme(**over):
-    rec = {"question_id": "q1", "question_type": "single-session-user", "question": "Where?", "answer": "Paris",
-           "question_date": "2023/05/01", "haystack_dates": ["d1", "d2"], "haystack_session_ids": ["s1", "s2"],
-           "haystack_sessions": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "Paris", "has_answer": True}]],
-           "answer_session_ids": ["s2"]}
+    rec = {
+        "question_id": "q1",
+        "question_type": "single-session-user",
+        "question": "Where?",
+        "answer": "Paris",
+        "question_date": "2023/05/01",
+        "haystack_dates": ["d1", "d2"],
+        "haystack_session_ids": ["s1", "s2"],
+        "haystack_sessions": [
+            [{"role": "user", "content": "hi"}],
+            [{"role": "user", "content": "Paris", "has_answer": True}],
+        ],
+        "answer_session_ids": ["s2"],
+    }
     rec.update(over)
     return rec
 
@@ -59,8 +72,11 @@ def test_longmemeval_loader_and_errors(tmp_path):
 
 def test_long_mt_bench_shapes(tmp_path):
     p = tmp_path / "mt.json"
-    p.write_text(json.dumps([{"sessions": [["hi", "hello"], [{"user": "u", "assistant": "a"}]],
-                              "questions": ["q?"], "answers": ["a"]}]))
+    p.write_text(
+        json.dumps(
+            [{"sessions": [["hi", "hello"], [{"user": "u", "assistant": "a"}]], "questions": ["q?"], "answers": ["a"]}]
+        )
+    )
     c = load_long_mt_bench(p)[0]
     assert len(c.sessions) == 2 and c.sessions[1].turns[1].speaker == "assistant" and c.questions[0].gold_sessions == []
     with pytest.raises(ValueError, match="unknown benchmark"):
@@ -82,5 +98,7 @@ def test_longmemeval_s_repeated_sessions_kept_once_or_refused(tmp_path):
     assert conv.questions[0].gold_turns == ["s2:0"]
     rec["haystack_sessions"][-1] = [{"role": "user", "content": "something else"}]
     p.write_text(json.dumps([rec]))
-    with pytest.raises(DataError, match=r"record q1, field 'haystack_session_ids'.*'s1' appears twice with different content"):
+    with pytest.raises(
+        DataError, match=r"record q1, field 'haystack_session_ids'.*'s1' appears twice with different content"
+    ):
         load_longmemeval(p)

@@ -1,4 +1,5 @@
 """Property-based hostile inputs for the memory-benchmark loaders and the memory store API."""
+
 from __future__ import annotations
 
 import tempfile
@@ -14,24 +15,57 @@ from suite.encoders import HashingEncoder
 from suite.io import DataError
 from tests.hostile import mutated, write
 
-LOCOMO = [{"sample_id": "c1", "conversation": {
-    "speaker_a": "Ann", "speaker_b": "Bob",
-    "session_1_date_time": "1 May 2023", "session_1": [{"speaker": "Ann", "dia_id": "D1:1", "text": "I hiked."},
-                                                         {"speaker": "Bob", "dia_id": "D1:2", "text": "Nice!",
-                                                          "blip_caption": "a mountain"}],
-    "session_2": [{"speaker": "Ann", "dia_id": "D2:1", "text": "I cooked pasta."}]},
-    "qa": [{"question": "What did Ann cook?", "answer": "pasta", "evidence": ["D2:1"], "category": 1},
-           {"question": "When?", "answer": 2023, "evidence": ["D1:1; D2:1"], "category": 2},
-           {"question": "Adversarial?", "adversarial_answer": "no", "evidence": [], "category": 5}]}]
-LME = [{"question_id": "q1", "question": "Where did I hike?", "answer": "mountains", "question_type": "single",
-        "question_date": "2023/05/02", "haystack_session_ids": ["s1", "s2"], "haystack_dates": ["d1", "d2"],
+LOCOMO = [
+    {
+        "sample_id": "c1",
+        "conversation": {
+            "speaker_a": "Ann",
+            "speaker_b": "Bob",
+            "session_1_date_time": "1 May 2023",
+            "session_1": [
+                {"speaker": "Ann", "dia_id": "D1:1", "text": "I hiked."},
+                {"speaker": "Bob", "dia_id": "D1:2", "text": "Nice!", "blip_caption": "a mountain"},
+            ],
+            "session_2": [{"speaker": "Ann", "dia_id": "D2:1", "text": "I cooked pasta."}],
+        },
+        "qa": [
+            {"question": "What did Ann cook?", "answer": "pasta", "evidence": ["D2:1"], "category": 1},
+            {"question": "When?", "answer": 2023, "evidence": ["D1:1; D2:1"], "category": 2},
+            {"question": "Adversarial?", "adversarial_answer": "no", "evidence": [], "category": 5},
+        ],
+    }
+]
+LME = [
+    {
+        "question_id": "q1",
+        "question": "Where did I hike?",
+        "answer": "mountains",
+        "question_type": "single",
+        "question_date": "2023/05/02",
+        "haystack_session_ids": ["s1", "s2"],
+        "haystack_dates": ["d1", "d2"],
         "answer_session_ids": ["s1"],
-        "haystack_sessions": [[{"role": "user", "content": "I hiked the mountains"}],
-                              [{"role": "user", "content": "pasta"}, {"role": "assistant", "content": "yum"}]]},
-       {"question_id": "q2_abs", "question": "My cat?", "answer": "unknown", "haystack_session_ids": ["s9"],
-        "haystack_sessions": [[{"role": "user", "content": "dogs"}]]}]
-MTB = [{"id": "m1", "sessions": [["hi", "hello"], [{"role": "user", "content": "x"}], [{"user": "u", "assistant": "a"}]],
-        "questions": ["what?"], "answers": ["x"]}]
+        "haystack_sessions": [
+            [{"role": "user", "content": "I hiked the mountains"}],
+            [{"role": "user", "content": "pasta"}, {"role": "assistant", "content": "yum"}],
+        ],
+    },
+    {
+        "question_id": "q2_abs",
+        "question": "My cat?",
+        "answer": "unknown",
+        "haystack_session_ids": ["s9"],
+        "haystack_sessions": [[{"role": "user", "content": "dogs"}]],
+    },
+]
+MTB = [
+    {
+        "id": "m1",
+        "sessions": [["hi", "hello"], [{"role": "user", "content": "x"}], [{"user": "u", "assistant": "a"}]],
+        "questions": ["what?"],
+        "answers": ["x"],
+    }
+]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -42,8 +76,11 @@ def _counts_locomo(doc):
 @SETTINGS
 @given(which=st.sampled_from(["locomo", "longmemeval", "long_mt_bench"]), data=st.data())
 def test_benchmark_loaders_any_single_mutation(which, data):
-    base, load = {"locomo": (LOCOMO, load_locomo), "longmemeval": (LME, load_longmemeval),
-                  "long_mt_bench": (MTB, load_long_mt_bench)}[which]
+    base, load = {
+        "locomo": (LOCOMO, load_locomo),
+        "longmemeval": (LME, load_longmemeval),
+        "long_mt_bench": (MTB, load_long_mt_bench),
+    }[which]
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / f"{which}.json"
         kind, bad = data.draw(mutated(base))
@@ -54,8 +91,11 @@ def test_benchmark_loaders_any_single_mutation(which, data):
             assert str(p) in str(e) and e.problem
             return
         # loaded: nothing dropped, every gold names a session of its conversation, no empty session
-        n_q = {"locomo": lambda: _counts_locomo(bad), "longmemeval": lambda: len(bad),
-               "long_mt_bench": lambda: sum(len(r["questions"]) for r in bad)}[which]()
+        n_q = {
+            "locomo": lambda: _counts_locomo(bad),
+            "longmemeval": lambda: len(bad),
+            "long_mt_bench": lambda: sum(len(r["questions"]) for r in bad),
+        }[which]()
         assert sum(len(c.questions) for c in convs) == n_q
         for c in convs:
             ids = {s.session_id for s in c.sessions}
@@ -83,13 +123,16 @@ def _store():
     from memgas.association import AssociationConfig
 
     # association from the second session on, so the GMM sees tiny and degenerate score sets too
-    return MemoryStore(MemGASConfig(encoder="hashing", association=AssociationConfig(start_session=1)),
-                       encoder=HashingEncoder(dim=32))
+    return MemoryStore(
+        MemGASConfig(encoder="hashing", association=AssociationConfig(start_session=1)), encoder=HashingEncoder(dim=32)
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(sessions=st.lists(st.lists(MESSAGE, min_size=1, max_size=4), min_size=1, max_size=6),
-       queries=st.lists(TEXTS, min_size=1, max_size=3))
+@given(
+    sessions=st.lists(st.lists(MESSAGE, min_size=1, max_size=4), min_size=1, max_size=6),
+    queries=st.lists(TEXTS, min_size=1, max_size=3),
+)
 def test_store_add_search_any_texts_finds_every_session(sessions, queries):
     st_ = _store()
     ids = [st_.add(m, user_id="u") for m in sessions]
@@ -101,9 +144,23 @@ def test_store_add_search_any_texts_finds_every_session(sessions, queries):
 
 
 @settings(max_examples=60, deadline=None)
-@given(messages=st.one_of(st.none(), st.integers(), st.just([]), st.lists(st.one_of(st.integers(), st.text(max_size=5),
-       st.fixed_dictionaries({"role": st.text(max_size=3)}), st.fixed_dictionaries({"content": st.integers()})),
-       min_size=1, max_size=3)))
+@given(
+    messages=st.one_of(
+        st.none(),
+        st.integers(),
+        st.just([]),
+        st.lists(
+            st.one_of(
+                st.integers(),
+                st.text(max_size=5),
+                st.fixed_dictionaries({"role": st.text(max_size=3)}),
+                st.fixed_dictionaries({"content": st.integers()}),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+    )
+)
 def test_store_add_rejects_bad_messages_by_name(messages):
     st_ = _store()
     with pytest.raises(DataError) as e:

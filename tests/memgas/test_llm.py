@@ -1,4 +1,5 @@
 """The HTTP backend against a real OpenAI-compatible server on loopback answering with a local model."""
+
 import threading
 
 import pytest
@@ -38,7 +39,7 @@ def test_retries_429_5xx_empty_malformed_then_succeeds(local):
         c = _client(url, sleeps, max_retries=5, backoff_s=0.5)
         assert isinstance(c.complete("hi", 4), str)
         assert srv.requests == 5 and c.retries == 4 and len(sleeps) == 4
-        assert all(0 <= s <= 0.5 * 2 ** i for i, s in enumerate(sleeps))  # full-jitter exponential backoff
+        assert all(0 <= s <= 0.5 * 2**i for i, s in enumerate(sleeps))  # full-jitter exponential backoff
     finally:
         srv.shutdown()
 
@@ -120,11 +121,14 @@ def test_a_dripping_server_is_cut_off_at_the_deadline():
         srv.close()
 
 
-@pytest.mark.parametrize("reply", [
-    b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"choices\": [",  # IncompleteRead
-    b"GARBAGE\r\n\r\n",                                                   # BadStatusLine
-    b"",                                                                   # RemoteDisconnected
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"choices": [',  # IncompleteRead
+        b"GARBAGE\r\n\r\n",  # BadStatusLine
+        b"",  # RemoteDisconnected
+    ],
+)
 def test_torn_responses_are_retried_then_raise_llmerror(reply):
     srv, url, seen = _raw_server(lambda conn: conn.sendall(reply))
     try:
@@ -137,7 +141,9 @@ def test_torn_responses_are_retried_then_raise_llmerror(reply):
 
 
 def test_redirects_are_not_followed_and_the_token_stays_home(monkeypatch):
-    other, other_url, other_seen = _raw_server(lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
+    other, other_url, other_seen = _raw_server(
+        lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    )
     redirect = f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {other_url}/chat/completions\r\nContent-Length: 0\r\n\r\n"
     srv, url, seen = _raw_server(lambda conn: conn.sendall(redirect.encode()))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
@@ -154,9 +160,9 @@ def test_redirects_are_not_followed_and_the_token_stays_home(monkeypatch):
 
 def test_a_key_in_the_url_is_never_written(tmp_path, monkeypatch):
     from memgas.recipe import MemGASJobConfig
-    from suite.tracking import redact
     from suite.config import load_config
     from suite.redact import redact_url
+    from suite.tracking import redact
 
     url = "https://user:hunter2@llm.example.com/v1?api-key=sk-live-123&deployment=x"
     assert redact_url(url) == "https://***@llm.example.com/v1?api-key=%2A%2A%2A&deployment=x"
@@ -173,9 +179,16 @@ def test_a_key_in_the_url_is_never_written(tmp_path, monkeypatch):
     assert "sekrit" not in str(e.value)
 
 
-@pytest.mark.parametrize("ov,field", [("llm.timeout_s=0", "timeout_s"), ("llm.max_retries=-1", "max_retries"),
-                                      ("llm.concurrency=0", "concurrency"), ("llm.backend=htp", "backend"),
-                                      ("eval.ks=[]", "ks")])
+@pytest.mark.parametrize(
+    "ov,field",
+    [
+        ("llm.timeout_s=0", "timeout_s"),
+        ("llm.max_retries=-1", "max_retries"),
+        ("llm.concurrency=0", "concurrency"),
+        ("llm.backend=htp", "backend"),
+        ("eval.ks=[]", "ks"),
+    ],
+)
 def test_config_ranges_and_choices_fail_at_load(ov, field):
     from memgas.recipe import MemGASJobConfig
     from suite.config import load_config
@@ -186,7 +199,9 @@ def test_config_ranges_and_choices_fail_at_load(ov, field):
 
 def _post(port, body: bytes, headers=None):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    c.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json", **(headers or {})})
+    c.request(
+        "POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     r = c.getresponse()
     return r.status, r.read()
 

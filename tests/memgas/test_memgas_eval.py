@@ -12,8 +12,18 @@ def test_end_to_end_fixture_and_resume(tmp_path):
     out = tmp_path / "run"
     res = run(cfg, out)["memgas"]["locomo"]
     assert res["n_questions"] == 7  # 6 with evidence + 1 adversarial without
-    want = {"bm25_session", "bm25_turn", "dense_session", "dense_turn", "dense_turn_mean", "dense_summary",
-            "dense_keywords", "no_graph", "memgas_paper", "memgas"}
+    want = {
+        "bm25_session",
+        "bm25_turn",
+        "dense_session",
+        "dense_turn",
+        "dense_turn_mean",
+        "dense_summary",
+        "dense_keywords",
+        "no_graph",
+        "memgas_paper",
+        "memgas",
+    }
     assert want <= set(res["methods"])
     for m in res["methods"].values():
         assert m["n_scored"] == 6 and 0 <= m["recall_all@5"] <= 1 and "ndcg_any@50" in m
@@ -30,8 +40,11 @@ def test_end_to_end_fixture_and_resume(tmp_path):
 
 def test_qa_path_with_a_local_llm(tmp_path):
     data = make_locomo(tmp_path / "locomo.json", n_sessions=6, n_questions=2)
-    cfg = load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml",
-                      [f"data={data}", "llm.backend=local", "llm.model=tiny", "eval.qa=true", "ablations=false"])
+    cfg = load_config(
+        MemGASJobConfig,
+        "ray_jobs/configs/memgas_tiny.yaml",
+        [f"data={data}", "llm.backend=local", "llm.model=tiny", "eval.qa=true", "ablations=false"],
+    )
     res = run(cfg, tmp_path / "qa")["memgas"]["locomo"]
     assert res["qa"]["n"] == 3 and set(res["qa"]) >= {"f1", "em", "bleu1", "rougeL"}
     assert res["units"] == "llm"  # summaries and keywords came from the LLM
@@ -55,8 +68,15 @@ def test_endpoint_dies_mid_run_then_a_rerun_retries_only_failed_questions(tmp_pa
         return srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
 
     data = make_locomo(tmp_path / "locomo.json", n_sessions=4, n_questions=4)  # 5 questions
-    fast = ["llm.backend=http", "llm.max_retries=2", "llm.backoff_s=0.01", "llm.timeout_s=10",
-            "eval.qa=true", "ablations=false", f"data={data}"]
+    fast = [
+        "llm.backend=http",
+        "llm.max_retries=2",
+        "llm.backoff_s=0.01",
+        "llm.timeout_s=10",
+        "eval.qa=true",
+        "ablations=false",
+        f"data={data}",
+    ]
     # 4 sessions x (summary, keywords) + 2 questions x (filter, answer) succeed, then the server dies
     srv, url = serve(["ok"] * 12 + ["die"])
     cfg = load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml", [*fast, f"llm.url={url}"])
@@ -91,8 +111,11 @@ def test_splits_keep_dev_and_test_apart_and_are_recorded(tmp_path):
     data = _multi_locomo(tmp_path, 4)
     seen = {}
     for name in ("dev", "test"):
-        cfg = load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml",
-                          [f"data={data}", f"split.name={name}", "ablations=false"])
+        cfg = load_config(
+            MemGASJobConfig,
+            "ray_jobs/configs/memgas_tiny.yaml",
+            [f"data={data}", f"split.name={name}", "ablations=false"],
+        )
         res = run(cfg, tmp_path / name)["memgas"]["locomo"]
         sp = res["data"]["split"]
         assert sp["name"] == name and sp["dev"] == ["conv-0", "conv-3"] and sp["test"] == ["conv-1", "conv-2"]
@@ -118,10 +141,19 @@ def test_per_category_breakdown_and_reference_intervals():
 
     def rec(cat, a, b):
         m = lambda v: {"recall_all@5": v, "recall_any@5": v, "ndcg_any@5": v, "recall_all@10": v}  # noqa: E731
-        return {"qid": f"{cat}{a}{b}", "category": cat, "abstention": False, "metrics": {"memgas": m(a), "bm25": m(b)},
-                "latency_ms": {}}
-    recs = [rec("1", 1.0, 0.0)] * 3 + [rec("2", 0.0, 0.0)] * 2 + [
-        {"qid": "x_abs", "category": "2", "abstention": True, "metrics": {}, "latency_ms": {}}]
+        return {
+            "qid": f"{cat}{a}{b}",
+            "category": cat,
+            "abstention": False,
+            "metrics": {"memgas": m(a), "bm25": m(b)},
+            "latency_ms": {},
+        }
+
+    recs = (
+        [rec("1", 1.0, 0.0)] * 3
+        + [rec("2", 0.0, 0.0)] * 2
+        + [{"qid": "x_abs", "category": "2", "abstention": True, "metrics": {}, "latency_ms": {}}]
+    )
     s = summarize(recs, ["memgas", "bm25"], ks=(5, 10), reference="memgas")
     assert s["by_category"]["1"]["n"] == 3 and s["by_category"]["1"]["memgas"]["recall_all@5"] == 1.0
     assert s["by_category"]["2"]["n"] == 2 and s["by_category"]["2"]["bm25"]["recall_all@5"] == 0.0

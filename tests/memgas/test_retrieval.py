@@ -27,7 +27,9 @@ class FakeMemory:
         self.rows = [e[0], e[0], e[0] * 0.5, e[1], e[1], e[1] * 0.5, e[2], e[2], e[2] * 0.5]
         self.node_gran = ["session", "turn", "turn"] * 3
         self.node_sess = np.repeat(np.arange(3), 3)
-        self.sessions = [{"session_id": f"s{i}", "units": {"session": [f"text {i}"], "turn": ["a", "b"]}} for i in range(3)]
+        self.sessions = [
+            {"session_id": f"s{i}", "units": {"session": [f"text {i}"], "turn": ["a", "b"]}} for i in range(3)
+        ]
         self.edges = list(edges)
 
     def matrix(self):

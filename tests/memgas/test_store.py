@@ -22,7 +22,7 @@ def test_mem0_style_add_search_and_incremental_graph(tmp_path):
     edges_before, rows_before = list(mem.edges), len(mem.rows)
     sid = st.add([{"role": "user", "content": "I adopted a puppy dog from the shelter"}], user_id="ann")
     assert mem.edges[: len(edges_before)] == edges_before  # old edges untouched: incremental
-    assert all(a >= rows_before for a, _ in mem.edges[len(edges_before):])  # new edges start at new nodes
+    assert all(a >= rows_before for a, _ in mem.edges[len(edges_before) :])  # new edges start at new nodes
     out = st.search("puppy shelter dog", user_id="ann", limit=2)
     assert out["results"][0]["session_id"] in (sid, "session_3") and set(out["router_weights"]) >= {"session"}
     assert st.search("anything", user_id="nobody") == {"results": [], "router_weights": {}}
@@ -63,7 +63,9 @@ def test_concurrent_adds_and_searches_lose_nothing():
     def writer(w):
         for i in range(8):
             try:
-                ids[f"w{w}"].append(st.add(f"writer {w} talks about topic {i} and guitars", f"user{w % 2}", f"w{w}-s{i}"))
+                ids[f"w{w}"].append(
+                    st.add(f"writer {w} talks about topic {i} and guitars", f"user{w % 2}", f"w{w}-s{i}")
+                )
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
 
@@ -75,7 +77,9 @@ def test_concurrent_adds_and_searches_lose_nothing():
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)] + [threading.Thread(target=reader) for _ in range(3)]
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)] + [
+        threading.Thread(target=reader) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -1,11 +1,11 @@
 """Reliability round 2 for the memory store: ownership of folders, several processes on one store,
 validation when data enters, sealed manifests whose paths stay inside the folder."""
+
 import datetime
 import json
 import multiprocessing as mp
 import shutil
 
-import numpy as np
 import pytest
 
 from memgas.association import AssociationConfig
@@ -68,7 +68,9 @@ def test_a_reader_deletes_nothing(tmp_path):
 def _writer(path, worker, n):
     for i in range(n):
         with MemoryStore.transaction(path, _cfg(), encoder=HashingEncoder()) as st:
-            st.add(f"worker {worker} note {i} about topic {i * 7 % 5}", f"user{worker % 2}", session_id=f"w{worker}-{i}")
+            st.add(
+                f"worker {worker} note {i} about topic {i * 7 % 5}", f"user{worker % 2}", session_id=f"w{worker}-{i}"
+            )
 
 
 def _reader(path, n, q):
@@ -100,13 +102,16 @@ def test_processes_sharing_a_store_lose_no_add_and_readers_see_no_error(tmp_path
 
 
 # ------------------------------------------------------------------ validation at the boundary
-@pytest.mark.parametrize("kw,field", [
-    ({"user_id": "bad\udce9"}, "user_id"),
-    ({"user_id": "ann", "session_id": "s\ud800x"}, "session_id"),
-    ({"user_id": "ann", "date": datetime.date(2024, 5, 1)}, "date"),
-    ({"user_id": ""}, "user_id"),
-    ({"user_id": ["ann"]}, "user_id"),
-])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        ({"user_id": "bad\udce9"}, "user_id"),
+        ({"user_id": "ann", "session_id": "s\ud800x"}, "session_id"),
+        ({"user_id": "ann", "date": datetime.date(2024, 5, 1)}, "date"),
+        ({"user_id": ""}, "user_id"),
+        ({"user_id": ["ann"]}, "user_id"),
+    ],
+)
 def test_bad_ids_and_dates_are_refused_when_they_enter(tmp_path, kw, field):
     st = _store()
     st.add("a good first session", "ann")
@@ -160,16 +165,19 @@ def _edit_manifest(path, fn, reseal):
     mp.write_text(json.dumps(seal(man) if reseal else man))
 
 
-@pytest.mark.parametrize("edit,reseal,match", [
-    (lambda m: m["users"].pop("bob"), False, "mismatch"),                  # a dropped user
-    (lambda m: m["users"]["ann"].update(sha256={}), False, "mismatch"),   # checksums emptied
-    (lambda m: m.pop("manifest_sha256"), False, "not sealed"),
-    # even re-sealed by hand, the structure is checked
-    (lambda m: m["users"].pop("bob"), True, "declares"),
-    (lambda m: m["users"]["ann"].update(sha256={}), True, "exactly its two files"),
-    (lambda m: m["users"]["ann"].update(meta="../elsewhere/user0.json"), True, "leaves the folder"),
-    (lambda m: m["users"]["ann"].update(emb="/etc/passwd"), True, "leaves the folder"),
-])
+@pytest.mark.parametrize(
+    "edit,reseal,match",
+    [
+        (lambda m: m["users"].pop("bob"), False, "mismatch"),  # a dropped user
+        (lambda m: m["users"]["ann"].update(sha256={}), False, "mismatch"),  # checksums emptied
+        (lambda m: m.pop("manifest_sha256"), False, "not sealed"),
+        # even re-sealed by hand, the structure is checked
+        (lambda m: m["users"].pop("bob"), True, "declares"),
+        (lambda m: m["users"]["ann"].update(sha256={}), True, "exactly its two files"),
+        (lambda m: m["users"]["ann"].update(meta="../elsewhere/user0.json"), True, "leaves the folder"),
+        (lambda m: m["users"]["ann"].update(emb="/etc/passwd"), True, "leaves the folder"),
+    ],
+)
 def test_tampered_manifests_are_errors(tmp_path, edit, reseal, match):
     _, path = _saved(tmp_path)
     _edit_manifest(path, edit, reseal)

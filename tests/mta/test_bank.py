@@ -9,8 +9,10 @@ from mta.bank import Bank, BankError, save_adapter
 
 def _sd(seed, r=2):
     g = torch.Generator().manual_seed(seed)
-    return {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(r, 32, generator=g),
-            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(32, r, generator=g)}
+    return {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(r, 32, generator=g),
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(32, r, generator=g),
+    }
 
 
 CONF = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "peft_type": "LORA"}

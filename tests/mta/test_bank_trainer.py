@@ -1,12 +1,13 @@
 """Ray Train on a local, loopback-only Ray: 2 CPU workers (gloo) train a bank on the tiny model."""
+
 import numpy as np
 import torch
 
 from mta.bank import Bank
-from mta.data import load_task_split
-from suite.models import ModelConfig
-from mta.training import LoraTrainConfig
 from mta.bank_trainer import BankTrainConfig, train_bank
+from mta.data import load_task_split
+from mta.training import LoraTrainConfig
+from suite.models import ModelConfig
 
 
 def _plan(lamp_root, path, n=2):
@@ -21,11 +22,27 @@ def test_two_workers_match_single_process_and_stay_on_loopback(ray_local, lamp_r
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
     mcfg = ModelConfig(name="tiny", max_length=256)
-    tcfg = LoraTrainConfig(r=2, alpha=4, epochs=1, batch_size=4, micro_batch=1, max_samples=4, lr=1e-2,
-                           warmup_ratio=0.0, target_modules=["q_proj", "v_proj"])
+    tcfg = LoraTrainConfig(
+        r=2,
+        alpha=4,
+        epochs=1,
+        batch_size=4,
+        micro_batch=1,
+        max_samples=4,
+        lr=1e-2,
+        warmup_ratio=0.0,
+        target_modules=["q_proj", "v_proj"],
+    )
     ray_bank, profiles = _plan(lamp_root, tmp_path / "ray_bank")
-    stats = train_bank(ray_bank, profiles, "LaMP_2", mcfg, tcfg,
-                       BankTrainConfig(backend="ray", num_workers=2, progress=False), tmp_path / "out")
+    stats = train_bank(
+        ray_bank,
+        profiles,
+        "LaMP_2",
+        mcfg,
+        tcfg,
+        BankTrainConfig(backend="ray", num_workers=2, progress=False),
+        tmp_path / "out",
+    )
     assert sorted(s["anchor"] for s in stats) == sorted(profiles)
     assert Bank(ray_bank.path).missing_ids() == []
     local_bank, _ = _plan(lamp_root, tmp_path / "local_bank")
@@ -37,5 +54,15 @@ def test_two_workers_match_single_process_and_stay_on_loopback(ray_local, lamp_r
         for k in sa:  # data-parallel gradients summed across workers = the single-process update
             torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5)
     # rerun: every anchor is in the bank, nothing is trained again
-    assert train_bank(Bank(ray_bank.path), profiles, "LaMP_2", mcfg, tcfg,
-                      BankTrainConfig(backend="ray", num_workers=2), tmp_path / "out") == []
+    assert (
+        train_bank(
+            Bank(ray_bank.path),
+            profiles,
+            "LaMP_2",
+            mcfg,
+            tcfg,
+            BankTrainConfig(backend="ray", num_workers=2),
+            tmp_path / "out",
+        )
+        == []
+    )

@@ -20,14 +20,17 @@ def test_load_groups_by_user_and_attaches_golds(lamp_root):
     assert users[0].profile[0]["tag"] in D.TASKS["LaMP_2"]["labels"]
 
 
-@pytest.mark.parametrize("mutate,record,field", [
-    (lambda q: q[1].pop("input"), "Q1", "input"),
-    (lambda q: q[1].__setitem__("profile", []), "Q1", "profile"),
-    (lambda q: q[1]["profile"][0].pop("description"), "Q1 profile[0]", "description"),
-    (lambda q: q[1]["profile"][0].__setitem__("tag", "western"), "Q1 profile[0]", "tag"),
-    (lambda q: q[1]["profile"][0].__setitem__("description", 5), "Q1 profile[0]", "description"),
-    (lambda q: q[1].__setitem__("id", "Q0"), "Q0", "id"),
-])
+@pytest.mark.parametrize(
+    "mutate,record,field",
+    [
+        (lambda q: q[1].pop("input"), "Q1", "input"),
+        (lambda q: q[1].__setitem__("profile", []), "Q1", "profile"),
+        (lambda q: q[1]["profile"][0].pop("description"), "Q1 profile[0]", "description"),
+        (lambda q: q[1]["profile"][0].__setitem__("tag", "western"), "Q1 profile[0]", "tag"),
+        (lambda q: q[1]["profile"][0].__setitem__("description", 5), "Q1 profile[0]", "description"),
+        (lambda q: q[1].__setitem__("id", "Q0"), "Q0", "id"),
+    ],
+)
 def test_bad_records_name_file_record_field(tmp_path, mutate, record, field):
     item = {"id": "p0", "description": "d", "tag": "comedy"}
     qs = [{"id": f"Q{i}", "input": "x", "profile": [dict(item)]} for i in range(2)]
@@ -63,8 +66,16 @@ def test_unknown_task():
 
 
 def test_per_user_shape(tmp_path):
-    f = _write(tmp_path / "u.json", [{"user_id": "a", "profile": [{"id": "1", "text": "t", "title": "h"}],
-                                      "query": [{"id": "q1", "input": "Generate a headline: x", "gold": "y"}]}])
+    f = _write(
+        tmp_path / "u.json",
+        [
+            {
+                "user_id": "a",
+                "profile": [{"id": "1", "text": "t", "title": "h"}],
+                "query": [{"id": "q1", "input": "Generate a headline: x", "gold": "y"}],
+            }
+        ],
+    )
     u = D.load_per_user(f, "LaMP_4")[0]
     assert (u.user_id, u.queries[0].gold) == ("a", "y")
     _write(f, [{"user_id": "a", "profile": [{"id": "1", "text": "t", "title": "h"}], "query": []}])
@@ -73,9 +84,14 @@ def test_per_user_shape(tmp_path):
 
 
 def test_time_split_uses_newest_item_as_query():
-    u = D.User("u", [{"id": "a", "description": "old", "tag": "comedy", "date": 1},
-                     {"id": "b", "description": "new", "tag": "action", "date": 9},
-                     {"id": "c", "description": "mid", "tag": "romance", "date": 5}])
+    u = D.User(
+        "u",
+        [
+            {"id": "a", "description": "old", "tag": "comedy", "date": 1},
+            {"id": "b", "description": "new", "tag": "action", "date": 9},
+            {"id": "c", "description": "mid", "tag": "romance", "date": 5},
+        ],
+    )
     s = D.time_split(u, "LaMP_2")
     assert [it["id"] for it in s.profile] == ["a", "c"] and s.queries[0].gold == "action"
     assert "description: new" in s.queries[0].input

@@ -1,6 +1,7 @@
 """Property-based hostile inputs for the LaMP loaders: any single mutation of a valid file (a field
 deleted or retyped, huge or empty values, duplicated records, non-UTF-8 bytes, truncation, unknown
 tasks) either loads with every record accounted for, or raises `DataError` naming the file."""
+
 from __future__ import annotations
 
 import tempfile
@@ -14,15 +15,29 @@ from suite.io import DataError
 from tests.hostile import mutated, write
 
 QUESTIONS = [
-    {"id": "q1", "user_id": "u1", "input": "Which tag? description: a robot on a ship",
-     "profile": [{"id": "p1", "description": "space ship", "tag": "sci-fi"},
-                 {"id": "p2", "description": "a wedding", "tag": "comedy"}]},
-    {"id": 2, "input": "Which tag? description: a kiss",
-     "profile": [{"id": "p3", "description": "love story", "tag": "romance"}]},
+    {
+        "id": "q1",
+        "user_id": "u1",
+        "input": "Which tag? description: a robot on a ship",
+        "profile": [
+            {"id": "p1", "description": "space ship", "tag": "sci-fi"},
+            {"id": "p2", "description": "a wedding", "tag": "comedy"},
+        ],
+    },
+    {
+        "id": 2,
+        "input": "Which tag? description: a kiss",
+        "profile": [{"id": "p3", "description": "love story", "tag": "romance"}],
+    },
 ]
 OUTPUTS = {"task": "LaMP_2", "golds": [{"id": "q1", "output": "sci-fi"}, {"id": "2", "output": "romance"}]}
-PER_USER = [{"user_id": "u1", "profile": QUESTIONS[0]["profile"],
-             "query": [{"id": "q1", "input": "Which tag? a robot", "gold": "sci-fi"}]}]
+PER_USER = [
+    {
+        "user_id": "u1",
+        "profile": QUESTIONS[0]["profile"],
+        "query": [{"id": "q1", "input": "Which tag? a robot", "gold": "sci-fi"}],
+    }
+]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

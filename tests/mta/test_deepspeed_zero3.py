@@ -1,6 +1,7 @@
 """ZeRO-3 partitions the LoRA tensors: saved without a gather they would be 0-element placeholders.
 `gathered_state_dict` is what the bank saves; here checked on CPU (gloo, one process) with every
 parameter partitioned. The same check on GPU is in tests/gpu."""
+
 import json
 import socket
 import subprocess
@@ -14,8 +15,12 @@ def _port() -> int:
 
 
 def run_zero3(device: str, out) -> dict:
-    p = subprocess.run([sys.executable, "tests/mta/zero3_gather.py", device, str(_port()), str(out)],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "tests/mta/zero3_gather.py", device, str(_port()), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 

@@ -48,9 +48,12 @@ def test_fused_adapter_in_peft_equals_weighted_sum_of_updates():
         layer = host.model.base_model.model.model.layers[0].self_attn.q_proj
         got = delta(layer.lora_A["fused"].weight, layer.lora_B["fused"].weight, layer.scaling["fused"])
         key = "base_model.model.model.layers.0.self_attn.q_proj"
-        want = sum(w * bank.scales[i] * (bank.adapters[i][f"{key}.lora_B.weight"].double()
-                                          @ bank.adapters[i][f"{key}.lora_A.weight"].double())
-                   for i, w in zip([0, 1], f.weights))
+        want = sum(
+            w
+            * bank.scales[i]
+            * (bank.adapters[i][f"{key}.lora_B.weight"].double() @ bank.adapters[i][f"{key}.lora_A.weight"].double())
+            for i, w in zip([0, 1], f.weights)
+        )
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         host.remove("fused")
 

@@ -15,8 +15,18 @@ def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
     summary = run(_cfg(lamp_root), out)
     res = summary["mta"]["LaMP_2"]
     assert res["n_users"] == 4
-    assert set(res["methods"]) == {"base", "rag", "prior", "prior_recency", "oppu", "fusion", "mta", "mta_prior",
-                                   "uniform", "random"}
+    assert set(res["methods"]) == {
+        "base",
+        "rag",
+        "prior",
+        "prior_recency",
+        "oppu",
+        "fusion",
+        "mta",
+        "mta_prior",
+        "uniform",
+        "random",
+    }
     assert res["calibration"] == "content_free" and set(res["calibration_alternatives"]) == {"batch", "none"}
     assert res["runtime"]["driver"] == {"device": "cpu", "dtype": "float32"}  # mta_tiny.yaml sets model.device=cpu
     # lambda chosen on train users that are not anchors, never on the evaluated dev users
@@ -24,7 +34,11 @@ def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
     assert sel["split"] == "train" and sel["users"] > 0 and res["mta_prior_lambda"] == sel["lambda"]
     assert set(res["vs_mta"]) == set(res["methods"]) - {"mta"}
     for v in res["vs_mta"].values():
-        assert v["ci95"][0] <= v["diff"] <= v["ci95"][1] and 0 <= v["p"] <= 1 and v["verdict"] in {"tie", "better", "worse"}
+        assert (
+            v["ci95"][0] <= v["diff"] <= v["ci95"][1]
+            and 0 <= v["p"] <= 1
+            and v["verdict"] in {"tie", "better", "worse"}
+        )
     assert len(res["anchors"]) == res["bank"]["anchors"]
     for a in res["anchors"]:
         assert a["rel_update"] > 0 and a["loss_first"] is not None and a["steps"] > 0
@@ -73,8 +87,17 @@ def test_sigkill_mid_run_then_rerun_continues_from_the_last_finished_user(tmp_pa
     make_lamp2(root, "train", n_users=8, n_items=6, seed=1, prefix="t")
     make_lamp2(root, "dev", n_users=12, n_items=4, seed=2, prefix="d")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "ray_jobs.mta_pipeline", "--config", "ray_jobs/configs/mta_tiny.yaml",
-           "--out", str(out), f"data.root={root}", f"bank_path={out / 'bank'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray_jobs.mta_pipeline",
+        "--config",
+        "ray_jobs/configs/mta_tiny.yaml",
+        "--out",
+        str(out),
+        f"data.root={root}",
+        f"bank_path={out / 'bank'}",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = out / "per_user.jsonl"
     deadline = time.time() + 300
@@ -123,5 +146,7 @@ def test_runs_asking_for_the_same_bank_share_it(lamp_root, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in manifest}
     s2 = run(_cfg(lamp_root, **{"eval.methods": "[prior]", "eval.rag_k": 2}), tmp_path / "b")["mta"]["LaMP_2"]["bank"]
     assert s1["path"] == s2["path"] and {p: p.stat().st_mtime_ns for p in before} == before
-    s3 = run(_cfg(lamp_root, **{"eval.methods": "[prior]", "anchor_train.lr": 0.001}), tmp_path / "c")["mta"]["LaMP_2"]["bank"]
+    s3 = run(_cfg(lamp_root, **{"eval.methods": "[prior]", "anchor_train.lr": 0.001}), tmp_path / "c")["mta"]["LaMP_2"][
+        "bank"
+    ]
     assert s3["path"] != s1["path"] and s3["signature"] != s1["signature"]

@@ -1,4 +1,5 @@
 """Profile priors with recency, mta_prior's lambda chosen on given records."""
+
 import numpy as np
 import pytest
 
@@ -27,8 +28,11 @@ def test_recency_weighting_can_overturn_counts():
     u = _user(["comedy", "comedy", "comedy", "sci-fi", "sci-fi"])
     assert _prior("LaMP_2", u, "", 1.0) == "comedy"
     assert _prior("LaMP_2", u, "", 0.3) == "sci-fi"  # 1 + .3 > .09 + .027 + .0081
-    assert float(_prior("LaMP_3", User("u", [{"id": "1", "text": "t", "score": 1}, {"id": "2", "text": "t", "score": 5}]),
-                        "", 0.5)) == pytest.approx((1 * 0.5 + 5 * 1) / 1.5, abs=0.005)
+    assert float(
+        _prior(
+            "LaMP_3", User("u", [{"id": "1", "text": "t", "score": 1}, {"id": "2", "text": "t", "score": 5}]), "", 0.5
+        )
+    ) == pytest.approx((1 * 0.5 + 5 * 1) / 1.5, abs=0.005)
 
 
 def test_log_prior_is_a_smoothed_distribution():
@@ -47,8 +51,15 @@ def test_lambda_is_chosen_where_the_prior_helps():
         out[(gold + 1) % labels_n] = 1.0  # the model prefers a wrong label by a margin of 1
         from mta.data import TASKS
 
-        recs.append({"queries": [f"q{i}"], "golds": [TASKS["LaMP_2"]["labels"][gold]], "out": {"mta": [out.tolist()]},
-                     "cf": {"mta": [np.zeros(labels_n).tolist()]}, "log_prior": lp.tolist()})
+        recs.append(
+            {
+                "queries": [f"q{i}"],
+                "golds": [TASKS["LaMP_2"]["labels"][gold]],
+                "out": {"mta": [out.tolist()]},
+                "cf": {"mta": [np.zeros(labels_n).tolist()]},
+                "log_prior": lp.tolist(),
+            }
+        )
     lam, grid = choose_lambda("LaMP_2", recs, "content_free", [0.0, 0.1, 1.0])
     assert grid["0.0"] == 0.0 and grid["1.0"] == 1.0 and lam == 1.0
     assert mta_prior_scores(recs, "content_free", 0.0).argmax(1).tolist() == [(i + 1) % 15 for i in range(10)]

@@ -38,8 +38,17 @@ def test_training_lowers_loss_and_touches_only_lora():
     host = AdapterHost(model, targets)
     base_before = {n: p.clone() for n, p in model.named_parameters() if "lora_" not in n}
     samples = [Sample("say comedy", "comedy"), Sample("say action", "action")] * 2
-    cfg = LoraTrainConfig(r=8, alpha=16, lr=3e-2, max_steps=60, batch_size=4, micro_batch=2, warmup_ratio=0.0,
-                          scheduler="constant", target_modules=targets)
+    cfg = LoraTrainConfig(
+        r=8,
+        alpha=16,
+        lr=3e-2,
+        max_steps=60,
+        batch_size=4,
+        micro_batch=2,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        target_modules=targets,
+    )
     state = host.train_new("t", samples, cfg, tok)
     # a random 32-wide model with frozen tied embeddings learns slowly: ~11% lower after 60 steps
     assert state.step == 60 and state.losses[-1] < 0.92 * state.losses[0]
@@ -107,8 +116,8 @@ def test_relative_update_diagnostic(tiny):
 
 
 def test_plain_base_weights_read_the_same_tensors_peft_adapts(tiny):
-    from suite.models import ModelConfig, load_base
     from mta.diagnostics import base_weights, plain_base_weights
+    from suite.models import ModelConfig, load_base
 
     plain, _ = load_base(ModelConfig(name="tiny"))
     model, _ = tiny

@@ -2,6 +2,7 @@
 a smoke job submitted with a working dir, SUCCEEDED, its output checked, the head stopped.
 The head runs under `ray start --block` in its own process group and is stopped by signalling that
 group, never `ray stop` (which would stop every Ray on the machine)."""
+
 import json
 import os
 import re
@@ -32,17 +33,38 @@ def _free_ports(n):
 def head(tmp_path):
     gcs, dash, agent, agent_grpc, rt_env, metrics = _free_ports(6)
     # the cluster token is a secret: it lives in the environment only (RAY_AUTH_TOKEN), never in a file we write
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # the head and its jobs use this venv
+    env = {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }  # the head and its jobs use this venv
     tmp = Path("/tmp") / f"rjs{os.getpid()}"  # short: unix socket paths have a length limit
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--runtime-env-agent-port={rt_env}", f"--metrics-export-port={metrics}", "--num-cpus=1",
-         f"--temp-dir={tmp}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--include-dashboard=true",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={rt_env}",
+            f"--metrics-export-port={metrics}",
+            "--num-cpus=1",
+            f"--temp-dir={tmp}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
@@ -63,8 +85,24 @@ def test_job_submit_round_trip(head, tmp_path):
     runtime_env = json.dumps({"working_dir": ".", "excludes": [".venv", "runs", "wandb", ".git", "**/__pycache__"]})
     deadline = time.time() + 120
     while True:  # the dashboard's job agent needs a few seconds after `ray start`
-        r = _ray(["job", "submit", "--address", address, "--no-wait", "--runtime-env-json", runtime_env,
-                  "--", "python", "-m", "ray_jobs.smoke", "--out", str(out)], env)
+        r = _ray(
+            [
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--no-wait",
+                "--runtime-env-json",
+                runtime_env,
+                "--",
+                "python",
+                "-m",
+                "ray_jobs.smoke",
+                "--out",
+                str(out),
+            ],
+            env,
+        )
         if r.returncode == 0 or time.time() > deadline:
             break
         time.sleep(3)

@@ -10,9 +10,18 @@ def test_worker_killed_mid_stacking_the_job_finishes_from_the_resume_log(ray_loc
     marker = tmp_path / "killed"
     out = tmp_path / "run"
 
-    cfg = load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml", [
-        f"data.root={lamp_root}", f"bank_cache={tmp_path / 'banks'}", "eval.backend=ray", "eval.cpus=1", "eval.max_retries=2",
-        f"eval.fail_at={{after_users: 2, marker: {marker}}}"])
+    cfg = load_config(
+        MTAJobConfig,
+        "ray_jobs/configs/mta_tiny.yaml",
+        [
+            f"data.root={lamp_root}",
+            f"bank_cache={tmp_path / 'banks'}",
+            "eval.backend=ray",
+            "eval.cpus=1",
+            "eval.max_retries=2",
+            f"eval.fail_at={{after_users: 2, marker: {marker}}}",
+        ],
+    )
     summary = run(cfg, out)
     assert marker.exists()  # the worker really died after its second user
     res = summary["mta"]["LaMP_2"]

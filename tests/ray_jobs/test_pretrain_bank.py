@@ -1,25 +1,41 @@
 """The bank job through DeepSpeed ZeRO-2 on 2 local gloo workers: a worker killed mid-anchor is
 restarted and the anchor resumes from its checkpoint; a rerun skips finished anchors."""
+
 import json
 
 import numpy as np
 
 from mta.bank import Bank
-from mta.data import load_task_split
-from suite.models import ModelConfig
-from mta.training import LoraTrainConfig
 from mta.bank_trainer import BankTrainConfig, train_bank
+from mta.data import load_task_split
+from mta.training import LoraTrainConfig
+from suite.models import ModelConfig
 
 
 def test_deepspeed_zero2_kill_resume_and_skip(ray_local, lamp_root, tmp_path):
     users = load_task_split("LaMP_2", "train", str(lamp_root))[:2]
     profiles = {u.user_id: u.profile for u in users}
     bank = Bank.create(tmp_path / "bank", list(profiles), np.eye(2, 4), {"task": "LaMP_2"})
-    tcfg = LoraTrainConfig(r=2, alpha=4, epochs=1, batch_size=2, micro_batch=1, max_samples=6, lr=1e-2,
-                           warmup_ratio=0.0, target_modules=["q_proj", "v_proj"])
+    tcfg = LoraTrainConfig(
+        r=2,
+        alpha=4,
+        epochs=1,
+        batch_size=2,
+        micro_batch=1,
+        max_samples=6,
+        lr=1e-2,
+        warmup_ratio=0.0,
+        target_modules=["q_proj", "v_proj"],
+    )
     marker = tmp_path / "killed"
-    cfg = BankTrainConfig(strategy="deepspeed", num_workers=2, checkpoint_every=1, progress=False, max_failures=2,
-                          fail_at={"anchor": 0, "step": 2, "rank": 1, "marker": str(marker)})
+    cfg = BankTrainConfig(
+        strategy="deepspeed",
+        num_workers=2,
+        checkpoint_every=1,
+        progress=False,
+        max_failures=2,
+        fail_at={"anchor": 0, "step": 2, "rank": 1, "marker": str(marker)},
+    )
     stats = train_bank(bank, profiles, "LaMP_2", ModelConfig(name="tiny", max_length=256), tcfg, cfg, tmp_path / "out")
     assert marker.exists()  # the worker really was killed at step 2 of the first anchor
     by = {s["anchor"]: s for s in stats}
@@ -32,6 +48,13 @@ def test_deepspeed_zero2_kill_resume_and_skip(ray_local, lamp_root, tmp_path):
         assert any(v.abs().sum() > 0 for k, v in sd.items() if "lora_B" in k)
     manifest = json.loads((bank.path / "manifest.json").read_text())
     assert [a["id"] for a in manifest["anchors"] if a["done"]] == list(profiles)
-    again = train_bank(Bank(bank.path), profiles, "LaMP_2", ModelConfig(name="tiny"), tcfg,
-                       BankTrainConfig(strategy="deepspeed", num_workers=2), tmp_path / "out")
+    again = train_bank(
+        Bank(bank.path),
+        profiles,
+        "LaMP_2",
+        ModelConfig(name="tiny"),
+        tcfg,
+        BankTrainConfig(strategy="deepspeed", num_workers=2),
+        tmp_path / "out",
+    )
     assert again == []

@@ -1,8 +1,8 @@
 """Both sweeps on tiny configs with W&B offline: trials run, the best config is saved, W&B run folders
 exist, plots are written; rerunning restores the experiment instead of repeating trials."""
+
 import json
 from pathlib import Path
-
 
 from ray_jobs.sweep_memgas import SweepMemGASConfig
 from ray_jobs.sweep_memgas import run as run_memgas
@@ -14,14 +14,33 @@ from tests.conftest import make_locomo
 
 def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = load_config(SweepMTAConfig, None, [
-        "job.data.task=LaMP_2", f"job.data.root={lamp_root}", "job.data.download=false", "job.model.name=tiny",
-        "job.encoder=hashing", "job.anchors.n_clusters=2", "job.anchors.min_items=3", "job.bank.backend=local",
-        "job.anchor_train.max_samples=4", "job.anchor_train.epochs=1", "job.stacking.max_steps=1",
-        "job.eval.progress=false", "job.tracking.enabled=true", "job.tracking.mode=offline",
-        f"job.bank_cache={tmp_path / 'banks'}", "job.data.eval_split=train", "job.data.select_profile_cap=4",
-        "sweep.name=t_mta", "sweep.search=grid", "sweep.scheduler=fifo",
-        "sweep.space={fusion.top_k: {values: [1, 2]}, fusion.merge: {values: [cat, ref_avg]}}"])
+    cfg = load_config(
+        SweepMTAConfig,
+        None,
+        [
+            "job.data.task=LaMP_2",
+            f"job.data.root={lamp_root}",
+            "job.data.download=false",
+            "job.model.name=tiny",
+            "job.encoder=hashing",
+            "job.anchors.n_clusters=2",
+            "job.anchors.min_items=3",
+            "job.bank.backend=local",
+            "job.anchor_train.max_samples=4",
+            "job.anchor_train.epochs=1",
+            "job.stacking.max_steps=1",
+            "job.eval.progress=false",
+            "job.tracking.enabled=true",
+            "job.tracking.mode=offline",
+            f"job.bank_cache={tmp_path / 'banks'}",
+            "job.data.eval_split=train",
+            "job.data.select_profile_cap=4",
+            "sweep.name=t_mta",
+            "sweep.search=grid",
+            "sweep.scheduler=fifo",
+            "sweep.space={fusion.top_k: {values: [1, 2]}, fusion.merge: {values: [cat, ref_avg]}}",
+        ],
+    )
     out = tmp_path / "sw"
     s = run_mta(cfg, out)
     assert s["trials"] == 4 and s["metric"] == "accuracy" and s["errors"] == 0
@@ -43,23 +62,47 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
 def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     data = make_locomo(tmp_path / "locomo.json", n_sessions=8, n_questions=6)
-    cfg = load_config(SweepMemGASConfig, None, [
-        f"job.data={data}", "job.memgas.encoder=hashing", "job.memgas.association.start_session=1",
-        "job.tracking.mode=offline", "sweep.name=t_mem", "sweep.search=optuna", "sweep.num_samples=3",
-        "sweep.scheduler=asha", "sweep.grace_period=1",
-        "sweep.space={best.temperature: {low: 0.05, high: 1.0, log: true}, best.router: {values: [corrected, reference]}, "
-        "memgas.association.n_components: {values: [2, 3]}}"])
+    cfg = load_config(
+        SweepMemGASConfig,
+        None,
+        [
+            f"job.data={data}",
+            "job.memgas.encoder=hashing",
+            "job.memgas.association.start_session=1",
+            "job.tracking.mode=offline",
+            "sweep.name=t_mem",
+            "sweep.search=optuna",
+            "sweep.num_samples=3",
+            "sweep.scheduler=asha",
+            "sweep.grace_period=1",
+            "sweep.space={best.temperature: {low: 0.05, high: 1.0, log: true}, best.router: {values: [corrected, reference]}, "  # noqa: E501
+            "memgas.association.n_components: {values: [2, 3]}}",
+        ],
+    )
     s = run_memgas(cfg, tmp_path / "sw")
     assert s["trials"] == 3 and s["metric"] == "recall_all@5" and s["errors"] == 0
     assert set(s["best"]["config"]) == {"best.temperature", "best.router", "memgas.association.n_components"}
     assert Path(tmp_path / "sw" / "sweep_best_temperature.png").exists()
     # the dev-selected configuration round-trips into the eval job, which reports it on test
-    from memgas.recipe import MemGASJobConfig, run as run_eval
+    from memgas.recipe import MemGASJobConfig
+    from memgas.recipe import run as run_eval
 
     best_yaml = tmp_path / "sw" / "best_config.yaml"
-    ev = run_eval(load_config(MemGASJobConfig, None, [f"data={data}", "memgas.encoder=hashing", "tracking.enabled=false",
-                                                      "ablations=false", f"best_from={best_yaml}", "eval.progress=false"]),
-                  tmp_path / "ev")["memgas"]["locomo"]
+    ev = run_eval(
+        load_config(
+            MemGASJobConfig,
+            None,
+            [
+                f"data={data}",
+                "memgas.encoder=hashing",
+                "tracking.enabled=false",
+                "ablations=false",
+                f"best_from={best_yaml}",
+                "eval.progress=false",
+            ],
+        ),
+        tmp_path / "ev",
+    )["memgas"]["locomo"]
     sel = ev["configs"]["selected_on"]
     assert sel["split"] == "dev" and sel["metric"] == "recall_all@5" and sel["value"] == s["best"]["value"]
     assert ev["configs"]["memgas"]["router"] == s["best"]["config"]["best.router"]
@@ -78,10 +121,21 @@ def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_pa
 
     data = make_locomo(tmp_path / "locomo.json", n_sessions=6, n_questions=4)
     out = tmp_path / "sw"
-    cmd = [sys.executable, "-m", "ray_jobs.sweep_memgas", "--out", str(out), f"job.data={data}",
-           "job.memgas.encoder=hashing", "job.tracking.mode=offline", "sweep.name=t_kill", "sweep.search=grid",
-           "sweep.scheduler=fifo", "sweep.max_concurrent=1",
-           "sweep.space={best.num_seeds: {values: [1, 2, 3, 4, 5, 6]}}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray_jobs.sweep_memgas",
+        "--out",
+        str(out),
+        f"job.data={data}",
+        "job.memgas.encoder=hashing",
+        "job.tracking.mode=offline",
+        "sweep.name=t_kill",
+        "sweep.search=grid",
+        "sweep.scheduler=fifo",
+        "sweep.max_concurrent=1",
+        "sweep.space={best.num_seeds: {values: [1, 2, 3, 4, 5, 6]}}",
+    ]
     env = {**os.environ, "WANDB_MODE": "offline", "RAY_ADDRESS": ""}
     exp = out / "tune" / "t_kill"
 

@@ -1,5 +1,6 @@
 """Typed choices: every example of a silently accepted typo now fails at parse time, before any
 work, naming the allowed values; `--help` prints the defaults actually used."""
+
 import dataclasses
 import re
 
@@ -12,25 +13,28 @@ from ray_jobs.sweep_mta import SweepMTAConfig
 from suite.config import ConfigError, describe, load_config
 
 
-@pytest.mark.parametrize("cls,override,names", [
-    (MTAJobConfig, "bank.strategy=deepspd", ["ddp", "deepspeed"]),
-    (MTAJobConfig, "anchor_train.scheduler=constnt", ["cosine", "constant"]),
-    (MTAJobConfig, "eval.inference=labels", ["auto", "label", "generate"]),
-    (MTAJobConfig, "eval.methods=[prior, mtaa]", ["mtaa"]),
-    (MTAJobConfig, "fusion.merge=cta", ["cat", "svd", "ref_avg"]),
-    (MTAJobConfig, "fusion.weighting=simlarity", ["similarity"]),
-    (MTAJobConfig, "eval.calibration=contentfree", ["content_free"]),
-    (MTAJobConfig, "bank.backend=rey", ["ray", "local"]),
-    (SweepMTAConfig, "sweep.scheduler=ASHA", ["asha", "fifo"]),
-    (SweepMTAConfig, "sweep.search=bayes", ["optuna", "grid", "random"]),
-    (SweepMTAConfig, "sweep.metric=acc", ["accuracy"]),
-    (SweepMTAConfig, "sweep.space={fusion.topk: {values: [1, 2]}}", ["topk", "top_k"]),
-    (SweepMemGASConfig, "sweep.space={best.rooter: {values: [corrected]}}", ["rooter", "router"]),
-    (SweepMemGASConfig, "sweep.metric=recal@5", ["recall_all"]),
-    (MemGASJobConfig, "best.router=corected", ["corrected", "reference", "uniform"]),
-    (MemGASJobConfig, "benchmark=locomo10", ["locomo", "longmemeval"]),
-    (MemGASJobConfig, "tracking.mode=ofline", ["offline"]),
-])
+@pytest.mark.parametrize(
+    "cls,override,names",
+    [
+        (MTAJobConfig, "bank.strategy=deepspd", ["ddp", "deepspeed"]),
+        (MTAJobConfig, "anchor_train.scheduler=constnt", ["cosine", "constant"]),
+        (MTAJobConfig, "eval.inference=labels", ["auto", "label", "generate"]),
+        (MTAJobConfig, "eval.methods=[prior, mtaa]", ["mtaa"]),
+        (MTAJobConfig, "fusion.merge=cta", ["cat", "svd", "ref_avg"]),
+        (MTAJobConfig, "fusion.weighting=simlarity", ["similarity"]),
+        (MTAJobConfig, "eval.calibration=contentfree", ["content_free"]),
+        (MTAJobConfig, "bank.backend=rey", ["ray", "local"]),
+        (SweepMTAConfig, "sweep.scheduler=ASHA", ["asha", "fifo"]),
+        (SweepMTAConfig, "sweep.search=bayes", ["optuna", "grid", "random"]),
+        (SweepMTAConfig, "sweep.metric=acc", ["accuracy"]),
+        (SweepMTAConfig, "sweep.space={fusion.topk: {values: [1, 2]}}", ["topk", "top_k"]),
+        (SweepMemGASConfig, "sweep.space={best.rooter: {values: [corrected]}}", ["rooter", "router"]),
+        (SweepMemGASConfig, "sweep.metric=recal@5", ["recall_all"]),
+        (MemGASJobConfig, "best.router=corected", ["corrected", "reference", "uniform"]),
+        (MemGASJobConfig, "benchmark=locomo10", ["locomo", "longmemeval"]),
+        (MemGASJobConfig, "tracking.mode=ofline", ["offline"]),
+    ],
+)
 def test_a_bad_choice_fails_at_parse_time_naming_the_allowed_values(cls, override, names):
     with pytest.raises(ConfigError) as e:
         load_config(cls, None, [override])
@@ -60,11 +64,18 @@ def test_help_defaults_equal_the_defaults_used(cls):
     shown, used = _help_defaults(cls), dict(_flat(load_config(cls)))
     assert shown == used
     if cls is SweepMemGASConfig:  # the nested defaults the old --help got wrong
-        assert shown["sweep.metric"] == "'recall_all@5'" and shown["job.best.router"] == repr(load_config(cls).job.best.router)
+        assert shown["sweep.metric"] == "'recall_all@5'" and shown["job.best.router"] == repr(
+            load_config(cls).job.best.router
+        )
 
 
-JOBS = {"mta_": MTAJobConfig, "pretrain_bank_": MTAJobConfig, "memgas_": MemGASJobConfig,
-        "sweep_mta_": SweepMTAConfig, "sweep_memgas_": SweepMemGASConfig}
+JOBS = {
+    "mta_": MTAJobConfig,
+    "pretrain_bank_": MTAJobConfig,
+    "memgas_": MemGASJobConfig,
+    "sweep_mta_": SweepMTAConfig,
+    "sweep_memgas_": SweepMemGASConfig,
+}
 
 
 def test_every_shipped_config_parses_and_starts_with_its_command():

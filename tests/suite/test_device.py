@@ -1,13 +1,14 @@
 """The one device rule: spec strings checked at parse time, resolution, and a CUDA request that
 fails before any work where there is no CUDA."""
+
 import pytest
 import torch
 
-from suite.models import ModelConfig
 from memgas.recipe import MemGASJobConfig
 from mta.recipe import MTAJobConfig
 from suite import device
 from suite.config import ConfigError, load_config
+from suite.models import ModelConfig
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 
@@ -59,8 +60,11 @@ def test_models_land_on_the_resolved_device():
 def test_asking_for_cuda_fails_before_any_training(lamp_root, tmp_path):
     from mta.recipe import run
 
-    cfg = load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml",
-                      [f"data.root={lamp_root}", "model.device=cuda", f"bank_cache={tmp_path / 'banks'}"])
+    cfg = load_config(
+        MTAJobConfig,
+        "ray_jobs/configs/mta_tiny.yaml",
+        [f"data.root={lamp_root}", "model.device=cuda", f"bank_cache={tmp_path / 'banks'}"],
+    )
     with pytest.raises(ConfigError, match="CUDA is not available"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "banks").exists() and not (tmp_path / "run").exists()
@@ -69,13 +73,26 @@ def test_asking_for_cuda_fails_before_any_training(lamp_root, tmp_path):
 def test_dry_run_plans_without_training(lamp_root, tmp_path):
     from ray_jobs.pretrain_bank import dry_run
 
-    cfg = load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml",
-                      [f"data.root={lamp_root}", f"bank_cache={tmp_path / 'banks'}", "anchors.n_clusters=3",
-                       "bank.num_workers=2", "bank.gpus_per_worker=1", "bank.parallel=0", "bank.checkpoint_every=1",
-                       "bank.strategy=deepspeed", "bank.plan_resources={GPU: 4, CPU: 32}"])
+    cfg = load_config(
+        MTAJobConfig,
+        "ray_jobs/configs/mta_tiny.yaml",
+        [
+            f"data.root={lamp_root}",
+            f"bank_cache={tmp_path / 'banks'}",
+            "anchors.n_clusters=3",
+            "bank.num_workers=2",
+            "bank.gpus_per_worker=1",
+            "bank.parallel=0",
+            "bank.checkpoint_every=1",
+            "bank.strategy=deepspeed",
+            "bank.plan_resources={GPU: 4, CPU: 32}",
+        ],
+    )
     plan = dry_run(cfg, tmp_path / "plan")
     assert plan["trainers_at_once"] == 2 and plan["gpus_needed"] == 4 and plan["backend"] == "nccl"
-    assert sorted(a for t in plan["trainers"] for a in t["anchors"]) == sorted(set(a for t in plan["trainers"] for a in t["anchors"]))
+    assert sorted(a for t in plan["trainers"] for a in t["anchors"]) == sorted(
+        set(a for t in plan["trainers"] for a in t["anchors"])
+    )
     assert plan["anchors"] == 3 and sum(len(t["anchors"]) for t in plan["trainers"]) == 3
     # checkpoint_every=1: one report per step (the last step's is the final one)
     assert plan["checkpoints_expected"] == sum(t["steps"] for t in plan["trainers"])

@@ -11,8 +11,11 @@ def test_mean_pool_encoder_from_a_local_folder(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(
+            vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    ).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     enc = load_encoder(str(tmp_path))
     assert isinstance(enc, MeanPoolEncoder) and enc.dim == 16

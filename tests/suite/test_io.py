@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from suite.io import DataError, atomic_dir, atomic_write_json, append_jsonl, read_json, read_jsonl
+from suite.io import DataError, append_jsonl, atomic_dir, atomic_write_json, read_json, read_jsonl
 
 
 def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):

@@ -1,4 +1,5 @@
 """Paired statistics on constructed examples with known answers."""
+
 import numpy as np
 import pytest
 
@@ -8,7 +9,7 @@ from suite.stats import compare, mcnemar_exact, paired_bootstrap_ci, paired_perm
 def test_mcnemar_exact_known_values():
     a = [1] * 6 + [0] * 4
     b = [0] * 6 + [0] * 4  # 6 discordant pairs, all favouring a: p = 2 * 0.5**6
-    assert mcnemar_exact(a, b) == pytest.approx(2 * 0.5 ** 6)
+    assert mcnemar_exact(a, b) == pytest.approx(2 * 0.5**6)
     assert mcnemar_exact(a, a) == 1.0
     # 3 vs 3 discordant: perfectly balanced, p = 1
     assert mcnemar_exact([1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]) == 1.0
@@ -37,8 +38,8 @@ def test_bootstrap_interval_contains_the_truth_and_collapses_on_constant_differe
 
 def test_compare_verdicts_follow_the_interval():
     ref = [1, 0] * 50
-    better = [1] * 100          # +0.5 on every other query: clearly better
-    same = [0, 1] * 50          # same mean, different queries: a tie
+    better = [1] * 100  # +0.5 on every other query: clearly better
+    same = [0, 1] * 50  # same mean, different queries: a tie
     res = compare({"mta": ref, "better": better, "same": same}, "mta", binary=True)
     assert res["better"]["verdict"] == "better" and res["better"]["diff"] == pytest.approx(0.5)
     assert res["same"]["verdict"] == "tie" and res["same"]["ci95"][0] < 0 < res["same"]["ci95"][1]
