@@ -313,8 +313,35 @@ def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
         atomic_write_json(sp, prev)
         print_table(cfg.benchmark, res)
         tracker.summary({f"{cfg.benchmark}/{m}/{k}": v for m, vals in res["methods"].items() for k, v in vals.items()})
-        rows = [[r["qid"], json.dumps(r.get("router_memgas", {}))] for r in recs[:500]]
-        tracker.table("router_weights", ["qid", "weights"], rows)
+        base = "bm25_session" if "bm25_session" in methods else None
+        m5 = lambda r, m: (r["metrics"].get(m) or {}).get("recall_all@5") if m else None  # noqa: E731
+        rows = [
+            [
+                r["qid"],
+                r.get("conv"),
+                str(r.get("category", "")),
+                json.dumps(r.get("gold")),
+                m5(r, "memgas"),
+                m5(r, base),
+                json.dumps((r.get("top") or {}).get("memgas", [])[:5]),
+                json.dumps(r.get("router_memgas", {})),
+            ]
+            for r in recs[:2000]
+        ]
+        tracker.table(
+            "per_question",
+            [
+                "qid",
+                "conv",
+                "category",
+                "gold",
+                "memgas_recall_all@5",
+                f"{base}_recall_all@5",
+                "memgas_top5",
+                "router_weights",
+            ],
+            rows,
+        )
         return prev
     finally:
         tracker.finish()

@@ -31,6 +31,7 @@ from suite.config import opt
 from suite.device import use as use_device
 from suite.models import ModelConfig, load_base
 from suite.ray_local import init_ray, started_locally, torch_config
+from suite.tracking import Tracker, TrackingConfig
 
 # Ray is imported inside functions on purpose: suite.ray_local must set its loopback-only
 # environment before the first `import ray` of a process (Ray reads it at import time).
@@ -107,6 +108,36 @@ def _report_progress(
         ray_train.report(metrics)
 
 
+class LossCurves:
+    """Anchor training curves for W&B: one run per trainer, a global step across its anchors
+    (`train/loss` against step, `train/anchor` the anchor's index), one summary row per anchor."""
+
+    def __init__(self, tracking: dict | None, out_dir: str | Path, name: str, config: dict):
+        self.tracker = (
+            Tracker(TrackingConfig(**tracking), "bank_train", config, out_dir, name=name, alongside=True)
+            if tracking
+            else None
+        )
+        self.step, self.rows = 0, []
+
+    def anchor(self, anchor_id: str, losses: list[float], resumed_from: int = 0) -> None:
+        if not self.tracker:
+            return
+        for i, loss in enumerate(losses):
+            self.step += 1
+            self.tracker.log(
+                {"train/loss": loss, "train/anchor": len(self.rows), "train/anchor_step": i + 1}, step=self.step
+            )
+        self.rows.append(
+            [anchor_id, len(losses), losses[0] if losses else None, losses[-1] if losses else None, resumed_from]
+        )
+
+    def finish(self) -> None:
+        if self.tracker:
+            self.tracker.table("anchors", ["anchor", "steps", "loss_first", "loss_last", "resumed_from"], self.rows)
+            self.tracker.finish()
+
+
 def bank_worker_loop(config: dict) -> None:
     """Runs on every Ray Train worker: train the listed anchors one after another."""
     import ray.train
@@ -140,11 +171,23 @@ def bank_worker_loop(config: dict) -> None:
                 f"at step {(prog.get('train_state') or {}).get('step')}"
             )
 
-    # 3. The base model, loaded once per worker and shared by all its anchors.
+    # 3. Rank 0 logs loss curves (W&B, offline unless WANDB_API_KEY is set); the other ranks log nothing.
+    curves = (
+        LossCurves(
+            config.get("tracking"),
+            config.get("tracking_dir", "."),
+            f"bank-trainer-{config.get('shard', 0)}",
+            {"task": config["task"], "train": config["train"], "strategy": strategy},
+        )
+        if rank == 0
+        else None
+    )
+
+    # 4. The base model, loaded once per worker and shared by all its anchors.
     model, tok = load_base(mcfg)
     host = AdapterHost(model, tcfg.target_modules)
 
-    # 4. Train each anchor not done yet; resume the one in progress from its partial checkpoint.
+    # 5. Train each anchor not done yet; resume the one in progress from its partial checkpoint.
     for ai, a in enumerate(config["anchors"]):
         if a["id"] in done:
             continue
@@ -202,7 +245,9 @@ def bank_worker_loop(config: dict) -> None:
             )
         resume = None
 
-        # 5. Report the finished anchor: rank 0 writes its adapter into the checkpoint.
+        # 6. Report the finished anchor: rank 0 writes its adapter into the checkpoint and logs its curve.
+        if curves:
+            curves.anchor(a["id"], state.losses, resumed_from)
         done.append(a["id"])
         metrics = {
             "anchor": a["id"],
@@ -219,6 +264,8 @@ def bank_worker_loop(config: dict) -> None:
             (d / "anchor.json").write_text(json.dumps({**_m, "losses": _state.losses}))
 
         _report_progress(ray.train, rank, done, None, None, {"final": write_final} if rank == 0 else {}, metrics, tag)
+    if curves:
+        curves.finish()
     shutil.rmtree(local, ignore_errors=True)
 
 
@@ -339,14 +386,16 @@ def train_bank(
     train_cfg,
     cfg: BankTrainConfig,
     out_dir: str | Path,
+    tracking: dict | None = None,
 ) -> list[dict]:
-    """Train every anchor the bank still misses; returns per-anchor stats."""
+    """Train every anchor the bank still misses; returns per-anchor stats. With `tracking` (a
+    TrackingConfig as a dict), rank 0 of each trainer logs the anchors' loss curves to W&B."""
     missing = bank.missing_ids()
     if not missing:
         return []
     anchors = [{"id": a, "profile": profiles[a]} for a in missing]
     if cfg.backend == "local":
-        return _train_local(bank, anchors, task, model_cfg, train_cfg, cfg)
+        return _train_local(bank, anchors, task, model_cfg, train_cfg, cfg, tracking, out_dir)
     if cfg.backend != "ray":
         raise ValueError(f"bank backend {cfg.backend!r}: expected ray or local")
     import ray
@@ -377,6 +426,9 @@ def train_bank(
                 "deepspeed_config": ds_path,
                 "checkpoint_every": cfg.checkpoint_every,
                 "fail_at": cfg.fail_at,
+                "tracking": tracking,
+                "tracking_dir": str(Path(out_dir).resolve()),
+                "shard": i,
             },
             # NCCL between GPU workers, gloo on CPU (DeepSpeed initialises its own group the same way)
             torch_config=torch_config(
@@ -416,11 +468,20 @@ def train_bank(
     return stats
 
 
-def _train_local(bank: Bank, anchors: list[dict], task: str, model_cfg, train_cfg, cfg: BankTrainConfig) -> list[dict]:
+def _train_local(
+    bank: Bank,
+    anchors: list[dict],
+    task: str,
+    model_cfg,
+    train_cfg,
+    cfg: BankTrainConfig,
+    tracking: dict | None = None,
+    out_dir: str | Path = ".",
+) -> list[dict]:
     """The same per-anchor training in this process, sequentially (baseline for Ray's overhead)."""
-
     model, tok = load_base(model_cfg)
     host = AdapterHost(model, train_cfg.target_modules)
+    curves = LossCurves(tracking, out_dir, "bank-local", {"task": task, "train": asdict(train_cfg)})
     stats = []
     for a in tqdm(anchors, desc="anchors", disable=not cfg.progress):
         t0 = time.perf_counter()
@@ -429,5 +490,7 @@ def _train_local(bank: Bank, anchors: list[dict], task: str, model_cfg, train_cf
         )
         info = {"anchor": a["id"], "steps": state.step, "seconds": time.perf_counter() - t0, "losses": state.losses}
         bank.add_anchor(a["id"], state_dict=sd, lora_config=conf, train_info=info)
+        curves.anchor(a["id"], state.losses)
         stats.append(info)
+    curves.finish()
     return stats

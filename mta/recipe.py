@@ -138,8 +138,16 @@ def build_bank(cfg: MTAJobConfig, out: Path, encoder, log=print):
     }
     bank = Bank.create(path, ids, emb[idx], meta, [len(train[i].profile) for i in idx])
     t0 = time.perf_counter()
+    tracking = {**asdict(cfg.tracking), "group": cfg.tracking.group or f"mta-{d.task}"}
     stats = train_bank(
-        bank, {train[i].user_id: train[i].profile for i in idx}, d.task, cfg.model, cfg.anchor_train, cfg.bank, out
+        bank,
+        {train[i].user_id: train[i].profile for i in idx},
+        d.task,
+        cfg.model,
+        cfg.anchor_train,
+        cfg.bank,
+        out,
+        tracking if cfg.tracking.enabled else None,
     )
     log(
         f"[bank] trained {len(stats)} anchor(s) in {time.perf_counter() - t0:.0f}s; "
@@ -308,13 +316,28 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
         atomic_write_json(summary_path, prev)
         print_table(task, res)
         tracker.summary({f"{task}/{m}/{k}": v for m, vals in res["methods"].items() for k, v in vals.items()})
+        cost = lambda r, m: (r.get("cost", {}).get(m) or {}).get("seconds")  # noqa: E731
         tracker.table(
-            "anchors_per_user",
-            ["user_id", "anchors", "weights"],
+            "per_user",
+            ["user_id", "gold", "anchors", "weights", "mta_adapt_s", "oppu_adapt_s"],
             [
-                [r["user_id"], json.dumps(r["anchors"]["anchors"]), json.dumps(r["anchors"]["weights"])]
+                [
+                    r["user_id"],
+                    json.dumps(r.get("golds")),
+                    json.dumps((r.get("anchors") or {}).get("anchors")),
+                    json.dumps((r.get("anchors") or {}).get("weights")),
+                    cost(r, "mta"),
+                    cost(r, "oppu"),
+                ]
                 for r in records
-                if "anchors" in r
+            ],
+        )
+        tracker.table(
+            "anchors",
+            ["id", "n_items", "steps", "loss_first", "loss_last", "rel_update"],
+            [
+                [a["id"], a.get("n_items"), a.get("steps"), a.get("loss_first"), a.get("loss_last"), a["rel_update"]]
+                for a in anchors
             ],
         )
         tracker.artifact(f"bank-{task}", "model", bank.path, {"anchors": len(loaded.ids)})

@@ -45,7 +45,16 @@ def wandb_mode(mode: str) -> str:
 class Tracker:
     """A W&B run, or a no-op when tracking is disabled."""
 
-    def __init__(self, cfg: TrackingConfig, job_type: str, config: dict, out_dir: str | Path, name: str | None = None):
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        job_type: str,
+        config: dict,
+        out_dir: str | Path,
+        name: str | None = None,
+        alongside: bool = False,
+    ):
+        """`alongside`: a second run in a process that already holds one (it is not finished)."""
         self.run = None
         if not cfg.enabled or cfg.mode == "disabled":
             return
@@ -62,7 +71,7 @@ class Tracker:
             config=redact(config),
             dir=str(out_dir),
             mode=wandb_mode(cfg.mode),
-            reinit="finish_previous",
+            reinit="create_new" if alongside else "finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )
 
