@@ -29,8 +29,9 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 demo: setup
-	$(PY) -m ray_jobs.mta_pipeline --config ray_jobs/configs/mta_lamp2_demo.yaml --out runs/demo
-	$(PY) -m ray_jobs.memgas_eval --config ray_jobs/configs/memgas_locomo_test.yaml --out runs/demo best_from=ray_jobs/configs/memgas_locomo_best.yaml
+	$(PY) -m ray_jobs.mta_pipeline --quiet --config ray_jobs/configs/mta_lamp2_demo.yaml --out runs/demo
+	$(PY) -m ray_jobs.memgas_eval --quiet --config ray_jobs/configs/memgas_locomo_test.yaml --out runs/demo \
+	    best_from=ray_jobs/configs/memgas_locomo_best.yaml eval.max_conversations=3
 
 clean:
 	rm -rf runs .pytest_cache

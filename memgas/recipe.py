@@ -20,20 +20,26 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from memgas.evaluate import MemEvalConfig
-from memgas.llm import LLMConfig
-from memgas.retrieval import RetrievalConfig, paper_config
-from memgas.store import MemGASConfig
-from suite.config import opt
+from memgas.data import load_benchmark, load_longmemeval
+from memgas.encoders import CachedEncoder
+from memgas.evaluate import MemEvalConfig, evaluate, run_key, summarize
+from memgas.llm import LLMConfig, build_llm
+from memgas.retrieval import RetrievalConfig, ablation_configs, baseline_configs, paper_config
+from memgas.store import MemGASConfig, MemoryStore
+from memgas.units import UnitBuilder
+from suite.config import from_dict, load_config, opt
 from suite.device import check_spec
 from suite.device import describe as describe_device
 from suite.device import use as use_device
+from suite.encoders import load_encoder
+from suite.io import append_jsonl, atomic_write_json, project_root, read_jsonl, sha256_file
+from suite.ray_local import init_ray
 from suite.redact import redact_config
-from suite.tracking import TrackingConfig
+from suite.tracking import Tracker, TrackingConfig
 
 DEFAULT_FILES = {"locomo": "locomo10.json", "longmemeval": "longmemeval_s_dev.json"}
 LME_DEV = "longmemeval_s_dev.json"
@@ -82,7 +88,6 @@ class MemGASJobConfig:
 
 
 def shared_memory_dir() -> Path:
-    from mta.data import project_root
 
     return project_root().parent / "shared" / "data" / "memory"
 
@@ -105,9 +110,6 @@ def apply_best_from(cfg: MemGASJobConfig) -> MemGASJobConfig:
     """Take `best` and `memgas` from a sweep's best_config.yaml (validated like any config)."""
     if not cfg.best_from:
         return cfg
-    from dataclasses import replace
-
-    from suite.config import load_config
 
     sel = load_config(MemGASJobConfig, cfg.best_from)
     return replace(cfg, best=sel.best, memgas=sel.memgas, selected_on={**sel.selected_on, "file": cfg.best_from})
@@ -119,8 +121,6 @@ BEST_LOCOMO = "ray_jobs/configs/memgas_locomo_best.yaml"
 def load_best(path: str | Path | None = None) -> RetrievalConfig:
     """The `best` retrieval config of a sweep's best_config.yaml (default: the committed LoCoMo one,
     selected on the dev conversations); the paper configuration when there is none."""
-    from mta.data import project_root
-    from suite.config import load_config
 
     p = Path(path) if path else project_root() / BEST_LOCOMO
     return load_config(MemGASJobConfig, p).best if p.exists() else paper_config()
@@ -141,7 +141,6 @@ def split_conversations(convs: list, cfg: MemGASJobConfig) -> tuple[list, dict]:
             "dev": [c.conv_id for c in dev],
             "test": [c.conv_id for c in test],
         }
-    from memgas.data import load_longmemeval
 
     dev_path = Path(sp.dev_data) if sp.dev_data else shared_memory_dir() / LME_DEV
     dev_ids = {c.conv_id for c in load_longmemeval(dev_path)}
@@ -152,7 +151,6 @@ def split_conversations(convs: list, cfg: MemGASJobConfig) -> tuple[list, dict]:
 
 
 def methods_for(cfg: MemGASJobConfig) -> dict[str, RetrievalConfig]:
-    from memgas.retrieval import ablation_configs, baseline_configs
 
     paper = paper_config()
     m = {**baseline_configs(), "memgas_paper": paper, "memgas": cfg.best}
@@ -191,11 +189,6 @@ def _eval_conversation(cfg_dict: dict, conv, methods: dict, key: str, log_dir: s
     """One conversation (LongMemEval: one question with its haystack) as a Ray task: it ingests its
     own memory and returns its records; the driver is the only writer of per_question.jsonl.
     If the task's worker dies, Ray runs it again (max_retries)."""
-    from memgas.encoders import CachedEncoder
-    from memgas.evaluate import evaluate
-    from memgas.store import MemoryStore
-    from suite.config import from_dict
-    from suite.encoders import load_encoder
 
     cfg = from_dict(MemGASJobConfig, cfg_dict, "memgas_eval task")
     use_device(cfg.device)  # this worker's device (the GPU its task reserved, if any)
@@ -212,9 +205,6 @@ def evaluate_on_ray(cfg: MemGASJobConfig, convs: list, methods: dict, key: str, 
     """Conversations not yet logged under `key` run as Ray tasks (`eval.cpus` each); each finished
     one is appended to the log by the driver, so a rerun resumes with what was done."""
     import ray
-
-    from suite.io import append_jsonl, read_jsonl
-    from suite.ray_local import init_ray
 
     done = {r["qid"]: r for r in read_jsonl(log_path) if r.get("key") == key}
     todo = [c for c in convs if any(q.qid not in done for q in c.questions)]
@@ -235,15 +225,6 @@ def evaluate_on_ray(cfg: MemGASJobConfig, convs: list, methods: dict, key: str, 
 
 
 def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
-    from memgas.data import load_benchmark
-    from memgas.encoders import CachedEncoder
-    from memgas.evaluate import evaluate, run_key, summarize
-    from memgas.llm import build_llm
-    from memgas.store import MemoryStore
-    from memgas.units import UnitBuilder
-    from suite.encoders import load_encoder
-    from suite.io import atomic_write_json, sha256_file
-    from suite.tracking import Tracker
 
     cfg = apply_best_from(cfg)
     device = use_device(cfg.device)  # fails here, before any work, if the device is not there

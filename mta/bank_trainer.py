@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from mta.adapters import AdapterHost
 from mta.bank import Bank, save_adapter, slug
-from mta.data import project_root
 from mta.deepspeed_train import gathered_state_dict, train_lora_deepspeed
 from mta.training import LoraTrainConfig, TrainState, for_adapter, loo_samples, train_anchor
 from suite.config import opt
 from suite.device import use as use_device
+from suite.io import project_root
 from suite.models import ModelConfig, load_base
 from suite.ray_local import init_ray, started_locally, torch_config
 from suite.tracking import Tracker, TrackingConfig

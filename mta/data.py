@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from suite.io import DataError, atomic_write_bytes, check_id, check_text_value, read_json
+from suite.io import DataError, atomic_write_bytes, check_id, check_text_value, project_root, read_json
 
 # Fields each profile item must carry, and the output kind, per task (SPEC §1).
 TASKS: dict[str, dict[str, Any]] = {
@@ -330,10 +330,6 @@ def download_lamp(
         except (urllib.error.URLError, TimeoutError) as e:
             raise DataError(url, problem=f"download failed: {getattr(e, 'reason', e)}") from None
     return dest
-
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
 
 
 def resolve_task_dir(

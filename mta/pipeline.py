@@ -479,6 +479,14 @@ def summarize(
     if "mta_prior" in preds:
         res["mta_prior_lambda"] = lam
     res["vs_mta"] = compare(per_q, reference, binary, higher, n_boot)
+    if "prior_recency" in per_q:  # the stretch target: does the model add anything to the best model-free prior?
+        res["vs_prior_recency"] = compare(
+            {m: per_q[m] for m in ("prior_recency", "mta", "mta_prior") if m in per_q},
+            "prior_recency",
+            binary,
+            higher,
+            n_boot,
+        )
     res["vs_mta_note"] = (
         "diff = method - MTA on the per-query "
         + primary_metric(task)[0]

@@ -13,22 +13,45 @@ every run that asks for the same bank. Rerunning resumes: finished anchors and u
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mta.bank_trainer import BankTrainConfig
-from mta.pipeline import MTAConfig
-from suite.config import opt
+import torch
+
+from mta.anchors import select_anchors, user_embeddings
+from mta.bank import Bank
+from mta.bank_trainer import BankTrainConfig, placement_plan, train_bank
+from mta.data import load_task_split
+from mta.diagnostics import mean_relative_update, plain_base_weights
+from mta.evaluate import primary_metric, score_task
+from mta.pipeline import (
+    Evaluator,
+    MTAConfig,
+    _uses_labels,
+    choose_lambda,
+    load_users,
+    predictions,
+    record_key,
+    resolve_calibration,
+    summarize,
+)
+from mta.training import for_adapter, loo_samples, total_steps
+from suite.config import from_dict, opt
 from suite.device import describe as describe_device
 from suite.device import dtype_for
 from suite.device import use as use_device
-from suite.models import model_identity
+from suite.encoders import load_encoder
+from suite.io import DataError, atomic_write_json, json_digest, read_json, read_jsonl, sha256_file
+from suite.models import load_base, model_identity
+from suite.ray_local import init_ray
 from suite.redact import redact_config
-from suite.tracking import TrackingConfig
+from suite.tracking import Tracker, TrackingConfig
 
 
 @dataclass
@@ -45,7 +68,6 @@ class MTAJobConfig(MTAConfig):
 
 def bank_signature(cfg: MTAJobConfig) -> str:
     """Hash of what a bank's content depends on (not how it is trained: backend, workers)."""
-    from suite.io import json_digest
 
     d = cfg.data
     key = {
@@ -68,8 +90,6 @@ def bank_path_for(cfg: MTAJobConfig) -> Path:
 
 def choose_anchors(cfg: MTAJobConfig, encoder):
     """Stage 1a: (train users, their embeddings, indices of the anchors among them)."""
-    from mta.anchors import select_anchors, user_embeddings
-    from mta.data import load_task_split
 
     d = cfg.data
     train = load_task_split(
@@ -85,10 +105,6 @@ def plan_bank(cfg: MTAJobConfig, encoder) -> dict:
     """The placement plan of the bank's training (`pretrain_bank --dry-run`): anchors are chosen
     (cheap: encoder + k-means), nothing is trained and the LLM is not loaded."""
     import ray
-
-    from mta.bank import Bank
-    from mta.bank_trainer import placement_plan
-    from mta.training import for_adapter, loo_samples, total_steps
 
     train, _, idx = choose_anchors(cfg, encoder)
     path = bank_path_for(cfg)
@@ -113,15 +129,12 @@ def plan_bank(cfg: MTAJobConfig, encoder) -> dict:
 
 
 def torch_gpus() -> int:
-    import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def build_bank(cfg: MTAJobConfig, out: Path, encoder, log=print):
     """Stage 1a + 1b: choose anchors among train users, train the missing ones, return the bank."""
-    from mta.bank import Bank
-    from mta.bank_trainer import train_bank
 
     d = cfg.data
     train, emb, idx = choose_anchors(cfg, encoder)
@@ -159,7 +172,6 @@ def build_bank(cfg: MTAJobConfig, out: Path, encoder, log=print):
 def anchor_report(bank, loaded, model) -> list[dict]:
     """Per anchor: items, steps, training loss first/last (from the manifest) and the mean relative
     update ||dW||/||W|| over its modules, measured against the base model's weights."""
-    from mta.diagnostics import mean_relative_update, plain_base_weights
 
     base = plain_base_weights(model, loaded.adapters[0])
     entries = {a["id"]: a for a in bank.manifest["anchors"]}
@@ -198,11 +210,6 @@ def select_stacking(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str)
     """Stage 3's settings chosen on train users that are not anchors (their newest item held out):
     every candidate of `eval.stacking_grid` runs MTA on them; the best main metric wins (ties: the
     first). Returns the config with the winner and what each candidate scored."""
-    import dataclasses
-
-    from mta.evaluate import primary_metric, score_task
-    from mta.pipeline import _uses_labels, load_users, predictions, record_key, resolve_calibration
-    from suite.io import sha256_file
 
     task = cfg.data.task
     users, path = load_users(cfg, cfg.data.train_split, anchor_ids)
@@ -226,8 +233,6 @@ def select_stacking(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str)
 
 def select_lambda(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -> dict:
     """mta_prior's lambda, chosen on train users that are not anchors (never on the evaluated split)."""
-    from mta.pipeline import choose_lambda, load_users, record_key, resolve_calibration
-    from suite.io import sha256_file
 
     users, path = load_users(cfg, cfg.data.train_split, anchor_ids)
     users = users[: cfg.data.select_users]
@@ -239,11 +244,6 @@ def select_lambda(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -
 
 
 def run(cfg: MTAJobConfig, out: str | Path) -> dict:
-    from mta.pipeline import Evaluator, _uses_labels, load_users, record_key, resolve_calibration, summarize
-    from suite.encoders import load_encoder
-    from suite.io import atomic_write_json, sha256_file
-    from suite.models import load_base
-    from suite.tracking import Tracker
 
     device = use_device(cfg.model.device)  # fails here, before any training, if the device is not there
     out = Path(out)
@@ -348,7 +348,6 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
 
 def bank_content_id(manifest: dict) -> str:
     """Identity of a bank's content: its anchors and their file checksums."""
-    from suite.io import json_digest
 
     ident = [(a["id"], a.get("files")) for a in manifest["anchors"] if a.get("done")]
     return json_digest(ident)
@@ -357,14 +356,6 @@ def bank_content_id(manifest: dict) -> str:
 def _evaluate_task(cfg_dict: dict, out: str, bank_path: str, users: list, key: str) -> list[dict]:
     """The per-user stage (fusion, stacking, baselines) as a Ray task. If its worker dies, Ray runs
     it again; the new attempt skips the users already in per_user.jsonl."""
-    import os
-    import signal
-
-    from mta.bank import Bank
-    from mta.pipeline import Evaluator
-    from suite.config import from_dict
-    from suite.encoders import load_encoder
-    from suite.models import load_base
 
     cfg = from_dict(MTAJobConfig, cfg_dict, "mta_pipeline task")
     use_device(cfg.model.device)  # the GPU this task reserved (eval.gpus), if any
@@ -383,8 +374,36 @@ def _evaluate_task(cfg_dict: dict, out: str, bank_path: str, users: list, key: s
 def evaluate_on_ray(cfg: MTAJobConfig, out: Path, bank_path, users: list, key: str) -> list[dict]:
     import ray
 
-    from suite.ray_local import init_ray
-
     init_ray()
     task = ray.remote(num_cpus=cfg.eval.cpus, num_gpus=cfg.eval.gpus, max_retries=cfg.eval.max_retries)(_evaluate_task)
     return ray.get(task.remote(asdict(cfg), str(Path(out).resolve()), str(Path(bank_path).resolve()), users, key))
+
+
+def resummarize(out: str | Path) -> dict:
+    """Rewrite OUT/summary.json from the records already logged in OUT/per_user.jsonl under the
+    summary's own `record_key` (no model is loaded, nothing is recomputed per user): the way to add
+    a statistic to a finished run. Selection results (lambda, stacking) are kept from the summary."""
+    out = Path(out)
+    summary = read_json(out / "summary.json")
+    cfg = from_dict(MTAJobConfig, read_json(out / "config.json"), str(out / "config.json"))
+    for task, old in summary.get("mta", {}).items():
+        records = [r for r in read_jsonl(out / "per_user.jsonl") if r.get("key") == old["record_key"]]
+        if len(records) != old["n_users"]:
+            raise DataError(
+                out / "per_user.jsonl",
+                field="key",
+                problem=f"{len(records)} records under {old['record_key']}, the summary has {old['n_users']}",
+            )
+        new = summarize(
+            task,
+            records,
+            cfg.eval.methods,
+            _uses_labels(task, cfg.eval.inference),
+            cfg.eval.calibration,
+            out,
+            old.get("mta_prior_lambda", 0.0),
+            cfg.eval.bootstrap,
+        )
+        summary["mta"][task] = {**old, **new}
+    atomic_write_json(out / "summary.json", summary)
+    return summary

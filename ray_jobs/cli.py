@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from suite.config import ConfigError, describe, load_config
+from suite.logs import to_file
 
 
 def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | None = None):
@@ -17,6 +19,11 @@ def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | 
     )
     ap.add_argument("--config", help="YAML experiment file (ray_jobs/configs/*.yaml)")
     ap.add_argument("--out", required=True, help="run folder: summary.json, predictions, checkpoints")
+    ap.add_argument(
+        "--quiet",
+        action="store_true",
+        help="library logs and warnings to OUT/run.log; the terminal keeps progress bars and tables",
+    )
     for name, help_ in (flags or {}).items():
         ap.add_argument(f"--{name}", action="store_true", help=help_)
     ap.add_argument("overrides", nargs="*", help="key=value, dotted for nested keys, e.g. fusion.top_k=3")
@@ -26,4 +33,15 @@ def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | 
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.quiet:
+        log = to_file(args.out)
+        print(f"[{Path(sys.argv[0]).stem}] library logs and warnings: {log}")
     return args, cfg
+
+
+def report_run(out: str | Path) -> None:
+    """End of a job: render its report and say where everything is."""
+    from ray_jobs.report import main as report
+
+    report([str(out), "--out", str(Path(out) / "report")])
+    print(f"run folder: {out}  (summary.json, per-record logs, run.log)\nreport: {Path(out) / 'report' / 'report.md'}")

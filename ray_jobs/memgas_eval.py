@@ -16,12 +16,13 @@ finished questions and never reuses records of another configuration). Prints a 
 from __future__ import annotations
 
 from memgas.recipe import MemGASJobConfig, run
-from ray_jobs.cli import parse
+from ray_jobs.cli import parse, report_run
 
 
 def main(argv: list[str] | None = None) -> None:
     args, cfg = parse(MemGASJobConfig, __doc__, argv)
     run(cfg, args.out)
+    report_run(args.out)
 
 
 if __name__ == "__main__":

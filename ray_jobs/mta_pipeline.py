@@ -11,13 +11,22 @@ every run that asks for the same bank. Rerunning resumes: finished anchors and u
 
 from __future__ import annotations
 
-from mta.recipe import MTAJobConfig, run
-from ray_jobs.cli import parse
+from mta.recipe import MTAJobConfig, resummarize, run
+from ray_jobs.cli import parse, report_run
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, cfg = parse(MTAJobConfig, __doc__, argv)
-    run(cfg, args.out)
+    args, cfg = parse(
+        MTAJobConfig,
+        __doc__,
+        argv,
+        flags={"resummarize": "rewrite OUT/summary.json from the logged records (nothing recomputed per user)"},
+    )
+    if args.resummarize:
+        resummarize(args.out)
+    else:
+        run(cfg, args.out)
+    report_run(args.out)
 
 
 if __name__ == "__main__":

@@ -277,6 +277,11 @@ def atomic_dir(path: str | Path, is_own: Callable[[Path], bool] | None = None, k
         raise
 
 
+def project_root() -> Path:
+    """The repository (or installed source tree) root: configs are found relative to it."""
+    return Path(__file__).resolve().parent.parent
+
+
 def json_digest(obj: Any, n: int = 16) -> str:
     """First `n` hex digits of sha256 over canonical JSON (sorted keys): the identity of a config,
     a bank plan or a record key."""

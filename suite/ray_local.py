@@ -7,8 +7,11 @@ addresses. `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` plus `$HOME/ray_bootstrap_confi
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+
+from suite.logs import quiet, reapply
 
 LOOPBACK = "127.0.0.1"
 
@@ -46,9 +49,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         num_gpus=num_gpus,
         include_dashboard=False,
         _node_ip_address=LOOPBACK,
-        log_to_driver=True,
+        # workers' stdout/stderr reach the terminal unless the run sends library output to its log
+        log_to_driver=not quiet(),
+        logging_level=logging.WARNING if quiet() else logging.INFO,
         runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}},
     )
+    reapply()  # Ray reconfigures its loggers at init
     return ray
 
 
