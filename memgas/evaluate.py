@@ -20,9 +20,12 @@ from typing import Literal
 import numpy as np
 
 from memgas.data import Conversation
+from memgas.filter import filter_and_answer
 from memgas.retrieval import RetrievalConfig, rank_sessions
+from memgas.store import MemoryStore
 from suite.config import ConfigError, opt
 from suite.io import append_jsonl, json_digest, read_jsonl
+from suite.stats import compare
 
 KS = (1, 3, 5, 10, 30, 50)
 
@@ -186,8 +189,6 @@ def evaluate(
     whose trials share the association settings ingest once)."""
     from tqdm.auto import tqdm
 
-    from memgas.filter import filter_and_answer
-
     done = {}
     for r in read_jsonl(log_path):  # later lines win: a retried question's new record replaces the failed one
         if r.get("key", "") != key:
@@ -211,8 +212,6 @@ def evaluate(
 
             cached = Path(memory_cache) / hashlib.sha1(conv.conv_id.encode()).hexdigest()[:16]
         if cached is not None and (cached / "manifest.json").exists():
-            from memgas.store import MemoryStore
-
             store = MemoryStore.load(cached, encoder=store.encoder)
         else:
             for s in conv.sessions:
@@ -277,7 +276,6 @@ def summarize(
     """Means per method; per category / question type; turn-level recall (LongMemEval); and, given
     a `reference` method, every other method's paired bootstrap interval and permutation p-value
     against it on recall_all@5 (`vs_reference`)."""
-    from suite.stats import compare
 
     out: dict = {
         "n_questions": len(records),

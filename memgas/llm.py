@@ -25,6 +25,8 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from suite.config import ConfigError, opt
+from suite.device import current
+from suite.models import ModelConfig, generate, load_base
 from suite.redact import redact_url
 
 
@@ -170,8 +172,6 @@ class LocalLLM:
     """A transformers causal LM in this process (greedy decoding; temperature is ignored: T=0)."""
 
     def __init__(self, model_name: str = "smollm2", max_length: int = 2048, tiny_seed: int = 0, device: str = ""):
-        from suite.device import current
-        from suite.models import ModelConfig, load_base
 
         self.model, self.tok = load_base(
             ModelConfig(name=model_name, max_length=max_length, tiny_seed=tiny_seed, device=device or str(current()))
@@ -180,7 +180,6 @@ class LocalLLM:
         self._lock = threading.Lock()
 
     def complete(self, prompt: str, max_tokens: int = 500, temperature: float = 0.0) -> str:
-        from suite.models import generate
 
         with self._lock:  # one forward at a time: torch already uses every core
             return generate(

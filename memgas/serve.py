@@ -20,6 +20,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from memgas.llm import LocalLLM
 from suite.ray_local import LOOPBACK
 
 MAX_BODY = 1 << 20
@@ -139,7 +140,6 @@ def make_server(
 
 
 def main() -> None:
-    from memgas.llm import LocalLLM
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")

@@ -35,6 +35,7 @@ from memgas.encoders import CachedEncoder
 from memgas.retrieval import RetrievalConfig, rank_sessions
 from memgas.units import SessionUnits, UnitBuilder
 from suite.config import from_dict, opt
+from suite.encoders import load_encoder
 from suite.io import (
     DataError,
     atomic_dir,
@@ -179,7 +180,6 @@ def _is_store(path: Path) -> bool:
 
 class MemoryStore:
     def __init__(self, cfg: MemGASConfig | None = None, encoder=None, llm=None, units: UnitBuilder | None = None):
-        from suite.encoders import load_encoder
 
         self.cfg = cfg or MemGASConfig()
         self.encoder = (

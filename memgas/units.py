@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from memgas.data import Session
+from memgas.llm import LLMError
 
 GRANULARITIES = ("session", "turn", "summary", "keywords")
 SUMMARY_PROMPT = (
@@ -96,7 +97,6 @@ class UnitBuilder:
         return f"llm ({self.fallbacks} session(s) extractive after LLM failures)" if self.fallbacks else "llm"
 
     def build(self, session: Session) -> SessionUnits:
-        from memgas.llm import LLMError
 
         text = session.text()
         summary = keywords = None

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
+from mta.bank import lora_config_dict
 from mta.training import LoraTrainConfig, Sample, TrainState, train_lora
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # fusion imports nothing from here, but the annotation is all we need
     from mta.fusion import FusedAdapter
 
 IDLE = "_idle"
@@ -94,6 +95,5 @@ class AdapterHost:
         return train_lora(self.model, tok, samples, cfg, max_length, use_chat, **train_kw)
 
     def lora_config(self, name: str) -> dict:
-        from mta.bank import lora_config_dict
 
         return lora_config_dict(self.model.peft_config[name])

@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from suite.io import DataError, atomic_write_bytes, check_id, check_text_value, project_root, read_json
+from suite.io import (
+    DataError,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_id,
+    check_text_value,
+    project_root,
+    read_json,
+)
 
 # Fields each profile item must carry, and the output kind, per task (SPEC §1).
 TASKS: dict[str, dict[str, Any]] = {
@@ -268,7 +276,6 @@ def load_per_user(path: str | Path, task: str) -> list[User]:
 
 def save_outputs(path: str | Path, task: str, predictions: dict[str, str]) -> Path:
     """Predictions in the official outputs shape, written atomically."""
-    from suite.io import atomic_write_json
 
     return atomic_write_json(path, {"task": task, "golds": [{"id": k, "output": v} for k, v in predictions.items()]})
 

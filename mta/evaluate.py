@@ -9,7 +9,7 @@ import re
 import numpy as np
 import torch
 
-from mta.data import task_info
+from mta.data import ITEM_AS_QUERY, task_info
 from suite.device import model_device
 from suite.models import format_prompt, generate  # noqa: F401  (generate: re-exported for mta users)
 
@@ -169,7 +169,6 @@ CALIBRATIONS = ("content_free", "batch", "none")
 def content_free_input(task: str) -> str:
     """The task's query with its content replaced by "N/A" (Zhao et al., 2021, "Calibrate before
     use"): scoring the labels after it measures the model's label prior for that prompt alone."""
-    from mta.data import ITEM_AS_QUERY
 
     info = task_info(task)
     fields = {f: "N/A" for f in info["fields"]}

@@ -23,7 +23,7 @@ import numpy as np
 from mta.adapters import AdapterHost
 from mta.anchors import AnchorConfig, user_embeddings
 from mta.bank import LoadedBank
-from mta.data import User, build_prompt, render_item, save_outputs, task_info
+from mta.data import User, build_prompt, load_task_split, render_item, resolve_task_dir, save_outputs, task_info
 from mta.evaluate import (
     CALIBRATIONS,
     calibrate,
@@ -39,6 +39,7 @@ from mta.stacking import StackConfig, adapter_bytes, stack_user
 from mta.training import LoraTrainConfig, for_adapter, history_for, loo_samples
 from suite.config import ConfigError, opt
 from suite.io import append_jsonl, json_digest, read_jsonl
+from suite.lexical import BM25Index
 from suite.models import ModelConfig, model_identity
 from suite.stats import compare
 
@@ -180,7 +181,6 @@ def _prior(task: str, user: User, query_input: str, decay: float = 1.0) -> str:
 
 
 def _bm25_idx(task, user, text, k):
-    from suite.lexical import BM25Index
 
     return BM25Index([render_item(task, it) for it in user.profile]).top(text, k)
 
@@ -526,7 +526,6 @@ def load_users(cfg: MTAConfig, split: str, anchor_ids: list[str] | None = None) 
     """Users of `split` and the questions file they came from. Users of the train split are the
     anchor candidates: anchors are dropped (their adapters are in the bank) and the rest are cut to
     their newest `select_profile_cap` items, so they look like the few-shot users evaluated."""
-    from mta.data import load_task_split, resolve_task_dir
 
     d = cfg.data
     users = load_task_split(d.task, split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url)

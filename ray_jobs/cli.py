@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ray_jobs.report import main as report
 from suite.config import ConfigError, describe, load_config
 from suite.logs import to_file
 
@@ -41,7 +42,6 @@ def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | 
 
 def report_run(out: str | Path) -> None:
     """End of a job: render its report and say where everything is."""
-    from ray_jobs.report import main as report
 
     report([str(out), "--out", str(Path(out) / "report")])
     print(f"run folder: {out}  (summary.json, per-record logs, run.log)\nreport: {Path(out) / 'report' / 'report.md'}")

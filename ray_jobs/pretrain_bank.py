@@ -20,12 +20,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mta.recipe import MTAJobConfig, build_bank, plan_bank
+from ray_jobs.cli import parse
+from suite.encoders import load_encoder
+from suite.io import atomic_write_json
+from suite.tracking import Tracker
 
 
 def run(cfg: MTAJobConfig, out: str | Path) -> dict:
-    from suite.encoders import load_encoder
-    from suite.io import atomic_write_json
-    from suite.tracking import Tracker
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,9 +68,6 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
 def dry_run(cfg: MTAJobConfig, out: str | Path) -> dict:
     import json
 
-    from suite.encoders import load_encoder
-    from suite.io import atomic_write_json
-
     plan = plan_bank(cfg, load_encoder(cfg.encoder, device="cpu"))
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(out) / "plan.json", plan)
@@ -83,7 +81,6 @@ def dry_run(cfg: MTAJobConfig, out: str | Path) -> dict:
 
 
 def main(argv=None) -> None:
-    from ray_jobs.cli import parse
 
     args, cfg = parse(MTAJobConfig, __doc__, argv, flags={"dry-run": "print the placement plan, train nothing"})
     if args.dry_run:

@@ -10,11 +10,13 @@ import argparse
 import json
 from pathlib import Path
 
+from mta import merge
+from suite.io import atomic_write_json
+from suite.ray_local import init_ray
+
 
 def _merge_error() -> float:
     import torch
-
-    from mta import merge
 
     g = torch.Generator().manual_seed(0)
     As = [torch.randn(2, 6, generator=g, dtype=torch.float64) for _ in range(2)]
@@ -28,8 +30,6 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    from suite.io import atomic_write_json
-    from suite.ray_local import init_ray
 
     ray = init_ray()
     err = ray.get(ray.remote(_merge_error).remote())

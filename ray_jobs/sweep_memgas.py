@@ -14,8 +14,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from memgas.recipe import MemGASJobConfig
-from ray_jobs.sweeps import SweepConfig
+from memgas.data import load_benchmark
+from memgas.encoders import CachedEncoder
+from memgas.evaluate import evaluate, summarize
+from memgas.recipe import MemGASJobConfig, resolve_data, split_conversations
+from memgas.store import MemoryStore
+from ray_jobs.cli import parse
+from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep
+from suite.device import use as use_device
+from suite.encoders import load_encoder
+from suite.io import atomic_write_text, json_digest
+from suite.redact import redact_config
+from suite.tracking import Tracker
 
 
 @dataclass
@@ -31,17 +41,6 @@ class SweepMemGASConfig:
 
 def trial(config: dict) -> None:
     from ray import tune
-
-    from memgas.data import load_benchmark
-    from memgas.encoders import CachedEncoder
-    from memgas.evaluate import evaluate, summarize
-    from memgas.recipe import resolve_data, split_conversations
-    from memgas.store import MemoryStore
-    from ray_jobs.sweeps import apply_params
-    from suite.device import use as use_device
-    from suite.encoders import load_encoder
-    from suite.io import json_digest
-    from suite.tracking import Tracker
 
     cfg = apply_params(MemGASJobConfig, config["base"], config["params"])
     use_device(cfg.device)
@@ -84,11 +83,6 @@ def trial(config: dict) -> None:
 def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     import yaml
 
-    from memgas.recipe import resolve_data
-    from ray_jobs.sweeps import apply_params, report_sweep, run_sweep
-    from suite.io import atomic_write_text
-    from suite.redact import redact_config
-
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg.job.split.name = "dev"  # choices are made on dev only; memgas_eval reports them on test
@@ -115,7 +109,6 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
 
 
 def main(argv=None) -> None:
-    from ray_jobs.cli import parse
 
     args, cfg = parse(SweepMemGASConfig, __doc__, argv)
     run(cfg, args.out)

@@ -12,8 +12,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mta.recipe import MTAJobConfig
-from ray_jobs.sweeps import SweepConfig
+from mta.bank import Bank
+from mta.evaluate import primary_metric
+from mta.pipeline import Evaluator, _uses_labels, load_users, summarize
+from mta.recipe import MTAJobConfig, bank_path_for, build_bank
+from ray_jobs.cli import parse
+from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep
+from suite.device import use as use_device
+from suite.encoders import load_encoder
+from suite.io import atomic_write_text
+from suite.models import load_base
+from suite.tracking import Tracker
 
 
 @dataclass
@@ -28,15 +37,6 @@ class SweepMTAConfig:
 def trial(config: dict) -> None:
     """One Tune trial (runs in a Tune worker)."""
     from ray import tune
-
-    from mta.bank import Bank
-    from mta.evaluate import primary_metric
-    from mta.pipeline import Evaluator, _uses_labels, load_users, summarize
-    from ray_jobs.sweeps import apply_params
-    from suite.device import use as use_device
-    from suite.encoders import load_encoder
-    from suite.models import load_base
-    from suite.tracking import Tracker
 
     cfg = apply_params(MTAJobConfig, config["base"], config["params"])
     use_device(cfg.model.device)  # the GPU this trial reserved (sweep.gpus_per_trial), if any
@@ -71,11 +71,6 @@ def trial(config: dict) -> None:
 def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
     import yaml
 
-    from mta.recipe import bank_path_for, build_bank
-    from ray_jobs.sweeps import apply_params, report_sweep, run_sweep
-    from suite.encoders import load_encoder
-    from suite.io import atomic_write_text
-
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg.job.bank_path = str(bank_path_for(cfg.job).resolve())  # trials run elsewhere: an absolute path
@@ -92,7 +87,6 @@ def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
 
 
 def main(argv=None) -> None:
-    from ray_jobs.cli import parse
 
     args, cfg = parse(SweepMTAConfig, __doc__, argv)
     run(cfg, args.out)

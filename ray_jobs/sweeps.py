@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from suite.config import ConfigError, field_type, opt
+from suite.config import ConfigError, field_type, from_dict, opt
+from suite.io import atomic_write_json
+from suite.ray_local import init_ray
 from suite.redact import redact_config
+from suite.tracking import Tracker
 
 
 @dataclass
@@ -93,8 +96,6 @@ def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict,
     """Run (or restore) the Tune experiment; `trainable(config)` gets {"base": ..., "params": {...}}."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from suite.ray_local import init_ray
 
     init_ray()
     out = Path(out).resolve()
@@ -177,8 +178,6 @@ def apply_params(cls, base: dict, params: dict[str, Any]):
     """The job config of one trial: base mapping + dotted overrides, validated by the dataclass."""
     import copy
 
-    from suite.config import from_dict
-
     data = copy.deepcopy(base)
     for key, val in params.items():
         node = data
@@ -197,9 +196,6 @@ def apply_params(cls, base: dict, params: dict[str, Any]):
 def report_sweep(res: dict, sweep: SweepConfig, tracking, out: Path) -> dict:
     """Write OUT/summary.json, log the best values and the plots to one W&B summary run, print."""
     from dataclasses import asdict
-
-    from suite.io import atomic_write_json
-    from suite.tracking import Tracker
 
     summary = res["summary"]
     atomic_write_json(Path(out) / "summary.json", summary)

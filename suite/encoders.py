@@ -18,6 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from suite.device import current
+
 
 class Encoder(Protocol):
     name: str
@@ -134,7 +136,6 @@ class HashingEncoder:
 
 def load_encoder(name: str = "minilm", device: str | None = None) -> Encoder:
     """An encoder on `device` (default: this process's device, `suite.device.current()`)."""
-    from suite.device import current
 
     device = str(device or current())
     if name == "minilm":

@@ -1,0 +1,97 @@
+"""The report renders tables and plots from summaries, and README's Results tables are exactly
+what the committed summaries in results/ render (regenerate with the command in README)."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ray_jobs.report import main as report
+from ray_jobs.report import render_run
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def _mta_summary():
+    vs = {"diff": -0.1, "ci95": [-0.2, -0.01], "p": 0.03, "verdict": "worse", "n": 10}
+    return {
+        "mta": {
+            "LaMP_2": {
+                "n_users": 10,
+                "n_queries": 10,
+                "inference": "label_scoring",
+                "calibration": "content_free",
+                "split": {"eval": "dev"},
+                "methods": {"oppu": {"accuracy": 0.1, "f1": 0.05}, "mta": {"accuracy": 0.2, "f1": 0.1}},
+                "vs_mta": {"oppu": vs},
+                "bytes_per_user": {"oppu": 1000.0, "mta": 125.0, "bank_amortised": 50.0},
+                "adapt_s_per_user": {"oppu": 3.0, "mta": 1.0},
+                "bank": {"anchors": 2, "bytes": 500},
+                "anchors": [
+                    {"id": "a", "n_items": 5, "steps": 3, "loss_first": 2.0, "loss_last": 1.0, "rel_update": 1.2e-3}
+                ],
+            }
+        }
+    }
+
+
+def _memgas_summary():
+    ks = [1, 5, 10]
+    m = lambda v: {f"recall_all@{k}": v * k / 10 for k in ks} | {"recall_any@5": v, "ndcg_any@5": v}  # noqa: E731
+    return {
+        "memgas": {
+            "locomo": {
+                "n_questions": 20,
+                "data": {"split": {"name": "test"}},
+                "methods": {"bm25_session": m(0.5), "memgas": m(0.6)},
+                "vs_reference": {
+                    "reference": "memgas",
+                    "methods": {
+                        "bm25_session": {"diff": -0.05, "ci95": [-0.1, 0.02], "p": 0.4, "verdict": "tie", "n": 20}
+                    },
+                },
+                "by_category": {"1": {"n": 12, "memgas": {"recall_all@5": 0.4}, "bm25_session": {"recall_all@5": 0.3}}},
+                "query_ms_p50": 8.0,
+                "query_ms_p95": 9.0,
+            }
+        }
+    }
+
+
+def test_renders_tables_and_plots_from_fixture_summaries(tmp_path):
+    for name, s in (("mta_run", _mta_summary()), ("mem_run", _memgas_summary())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(s))
+    report([str(tmp_path / "mta_run"), str(tmp_path / "mem_run"), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| OPPU (own LoRA) | 0.100 | 0.050 | -0.100 [-0.200, -0.010] worse | 1,000 | 3.00 |" in md
+    assert "| bm25_session | 0.250 | 0.500 | 0.500 | 0.500 | -0.050 [-0.100, +0.020] tie |" in md
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert pngs == [
+        "mem_run_locomo_by_category.png",
+        "mem_run_locomo_recall_at_k.png",
+        "mta_run_LaMP_2_accuracy_vs_bytes.png",
+    ]
+    assert all((tmp_path / "rep" / p).stat().st_size > 5000 for p in pngs)
+
+
+def test_readme_blocks_are_replaced_and_nothing_else(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(_mta_summary()))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro 0.999\n<!-- report:run -->\nstale 0.123\n<!-- /report:run -->\noutro\n")
+    report([str(tmp_path / "run"), "--out", str(tmp_path / "report"), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("intro 0.999\n<!-- report:run -->\n") and text.endswith("<!-- /report:run -->\noutro\n")
+    assert "stale" not in text and "(report/run_LaMP_2_accuracy_vs_bytes.png)" in text
+
+
+@pytest.mark.parametrize("block", sorted(p.name for p in (ROOT / "results").iterdir() if (p / "summary.json").exists()))
+def test_readme_tables_match_the_committed_summaries(block, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(rf"<!-- report:{re.escape(block)} -->\n(.*?)<!-- /report:{re.escape(block)} -->", readme, re.S)
+    assert m, f"README has no report block for results/{block}"
+    rendered = render_run(ROOT / "results" / block, tmp_path)
+    rendered = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", r"![\1](report/\2)", rendered)
+    assert m.group(1) == rendered, "README table drifted: rerun the report command in README's Results section"
