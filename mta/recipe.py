@@ -404,6 +404,9 @@ def resummarize(out: str | Path) -> dict:
             old.get("mta_prior_lambda", 0.0),
             cfg.eval.bootstrap,
         )
-        summary["mta"][task] = {**old, **new}
+        merged = {**old, **new}
+        if "bank_amortised" in old.get("bytes_per_user", {}) and merged.get("bytes_per_user"):
+            merged["bytes_per_user"]["bank_amortised"] = old["bytes_per_user"]["bank_amortised"]
+        summary["mta"][task] = merged
     atomic_write_json(out / "summary.json", summary)
     return summary

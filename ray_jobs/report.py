@@ -88,11 +88,13 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
         ]
     if r.get("ratios"):
         lines += [
+            "",
             f"MTA / OPPU: bytes {r['ratios'].get('bytes_mta_over_oppu', float('nan')):.3f}, "
-            f"adaptation time {r['ratios'].get('adapt_s_mta_over_oppu', float('nan')):.3f}."
+            f"adaptation time {r['ratios'].get('adapt_s_mta_over_oppu', float('nan')):.3f}.",
         ]
     if r.get("vs_prior_recency"):
         lines += [
+            "",
             "Against `prior_recency` (paired 95% interval): "
             + "; ".join(f"{m} {_diff(d)}" for m, d in r["vs_prior_recency"].items())
             + "."
