@@ -97,7 +97,7 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
             "",
             "Against `prior_recency` (paired 95% interval): "
             + "; ".join(f"{m} {_diff(d)}" for m, d in r["vs_prior_recency"].items())
-            + "."
+            + ".",
         ]
     alt = r.get("calibration_alternatives") or {}
     if alt:

@@ -20,12 +20,11 @@ from memgas.evaluate import evaluate, summarize
 from memgas.recipe import MemGASJobConfig, resolve_data, split_conversations
 from memgas.store import MemoryStore
 from ray_jobs.cli import parse
-from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep
+from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep, trial_tracker
 from suite.device import use as use_device
 from suite.encoders import load_encoder
 from suite.io import atomic_write_text, json_digest
 from suite.redact import redact_config
-from suite.tracking import Tracker
 
 
 @dataclass
@@ -45,14 +44,7 @@ def trial(config: dict) -> None:
     cfg = apply_params(MemGASJobConfig, config["base"], config["params"])
     use_device(cfg.device)
     trial_dir = Path(tune.get_context().get_trial_dir())
-    cfg.tracking.group = config["base"]["tracking"].get("group") or "sweep_memgas"
-    tracker = Tracker(
-        cfg.tracking,
-        "trial",
-        {**asdict(cfg), "params": config["params"]},
-        trial_dir,
-        name=tune.get_context().get_trial_name(),
-    )
+    tracker = trial_tracker(cfg, config["params"], "sweep_memgas", config["base"]["tracking"])
     try:
         convs, _ = split_conversations(load_benchmark(cfg.benchmark, resolve_data(cfg)), cfg)
         convs = convs[: cfg.eval.max_conversations] if cfg.eval.max_conversations else convs

@@ -17,12 +17,11 @@ from mta.evaluate import primary_metric
 from mta.pipeline import Evaluator, _uses_labels, load_users, summarize
 from mta.recipe import MTAJobConfig, bank_path_for, build_bank
 from ray_jobs.cli import parse
-from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep
+from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep, trial_tracker
 from suite.device import use as use_device
 from suite.encoders import load_encoder
 from suite.io import atomic_write_text
 from suite.models import load_base
-from suite.tracking import Tracker
 
 
 @dataclass
@@ -41,14 +40,7 @@ def trial(config: dict) -> None:
     cfg = apply_params(MTAJobConfig, config["base"], config["params"])
     use_device(cfg.model.device)  # the GPU this trial reserved (sweep.gpus_per_trial), if any
     trial_dir = Path(tune.get_context().get_trial_dir())
-    cfg.tracking.group = config["base"]["tracking"].get("group") or "sweep_mta"
-    tracker = Tracker(
-        cfg.tracking,
-        "trial",
-        {**asdict(cfg), "params": config["params"]},
-        trial_dir,
-        name=tune.get_context().get_trial_name(),
-    )
+    tracker = trial_tracker(cfg, config["params"], "sweep_mta", config["base"]["tracking"])
     try:
         d = cfg.data
         bank = Bank(cfg.bank_path).load()

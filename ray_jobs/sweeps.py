@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,3 +210,17 @@ def report_sweep(res: dict, sweep: SweepConfig, tracking, out: Path) -> dict:
         f"{summary['trials']} trials; best {sweep.metric} = {summary['best']['value']:.4f} with {summary['best']['config']}"  # noqa: E501
     )
     return summary
+
+
+def trial_tracker(cfg, params: dict, default_group: str, base_tracking: dict):
+    """The W&B run of one Tune trial, in the sweep's group, named after the trial."""
+    from ray import tune
+
+    cfg.tracking.group = base_tracking.get("group") or default_group
+    return Tracker(
+        cfg.tracking,
+        "trial",
+        {**asdict(cfg), "params": params},
+        Path(tune.get_context().get_trial_dir()),
+        name=tune.get_context().get_trial_name(),
+    )

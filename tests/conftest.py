@@ -129,3 +129,21 @@ def ray_local():
     ray = init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+def tiny_lora(**kw):
+    """The LoRA recipe the bank-training tests use (rank 2 on q/v, lr 1e-2, no warm-up)."""
+    from mta.training import LoraTrainConfig
+
+    base = dict(
+        r=2,
+        alpha=4,
+        epochs=1,
+        batch_size=2,
+        micro_batch=1,
+        max_samples=4,
+        lr=1e-2,
+        warmup_ratio=0.0,
+        target_modules=["q_proj", "v_proj"],
+    )
+    return LoraTrainConfig(**{**base, **kw})

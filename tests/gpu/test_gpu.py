@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import tiny_lora
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)"),
@@ -80,7 +82,6 @@ def test_tiny_bank_on_one_gpu_worker(strategy, ds, lamp_root, tmp_path):
     from mta.bank import Bank
     from mta.bank_trainer import BankTrainConfig, train_bank
     from mta.data import load_task_split
-    from mta.training import LoraTrainConfig
     from suite.models import ModelConfig
     from suite.ray_local import init_ray
 
@@ -89,17 +90,7 @@ def test_tiny_bank_on_one_gpu_worker(strategy, ds, lamp_root, tmp_path):
         users = load_task_split("LaMP_2", "train", str(lamp_root))[:1]
         profiles = {u.user_id: u.profile for u in users}
         bank = Bank.create(tmp_path / "bank", list(profiles), np.eye(1, 4), {"task": "LaMP_2"})
-        tcfg = LoraTrainConfig(
-            r=2,
-            alpha=4,
-            epochs=1,
-            batch_size=2,
-            micro_batch=2,
-            max_samples=4,
-            lr=1e-2,
-            warmup_ratio=0.0,
-            target_modules=TARGETS,
-        )
+        tcfg = tiny_lora(micro_batch=2)
         cfg = BankTrainConfig(
             strategy=strategy,
             num_workers=1,

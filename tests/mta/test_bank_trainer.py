@@ -6,8 +6,8 @@ import torch
 from mta.bank import Bank
 from mta.bank_trainer import BankTrainConfig, train_bank
 from mta.data import load_task_split
-from mta.training import LoraTrainConfig
 from suite.models import ModelConfig
+from tests.conftest import tiny_lora
 
 
 def _plan(lamp_root, path, n=2):
@@ -22,17 +22,7 @@ def test_two_workers_match_single_process_and_stay_on_loopback(ray_local, lamp_r
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
     mcfg = ModelConfig(name="tiny", max_length=256)
-    tcfg = LoraTrainConfig(
-        r=2,
-        alpha=4,
-        epochs=1,
-        batch_size=4,
-        micro_batch=1,
-        max_samples=4,
-        lr=1e-2,
-        warmup_ratio=0.0,
-        target_modules=["q_proj", "v_proj"],
-    )
+    tcfg = tiny_lora(batch_size=4)
     ray_bank, profiles = _plan(lamp_root, tmp_path / "ray_bank")
     stats = train_bank(
         ray_bank,

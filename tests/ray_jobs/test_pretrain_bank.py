@@ -8,25 +8,15 @@ import numpy as np
 from mta.bank import Bank
 from mta.bank_trainer import BankTrainConfig, train_bank
 from mta.data import load_task_split
-from mta.training import LoraTrainConfig
 from suite.models import ModelConfig
+from tests.conftest import tiny_lora
 
 
 def test_deepspeed_zero2_kill_resume_and_skip(ray_local, lamp_root, tmp_path):
     users = load_task_split("LaMP_2", "train", str(lamp_root))[:2]
     profiles = {u.user_id: u.profile for u in users}
     bank = Bank.create(tmp_path / "bank", list(profiles), np.eye(2, 4), {"task": "LaMP_2"})
-    tcfg = LoraTrainConfig(
-        r=2,
-        alpha=4,
-        epochs=1,
-        batch_size=2,
-        micro_batch=1,
-        max_samples=6,
-        lr=1e-2,
-        warmup_ratio=0.0,
-        target_modules=["q_proj", "v_proj"],
-    )
+    tcfg = tiny_lora(max_samples=6)
     marker = tmp_path / "killed"
     cfg = BankTrainConfig(
         strategy="deepspeed",
