@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import mta.recipe as recipe
 from mta.recipe import MTAJobConfig, resummarize, run
 from ray_jobs.cli import parse, report_run
 
