@@ -16,6 +16,7 @@ that they match the committed summaries in `results/`.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 from pathlib import Path
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_text(out / "report.md", "".join(f"## {n}\n\n{b}\n" for n, b in blocks.items()))
     print(f"report: {out / 'report.md'} ({len(blocks)} run(s), {len(list(out.glob('*.png')))} plot(s))")
     if a.readme:
-        prefix = "" if Path(a.readme).resolve().parent == out.resolve() else f"{Path(a.out).as_posix().rstrip('/')}/"
+        rel = os.path.relpath(out.resolve(), Path(a.readme).resolve().parent)  # images relative to the README
+        prefix = "" if rel == "." else f"{Path(rel).as_posix()}/"
         done = update_readme(Path(a.readme), blocks, prefix)
         print(f"{a.readme}: regenerated {done}")
 
