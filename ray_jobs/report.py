@@ -75,7 +75,7 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
     ]
     lines = [
         f"**{task}** — {r['n_users']} users ({r['split']['eval']} split), {r['inference']} inference, "
-        f"calibration `{r.get('calibration')}`"
+        + (f"calibration `{r['calibration']}`" if r.get("calibration") else "no calibration (generated text)")
         + (f", mta_prior λ = {r['mta_prior_lambda']}" if "mta_prior_lambda" in r else "")
         + ".",
         "",
