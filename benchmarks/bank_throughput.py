@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     a = ap.parse_args()
     from mta.recipe import MTAJobConfig
-    from ray_jobs.pretrain_bank import run
+    from mta.recipe import pretrain as run
 
     out = Path(a.out)
     rows = []

@@ -410,3 +410,56 @@ def resummarize(out: str | Path) -> dict:
         summary["mta"][task] = merged
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def pretrain(cfg: MTAJobConfig, out: str | Path) -> dict:
+    """The bank alone (`ray_jobs.pretrain_bank`): train what it misses; OUT/summary.json {"bank": ...}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(cfg.tracking, "pretrain_bank", asdict(cfg), out, name=f"bank-{cfg.data.task}")
+    try:
+        t0 = time.perf_counter()
+        bank, stats = build_bank(cfg, out, load_encoder(cfg.encoder))
+        wall = time.perf_counter() - t0
+        for s in stats:
+            tracker.log(
+                {
+                    "anchor_seconds": s["seconds"],
+                    "anchor_steps": s["steps"],
+                    "anchor_final_loss": (s.get("losses") or [None])[-1],
+                }
+            )
+        summary = {
+            "bank": {
+                "path": str(bank.path),
+                "anchors": len(bank.done_ids()),
+                "trained_now": len(stats),
+                "missing": bank.missing_ids(),
+                "wall_s": wall,
+                "anchors_per_hour": len(stats) / wall * 3600 if stats else 0.0,
+                "strategy": cfg.bank.strategy,
+                "num_workers": cfg.bank.num_workers,
+                "parallel": cfg.bank.parallel,
+                "per_anchor": stats,
+            }
+        }
+        atomic_write_json(out / "summary.json", summary)
+        tracker.artifact(f"bank-{cfg.data.task}", "model", bank.path, {"anchors": len(bank.done_ids())})
+        print(f"bank: {len(bank.done_ids())} anchors at {bank.path} ({len(stats)} trained now, {wall:.0f}s)")
+        return summary
+    finally:
+        tracker.finish()
+
+
+def dry_run(cfg: MTAJobConfig, out: str | Path) -> dict:
+    """`pretrain_bank --dry-run`: the placement plan printed and written to OUT/plan.json."""
+    plan = plan_bank(cfg, load_encoder(cfg.encoder, device="cpu"))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(out) / "plan.json", plan)
+    print(json.dumps({k: v for k, v in plan.items() if k != "trainers"}, indent=1))
+    for t in plan["trainers"]:
+        print(
+            f"trainer {t['trainer']}: {t['workers']} worker(s) x {t['per_worker']}, {len(t['anchors'])} anchor(s), "
+            f"{t['steps']} steps, {t['checkpoints']} checkpoints: {', '.join(t['anchors'])}"
+        )
+    return plan

@@ -15,69 +15,8 @@ GPUs, expected checkpoints) and writes it to OUT/plan.json without training or l
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
-from pathlib import Path
-
-from mta.recipe import MTAJobConfig, build_bank, plan_bank
+from mta.recipe import MTAJobConfig, dry_run, pretrain
 from ray_jobs.cli import parse
-from suite.encoders import load_encoder
-from suite.io import atomic_write_json
-from suite.tracking import Tracker
-
-
-def run(cfg: MTAJobConfig, out: str | Path) -> dict:
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(cfg.tracking, "pretrain_bank", asdict(cfg), out, name=f"bank-{cfg.data.task}")
-    try:
-        t0 = time.perf_counter()
-        bank, stats = build_bank(cfg, out, load_encoder(cfg.encoder))
-        wall = time.perf_counter() - t0
-        for s in stats:
-            tracker.log(
-                {
-                    "anchor_seconds": s["seconds"],
-                    "anchor_steps": s["steps"],
-                    "anchor_final_loss": (s.get("losses") or [None])[-1],
-                }
-            )
-        summary = {
-            "bank": {
-                "path": str(bank.path),
-                "anchors": len(bank.done_ids()),
-                "trained_now": len(stats),
-                "missing": bank.missing_ids(),
-                "wall_s": wall,
-                "anchors_per_hour": len(stats) / wall * 3600 if stats else 0.0,
-                "strategy": cfg.bank.strategy,
-                "num_workers": cfg.bank.num_workers,
-                "parallel": cfg.bank.parallel,
-                "per_anchor": stats,
-            }
-        }
-        atomic_write_json(out / "summary.json", summary)
-        tracker.artifact(f"bank-{cfg.data.task}", "model", bank.path, {"anchors": len(bank.done_ids())})
-        print(f"bank: {len(bank.done_ids())} anchors at {bank.path} ({len(stats)} trained now, {wall:.0f}s)")
-        return summary
-    finally:
-        tracker.finish()
-
-
-def dry_run(cfg: MTAJobConfig, out: str | Path) -> dict:
-    import json
-
-    plan = plan_bank(cfg, load_encoder(cfg.encoder, device="cpu"))
-    Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(out) / "plan.json", plan)
-    print(json.dumps({k: v for k, v in plan.items() if k != "trainers"}, indent=1))
-    for t in plan["trainers"]:
-        print(
-            f"trainer {t['trainer']}: {t['workers']} worker(s) x {t['per_worker']}, {len(t['anchors'])} anchor(s), "
-            f"{t['steps']} steps, {t['checkpoints']} checkpoints: {', '.join(t['anchors'])}"
-        )
-    return plan
 
 
 def main(argv=None) -> None:
@@ -86,7 +25,7 @@ def main(argv=None) -> None:
     if args.dry_run:
         dry_run(cfg, args.out)
         return
-    run(cfg, args.out)
+    pretrain(cfg, args.out)
 
 
 if __name__ == "__main__":

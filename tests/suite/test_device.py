@@ -71,7 +71,7 @@ def test_asking_for_cuda_fails_before_any_training(lamp_root, tmp_path):
 
 
 def test_dry_run_plans_without_training(lamp_root, tmp_path):
-    from ray_jobs.pretrain_bank import dry_run
+    from mta.recipe import dry_run
 
     cfg = load_config(
         MTAJobConfig,
