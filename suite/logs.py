@@ -64,6 +64,7 @@ def reapply() -> None:
         import transformers
 
         transformers.utils.logging.disable_default_handler()
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: not a stage of ours
     except Exception:  # noqa: BLE001 - transformers absent or older
         pass
 
