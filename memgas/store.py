@@ -39,6 +39,7 @@ from suite.encoders import load_encoder
 from suite.io import (
     DataError,
     atomic_dir,
+    check_id,
     check_seal,
     check_text,
     file_lock,
@@ -163,9 +164,8 @@ def _to_session(messages, session_id: str, date: str) -> Session:
 
 
 def _check_id(value, field: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError("add()", None, field, f"expected a string or integer, got {type(value).__name__}")
-    return check_text("add()", None, field, str(value), empty_ok=False)
+    """`suite.io.check_id`, plus text that can be saved (no lone surrogates)."""
+    return check_text("add()", None, field, check_id("add()", None, field, value))
 
 
 def _is_store(path: Path) -> bool:

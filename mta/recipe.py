@@ -386,8 +386,9 @@ def resummarize(out: str | Path) -> dict:
     out = Path(out)
     summary = read_json(out / "summary.json")
     cfg = from_dict(MTAJobConfig, read_json(out / "config.json"), str(out / "config.json"))
+    logged = read_jsonl(out / "per_user.jsonl")  # read once, whatever the number of tasks
     for task, old in summary.get("mta", {}).items():
-        records = [r for r in read_jsonl(out / "per_user.jsonl") if r.get("key") == old["record_key"]]
+        records = [r for r in logged if r.get("key") == old["record_key"]]
         if len(records) != old["n_users"]:
             raise DataError(
                 out / "per_user.jsonl",

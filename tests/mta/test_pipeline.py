@@ -150,3 +150,15 @@ def test_runs_asking_for_the_same_bank_share_it(lamp_root, tmp_path):
         "bank"
     ]
     assert s3["path"] != s1["path"] and s3["signature"] != s1["signature"]
+
+
+def test_resummarize_rebuilds_the_summary_from_the_logged_records(lamp_root, tmp_path):
+    from mta.recipe import resummarize
+
+    out = tmp_path / "run"
+    first = run(_cfg(lamp_root, **{"eval.methods": "[prior, prior_recency, mta]", "data.select_users": 0}), out)
+    res = first["mta"]["LaMP_2"]
+    again = resummarize(out)["mta"]["LaMP_2"]
+    assert again["methods"] == res["methods"] and again["vs_mta"] == res["vs_mta"]
+    assert again["bytes_per_user"].get("bank_amortised") == res["bytes_per_user"].get("bank_amortised")
+    assert set(again["vs_prior_recency"]) == {"mta"} and again["vs_prior_recency"] == res["vs_prior_recency"]
