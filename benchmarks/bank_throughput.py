@@ -14,6 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
+from mta.recipe import MTAJobConfig
+from mta.recipe import pretrain as run
 from suite.config import load_config
 from suite.io import atomic_write_json
 
@@ -25,8 +27,6 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--samples", type=int, default=16)
     a = ap.parse_args()
-    from mta.recipe import MTAJobConfig
-    from mta.recipe import pretrain as run
 
     out = Path(a.out)
     rows = []

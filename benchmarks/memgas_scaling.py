@@ -16,6 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from memgas.data import load_locomo
+from memgas.recipe import MemGASJobConfig, resolve_data
+from memgas.retrieval import paper_config
+from memgas.store import MemGASConfig, MemoryStore
+from suite.encoders import load_encoder
+from suite.io import atomic_write_json
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -25,12 +32,6 @@ def main() -> None:
     ap.add_argument("--best", default="", help="best_config.yaml of a MemGAS sweep (default: the committed LoCoMo one)")
     ap.add_argument("--queries", type=int, default=30)
     a = ap.parse_args()
-    from memgas.data import load_locomo
-    from memgas.recipe import MemGASJobConfig, resolve_data
-    from memgas.retrieval import paper_config
-    from memgas.store import MemGASConfig, MemoryStore
-    from suite.encoders import load_encoder
-    from suite.io import atomic_write_json
 
     convs = load_locomo(resolve_data(MemGASJobConfig()))
     pool = [s for c in convs for s in c.sessions]

@@ -23,6 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from memgas.data import load_locomo
+from memgas.recipe import MemGASJobConfig, load_best, resolve_data
+from memgas.store import MemGASConfig, MemoryStore
+from suite.encoders import load_encoder
+from suite.io import atomic_write_json
+
 
 def pct(xs: list[float]) -> dict:
     if not xs:
@@ -47,12 +53,6 @@ def main() -> None:
     ap.add_argument("--encoder", default="minilm")
     ap.add_argument("--best", default="", help="best_config.yaml of a MemGAS sweep (default: the committed LoCoMo one)")
     a = ap.parse_args()
-
-    from memgas.data import load_locomo
-    from memgas.recipe import MemGASJobConfig, load_best, resolve_data
-    from memgas.store import MemGASConfig, MemoryStore
-    from suite.encoders import load_encoder
-    from suite.io import atomic_write_json
 
     convs = load_locomo(resolve_data(MemGASJobConfig()))
     pool = [s for c in convs for s in c.sessions]

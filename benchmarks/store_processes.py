@@ -18,20 +18,18 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # spawned children import this file by path
+from memgas.association import AssociationConfig
+from memgas.store import MemGASConfig, MemoryStore
+from suite.encoders import HashingEncoder
+from suite.io import atomic_write_json
 
 
 def _cfg():
-    from memgas.association import AssociationConfig
-    from memgas.store import MemGASConfig
-
     return MemGASConfig(encoder="hashing", association=AssociationConfig(start_session=1, mem_threshold=10))
 
 
 def writer(path: str, w: int, n: int, locked: bool, q) -> None:
-    from memgas.store import MemoryStore
-    from suite.encoders import HashingEncoder
-
     waits = []
     for i in range(n):
         text = f"writer {w} note {i}: a walk by the river, topic {i % 5}"
@@ -48,9 +46,6 @@ def writer(path: str, w: int, n: int, locked: bool, q) -> None:
 
 
 def reader(path: str, seconds: float, q) -> None:
-    from memgas.store import MemoryStore
-    from suite.encoders import HashingEncoder
-
     loads = errors = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -64,9 +59,6 @@ def reader(path: str, seconds: float, q) -> None:
 
 def trial(out: Path, writers: int, adds: int, readers: int, locked: bool) -> dict:
     import numpy as np
-
-    from memgas.store import MemoryStore
-    from suite.encoders import HashingEncoder
 
     path = out / ("store_locked" if locked else "store_unlocked")
     MemoryStore(_cfg(), encoder=HashingEncoder()).save(path)
@@ -112,8 +104,6 @@ def trial(out: Path, writers: int, adds: int, readers: int, locked: bool) -> dic
 
 
 def main() -> None:
-    from suite.io import atomic_write_json
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--writers", type=int, default=4)

@@ -20,7 +20,7 @@ import random
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -173,18 +173,17 @@ class LocalLLM:
 
     def __init__(self, model_name: str = "smollm2", max_length: int = 2048, tiny_seed: int = 0, device: str = ""):
 
-        self.model, self.tok = load_base(
+        self.model, self.codec = load_base(
             ModelConfig(name=model_name, max_length=max_length, tiny_seed=tiny_seed, device=device or str(current()))
         )
-        self.max_length = max_length
         self._lock = threading.Lock()
 
     def complete(self, prompt: str, max_tokens: int = 500, temperature: float = 0.0) -> str:
 
         with self._lock:  # one forward at a time: torch already uses every core
-            return generate(
-                self.model, self.tok, prompt, max_tokens, True, self.max_length + max_tokens, first_line=False
-            )
+            # `max_length` bounds the prompt here; the answer comes on top of it
+            codec = replace(self.codec, max_length=self.codec.max_length + max_tokens)
+            return generate(self.model, codec, prompt, max_tokens, first_line=False)
 
 
 def build_llm(cfg: LLMConfig):

@@ -11,6 +11,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 
 from mta.bank import lora_config_dict
 from mta.training import LoraTrainConfig, Sample, TrainState, train_lora
+from suite.models import TextCodec
 
 if TYPE_CHECKING:  # fusion imports nothing from here, but the annotation is all we need
     from mta.fusion import FusedAdapter
@@ -83,16 +84,14 @@ class AdapterHost:
         name: str,
         samples: list[Sample],
         cfg: LoraTrainConfig,
-        tok,
+        codec: TextCodec,
         frozen: list[str] = (),
-        max_length: int = 512,
-        use_chat: bool = True,
         **train_kw,
     ) -> TrainState:
         """Add LoRA `name`, activate it on top of the frozen adapters `frozen`, train only it."""
         self.add(name, cfg.r, cfg.alpha, dropout=cfg.dropout, target_modules=cfg.target_modules, seed=cfg.seed)
         self.activate(list(frozen) + [name], trainable=name)
-        return train_lora(self.model, tok, samples, cfg, max_length, use_chat, **train_kw)
+        return train_lora(self.model, codec, samples, cfg, **train_kw)
 
     def lora_config(self, name: str) -> dict:
 

@@ -184,7 +184,7 @@ def bank_worker_loop(config: dict) -> None:
     )
 
     # 4. The base model, loaded once per worker and shared by all its anchors.
-    model, tok = load_base(mcfg)
+    model, codec = load_base(mcfg)
     host = AdapterHost(model, tcfg.target_modules)
 
     # 5. Train each anchor not done yet; resume the one in progress from its partial checkpoint.
@@ -197,7 +197,7 @@ def bank_worker_loop(config: dict) -> None:
         tag = f"anchor-{len(done) + 1:04d}-{slug(a['id'])}"
         if strategy == "deepspeed":
             sd, conf, state = _train_anchor_deepspeed(
-                config, host, tok, a, tcfg, mcfg, rank, world, done, resume_dir if mine else None, ai, ray.train
+                config, host, codec, a, tcfg, rank, world, done, resume_dir if mine else None, ai
             )
         else:
             init_sd, kw = None, {}
@@ -229,12 +229,10 @@ def bank_worker_loop(config: dict) -> None:
 
             sd, conf, state = train_anchor(
                 host,
-                tok,
+                codec,
                 config["task"],
                 a["profile"],
                 tcfg,
-                mcfg.max_length,
-                mcfg.chat_template,
                 init_state_dict=init_sd,
                 rank=rank,
                 world=world,
@@ -269,7 +267,8 @@ def bank_worker_loop(config: dict) -> None:
     shutil.rmtree(local, ignore_errors=True)
 
 
-def _train_anchor_deepspeed(config, host, tok, a, tcfg, mcfg, rank, world, done, resume_dir, ai, ray_train):
+def _train_anchor_deepspeed(config, host, codec, a, tcfg, rank, world, done, resume_dir, ai):
+    import ray.train
 
     tcfg = for_adapter(tcfg, "anchor", a["id"])  # the same seed the DDP path derives
     every, fail_at = int(config.get("checkpoint_every", 0)), config.get("fail_at", {})
@@ -286,7 +285,7 @@ def _train_anchor_deepspeed(config, host, tok, a, tcfg, mcfg, rank, world, done,
             )
         }
         _report_progress(
-            ray_train,
+            ray.train,
             rank,
             done,
             a["id"],
@@ -299,14 +298,12 @@ def _train_anchor_deepspeed(config, host, tok, a, tcfg, mcfg, rank, world, done,
 
     state, engine = train_lora_deepspeed(
         host.model,
-        tok,
+        codec,
         samples,
         tcfg,
         config["deepspeed_config"],
         rank,
         world,
-        mcfg.max_length,
-        mcfg.chat_template,
         resume_dir=str(resume_dir / "ds") if resume_dir else None,
         on_step=on_step,
         checkpoint_every=every,
@@ -479,15 +476,13 @@ def _train_local(
     out_dir: str | Path = ".",
 ) -> list[dict]:
     """The same per-anchor training in this process, sequentially (baseline for Ray's overhead)."""
-    model, tok = load_base(model_cfg)
+    model, codec = load_base(model_cfg)
     host = AdapterHost(model, train_cfg.target_modules)
     curves = LossCurves(tracking, out_dir, "bank-local", {"task": task, "train": asdict(train_cfg)})
     stats = []
     for a in tqdm(anchors, desc="anchors", disable=not cfg.progress):
         t0 = time.perf_counter()
-        sd, conf, state = train_anchor(
-            host, tok, task, a["profile"], train_cfg, model_cfg.max_length, model_cfg.chat_template, anchor_id=a["id"]
-        )
+        sd, conf, state = train_anchor(host, codec, task, a["profile"], train_cfg, anchor_id=a["id"])
         info = {"anchor": a["id"], "steps": state.step, "seconds": time.perf_counter() - t0, "losses": state.losses}
         bank.add_anchor(a["id"], state_dict=sd, lora_config=conf, train_info=info)
         curves.anchor(a["id"], state.losses)

@@ -25,6 +25,7 @@ from mta.training import (
     sample_order,
     total_steps,
 )
+from suite.models import TextCodec
 
 
 def fill_ds_config(path_or_dict, cfg: LoraTrainConfig, world: int) -> dict:
@@ -59,14 +60,12 @@ def gathered_state_dict(host, name: str) -> dict[str, torch.Tensor]:
 
 def train_lora_deepspeed(
     model,
-    tok,
+    codec: TextCodec,
     samples: list[Sample],
     cfg: LoraTrainConfig,
     ds_config,
     rank: int,
     world: int,
-    max_length: int = 512,
-    use_chat: bool = True,
     resume_dir: str | None = None,
     on_step=None,
     checkpoint_every: int = 0,
@@ -88,8 +87,8 @@ def train_lora_deepspeed(
         _, client = engine.load_checkpoint(resume_dir, load_module_strict=False)
         state = TrainState(**(client or {}).get("train_state", {}))
     order = sample_order(len(samples), steps, cfg)
-    encoded = [encode_sample(tok, s, max_length, use_chat) for s in samples]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = [encode_sample(codec, s) for s in samples]
+    pad = codec.pad_id
     engine.train()
     while state.step < steps:
         mine = order[state.step * cfg.batch_size : (state.step + 1) * cfg.batch_size][rank::world]

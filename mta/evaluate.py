@@ -11,7 +11,7 @@ import torch
 
 from mta.data import ITEM_AS_QUERY, task_info
 from suite.device import model_device
-from suite.models import format_prompt, generate  # noqa: F401  (generate: re-exported for mta users)
+from suite.models import TextCodec, generate  # noqa: F401  (generate: re-exported for mta users)
 
 # ----------------------------------------------------------------------------------------- metrics
 
@@ -110,13 +110,11 @@ def primary_metric(task: str) -> tuple[str, str]:
 
 
 @torch.inference_mode()
-def label_logprobs(
-    model, tok, prompt: str, labels: list[str], use_chat: bool = True, max_length: int = 512
-) -> np.ndarray:
+def label_logprobs(model, codec: TextCodec, prompt: str, labels: list[str]) -> np.ndarray:
     """Sum of log-probabilities of each label's tokens after the prompt. The prompt is run once and
     its KV cache shared by all labels (batched)."""
-    p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"][-(max_length - 16) :]
-    l_ids = [tok(l, add_special_tokens=False)["input_ids"] for l in labels]
+    p_ids = codec.prompt_ids(prompt, reserve=16)  # room for the longest label
+    l_ids = [codec.ids(l) for l in labels]
     dev = model_device(model)
     prompt_t = torch.tensor([p_ids], device=dev)
     out = model(input_ids=prompt_t, use_cache=True)
@@ -131,7 +129,7 @@ def label_logprobs(
     L, P = len(labels), len(p_ids)
     pkv = out.past_key_values
     pkv.batch_repeat_interleave(L)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = codec.pad_id
     ids = torch.full((L, n_rest), pad, dtype=torch.long)
     mask = torch.zeros((L, P + n_rest), dtype=torch.long)
     mask[:, :P] = 1
@@ -151,12 +149,12 @@ def label_logprobs(
 
 
 @torch.inference_mode()
-def label_logprobs_naive(model, tok, prompt: str, labels: list[str], use_chat: bool = True) -> np.ndarray:
+def label_logprobs_naive(model, codec: TextCodec, prompt: str, labels: list[str]) -> np.ndarray:
     """Reference implementation (one full forward per label) used to test the cached one."""
-    p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"]
+    p_ids = codec.prompt_ids(prompt, reserve=16)
     out = []
     for l in labels:
-        ids = tok(l, add_special_tokens=False)["input_ids"]
+        ids = codec.ids(l)
         x = torch.tensor([p_ids + ids], device=model_device(model))
         lp = torch.log_softmax(model(input_ids=x).logits[0].float(), -1).cpu()
         out.append(sum(float(lp[len(p_ids) + j - 1, t]) for j, t in enumerate(ids)))

@@ -40,7 +40,7 @@ from mta.training import LoraTrainConfig, for_adapter, history_for, loo_samples
 from suite.config import ConfigError, opt
 from suite.io import append_jsonl, json_digest, read_jsonl
 from suite.lexical import BM25Index
-from suite.models import ModelConfig, model_identity
+from suite.models import ModelConfig, TextCodec, model_identity
 from suite.stats import compare
 
 ALL_METHODS = ["base", "rag", "prior", "prior_recency", "oppu", "fusion", "mta", "mta_prior", "uniform", "random"]
@@ -221,19 +221,18 @@ class Evaluator:
         cfg: MTAConfig,
         bank: LoadedBank,
         model,
-        tok,
+        codec: TextCodec,
         encoder,
         out_dir: str | Path,
         key: str = "",
         log_name: str = "per_user.jsonl",
     ):
-        self.cfg, self.bank, self.tok, self.encoder = cfg, bank, tok, encoder
+        self.cfg, self.bank, self.codec, self.encoder = cfg, bank, codec, encoder
         self.out = Path(out_dir)
         self.task = cfg.data.task
         self.labels = task_info(self.task).get("labels", [])
         self.label_mode = _uses_labels(self.task, cfg.eval.inference)
         self.host = AdapterHost(model, cfg.anchor_train.target_modules)
-        self.use_chat = cfg.model.chat_template
         self.key, self.log_name = key, log_name
         self.cf_input = content_free_input(self.task) if self.label_mode else None
 
@@ -248,8 +247,8 @@ class Evaluator:
     def _infer(self, prompt: str):
         m = self.host.model
         if self.label_mode:
-            return label_logprobs(m, self.tok, prompt, self.labels, self.use_chat, self.cfg.model.max_length).tolist()
-        return generate(m, self.tok, prompt, self.cfg.eval.max_new_tokens, self.use_chat, self.cfg.model.max_length)
+            return label_logprobs(m, self.codec, prompt, self.labels).tolist()
+        return generate(m, self.codec, prompt, self.cfg.eval.max_new_tokens)
 
     def _with(self, names: list[str] | None, prompt: str):
         if names:
@@ -302,14 +301,7 @@ class Evaluator:
         samples = loo_samples(task, user.profile, 0, cfg.eval.seed, cfg.eval.history_k)
         if "oppu" in methods:
             t0 = time.perf_counter()  # OPPU's adaptation: training the user's own LoRA
-            self.host.train_new(
-                "oppu",
-                samples,
-                for_adapter(cfg.oppu, "oppu", user.user_id),
-                self.tok,
-                max_length=cfg.model.max_length,
-                use_chat=self.use_chat,
-            )
+            self.host.train_new("oppu", samples, for_adapter(cfg.oppu, "oppu", user.user_id), self.codec)
             rec["cost"]["oppu"] = {
                 "seconds": time.perf_counter() - t0,
                 "bytes": adapter_bytes(self.host.state_dict("oppu")),
@@ -332,15 +324,7 @@ class Evaluator:
                 self.host.load_fused(fused)
                 run("fusion", ["fused"], adapted, hist)
             if {"mta", "mta_prior"} & set(methods):
-                st = stack_user(
-                    self.host,
-                    fused,
-                    samples,
-                    for_adapter(cfg.stacking, "stack", user.user_id),
-                    self.tok,
-                    cfg.model.max_length,
-                    self.use_chat,
-                )
+                st = stack_user(self.host, fused, samples, for_adapter(cfg.stacking, "stack", user.user_id), self.codec)
                 # st["seconds"] counts the merge once; the encoding + retrieval before it are added here
                 rec["cost"]["mta"] = {
                     "seconds": st["seconds"] + fuse_s - fused.seconds,

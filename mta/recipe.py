@@ -263,9 +263,9 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
         users, qpath = load_users(cfg, d.eval_split, loaded.ids)
         if d.max_eval_users:
             users = users[: d.max_eval_users]
-        model, tok = load_base(cfg.model)
+        model, codec = load_base(cfg.model)
         anchors = anchor_report(bank, loaded, model)
-        ev = Evaluator(cfg, loaded, model, tok, encoder, out)  # wraps the model once (peft)
+        ev = Evaluator(cfg, loaded, model, codec, encoder, out)  # wraps the model once (peft)
         stack_sel = None
         if cfg.eval.stacking_grid and d.select_users > 0:
             cfg, stack_sel = select_stacking(cfg, ev, loaded.ids, bank_sig)
@@ -359,7 +359,7 @@ def _evaluate_task(cfg_dict: dict, out: str, bank_path: str, users: list, key: s
 
     cfg = from_dict(MTAJobConfig, cfg_dict, "mta_pipeline task")
     use_device(cfg.model.device)  # the GPU this task reserved (eval.gpus), if any
-    model, tok = load_base(cfg.model)
+    model, codec = load_base(cfg.model)
     fail = cfg.eval.fail_at
 
     def on_user(n: int) -> None:
@@ -367,7 +367,7 @@ def _evaluate_task(cfg_dict: dict, out: str, bank_path: str, users: list, key: s
             Path(fail["marker"]).write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)  # what an OOM kill or a lost node does
 
-    ev = Evaluator(cfg, Bank(bank_path).load(), model, tok, load_encoder(cfg.encoder), Path(out), key)
+    ev = Evaluator(cfg, Bank(bank_path).load(), model, codec, load_encoder(cfg.encoder), Path(out), key)
     return ev.run(users, on_user=on_user)
 
 

@@ -17,6 +17,7 @@ from mta.adapters import AdapterHost
 from mta.fusion import FusedAdapter
 from mta.training import LoraTrainConfig, Sample
 from suite.config import opt
+from suite.models import TextCodec
 
 
 @dataclass
@@ -41,14 +42,12 @@ def stack_user(
     fused: FusedAdapter,
     samples: list[Sample],
     cfg: StackConfig,
-    tok,
-    max_length: int = 512,
-    use_chat: bool = True,
+    codec: TextCodec,
 ) -> dict:
     """Fuse + stack for one user; leaves ["fused", "stack"] active for inference."""
     t0 = time.perf_counter()
     host.load_fused(fused)
-    state = host.train_new("stack", samples, cfg, tok, frozen=["fused"], max_length=max_length, use_chat=use_chat)
+    state = host.train_new("stack", samples, cfg, codec, frozen=["fused"])
     host.activate(["fused", "stack"])
     return {
         "steps": state.step,

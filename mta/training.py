@@ -21,7 +21,7 @@ from mta.data import build_prompt, item_query, render_item
 from suite.config import opt
 from suite.device import model_device
 from suite.lexical import BM25Index
-from suite.models import format_prompt
+from suite.models import TextCodec
 
 LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -97,13 +97,11 @@ def loo_samples(
     return out
 
 
-def encode_sample(tok, s: Sample, max_length: int, use_chat: bool = True) -> dict[str, list[int]]:
+def encode_sample(codec: TextCodec, s: Sample) -> dict[str, list[int]]:
     """input_ids and labels, -100 on prompt tokens: the loss covers the target (+ EOS) only.
     Over-long prompts are cut from the left so the task input and target always survive."""
-    p_ids = tok(format_prompt(tok, s.prompt, use_chat), add_special_tokens=False)["input_ids"]
-    t_ids = tok(s.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    t_ids = t_ids[: max_length // 2]
-    p_ids = p_ids[-(max_length - len(t_ids)) :]
+    t_ids = (codec.ids(s.target) + [codec.eos_id])[: codec.max_length // 2]
+    p_ids = codec.prompt_ids(s.prompt, reserve=len(t_ids))
     return {"input_ids": p_ids + t_ids, "labels": [-100] * len(p_ids) + t_ids}
 
 
@@ -172,11 +170,9 @@ class TrainState:
 
 def train_lora(
     model,
-    tok,
+    codec: TextCodec,
     samples: list[Sample],
     cfg: LoraTrainConfig,
-    max_length: int = 512,
-    use_chat: bool = True,
     rank: int = 0,
     world: int = 1,
     state: TrainState | None = None,
@@ -203,8 +199,8 @@ def train_lora(
         opt_.load_state_dict(optimizer_state["optimizer"])
         sched.load_state_dict(optimizer_state["scheduler"])
     order = sample_order(len(samples), steps, cfg)
-    encoded = [encode_sample(tok, s, max_length, use_chat) for s in samples]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = [encode_sample(codec, s) for s in samples]
+    pad = codec.pad_id
     dist = None
     if world > 1:
         import torch.distributed as dist
@@ -249,12 +245,10 @@ def train_lora(
 
 def train_anchor(
     host,
-    tok,
+    codec: TextCodec,
     task: str,
     profile: list[dict],
     cfg: LoraTrainConfig,
-    max_length: int = 512,
-    use_chat: bool = True,
     name: str = "anchor",
     init_state_dict: dict | None = None,
     anchor_id: str = "",
@@ -276,7 +270,7 @@ def train_anchor(
         seed=cfg.seed,
     )
     host.activate([name], trainable=name)
-    state = train_lora(host.model, tok, samples, cfg, max_length, use_chat, **train_kw)
+    state = train_lora(host.model, codec, samples, cfg, **train_kw)
     sd = {k: v.detach().clone() for k, v in host.state_dict(name).items()}
     conf = host.lora_config(name)
     host.remove(name)

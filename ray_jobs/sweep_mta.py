@@ -46,8 +46,8 @@ def trial(config: dict) -> None:
         bank = Bank(cfg.bank_path).load()
         users, _ = load_users(cfg, d.eval_split, bank.ids)
         users = users[: d.max_eval_users] if d.max_eval_users else users
-        model, tok = load_base(cfg.model)
-        ev = Evaluator(cfg, bank, model, tok, load_encoder(cfg.encoder), trial_dir)
+        model, codec = load_base(cfg.model)
+        ev = Evaluator(cfg, bank, model, codec, load_encoder(cfg.encoder), trial_dir)
         label_mode = _uses_labels(d.task, cfg.eval.inference)
         records = []
         for i, u in enumerate(users):

@@ -9,6 +9,7 @@ transformers (safetensors or GGUF); nothing is unpickled.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -39,6 +40,49 @@ class ModelConfig:
     def __post_init__(self):  # a typo fails at parse time, before any work
         check_spec(self.device, "model.device")
         check_dtype(self.dtype, "model.dtype")
+
+
+@dataclass(frozen=True)
+class TextCodec:
+    """How text becomes token ids for one model, fixed once when the model loads (`load_base`): its
+    tokenizer, the token budget `max_length` and whether prompts are wrapped in the chat template.
+    Training, label scoring, generation and the MemGAS reader all format prompts through this one
+    object, so no stage can format them differently from another."""
+
+    tok: Any
+    max_length: int = 512
+    chat: bool = True
+
+    @classmethod
+    def of(cls, tok, cfg: ModelConfig) -> TextCodec:
+        return cls(tok, cfg.max_length, cfg.chat_template)
+
+    @property
+    def eos_id(self) -> int:
+        return self.tok.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+
+    def format(self, prompt: str) -> str:
+        """The text fed to the model before the answer (chat template with generation prompt)."""
+        if not self.chat:
+            return prompt + "\n"
+        return self.tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+
+    def ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, prompt: str, reserve: int = 0) -> list[int]:
+        """The formatted prompt's ids, cut from the left (the task input sits at the end) so that
+        `reserve` tokens of `max_length` are left for what follows it."""
+        return self.ids(self.format(prompt))[-(self.max_length - reserve) :]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
 
 
 def model_identity(cfg: ModelConfig) -> dict:
@@ -88,8 +132,9 @@ def tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2
 
 
 def load_base(cfg: ModelConfig):
-    """(model, tokenizer) in eval mode with all base weights frozen, on the device of `cfg.device`
-    (resolved before anything loads, so asking for CUDA where there is none fails first)."""
+    """(model, codec) with the model in eval mode, all base weights frozen, on the device of
+    `cfg.device` (resolved before anything loads, so asking for CUDA where there is none fails
+    first), and the codec that fixes how every stage turns text into its ids."""
     device = resolve(cfg.device)
     dtype = dtype_for(device, cfg.dtype)
     if cfg.threads:
@@ -118,38 +163,22 @@ def load_base(cfg: ModelConfig):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, tok
-
-
-def format_prompt(tok, prompt: str, use_chat: bool = True) -> str:
-    """The text fed to the model before the answer (chat template with generation prompt)."""
-    if not use_chat:
-        return prompt + "\n"
-    return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    return model, TextCodec.of(tok, cfg)
 
 
 @torch.inference_mode()
-def generate(
-    model,
-    tok,
-    prompt: str,
-    max_new_tokens: int = 32,
-    use_chat: bool = True,
-    max_length: int = 512,
-    first_line: bool = True,
-) -> str:
-    """Greedy decoding; LaMP answers keep only their first line (`first_line`)."""
-    p_ids = tok(format_prompt(tok, prompt, use_chat), add_special_tokens=False)["input_ids"][
-        -(max_length - max_new_tokens) :
-    ]
+def generate(model, codec: TextCodec, prompt: str, max_new_tokens: int = 32, first_line: bool = True) -> str:
+    """Greedy decoding, prompt + answer within `codec.max_length`; LaMP answers keep only their
+    first line (`first_line`)."""
+    p_ids = codec.prompt_ids(prompt, reserve=max_new_tokens)
     x = torch.tensor([p_ids], device=model_device(model))
     out = model.generate(
         input_ids=x,
         attention_mask=torch.ones_like(x),
         max_new_tokens=max_new_tokens,
         do_sample=False,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
+        pad_token_id=codec.tok.pad_token_id,
+        eos_token_id=codec.eos_id,
     )
-    text = tok.decode(out[0, len(p_ids) :].cpu(), skip_special_tokens=True).strip()
+    text = codec.decode(out[0, len(p_ids) :].cpu()).strip()
     return text.split("\n")[0].strip() if first_line else text

@@ -39,12 +39,12 @@ def test_every_parameter_and_buffer_on_the_gpu_including_adapters():
 def test_label_scores_and_generation_on_gpu_equal_cpu():
     from mta.evaluate import generate, label_logprobs
 
-    (mc, tok), (mg, _) = _tiny("cpu"), _tiny("cuda")
+    (mc, codec), (mg, _) = _tiny("cpu"), _tiny("cuda")
     prompt, labels = "Which tag fits this movie: a heist in space?", ["action", "comedy", "sci-fi"]
-    a = label_logprobs(mc, tok, prompt, labels)
-    b = label_logprobs(mg, tok, prompt, labels)
+    a = label_logprobs(mc, codec, prompt, labels)
+    b = label_logprobs(mg, codec, prompt, labels)
     assert np.allclose(a, b, atol=1e-3), (a, b)
-    assert generate(mc, tok, prompt, 8) == generate(mg, tok, prompt, 8)
+    assert generate(mc, codec, prompt, 8) == generate(mg, codec, prompt, 8)
 
 
 def test_minilm_on_gpu_equals_cpu():

@@ -68,7 +68,7 @@ def test_bank_adapters_are_standard_peft(tmp_path, tiny):
 
     from mta.adapters import AdapterHost
 
-    model, tok = tiny
+    model, codec = tiny
     host = AdapterHost(model, ["q_proj"])
     host.add("x", 2, 4, target_modules=["q_proj"], seed=3)
     host.activate(["x"], trainable="x")

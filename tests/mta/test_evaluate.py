@@ -38,10 +38,10 @@ def test_rouge_with_stemming():
 
 
 def test_cached_label_scoring_matches_naive(tiny):
-    model, tok = tiny
+    model, codec = tiny
     labels = TASKS["LaMP_2"]["labels"]
-    a = E.label_logprobs(model, tok, "Which tag? description: space robots", labels)
-    b = E.label_logprobs_naive(model, tok, "Which tag? description: space robots", labels)
+    a = E.label_logprobs(model, codec, "Which tag? description: space robots", labels)
+    b = E.label_logprobs_naive(model, codec, "Which tag? description: space robots", labels)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -56,9 +56,9 @@ def test_batch_calibration_removes_label_prior():
 
 
 def test_generate_is_greedy_and_deterministic(tiny):
-    model, tok = tiny
-    a = E.generate(model, tok, "hello", max_new_tokens=6)
-    assert a == E.generate(model, tok, "hello", max_new_tokens=6)
+    model, codec = tiny
+    a = E.generate(model, codec, "hello", max_new_tokens=6)
+    assert a == E.generate(model, codec, "hello", max_new_tokens=6)
 
 
 def test_content_free_calibration_uses_only_the_query_own_twin():

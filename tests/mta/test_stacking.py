@@ -10,12 +10,12 @@ def test_stack_trains_only_the_new_lora_on_top_of_frozen_fused():
     from mta.fusion import FusionConfig, fuse
     from suite.models import ModelConfig, load_base
 
-    model, tok = load_base(ModelConfig(name="tiny"))
+    model, codec = load_base(ModelConfig(name="tiny"))
     host, bank = _bank(model)
     fused = fuse(bank, np.array([1, 0, 0, 0], dtype=np.float32), FusionConfig(top_k=2))
     before = {n: p.clone() for n, p in host.model.named_parameters()}
     cfg = StackConfig(r=1, alpha=2, lr=1e-2, max_steps=3, batch_size=2, target_modules=["q_proj", "up_proj"])
-    info = stack_user(host, fused, [Sample("a", "comedy"), Sample("b", "action")], cfg, tok)
+    info = stack_user(host, fused, [Sample("a", "comedy"), Sample("b", "action")], cfg, codec)
     assert info["steps"] == 3 and host.model.active_adapters == ["fused", "stack"]
     params = dict(host.model.named_parameters())
     assert all(torch.equal(params[n], p) for n, p in before.items())  # base and fused frozen

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -20,20 +22,20 @@ def test_loo_samples_exclude_the_item_itself(lamp_root):
 
 
 def test_target_masking(tiny):
-    _, tok = tiny
-    e = encode_sample(tok, Sample("some prompt", "comedy"), max_length=512)
-    n_t = len(tok("comedy", add_special_tokens=False)["input_ids"]) + 1
+    _, codec = tiny
+    e = encode_sample(codec, Sample("some prompt", "comedy"))
+    n_t = len(codec.ids("comedy")) + 1
     assert e["labels"][:-n_t] == [-100] * (len(e["labels"]) - n_t)
-    assert e["labels"][-n_t:] == e["input_ids"][-n_t:] and e["labels"][-1] == tok.eos_token_id
+    assert e["labels"][-n_t:] == e["input_ids"][-n_t:] and e["labels"][-1] == codec.eos_id
     # over-long prompts are cut from the left; the target survives
-    long = encode_sample(tok, Sample("x" * 2000, "comedy"), max_length=64)
+    long = encode_sample(replace(codec, max_length=64), Sample("x" * 2000, "comedy"))
     assert len(long["input_ids"]) == 64 and long["labels"][-n_t:] == e["labels"][-n_t:]
 
 
 def test_training_lowers_loss_and_touches_only_lora():
     from suite.models import ModelConfig, load_base
 
-    model, tok = load_base(ModelConfig(name="tiny"))
+    model, codec = load_base(ModelConfig(name="tiny"))
     targets = ["q_proj", "v_proj", "up_proj", "down_proj"]
     host = AdapterHost(model, targets)
     base_before = {n: p.clone() for n, p in model.named_parameters() if "lora_" not in n}
@@ -49,7 +51,7 @@ def test_training_lowers_loss_and_touches_only_lora():
         scheduler="constant",
         target_modules=targets,
     )
-    state = host.train_new("t", samples, cfg, tok)
+    state = host.train_new("t", samples, cfg, codec)
     # a random 32-wide model with frozen tied embeddings learns slowly: ~11% lower after 60 steps
     assert state.step == 60 and state.losses[-1] < 0.92 * state.losses[0]
     for n, p in model.named_parameters():
@@ -58,11 +60,11 @@ def test_training_lowers_loss_and_touches_only_lora():
 
 
 def test_train_anchor_returns_standard_keys_and_cleans_up(lamp_root, tiny):
-    model, tok = tiny
+    model, codec = tiny
     host = AdapterHost(model, ["q_proj", "v_proj"])
     u = load_task_split("LaMP_2", "train", str(lamp_root))[0]
     cfg = LoraTrainConfig(r=2, alpha=4, max_steps=1, batch_size=2, target_modules=["q_proj", "v_proj"])
-    sd, conf, state = train_anchor(host, tok, "LaMP_2", u.profile, cfg)
+    sd, conf, state = train_anchor(host, codec, "LaMP_2", u.profile, cfg)
     assert state.step == 1 and conf["r"] == 2 and conf["lora_alpha"] == 4
     assert all(k.endswith(("lora_A.weight", "lora_B.weight")) and ".anchor." not in k for k in sd)
     assert "anchor" not in host.model.peft_config
@@ -79,11 +81,14 @@ def test_every_adapter_gets_its_own_seed_and_ref_avg_is_then_inexact(tiny, lamp_
     assert adapter_seed(0, "anchor", "u1") == adapter_seed(0, "anchor", "u1")  # reruns are identical
     assert adapter_seed(0, "oppu", "u1") != adapter_seed(0, "stack", "u1")
     assert for_adapter(LoraTrainConfig(seed=3), "oppu", "u").seed == adapter_seed(3, "oppu", "u")
-    model, tok = tiny
+    model, codec = tiny
     users = load_task_split("LaMP_2", "train", str(lamp_root))[:2]
     host = AdapterHost(model, ["q_proj", "v_proj"])
     cfg = LoraTrainConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"], max_steps=2, batch_size=2, lr=1e-2)
-    sds = [train_anchor(host, tok, "LaMP_2", u.profile, cfg, 256, anchor_id=u.user_id)[0] for u in users]
+    sds = [
+        train_anchor(host, replace(codec, max_length=256), "LaMP_2", u.profile, cfg, anchor_id=u.user_id)[0]
+        for u in users
+    ]
     key_a = next(k for k in sds[0] if ".lora_A." in k)
     a0, a1 = sds[0][key_a].flatten(), sds[1][key_a].flatten()
     assert torch.nn.functional.cosine_similarity(a0, a1, dim=0) < 0.5
@@ -105,7 +110,7 @@ def test_relative_update_diagnostic(tiny):
     A[0, 0], B[0, 0] = 1.0, 1.0
     r = relative_update({"m": W}, {"m.lora_A.weight": A, "m.lora_B.weight": B}, scale=2.0)
     assert r["m"] == pytest.approx(2.0 / 4.0)  # ||2·e1e1ᵀ|| / ||2·I4|| = 2 / 4
-    model, tok = tiny
+    model, codec = tiny
     host = AdapterHost(model, ["q_proj", "v_proj"])
     host.add("a", 4, 8, target_modules=["q_proj", "v_proj"], seed=1)
     sd = host.state_dict("a")

@@ -19,7 +19,7 @@ device, port, out = sys.argv[1], sys.argv[2], sys.argv[3]
 os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
 dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
 T = ["q_proj", "v_proj"]
-model, tok = load_base(ModelConfig(name="tiny", device=device, dtype="float32", max_length=256))
+model, codec = load_base(ModelConfig(name="tiny", device=device, dtype="float32", max_length=256))
 host = AdapterHost(model, T)
 host.add("anchor", 2, 4, target_modules=T, seed=3)
 host.activate(["anchor"], trainable="anchor")
@@ -27,7 +27,7 @@ cfg = LoraTrainConfig(r=2, alpha=4, epochs=1, batch_size=2, micro_batch=2, lr=1e
 ds = json.load(open("ray_jobs/configs/deepspeed/zero3.json"))
 ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition even tiny LoRA tensors
 state, engine = train_lora_deepspeed(
-    host.model, tok, [Sample(f"item {i}", f"tag {i % 2}") for i in range(4)], cfg, ds, 0, 1, 256
+    host.model, codec, [Sample(f"item {i}", f"tag {i % 2}") for i in range(4)], cfg, ds, 0, 1
 )
 raw = host.state_dict("anchor")
 sd = gathered_state_dict(host, "anchor")
