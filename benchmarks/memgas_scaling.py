@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from memgas.data import load_locomo
-from memgas.recipe import MemGASJobConfig, resolve_data
+from memgas.recipe import MemGASJobConfig, load_best, resolve_data
 from memgas.retrieval import paper_config
 from memgas.store import MemGASConfig, MemoryStore
 from suite.encoders import load_encoder
@@ -47,7 +47,7 @@ def main() -> None:
             n += 1
         t_ingest += time.perf_counter() - t0
         lat = {}
-        for name, rc in (("memgas"()), ("memgas_paper", paper_config())):
+        for name, rc in (("memgas", load_best(a.best)), ("memgas_paper", paper_config())):
             ts = []
             for q in qs:
                 t = time.perf_counter()

@@ -1,16 +1,19 @@
-"""One results report from the runs' `summary.json` files: Markdown tables and matplotlib plots.
+"""One results report from the runs' result files: Markdown tables and matplotlib plots.
 
     python -m ray_jobs.report runs/bench_lamp2 runs/memgas_locomo_test --out report/
     python -m ray_jobs.report results/* --out report/ --readme README.md     # regenerate README's tables
-    python -m ray_jobs.report runs/bench_lamp3 --keep results/               # keep a run's summary in git
+    python -m ray_jobs.report runs/bench_lamp3 --keep results/               # keep a run's results in git
 
-Every MTA task gets a method table (main metrics, paired 95% interval of the difference to MTA with
-its verdict, per-user bytes and adaptation seconds), an anchor table and an accuracy-versus-storage
-plot; every MemGAS benchmark a method table with intervals against the reference method, recall@k
-curves and per-category bars; a sweep its best configuration. `--readme` replaces each block
-between `<!-- report:NAME -->` and `<!-- /report:NAME -->` (NAME = the run folder's name) with the
-rendered Markdown, so README tables are never edited by hand; `tests/ray_jobs/test_report.py` checks
-that they match the committed summaries in `results/`.
+A run folder holds a job's or sweep's `summary.json`, or a benchmark's `scaling.json` /
+`bank_throughput.json`. Every MTA task gets a method table (main metrics, paired 95% interval of the
+difference to MTA with its verdict, per-user bytes and adaptation seconds), an anchor table and an
+accuracy-versus-storage plot; every MemGAS benchmark a method table with intervals against the
+reference method, recall@k curves and per-category bars; a sweep its best configuration, its top
+trials and one plot of the metric against every swept key and of the search's progress; the
+scaling benchmark its table and curves; the throughput benchmark its table. `--readme` replaces
+each block between `<!-- report:NAME -->` and `<!-- /report:NAME -->` (NAME = the run folder's
+name) with the rendered Markdown, so README tables are never edited by hand;
+`tests/ray_jobs/test_report.py` checks that they match the committed results in `results/`.
 """
 
 from __future__ import annotations
@@ -220,31 +223,186 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
     return lines
 
 
-def render_sweep(name: str, s: dict) -> list[str]:
+def _num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def render_sweep(name: str, s: dict, out: Path) -> list[str]:
     best = s.get("best", {})
+    metric, mode = s.get("metric"), s.get("mode", "max")
     lines = [
-        f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; best {s.get('metric')} = "
-        f"{_f(best.get('value'))}.",
+        f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; best {metric} = "
+        f"{_f(best.get('value'))} (on the split the sweep saw).",
         "",
     ]
+    lines += _table(["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted((best.get("config") or {}).items())])
+    trials = [t for t in s.get("all_trials") or [] if t.get("value") is not None]
+    if not trials:
+        return lines + ["", "(this summary predates per-trial records: no sweep plots)"]
+    keys = sorted({k for t in trials for k in t["params"]})
+    better = max if mode == "max" else min
+    top = sorted(trials, key=lambda t: t["value"], reverse=mode == "max")[:5]
+    varying = [k for k in keys if len({str(t["params"].get(k)) for t in trials}) > 1]
+    lines += ["", f"Top {len(top)} trials of {len(trials)} (parameters that vary across trials):", ""]
+    lines += _table(
+        ["rank", metric] + varying,
+        [[str(i + 1), _f(t["value"])] + [f"`{t['params'].get(k)}`" for k in varying] for i, t in enumerate(top)],
+    )
+    # one panel per swept key (the metric of every trial against the key's value, best starred) and
+    # one for the search's progress (each trial and the running best, in launch order)
+    n = len(keys) + 1
+    cols = min(4, n)
+    rows_ = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows_, cols, figsize=(3.3 * cols, 2.6 * rows_), squeeze=False)
+    flat = [a for row in axes for a in row]
+    best_t = better(trials, key=lambda t: t["value"])
+    for ax, key in zip(flat, keys):
+        vals = [t["params"].get(key) for t in trials]
+        if all(_num(v) for v in vals):
+            xs, bx = vals, best_t["params"].get(key)
+            if min(vals) > 0 and max(vals) / min(vals) > 20:
+                ax.set_xscale("log")
+        else:
+            cats = sorted({str(v) for v in vals})
+            xs = [cats.index(str(v)) for v in vals]
+            bx = cats.index(str(best_t["params"].get(key)))
+            ax.set_xticks(range(len(cats)), [c if len(c) <= 14 else c[:13] + "…" for c in cats], fontsize=6)
+            ax.tick_params(axis="x", labelrotation=30)
+        ax.scatter(xs, [t["value"] for t in trials], s=14, alpha=0.7)
+        ax.scatter([bx], [best_t["value"]], marker="*", s=90, color="tab:red")
+        ax.set_title(key, fontsize=8)
+        ax.tick_params(axis="y", labelsize=6)
+    ax = flat[len(keys)]
+    ys = [t["value"] for t in trials]
+    run_best = [better(ys[: i + 1]) for i in range(len(ys))]
+    ax.scatter(range(1, len(ys) + 1), ys, s=12, alpha=0.7, label="trial")
+    ax.plot(range(1, len(ys) + 1), run_best, color="tab:red", lw=1.5, label="best so far")
+    ax.set_title("search progress", fontsize=8)
+    ax.set_xlabel("trial", fontsize=7)
+    ax.legend(fontsize=6)
+    for ax in flat[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{name}: {metric} per trial ({len(trials)} trials)", fontsize=9)
+    fig.tight_layout()
+    png = out / f"{name}_sweep.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return lines + ["", f"![{name} sweep]({png.name})"]
+
+
+# ------------------------------------------------------------------------------------- benchmarks
+def render_scaling(name: str, s: dict, out: Path) -> list[str]:
+    """`benchmarks/memgas_scaling.py`'s scaling.json: ingest and query latency against memory size."""
+    rows = s["rows"]
+    methods = list(rows[0]["query_ms_p50"])
+    lines = [
+        f"MemGAS memory grown to {rows[-1]['sessions']:,} sessions (encoder `{s.get('encoder')}`"
+        + (f", {s['queries']} queries per point" if "queries" in s else "")
+        + ").",
+        "",
+    ]
+    lines += _table(
+        ["sessions", "nodes", "edges", "ingest total s", "sessions/s (this step)"]
+        + [f"query p50 ms {m}" for m in methods],
+        [
+            [
+                f"{r['sessions']:,}",
+                f"{r['nodes']:,}",
+                f"{r['edges']:,}",
+                f"{r['ingest_s_total']:.1f}",
+                f"{r['ingest_sessions_per_s_recent']:.1f}",
+            ]
+            + [f"{r['query_ms_p50'][m]:.1f}" for m in methods]
+            for r in rows
+        ],
+    )
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    x = [r["sessions"] for r in rows]
+    ax[0].plot(x, [r["ingest_s_total"] for r in rows], marker="o")
+    ax[0].set(xscale="log", yscale="log", xlabel="sessions in memory", ylabel="total ingest s", title="ingest")
+    for m in methods:
+        ax[1].plot(x, [r["query_ms_p50"][m] for r in rows], marker="o", label=m)
+    ax[1].set(xscale="log", yscale="log", xlabel="sessions in memory", ylabel="query p50 ms", title="query")
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    png = out / f"{name}_scaling.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return lines + ["", f"![{name} scaling]({png.name})"]
+
+
+def render_throughput(name: str, s: dict) -> list[str]:
+    """`benchmarks/bank_throughput.py`'s bank_throughput.json: anchors per hour per setup."""
+    lines = [f"Model `{s.get('model')}`, {s.get('samples_per_anchor')} leave-one-out samples per anchor.", ""]
     return lines + _table(
-        ["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted((best.get("config") or {}).items())]
+        [
+            "backend",
+            "workers",
+            "strategy",
+            "anchors / hour",
+            "train s / anchor",
+            "wall s / anchor",
+            "vs local s / anchor",
+        ],
+        [
+            [
+                r["backend"],
+                str(r["workers"]),
+                r["strategy"] if r["backend"] == "ray" else "—",
+                f"{r['anchors_per_hour']:.1f}",
+                f"{r['train_s_per_anchor']:.1f}",
+                f"{r['wall_s'] / r['anchors']:.1f}",
+                f"{r['ray_overhead_vs_local_s_per_anchor']:.1f}",
+            ]
+            for r in s["rows"]
+        ],
     )
 
 
+# --------------------------------------------------------------------------------------- driver
+RESULT_FILES = ("summary.json", "scaling.json", "bank_throughput.json")
+
+
 def render_run(run: Path, out: Path) -> str:
-    s = read_json(run / "summary.json")
     name = run.name
     lines: list[str] = []
-    for task, r in (s.get("mta") or {}).items():
-        lines += render_mta(name, task, r, out) + [""]
-    for bench, r in (s.get("memgas") or {}).items():
-        lines += render_memgas(name, bench, r, out) + [""]
-    if "trials" in s and "best" in s:
-        lines += render_sweep(name, s) + [""]
+    if (run / "summary.json").exists():
+        s = read_json(run / "summary.json")
+        for task, r in (s.get("mta") or {}).items():
+            lines += render_mta(name, task, r, out) + [""]
+        for bench, r in (s.get("memgas") or {}).items():
+            lines += render_memgas(name, bench, r, out) + [""]
+        if "trials" in s and "best" in s:
+            lines += render_sweep(name, s, out) + [""]
+    if (run / "scaling.json").exists():
+        lines += render_scaling(name, read_json(run / "scaling.json"), out) + [""]
+    if (run / "bank_throughput.json").exists():
+        lines += render_throughput(name, read_json(run / "bank_throughput.json")) + [""]
     if not lines:
-        lines = [f"(`{run}/summary.json` holds no MTA, MemGAS or sweep results)"]
+        lines = [f"(`{run}` holds no MTA, MemGAS, sweep or benchmark results)"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def render_report(runs: list[Path], out: Path, keep: Path | None = None) -> dict:
+    """Render every run into OUT/report.md and OUT/*.png; returns {"blocks": {run name: markdown},
+    "plots": [paths written]}. `keep` copies each run's result files to KEEP/<run name>/."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    blocks = {}
+    for run in map(Path, runs):
+        found = [f for f in RESULT_FILES if (run / f).exists()]
+        if not found:
+            raise SystemExit(f"{run}: none of {', '.join(RESULT_FILES)} found")
+        if keep:
+            dest = Path(keep) / run.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in found:
+                shutil.copyfile(run / f, dest / f)
+        blocks[run.name] = render_run(run, out)
+    atomic_write_text(out / "report.md", "".join(f"## {n}\n\n{b}\n" for n, b in blocks.items()))
+    plots = sorted(str(p) for p in out.glob("*.png") if before.get(p) != p.stat().st_mtime_ns)
+    return {"blocks": blocks, "plots": plots}
 
 
 def update_readme(readme: Path, blocks: dict[str, str], image_prefix: str) -> list[str]:
@@ -263,24 +421,15 @@ def update_readme(readme: Path, blocks: dict[str, str], image_prefix: str) -> li
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="run folders holding summary.json")
+    ap.add_argument("runs", nargs="+", help=f"run folders holding any of {', '.join(RESULT_FILES)}")
     ap.add_argument("--out", default="report", help="folder for report.md and the plots")
     ap.add_argument("--readme", help="README whose report blocks are regenerated")
-    ap.add_argument("--keep", help="copy each run's summary.json to KEEP/<run name>/ (committed results)")
+    ap.add_argument("--keep", help="copy each run's result files to KEEP/<run name>/ (committed results)")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    blocks = {}
-    for run in map(Path, a.runs):
-        if not (run / "summary.json").exists():
-            raise SystemExit(f"{run}/summary.json: not found")
-        if a.keep:
-            dest = Path(a.keep) / run.name
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run / "summary.json", dest / "summary.json")
-        blocks[run.name] = render_run(run, out)
-    atomic_write_text(out / "report.md", "".join(f"## {n}\n\n{b}\n" for n, b in blocks.items()))
-    print(f"report: {out / 'report.md'} ({len(blocks)} run(s), {len(list(out.glob('*.png')))} plot(s))")
+    res = render_report(a.runs, out, Path(a.keep) if a.keep else None)
+    blocks = res["blocks"]
+    print(f"report: {out / 'report.md'} ({len(blocks)} run(s), {len(res['plots'])} plot(s))")
     if a.readme:
         rel = os.path.relpath(out.resolve(), Path(a.readme).resolve().parent)  # images relative to the README
         prefix = "" if rel == "." else f"{Path(rel).as_posix()}/"

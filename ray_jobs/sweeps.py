@@ -4,8 +4,10 @@ A sweep is a base job config (the same YAML the job reads) plus a search space o
 keys. Each trial applies its values as `key=value` overrides, runs the job's evaluation on dev data
 and reports the metric after every step (user or conversation), so ASHA can stop weak trials early.
 Rerunning a sweep with the same OUT restores it (`Tuner.restore`): finished trials are not repeated.
-Writes OUT/summary.json {"trials", "metric", "best": {"config", "value"}}, OUT/best_config.yaml (the
-base YAML with the best values applied) and one plot per swept key.
+Writes OUT/summary.json {"trials", "metric", "mode", "best": {"config", "value"}, "all_trials": [{"params",
+"value", "error"}, ...] in launch order}, OUT/best_config.yaml (the base YAML with the best values
+applied), and through `ray_jobs.report` the sweep's plots (metric against each swept key, and the
+running best against trials) and OUT/report.md.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ray_jobs.report import render_report
 from suite.config import ConfigError, field_type, from_dict, opt
 from suite.io import atomic_write_json
 from suite.ray_local import init_ray
@@ -136,42 +139,27 @@ def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict,
         )
     grid = tuner.fit()
     best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
-    df = grid.get_dataframe(filter_metric=sweep.metric, filter_mode=sweep.mode)
     summary = {
         "trials": len(grid),
         "metric": sweep.metric,
+        "mode": sweep.mode,
         "best": {"config": best.config["params"], "value": float(best.metrics[sweep.metric])},
         "errors": len(grid.errors),
+        "all_trials": trial_rows(grid, sweep.metric),
     }
     del tuner, grid  # drop the Tuner before any ray.shutdown() (SPEC §3)
-    plots = plot_sweep(df, sweep, out)
-    return {"summary": summary, "plots": plots}
+    return {"summary": summary}
 
 
-def plot_sweep(df, sweep: SweepConfig, out: Path) -> list[str]:
-    """One scatter per swept key: the final metric of each trial against the key's value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for key in sweep.space:
-        col = f"config/params/{key}"
-        if col not in df.columns or sweep.metric not in df.columns:
-            continue
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        x = df[col].astype(str) if df[col].dtype == object else df[col]
-        ax.scatter(x, df[sweep.metric], alpha=0.8)
-        ax.set_xlabel(key)
-        ax.set_ylabel(sweep.metric)
-        ax.set_title(f"{sweep.name}: {sweep.metric} vs {key}", fontsize=9)
-        fig.tight_layout()
-        p = out / f"sweep_{key.replace('.', '_')}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(str(p))
-    return paths
+def trial_rows(grid, metric: str) -> list[dict]:
+    """Every trial's parameters and final metric (None when it errored before reporting), in launch
+    order (Tune numbers trial folders in that order), so a report can draw the search's progress."""
+    rows = []
+    for r in sorted(grid, key=lambda r: str(r.path)):
+        value = (r.metrics or {}).get(metric)
+        params = {k: (v.item() if hasattr(v, "item") else v) for k, v in r.config["params"].items()}
+        rows.append({"params": params, "value": None if value is None else float(value), "error": r.error is not None})
+    return rows
 
 
 def apply_params(cls, base: dict, params: dict[str, Any]):
@@ -194,16 +182,26 @@ def apply_params(cls, base: dict, params: dict[str, Any]):
 
 
 def report_sweep(res: dict, sweep: SweepConfig, tracking, out: Path) -> dict:
-    """Write OUT/summary.json, log the best values and the plots to one W&B summary run, print."""
-    from dataclasses import asdict
-
+    """Write OUT/summary.json and OUT/report.md with the sweep's plots; log the best values, every
+    trial as a table (W&B charts it natively) and the plots to one W&B summary run; print."""
     summary = res["summary"]
-    atomic_write_json(Path(out) / "summary.json", summary)
+    out = Path(out)
+    atomic_write_json(out / "summary.json", summary)
+    plots = render_report([out], out)["plots"]
     tr = Tracker(tracking, "sweep", {"sweep": asdict(sweep)}, out, name=f"{sweep.name}-summary")
     tr.summary(
         {"best_value": summary["best"]["value"], **{f"best/{k}": v for k, v in summary["best"]["config"].items()}}
     )
-    for p in res["plots"]:
+    keys = sorted({k for t in summary["all_trials"] for k in t["params"]})
+    tr.table(
+        "trials",
+        ["trial", sweep.metric, "error"] + keys,
+        [
+            [i, t["value"], t["error"]] + [str(t["params"].get(k)) for k in keys]
+            for i, t in enumerate(summary["all_trials"])
+        ],
+    )
+    for p in plots:
         tr.image(Path(p).stem, p)
     tr.finish()
     print(

@@ -59,6 +59,50 @@ def _memgas_summary():
     }
 
 
+def _sweep_summary():
+    trials = [
+        {"params": {"best.temperature": t, "best.router": r, "best.lexical": "[]"}, "value": v, "error": False}
+        for t, r, v in ((0.1, "corrected", 0.5), (0.5, "uniform", 0.7), (0.9, "corrected", 0.6))
+    ] + [
+        {
+            "params": {"best.temperature": 0.2, "best.router": "uniform", "best.lexical": "[]"},
+            "value": None,
+            "error": True,
+        }
+    ]
+    best = {"config": trials[1]["params"], "value": 0.7}
+    return {"trials": 4, "metric": "recall_all@5", "mode": "max", "best": best, "errors": 1, "all_trials": trials}
+
+
+def _scaling():
+    rows = [
+        {"sessions": n, "nodes": 15 * n, "edges": 100 * n, "ingest_s_total": 0.05 * n,
+         "ingest_sessions_per_s_recent": 20.0, "query_ms_p50": {"memgas": n / 100, "memgas_paper": n / 300}}
+        for n in (100, 300, 1000)
+    ]  # fmt: skip
+    return {"encoder": "hashing:384", "queries": 30, "rows": rows}
+
+
+def test_sweep_and_benchmark_results_render_tables_and_plots(tmp_path):
+    files = {"sw": ("summary.json", _sweep_summary()), "sc": ("scaling.json", _scaling())}
+    for name, (f, s) in files.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f).write_text(json.dumps(s))
+    report([str(tmp_path / "sw"), str(tmp_path / "sc"), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    # top trials best first; the errored trial is left out; only the parameters that vary are shown
+    assert "| rank | recall_all@5 | best.router | best.temperature |" in md
+    assert "| 1 | 0.700 | `uniform` | `0.5` |" in md and "| 3 | 0.500 | `corrected` | `0.1` |" in md
+    assert "| 1,000 | 15,000 | 100,000 | 50.0 | 20.0 | 10.0 | 3.3 |" in md
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert pngs == ["sc_scaling.png", "sw_sweep.png"]
+    assert all((tmp_path / "rep" / p).stat().st_size > 5000 for p in pngs)
+    # an old summary without per-trial records still renders its best configuration
+    old = {k: v for k, v in _sweep_summary().items() if k != "all_trials"}
+    (tmp_path / "sw" / "summary.json").write_text(json.dumps(old))
+    assert "no sweep plots" in render_run(tmp_path / "sw", tmp_path / "rep2")
+
+
 def test_renders_tables_and_plots_from_fixture_summaries(tmp_path):
     for name, s in (("mta_run", _mta_summary()), ("mem_run", _memgas_summary())):
         (tmp_path / name).mkdir()
@@ -87,7 +131,7 @@ def test_readme_blocks_are_replaced_and_nothing_else(tmp_path):
     assert "stale" not in text and "(report/run_LaMP_2_accuracy_vs_bytes.png)" in text
 
 
-@pytest.mark.parametrize("block", sorted(p.name for p in (ROOT / "results").iterdir() if (p / "summary.json").exists()))
+@pytest.mark.parametrize("block", sorted(p.name for p in (ROOT / "results").iterdir() if p.is_dir()))
 def test_readme_tables_match_the_committed_summaries(block, tmp_path):
     readme = (ROOT / "README.md").read_text()
     m = re.search(rf"<!-- report:{re.escape(block)} -->\n(.*?)<!-- /report:{re.escape(block)} -->", readme, re.S)
