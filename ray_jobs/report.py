@@ -271,7 +271,7 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
         ax.scatter(xs, [t["value"] for t in trials], s=14, alpha=0.7)
         ax.scatter([bx], [best_t["value"]], marker="*", s=90, color="tab:red")
         ax.set_title(key, fontsize=8)
-        ax.tick_params(axis="y", labelsize=6)
+        ax.tick_params(labelsize=6)
     ax = flat[len(keys)]
     ys = [t["value"] for t in trials]
     run_best = [better(ys[: i + 1]) for i in range(len(ys))]
