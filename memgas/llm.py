@@ -172,14 +172,12 @@ class LocalLLM:
     """A transformers causal LM in this process (greedy decoding; temperature is ignored: T=0)."""
 
     def __init__(self, model_name: str = "smollm2", max_length: int = 2048, tiny_seed: int = 0, device: str = ""):
-
         self.model, self.codec = load_base(
             ModelConfig(name=model_name, max_length=max_length, tiny_seed=tiny_seed, device=device or str(current()))
         )
         self._lock = threading.Lock()
 
     def complete(self, prompt: str, max_tokens: int = 500, temperature: float = 0.0) -> str:
-
         with self._lock:  # one forward at a time: torch already uses every core
             # `max_length` bounds the prompt here; the answer comes on top of it
             codec = replace(self.codec, max_length=self.codec.max_length + max_tokens)

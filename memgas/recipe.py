@@ -1,6 +1,8 @@
 """Recipe (the job config, its stages and the report; `ray_jobs.memgas_eval` launches it).
 
-MemGAS retrieval (and optionally QA) on LoCoMo, LongMemEval or Long-MT-Bench+.
+MemGAS retrieval (and optionally QA) on LoCoMo, LongMemEval or Long-MT-Bench+, run as `setup`
+(data split, LLM, encoder: built once) → `evaluate_all` (ingest each conversation, answer its
+questions with every method; resumable) → `report` (summary.json, table, W&B).
 
     python -m ray_jobs.memgas_eval --config ray_jobs/configs/memgas_locomo_cpu.yaml --out runs/memgas_locomo
     python -m ray_jobs.memgas_eval --config ray_jobs/configs/memgas_longmemeval_cpu.yaml --out runs/memgas_lme
@@ -88,7 +90,6 @@ class MemGASJobConfig:
 
 
 def shared_memory_dir() -> Path:
-
     return project_root().parent / "shared" / "data" / "memory"
 
 
@@ -151,7 +152,6 @@ def split_conversations(convs: list, cfg: MemGASJobConfig) -> tuple[list, dict]:
 
 
 def methods_for(cfg: MemGASJobConfig) -> dict[str, RetrievalConfig]:
-
     paper = paper_config()
     m = {**baseline_configs(), "memgas_paper": paper, "memgas": cfg.best}
     if cfg.ablations:
@@ -224,8 +224,35 @@ def evaluate_on_ray(cfg: MemGASJobConfig, convs: list, methods: dict, key: str, 
     return [done[q.qid] for c in convs for q in c.questions if q.qid in done]
 
 
-def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
+@dataclass
+class Session:
+    """What `setup` builds once and the later stages share."""
 
+    cfg: MemGASJobConfig
+    out: Path
+    device: object
+    tracker: Tracker
+    data_file: Path
+    split: dict
+    convs: list
+    llm: object
+    encoder: object
+    units: UnitBuilder
+    methods: dict
+    key: str
+    encoder_texts_per_s: float
+    stores: list = field(default_factory=list)
+
+    def make_store(self) -> MemoryStore:
+        # a fresh cache per conversation: ingest timing includes every encoder call
+        st = MemoryStore(self.cfg.memgas, encoder=CachedEncoder(self.encoder), units=self.units)
+        self.stores.append(st)
+        return st
+
+
+def setup(cfg: MemGASJobConfig, out: str | Path) -> Session:
+    """Stage 1: apply `best_from`, check the device, write config.json, load the split's
+    conversations, the LLM and the encoder, measure the encoder alone (the yardstick for ingestion)."""
     cfg = apply_best_from(cfg)
     device = use_device(cfg.device)  # fails here, before any work, if the device is not there
     out = Path(out)
@@ -247,82 +274,79 @@ def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
     methods = methods_for(cfg)
     key = run_key(methods, cfg.memgas, cfg.eval, sha256_file(path))
     tracker = Tracker(cfg.tracking, "memgas_eval", asdict(cfg), out, name=f"memgas-{cfg.benchmark}")
+    return Session(cfg, out, device, tracker, path, split, convs, llm, encoder, units, methods, key, raw_tps)
 
-    def make_store():
-        # a fresh cache per conversation: ingest timing includes every encoder call
-        s = MemoryStore(cfg.memgas, encoder=CachedEncoder(encoder), units=units)
-        stores.append(s)
-        return s
 
-    stores: list = []
+def evaluate_all(s: Session) -> list[dict]:
+    """Stage 2: ingest every conversation and answer its questions with every method (resumable
+    per-question records, in this process or one Ray task per conversation)."""
+    cfg, log = s.cfg, s.out / "per_question.jsonl"
+    if cfg.eval.backend == "ray":
+        return evaluate_on_ray(cfg, s.convs, s.methods, s.key, log)
+    llm = s.llm if cfg.eval.qa else None
+    return evaluate(s.convs, s.make_store, s.methods, cfg.eval, log, llm=llm, key=s.key)
+
+
+def report(s: Session, recs: list[dict], wall_s: float) -> dict:
+    """Stage 3: summary.json (merged with other benchmarks' results in the same run folder), the
+    printed table, and W&B's summary and per-question table."""
+    cfg, methods = s.cfg, s.methods
+    res = summarize(recs, list(methods), cfg.eval.ks, reference="memgas", n_boot=cfg.eval.bootstrap)
+    stores = [st for st in s.stores if st.users]
+    n_sess = sum(len(st.users[next(iter(st.users))].sessions) for st in stores)
+    if n_sess:
+        ingest_s = sum(sum(r["ingest_s"] for r in recs if r["conv"] == next(iter(st.users))) for st in stores)
+        res["ingest_sessions_per_s"] = n_sess / ingest_s
+        res["ingest_texts_per_s"] = sum(st.encoder.encoded for st in stores) / ingest_s
+        res["encoder_texts_per_s"] = s.encoder_texts_per_s
+        res["ingest_vs_encoder"] = res["ingest_texts_per_s"] / s.encoder_texts_per_s
+    res["units"] = s.units.source
+    res["data"] = {
+        "file": str(s.data_file),
+        "split": s.split,
+        "duplicate_sessions": sum(c.report.get("duplicate_sessions", 0) for c in s.convs),
+    }
+    res["record_key"] = s.key
+    res["router"] = {"memgas": cfg.best.router, "memgas_paper": "reference"}
+    res["configs"] = {
+        "memgas": asdict(cfg.best),
+        "association": asdict(cfg.memgas.association),
+        "selected_on": cfg.selected_on or "not selected: the configured `best`",
+    }
+    res["wall_s"] = wall_s
+    res["runtime"] = describe_device(s.device)
+    sp = s.out / "summary.json"
+    prev = json.loads(sp.read_text()) if sp.exists() else {}
+    prev.setdefault("memgas", {})[cfg.benchmark] = res
+    atomic_write_json(sp, prev)
+    print_table(cfg.benchmark, res)
+    s.tracker.summary({f"{cfg.benchmark}/{m}/{k}": v for m, vals in res["methods"].items() for k, v in vals.items()})
+    base = "bm25_session" if "bm25_session" in methods else None
+    m5 = lambda r, m: (r["metrics"].get(m) or {}).get("recall_all@5") if m else None  # noqa: E731
+    rows = [
+        [
+            r["qid"],
+            r.get("conv"),
+            str(r.get("category", "")),
+            json.dumps(r.get("gold")),
+            m5(r, "memgas"),
+            m5(r, base),
+            json.dumps((r.get("top") or {}).get("memgas", [])[:5]),
+            json.dumps(r.get("router_memgas", {})),
+        ]
+        for r in recs[:2000]
+    ]
+    cols = ["qid", "conv", "category", "gold", "memgas_recall_all@5", f"{base}_recall_all@5", "memgas_top5"]
+    s.tracker.table("per_question", cols + ["router_weights"], rows)
+    return prev
+
+
+def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
+    """setup → evaluate → report."""
+    s = setup(cfg, out)
     try:
         t0 = time.perf_counter()
-        log = out / "per_question.jsonl"
-        if cfg.eval.backend == "ray":
-            recs = evaluate_on_ray(cfg, convs, methods, key, log)
-        else:
-            recs = evaluate(convs, make_store, methods, cfg.eval, log, llm=llm if cfg.eval.qa else None, key=key)
-        res = summarize(recs, list(methods), cfg.eval.ks, reference="memgas", n_boot=cfg.eval.bootstrap)
-        n_sess = sum(len(s.users[next(iter(s.users))].sessions) for s in stores if s.users)
-        if stores and n_sess:
-            ingest_s = sum(
-                sum(r["ingest_s"] for r in recs if r["conv"] == next(iter(s.users))) for s in stores if s.users
-            )
-            texts = sum(s.encoder.encoded for s in stores)
-            res["ingest_sessions_per_s"] = n_sess / ingest_s
-            res["ingest_texts_per_s"] = texts / ingest_s
-            res["encoder_texts_per_s"] = raw_tps
-            res["ingest_vs_encoder"] = res["ingest_texts_per_s"] / raw_tps
-        res["units"] = units.source
-        res["data"] = {
-            "file": str(path),
-            "split": split,
-            "duplicate_sessions": sum(c.report.get("duplicate_sessions", 0) for c in convs),
-        }
-        res["record_key"] = key
-        res["router"] = {"memgas": cfg.best.router, "memgas_paper": "reference"}
-        res["configs"] = {
-            "memgas": asdict(cfg.best),
-            "association": asdict(cfg.memgas.association),
-            "selected_on": cfg.selected_on or "not selected: the configured `best`",
-        }
-        res["wall_s"] = time.perf_counter() - t0
-        res["runtime"] = describe_device(device)
-        sp = out / "summary.json"
-        prev = json.loads(sp.read_text()) if sp.exists() else {}
-        prev.setdefault("memgas", {})[cfg.benchmark] = res
-        atomic_write_json(sp, prev)
-        print_table(cfg.benchmark, res)
-        tracker.summary({f"{cfg.benchmark}/{m}/{k}": v for m, vals in res["methods"].items() for k, v in vals.items()})
-        base = "bm25_session" if "bm25_session" in methods else None
-        m5 = lambda r, m: (r["metrics"].get(m) or {}).get("recall_all@5") if m else None  # noqa: E731
-        rows = [
-            [
-                r["qid"],
-                r.get("conv"),
-                str(r.get("category", "")),
-                json.dumps(r.get("gold")),
-                m5(r, "memgas"),
-                m5(r, base),
-                json.dumps((r.get("top") or {}).get("memgas", [])[:5]),
-                json.dumps(r.get("router_memgas", {})),
-            ]
-            for r in recs[:2000]
-        ]
-        tracker.table(
-            "per_question",
-            [
-                "qid",
-                "conv",
-                "category",
-                "gold",
-                "memgas_recall_all@5",
-                f"{base}_recall_all@5",
-                "memgas_top5",
-                "router_weights",
-            ],
-            rows,
-        )
-        return prev
+        recs = evaluate_all(s)
+        return report(s, recs, time.perf_counter() - t0)
     finally:
-        tracker.finish()
+        s.tracker.finish()

@@ -140,7 +140,6 @@ def make_server(
 
 
 def main() -> None:
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--port", type=int, default=8000)

@@ -180,7 +180,6 @@ def _is_store(path: Path) -> bool:
 
 class MemoryStore:
     def __init__(self, cfg: MemGASConfig | None = None, encoder=None, llm=None, units: UnitBuilder | None = None):
-
         self.cfg = cfg or MemGASConfig()
         self.encoder = (
             encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder or load_encoder(self.cfg.encoder))

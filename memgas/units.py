@@ -97,7 +97,6 @@ class UnitBuilder:
         return f"llm ({self.fallbacks} session(s) extractive after LLM failures)" if self.fallbacks else "llm"
 
     def build(self, session: Session) -> SessionUnits:
-
         text = session.text()
         summary = keywords = None
         if self.llm is not None:

@@ -94,5 +94,4 @@ class AdapterHost:
         return train_lora(self.model, codec, samples, cfg, **train_kw)
 
     def lora_config(self, name: str) -> dict:
-
         return lora_config_dict(self.model.peft_config[name])

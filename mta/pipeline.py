@@ -181,7 +181,6 @@ def _prior(task: str, user: User, query_input: str, decay: float = 1.0) -> str:
 
 
 def _bm25_idx(task, user, text, k):
-
     return BM25Index([render_item(task, it) for it in user.profile]).top(text, k)
 
 

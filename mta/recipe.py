@@ -1,6 +1,8 @@
 """Recipe (the job config, its stages and the report; `ray_jobs.mta_pipeline` launches it).
 
-MTA end to end on one LaMP task: anchors → bank (Ray Train) → fusion → stacking → evaluation.
+MTA end to end on one LaMP task: anchors → bank (Ray Train) → fusion → stacking → evaluation, run as
+`setup` (device, bank, users, model: built once) → `select` (settings chosen on train users) →
+`evaluate` (every method, every user; resumable) → `report` (summary.json, table, W&B).
 
     python -m ray_jobs.mta_pipeline --config ray_jobs/configs/mta_lamp2_cpu.yaml --out runs/mta_lamp2
     python -m ray_jobs.mta_pipeline --config ray_jobs/configs/mta_lamp2_cpu.yaml --out runs/x fusion.top_k=3
@@ -129,7 +131,6 @@ def plan_bank(cfg: MTAJobConfig, encoder) -> dict:
 
 
 def torch_gpus() -> int:
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -243,8 +244,29 @@ def select_lambda(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -
     return {"lambda": lam, "by_lambda": grid, "users": len(users), "split": cfg.data.train_split}
 
 
-def run(cfg: MTAJobConfig, out: str | Path) -> dict:
+@dataclass
+class Session:
+    """What `setup` builds once and the later stages share: one bank, one base model wrapped once
+    by peft (the evaluator's adapter host), the users to evaluate and the run's tracker."""
 
+    cfg: MTAJobConfig
+    out: Path
+    device: torch.device
+    tracker: Tracker
+    bank: Bank
+    loaded: object  # LoadedBank
+    bank_sig: str
+    users: list
+    queries_file: Path
+    ev: Evaluator | None
+    anchors: list[dict]
+    label_mode: bool
+    key: str = ""  # the record key of the evaluated configuration (set by `select`)
+
+
+def setup(cfg: MTAJobConfig, out: str | Path) -> Session:
+    """Stage 1: check the device, write config.json, build (or reuse) the bank, load the users, the
+    base model and its codec once, and wrap the model in the evaluator's adapter host."""
     device = use_device(cfg.model.device)  # fails here, before any training, if the device is not there
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -253,97 +275,133 @@ def run(cfg: MTAJobConfig, out: str | Path) -> dict:
     try:
         encoder = load_encoder(cfg.encoder)
         bank, stats = build_bank(cfg, out, encoder)
-        for s in stats:
-            tracker.log({"bank/anchor_seconds": s["seconds"], "bank/steps": s["steps"]})
+        for st in stats:
+            tracker.log({"bank/anchor_seconds": st["seconds"], "bank/steps": st["steps"]})
         loaded = bank.load()
-        bank_sig = bank_content_id(bank.manifest)
-        d = cfg.data
-        task = d.task
-        label_mode = _uses_labels(task, cfg.eval.inference)
-        users, qpath = load_users(cfg, d.eval_split, loaded.ids)
-        if d.max_eval_users:
-            users = users[: d.max_eval_users]
+        users, qpath = load_users(cfg, cfg.data.eval_split, loaded.ids)
+        if cfg.data.max_eval_users:
+            users = users[: cfg.data.max_eval_users]
         model, codec = load_base(cfg.model)
         anchors = anchor_report(bank, loaded, model)
         ev = Evaluator(cfg, loaded, model, codec, encoder, out)  # wraps the model once (peft)
-        stack_sel = None
-        if cfg.eval.stacking_grid and d.select_users > 0:
-            cfg, stack_sel = select_stacking(cfg, ev, loaded.ids, bank_sig)
-            ev.cfg = cfg
-        key = record_key(cfg, sha256_file(qpath), bank_sig)
-        ev.key = key
-        selection, lam = None, max(cfg.eval.prior_lambda, 0.0)
-        if "mta_prior" in cfg.eval.methods and label_mode and cfg.eval.prior_lambda < 0 and d.select_users > 0:
-            selection = select_lambda(cfg, ev, loaded.ids, bank_sig)
-            lam = selection["lambda"]
-            print(f"[select] mta_prior lambda = {lam} (best on {selection['users']} train users)")
-        if cfg.eval.backend == "ray":
-            del model, ev
-            records = evaluate_on_ray(cfg, out, bank.path, users, key)
-        elif cfg.eval.backend == "local":
-            records = ev.run(users)
-        else:
-            raise ValueError(f"eval.backend={cfg.eval.backend!r}: local | ray")
-        res = summarize(task, records, cfg.eval.methods, label_mode, cfg.eval.calibration, out, lam, cfg.eval.bootstrap)
-        res["split"] = {
-            "eval": d.eval_split,
-            "eval_file": str(qpath),
-            "selection": selection,
-            "stacking_selection": stack_sel,
-        }
-        res["stacking"] = asdict(cfg.stacking)
-        res["record_key"] = key
-        res["anchors"] = anchors
-        res["bank"] = {
-            "anchors": len(loaded.ids),
-            "bytes": bank.bytes_on_disk(),
-            "path": str(bank.path),
-            "signature": bank.manifest.get("signature"),
-        }
-        if res.get("bytes_per_user"):
-            res["bytes_per_user"]["bank_amortised"] = res["bank"]["bytes"] / max(1, len(records))
-        res["runtime"] = {
-            "driver": describe_device(device, dtype_for(device, cfg.model.dtype)),
-            "eval_backend": cfg.eval.backend,
-            "eval_gpus": cfg.eval.gpus,
-            "bank_gpus_per_worker": cfg.bank.gpus_per_worker,
-        }
-        res["seeds"] = "per adapter: sha256(run seed / kind / anchor or user id)"
-        res["resolved_calibration"] = resolve_calibration(task, cfg.eval.calibration)
-        summary_path = out / "summary.json"
-        prev = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        prev.setdefault("mta", {})[task] = res
-        atomic_write_json(summary_path, prev)
-        print_table(task, res)
-        tracker.summary({f"{task}/{m}/{k}": v for m, vals in res["methods"].items() for k, v in vals.items()})
-        cost = lambda r, m: (r.get("cost", {}).get(m) or {}).get("seconds")  # noqa: E731
-        tracker.table(
-            "per_user",
-            ["user_id", "gold", "anchors", "weights", "mta_adapt_s", "oppu_adapt_s"],
-            [
-                [
-                    r["user_id"],
-                    json.dumps(r.get("golds")),
-                    json.dumps((r.get("anchors") or {}).get("anchors")),
-                    json.dumps((r.get("anchors") or {}).get("weights")),
-                    cost(r, "mta"),
-                    cost(r, "oppu"),
-                ]
-                for r in records
-            ],
-        )
-        tracker.table(
-            "anchors",
-            ["id", "n_items", "steps", "loss_first", "loss_last", "rel_update"],
-            [
-                [a["id"], a.get("n_items"), a.get("steps"), a.get("loss_first"), a.get("loss_last"), a["rel_update"]]
-                for a in anchors
-            ],
-        )
-        tracker.artifact(f"bank-{task}", "model", bank.path, {"anchors": len(loaded.ids)})
-        return prev
-    finally:
+    except BaseException:
         tracker.finish()
+        raise
+    return Session(
+        cfg,
+        out,
+        device,
+        tracker,
+        bank,
+        loaded,
+        bank_content_id(bank.manifest),
+        users,
+        qpath,
+        ev,
+        anchors,
+        _uses_labels(cfg.data.task, cfg.eval.inference),
+    )
+
+
+def select(s: Session) -> dict:
+    """Stage 2: the choices made on train users that are not anchors, never on the evaluated split:
+    the stacking setting (`eval.stacking_grid`) and `mta_prior`'s λ. Updates the session's config."""
+    cfg, d = s.cfg, s.cfg.data
+    stack_sel, selection, lam = None, None, max(cfg.eval.prior_lambda, 0.0)
+    if cfg.eval.stacking_grid and d.select_users > 0:
+        cfg, stack_sel = select_stacking(cfg, s.ev, s.loaded.ids, s.bank_sig)
+        s.cfg = s.ev.cfg = cfg
+    if "mta_prior" in cfg.eval.methods and s.label_mode and cfg.eval.prior_lambda < 0 and d.select_users > 0:
+        selection = select_lambda(cfg, s.ev, s.loaded.ids, s.bank_sig)
+        lam = selection["lambda"]
+        print(f"[select] mta_prior lambda = {lam} (best on {selection['users']} train users)")
+    s.key = s.ev.key = record_key(cfg, sha256_file(s.queries_file), s.bank_sig)
+    return {"lambda": lam, "selection": selection, "stacking_selection": stack_sel}
+
+
+def evaluate(s: Session) -> list[dict]:
+    """Stage 3: every method on every evaluated user (resumable records, in this process or as Ray
+    tasks)."""
+    if s.cfg.eval.backend == "ray":
+        s.ev = None  # the Ray tasks load their own model: free this one first
+        return evaluate_on_ray(s.cfg, s.out, s.bank.path, s.users, s.key)
+    return s.ev.run(s.users)
+
+
+def report(s: Session, records: list[dict], choices: dict) -> dict:
+    """Stage 4: summary.json (merged with other tasks' results in the same run folder), the printed
+    table, and W&B's summary, per-user and anchor tables and the bank artifact."""
+    cfg, d, task = s.cfg, s.cfg.data, s.cfg.data.task
+    e = cfg.eval
+    res = summarize(task, records, e.methods, s.label_mode, e.calibration, s.out, choices["lambda"], e.bootstrap)
+    res["split"] = {
+        "eval": d.eval_split,
+        "eval_file": str(s.queries_file),
+        "selection": choices["selection"],
+        "stacking_selection": choices["stacking_selection"],
+    }
+    res["stacking"] = asdict(cfg.stacking)
+    res["record_key"] = s.key
+    res["anchors"] = s.anchors
+    res["bank"] = {
+        "anchors": len(s.loaded.ids),
+        "bytes": s.bank.bytes_on_disk(),
+        "path": str(s.bank.path),
+        "signature": s.bank.manifest.get("signature"),
+    }
+    if res.get("bytes_per_user"):
+        res["bytes_per_user"]["bank_amortised"] = res["bank"]["bytes"] / max(1, len(records))
+    res["runtime"] = {
+        "driver": describe_device(s.device, dtype_for(s.device, cfg.model.dtype)),
+        "eval_backend": cfg.eval.backend,
+        "eval_gpus": cfg.eval.gpus,
+        "bank_gpus_per_worker": cfg.bank.gpus_per_worker,
+    }
+    res["seeds"] = "per adapter: sha256(run seed / kind / anchor or user id)"
+    res["resolved_calibration"] = resolve_calibration(task, cfg.eval.calibration)
+    summary_path = s.out / "summary.json"
+    prev = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    prev.setdefault("mta", {})[task] = res
+    atomic_write_json(summary_path, prev)
+    print_table(task, res)
+    tr = s.tracker
+    tr.summary({f"{task}/{m}/{k}": v for m, vals in res["methods"].items() for k, v in vals.items()})
+    cost = lambda r, m: (r.get("cost", {}).get(m) or {}).get("seconds")  # noqa: E731
+    tr.table(
+        "per_user",
+        ["user_id", "gold", "anchors", "weights", "mta_adapt_s", "oppu_adapt_s"],
+        [
+            [
+                r["user_id"],
+                json.dumps(r.get("golds")),
+                json.dumps((r.get("anchors") or {}).get("anchors")),
+                json.dumps((r.get("anchors") or {}).get("weights")),
+                cost(r, "mta"),
+                cost(r, "oppu"),
+            ]
+            for r in records
+        ],
+    )
+    tr.table(
+        "anchors",
+        ["id", "n_items", "steps", "loss_first", "loss_last", "rel_update"],
+        [
+            [a["id"], a.get("n_items"), a.get("steps"), a.get("loss_first"), a.get("loss_last"), a["rel_update"]]
+            for a in s.anchors
+        ],
+    )
+    tr.artifact(f"bank-{task}", "model", s.bank.path, {"anchors": len(s.loaded.ids)})
+    return prev
+
+
+def run(cfg: MTAJobConfig, out: str | Path) -> dict:
+    """setup → select → evaluate → report."""
+    s = setup(cfg, out)
+    try:
+        choices = select(s)
+        return report(s, evaluate(s), choices)
+    finally:
+        s.tracker.finish()
 
 
 def bank_content_id(manifest: dict) -> str:

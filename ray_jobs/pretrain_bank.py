@@ -20,7 +20,6 @@ from ray_jobs.cli import parse
 
 
 def main(argv=None) -> None:
-
     args, cfg = parse(MTAJobConfig, __doc__, argv, flags={"dry-run": "print the placement plan, train nothing"})
     if args.dry_run:
         dry_run(cfg, args.out)

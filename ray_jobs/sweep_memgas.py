@@ -101,7 +101,6 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
 
 
 def main(argv=None) -> None:
-
     args, cfg = parse(SweepMemGASConfig, __doc__, argv)
     run(cfg, args.out)
 

@@ -79,7 +79,6 @@ def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
 
 
 def main(argv=None) -> None:
-
     args, cfg = parse(SweepMTAConfig, __doc__, argv)
     run(cfg, args.out)
 

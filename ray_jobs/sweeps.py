@@ -6,8 +6,8 @@ and reports the metric after every step (user or conversation), so ASHA can stop
 Rerunning a sweep with the same OUT restores it (`Tuner.restore`): finished trials are not repeated.
 Writes OUT/summary.json {"trials", "metric", "mode", "best": {"config", "value"}, "all_trials": [{"params",
 "value", "error"}, ...] in launch order}, OUT/best_config.yaml (the base YAML with the best values
-applied), and through `ray_jobs.report` the sweep's plots (metric against each swept key, and the
-running best against trials) and OUT/report.md.
+applied), and through `ray_jobs.report` OUT/report/: report.md and the sweep's plot (the metric
+against each swept key, and the running best against trials).
 """
 
 from __future__ import annotations
@@ -182,12 +182,13 @@ def apply_params(cls, base: dict, params: dict[str, Any]):
 
 
 def report_sweep(res: dict, sweep: SweepConfig, tracking, out: Path) -> dict:
-    """Write OUT/summary.json and OUT/report.md with the sweep's plots; log the best values, every
-    trial as a table (W&B charts it natively) and the plots to one W&B summary run; print."""
+    """Write OUT/summary.json and OUT/report/ (report.md and the sweep's plot), as a job does; log the
+    best values, every trial as a table (W&B charts it natively) and the plot to one W&B summary run;
+    print the best and where the run folder and its report are."""
     summary = res["summary"]
     out = Path(out)
     atomic_write_json(out / "summary.json", summary)
-    plots = render_report([out], out)["plots"]
+    plots = render_report([out], out / "report")["plots"]
     tr = Tracker(tracking, "sweep", {"sweep": asdict(sweep)}, out, name=f"{sweep.name}-summary")
     tr.summary(
         {"best_value": summary["best"]["value"], **{f"best/{k}": v for k, v in summary["best"]["config"].items()}}
@@ -207,6 +208,7 @@ def report_sweep(res: dict, sweep: SweepConfig, tracking, out: Path) -> dict:
     print(
         f"{summary['trials']} trials; best {sweep.metric} = {summary['best']['value']:.4f} with {summary['best']['config']}"  # noqa: E501
     )
+    print(f"run folder: {out}  (summary.json, best_config.yaml, tune/)\nreport: {out / 'report' / 'report.md'}")
     return summary
 
 

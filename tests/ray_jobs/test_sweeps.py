@@ -56,8 +56,8 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
         (k, m) for k in (1, 2) for m in ("cat", "ref_avg")
     }
     assert max(t["value"] for t in s["all_trials"]) == s["best"]["value"]
-    assert (out / "sw_sweep.png").exists()
-    assert "| rank | accuracy |" in (out / "report.md").read_text()
+    assert (out / "report" / "sw_sweep.png").exists()
+    assert "| rank | accuracy |" in (out / "report" / "report.md").read_text()
     trials = [p for p in (out / "tune" / "t_mta").iterdir() if p.is_dir() and p.name.startswith("trial")]
     assert len(trials) == 4 and all(list(t.glob("wandb/offline-run-*")) for t in trials)
     # rerun: Tune restores the finished experiment, no trial runs again
@@ -89,7 +89,7 @@ def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):
     s = run_memgas(cfg, tmp_path / "sw")
     assert s["trials"] == 3 and s["metric"] == "recall_all@5" and s["errors"] == 0
     assert set(s["best"]["config"]) == {"best.temperature", "best.router", "memgas.association.n_components"}
-    assert Path(tmp_path / "sw" / "sw_sweep.png").exists() and len(s["all_trials"]) == 3
+    assert Path(tmp_path / "sw" / "report" / "sw_sweep.png").exists() and len(s["all_trials"]) == 3
     # the dev-selected configuration round-trips into the eval job, which reports it on test
     from memgas.recipe import MemGASJobConfig
     from memgas.recipe import run as run_eval
