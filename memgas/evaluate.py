@@ -9,15 +9,18 @@ yes/no LLM judge when an endpoint is configured.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from rouge_score import rouge_scorer
+from tqdm.auto import tqdm
 
 from memgas.data import Conversation
 from memgas.filter import filter_and_answer
@@ -80,8 +83,6 @@ def bleu1(pred: str, gold: str) -> float:
 
 
 def qa_metrics(pred: str, gold: str) -> dict[str, float]:
-    from rouge_score import rouge_scorer
-
     rl = rouge_scorer.RougeScorer(["rougeL"]).score(gold, pred)["rougeL"].fmeasure
     return {
         "f1": token_f1(pred, gold),
@@ -131,7 +132,6 @@ class MemEvalConfig:
 def run_key(methods: dict[str, RetrievalConfig], store_cfg, cfg: MemEvalConfig, data_sha: str) -> str:
     """Hash of everything a per-question record depends on: the methods' configurations, the memory
     (encoder, association), the metrics' cut-offs, the QA settings and the data file."""
-    from dataclasses import asdict
 
     ev = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "max_conversations", "max_questions")}
     key = {
@@ -187,7 +187,6 @@ def evaluate(
     When answering, questions whose QA failed (endpoint down) or never ran are retried.
     `memory_cache`: a folder where each conversation's ingested memory is saved and reloaded (sweeps
     whose trials share the association settings ingest once)."""
-    from tqdm.auto import tqdm
 
     done = {}
     for r in read_jsonl(log_path):  # later lines win: a retried question's new record replaces the failed one
@@ -208,8 +207,6 @@ def evaluate(
         t0 = time.perf_counter()
         cached = None
         if memory_cache is not None:
-            import hashlib
-
             cached = Path(memory_cache) / hashlib.sha1(conv.conv_id.encode()).hexdigest()[:16]
         if cached is not None and (cached / "manifest.json").exists():
             store = MemoryStore.load(cached, encoder=store.encoder)

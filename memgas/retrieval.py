@@ -17,9 +17,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
+import igraph as ig
 import numpy as np
 
 from memgas.router import router_weights, softmax
@@ -81,7 +82,6 @@ def _norm(s: np.ndarray, how: str, T: float, rrf_k: float) -> np.ndarray:
 
 def personalized_pagerank(n: int, edges, reset: np.ndarray, damping: float, graph=None) -> np.ndarray:
     """igraph's prpack PPR on an undirected graph of n nodes; returns a distribution (sums to 1)."""
-    import igraph as ig
 
     g = graph if graph is not None else ig.Graph(n=n, edges=[tuple(map(int, e)) for e in edges], directed=False)
     return np.asarray(
@@ -92,7 +92,6 @@ def personalized_pagerank(n: int, edges, reset: np.ndarray, damping: float, grap
 def subgraph(mem, gidx: np.ndarray, key: tuple):
     """The association graph restricted to nodes `gidx` (renumbered 0..len-1), as an igraph Graph,
     or None without edges. Vectorised, and cached on the memory until its next `add`."""
-    import igraph as ig
 
     cache = getattr(mem, "_graphs", None)
     if cache is not None and key in cache:
@@ -202,7 +201,6 @@ def ablation_configs(cfg: RetrievalConfig, prefix: str = "memgas_paper") -> dict
     off), the router
     (uniform weights), the router formula (the other of reference / corrected), the lexical
     granularities, and how lexical scores enter (seed vs bypass)."""
-    from dataclasses import replace
 
     out = (
         {f"{prefix}_graph_off": replace(cfg, use_graph=False)}

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from memgas.association import AssociationConfig, associate
 from memgas.data import Session, Turn
@@ -259,8 +260,6 @@ class MemoryStore:
             return self._write(Path(path))
 
     def _write(self, path: Path) -> Path:
-        from safetensors.numpy import save_file
-
         with self._lock, atomic_dir(path, is_own=_is_store, kind="memory store") as tmp:
             users = {}
             for k, (uid, mem) in enumerate(sorted(self.users.items())):
@@ -312,8 +311,6 @@ class MemoryStore:
 
     @classmethod
     def _read(cls, path: Path, encoder, llm, verify: bool) -> MemoryStore:
-        from safetensors.numpy import load_file
-
         where = readable_dir(path)
         mp = where / "manifest.json"
         if not mp.exists():

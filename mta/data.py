@@ -9,6 +9,7 @@ validated at this boundary; errors name the file, the record id and the field (`
 from __future__ import annotations
 
 import os
+import random
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -296,7 +297,6 @@ def time_split(user: User, task: str) -> User:
 
 def user_split(users: list[User], frac: float, seed: int = 0) -> tuple[list[User], list[User]]:
     """User-based split: disjoint users, deterministic for a seed."""
-    import random
 
     ids = sorted(u.user_id for u in users)
     random.Random(seed).shuffle(ids)

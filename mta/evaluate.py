@@ -8,6 +8,8 @@ import re
 
 import numpy as np
 import torch
+from rouge_score import rouge_scorer
+from sklearn.metrics import accuracy_score, f1_score
 
 from mta.data import ITEM_AS_QUERY, task_info
 from suite.device import model_device
@@ -32,8 +34,6 @@ def parse_rating(pred: str) -> float | None:
 
 
 def classification_metrics(preds: list[str], golds: list[str], labels: list[str]) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
     p = [parse_label(x, labels) for x in preds]
     g = [parse_label(x, labels) for x in golds]
     return {
@@ -56,8 +56,6 @@ def rating_metrics(preds: list[str], golds: list[str]) -> dict[str, float]:
 
 
 def rouge_metrics(preds: list[str], golds: list[str]) -> dict[str, float]:
-    from rouge_score import rouge_scorer
-
     sc = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     r1, rl = [], []
     for p, g in zip(preds, golds):
@@ -93,7 +91,6 @@ def per_query_scores(task: str, preds: list[str], golds: list[str]) -> tuple[lis
                 pv = 1.0 if abs(1.0 - gv) > abs(5.0 - gv) else 5.0
             out.append(abs(pv - gv))
         return out, False, False
-    from rouge_score import rouge_scorer
 
     sc = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
     return [float(sc.score(g, p)["rouge1"].fmeasure) for p, g in zip(preds, golds)], False, True

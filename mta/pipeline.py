@@ -12,13 +12,15 @@ calibration, lambda and statistics are applied once all users are in.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mta.adapters import AdapterHost
 from mta.anchors import AnchorConfig, user_embeddings
@@ -194,7 +196,6 @@ def few_shot_view(user: User, cap: int) -> User:
 def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
     """Hash of everything a per-user record depends on: a record is reused on resume only when this
     matches (calibration and mta_prior's lambda are applied at summary time and are not part of it)."""
-    from dataclasses import asdict
 
     e = cfg.eval
     key = {
@@ -237,7 +238,6 @@ class Evaluator:
 
     def with_log(self, key: str, log_name: str) -> Evaluator:
         """The same evaluator (one adapter host on one model) writing another resume log."""
-        import copy
 
         ev = copy.copy(self)
         ev.key, ev.log_name = key, log_name
@@ -353,7 +353,6 @@ class Evaluator:
         """Evaluate users without a matching record in the log (resume), append each as it finishes;
         records written under another configuration (`key`) are recomputed, never mixed in.
         `on_user(n)` is called after the n-th user of this run is logged."""
-        from tqdm.auto import tqdm
 
         log = self.out / self.log_name
         done = {r["user_id"]: r for r in read_jsonl(log) if r.get("key") == self.key}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from mta.data import build_prompt, item_query, render_item
 from suite.config import opt
@@ -201,14 +202,10 @@ def train_lora(
     order = sample_order(len(samples), steps, cfg)
     encoded = [encode_sample(codec, s) for s in samples]
     pad = codec.pad_id
-    dist = None
-    if world > 1:
-        import torch.distributed as dist
+    dist = torch.distributed if world > 1 else None  # gradients summed across data-parallel workers
     model.train()
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=steps, initial=state.step, desc="lora", leave=False)
     t0 = time.perf_counter()
     while state.step < steps:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from memgas.data import load_benchmark
 from memgas.encoders import CachedEncoder
 from memgas.evaluate import evaluate, summarize
@@ -73,8 +75,6 @@ def trial(config: dict) -> None:
 
 
 def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
-    import yaml
-
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg.job.split.name = "dev"  # choices are made on dev only; memgas_eval reports them on test

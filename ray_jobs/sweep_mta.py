@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from mta.bank import Bank
 from mta.evaluate import primary_metric
 from mta.pipeline import Evaluator, _uses_labels, load_users, summarize
@@ -61,8 +63,6 @@ def trial(config: dict) -> None:
 
 
 def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
-    import yaml
-
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg.job.bank_path = str(bank_path_for(cfg.job).resolve())  # trials run elsewhere: an absolute path

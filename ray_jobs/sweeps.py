@@ -12,11 +12,15 @@ against each swept key, and the running best against trials).
 
 from __future__ import annotations
 
+import copy
 import itertools
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from ray_jobs.report import render_report
 from suite.config import ConfigError, field_type, from_dict, opt
@@ -52,7 +56,6 @@ class SweepConfig:
     def check(self, job_cls: type, metrics: set[str] | None = None, metric_pattern: str = "") -> None:
         """Parse-time checks against the job the sweep drives: every space key addresses a real field,
         every spec is well formed, and the metric is one the trials report."""
-        import re
 
         for key, spec in self.space.items():
             field_type(job_cls, key, "sweep.space")
@@ -164,7 +167,6 @@ def trial_rows(grid, metric: str) -> list[dict]:
 
 def apply_params(cls, base: dict, params: dict[str, Any]):
     """The job config of one trial: base mapping + dotted overrides, validated by the dataclass."""
-    import copy
 
     data = copy.deepcopy(base)
     for key, val in params.items():
@@ -174,8 +176,7 @@ def apply_params(cls, base: dict, params: dict[str, Any]):
             node = node.setdefault(p, {})
         val = val.item() if hasattr(val, "item") else val
         if isinstance(val, str) and val.startswith("["):  # list-valued choices travel as YAML text (Optuna
-            import yaml  # categoricals must be scalars)
-
+            # categoricals must be scalars)
             val = yaml.safe_load(val)
         node[leaf] = val
     return from_dict(cls, data, "sweep trial")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -21,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,8 +110,6 @@ def check_seal(manifest: dict, file) -> dict:
 def file_lock(target: str | Path, shared: bool = False, timeout_s: float = 600.0) -> Iterator[None]:
     """An inter-process lock for `target` (fcntl.flock on the sibling file `.NAME.lock`, which
     survives the folder swaps of `atomic_dir`). Writers take it exclusive, readers shared."""
-    import fcntl
-    import time
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,10 @@ addresses. `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` plus `$HOME/ray_bootstrap_confi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import uuid
 from pathlib import Path
 
 from suite.logs import quiet, reapply
@@ -82,9 +84,6 @@ def torch_config(backend: str, rendezvous_dir: str | Path | None = None):
 
 
 def _file_rendezvous_config(backend: str, rendezvous_dir: str):
-    import dataclasses
-    import uuid
-
     import ray
     from ray.train.torch import TorchConfig
     from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend

@@ -13,6 +13,7 @@ import itertools
 import math
 
 import numpy as np
+from scipy.stats import binom
 
 
 def paired_bootstrap_ci(a, b, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
@@ -39,7 +40,6 @@ def mcnemar_exact(correct_a, correct_b) -> float:
     n = n01 + n10
     if n == 0:
         return 1.0
-    from scipy.stats import binom
 
     return float(min(1.0, 2 * binom.cdf(min(n01, n10), n, 0.5)))
 
