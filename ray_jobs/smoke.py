@@ -10,14 +10,14 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from mta import merge
 from suite.io import atomic_write_json
 from suite.ray_local import init_ray
 
 
 def _merge_error() -> float:
-    import torch
-
     g = torch.Generator().manual_seed(0)
     As = [torch.randn(2, 6, generator=g, dtype=torch.float64) for _ in range(2)]
     Bs = [torch.randn(5, 2, generator=g, dtype=torch.float64) for _ in range(2)]
