@@ -230,9 +230,14 @@ def _num(v) -> bool:
 def render_sweep(name: str, s: dict, out: Path) -> list[str]:
     best = s.get("best", {})
     metric, mode = s.get("metric"), s.get("mode", "max")
+    how = (
+        f" (final value over all {best['steps']} steps, among the {best['complete_trials']} trials that ran them all)"
+        if "complete_trials" in best
+        else ""
+    )
     lines = [
         f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; best {metric} = "
-        f"{_f(best.get('value'))} (on the split the sweep saw).",
+        f"{_f(best.get('value'))} on the split the sweep saw{how}.",
         "",
     ]
     lines += _table(["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted((best.get("config") or {}).items())])

@@ -141,28 +141,51 @@ def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict,
             run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=1),
         )
     grid = tuner.fit()
-    best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
+    rows = trial_rows(grid, sweep.metric)
     summary = {
         "trials": len(grid),
         "metric": sweep.metric,
         "mode": sweep.mode,
-        "best": {"config": best.config["params"], "value": float(best.metrics[sweep.metric])},
+        "best": pick_best(rows, sweep.mode),
         "errors": len(grid.errors),
-        "all_trials": trial_rows(grid, sweep.metric),
+        "all_trials": rows,
     }
     del tuner, grid  # drop the Tuner before any ray.shutdown() (SPEC §3)
     return {"summary": summary}
 
 
 def trial_rows(grid, metric: str) -> list[dict]:
-    """Every trial's parameters and final metric (None when it errored before reporting), in launch
-    order (Tune numbers trial folders in that order), so a report can draw the search's progress."""
+    """Every trial's parameters, final metric (None when it errored before reporting) and number of
+    reported steps, in launch order (Tune numbers trial folders in that order)."""
     rows = []
     for r in sorted(grid, key=lambda r: str(r.path)):
-        value = (r.metrics or {}).get(metric)
+        m = r.metrics or {}
         params = {k: (v.item() if hasattr(v, "item") else v) for k, v in r.config["params"].items()}
-        rows.append({"params": params, "value": None if value is None else float(value), "error": r.error is not None})
+        value = m.get(metric)
+        rows.append(
+            {
+                "params": params,
+                "value": None if value is None else float(value),
+                "steps": int(m.get("training_iteration", 0)),
+                "error": r.error is not None,
+            }
+        )
     return rows
+
+
+def pick_best(rows: list[dict], mode: str) -> dict:
+    """The trial with the best *final* metric among those that reported every step (all users or
+    conversations). Not Tune's `get_best_result(scope="all")`: that ranks trials by the best value
+    they reported at any step, i.e. by a running metric over the first few users, and picked a
+    configuration 2 points below the real best in a 24-trial MemGAS sweep. Trials that ASHA stopped
+    early have a final metric over fewer steps and are not comparable, so they cannot win."""
+    done = [r for r in rows if r["value"] is not None and not r["error"]]
+    if not done:
+        raise RuntimeError("no trial reported the metric: see the trials' error files under OUT/tune")
+    full = max(r["steps"] for r in done)
+    complete = [r for r in done if r["steps"] == full]
+    best = (max if mode == "max" else min)(complete, key=lambda r: r["value"])
+    return {"config": best["params"], "value": best["value"], "steps": full, "complete_trials": len(complete)}
 
 
 def apply_params(cls, base: dict, params: dict[str, Any]):

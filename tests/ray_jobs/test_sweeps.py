@@ -4,10 +4,13 @@ exist, plots are written; rerunning restores the experiment instead of repeating
 import json
 from pathlib import Path
 
+import pytest
+
 from ray_jobs.sweep_memgas import SweepMemGASConfig
 from ray_jobs.sweep_memgas import run as run_memgas
 from ray_jobs.sweep_mta import SweepMTAConfig
 from ray_jobs.sweep_mta import run as run_mta
+from ray_jobs.sweeps import pick_best
 from suite.config import load_config
 from tests.conftest import make_locomo
 
@@ -171,3 +174,20 @@ def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_pa
         assert (exp / t / "result.json").read_text() == text
         assert len(list((exp / t).glob("wandb/offline-run-*"))) == 1
     assert len(finished()) == 6
+
+
+def test_best_is_the_best_final_metric_of_complete_trials():
+    """Tune's get_best_result(scope="all") ranks a trial by the best value it reported at any step:
+    a trial lucky on its first user beat the trial with the best final metric. pick_best does not."""
+    rows = [
+        {"params": {"t": "lucky_start"}, "value": 0.789, "steps": 4, "error": False},  # 0.843 after step 1
+        {"params": {"t": "best_final"}, "value": 0.810, "steps": 4, "error": False},
+        {"params": {"t": "stopped_early"}, "value": 0.950, "steps": 1, "error": False},  # ASHA: 1 user only
+        {"params": {"t": "failed"}, "value": None, "steps": 0, "error": True},
+    ]
+    best = pick_best(rows, "max")
+    assert best["config"] == {"t": "best_final"} and best["value"] == 0.810
+    assert best["steps"] == 4 and best["complete_trials"] == 2
+    assert pick_best(rows, "min")["config"] == {"t": "lucky_start"}
+    with pytest.raises(RuntimeError, match="no trial reported"):
+        pick_best(rows[3:], "max")
