@@ -4,7 +4,7 @@
 
 Sessions are LoCoMo sessions recycled (ids made unique). Query latency is measured at checkpoints
 on LoCoMo questions for the dev-selected `memgas` configuration and the paper configuration. Writes
-OUT/scaling.json and OUT/scaling.png.
+OUT/scaling.json and, through `ray_jobs.report`, OUT/report/ (table and curves).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from memgas.data import load_locomo
-from memgas.recipe import MemGASJobConfig, load_best, resolve_data
+from memgas.recipe import BEST_LOCOMO, MemGASJobConfig, load_best, resolve_data
 from memgas.retrieval import paper_config
 from memgas.store import MemGASConfig, MemoryStore
+from ray_jobs.report import render_report
 from suite.encoders import load_encoder
 from suite.io import atomic_write_json
 
@@ -71,22 +72,11 @@ def main() -> None:
             f"query p50 memgas {lat['memgas']:7.1f} ms  paper {lat['memgas_paper']:7.1f} ms",
             flush=True,
         )
-        atomic_write_json(Path(a.out) / "scaling.json", {"encoder": a.encoder, "rows": rows})
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-    x = [r["sessions"] for r in rows]
-    ax[0].plot(x, [r["ingest_s_total"] for r in rows], marker="o")
-    ax[0].set(xscale="log", yscale="log", xlabel="sessions", ylabel="total ingest s")
-    for k in ("memgas", "memgas_paper"):
-        ax[1].plot(x, [r["query_ms_p50"][k] for r in rows], marker="o", label=k)
-    ax[1].set(xscale="log", yscale="log", xlabel="sessions", ylabel="query p50 ms")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(Path(a.out) / "scaling.png", dpi=110)
+        meta = {"encoder": a.encoder, "queries": len(qs), "memgas_config": a.best or BEST_LOCOMO}
+        atomic_write_json(Path(a.out) / "scaling.json", {**meta, "rows": rows})
+    rep = render_report([Path(a.out)], Path(a.out) / "report")
+    print(f"scaling: {Path(a.out) / 'scaling.json'}; table and curves: {Path(a.out) / 'report' / 'report.md'}")
+    assert rep["plots"], "the report drew no scaling curves"
 
 
 if __name__ == "__main__":

@@ -241,8 +241,8 @@ def evaluate(
                 rec["latency_ms"][name] = enc_ms + (time.perf_counter() - t) * 1000
                 ranked = [corpus[i] for i in order]
                 rec["top"][name] = ranked[: max(cfg.ks)]
-                if name in ("memgas", "memgas_paper"):
-                    rec[f"router_{name}"] = w
+                if len(w) > 1:  # every routed method: is the router's weighting exercised?
+                    rec.setdefault("router", {})[name] = w
                 if q.gold_sessions and not q.abstention:
                     rec["metrics"][name] = retrieval_metrics(ranked, q.gold_sessions, corpus, cfg.ks)
             if q.gold_turns and not q.abstention:
@@ -265,6 +265,25 @@ def evaluate(
 
 
 BREAKDOWN_KEYS = ("recall_all@5", "recall_any@5", "ndcg_any@5", "recall_all@10")
+
+
+def router_weight_stats(records: list[dict]) -> dict:
+    """Per routed method: each granularity's mean weight, its standard deviation across questions
+    and the share of questions where it weighs most. A router whose weights do not vary (sd 0)
+    is not choosing anything; this is how a run shows whether the entropy router is exercised."""
+    out = {}
+    for m in sorted({m for r in records for m in r.get("router", {})}):
+        ws = [r["router"][m] for r in records if m in r.get("router", {})]
+        grans = sorted({g for w in ws for g in w})
+        mat = np.array([[w.get(g, 0.0) for g in grans] for w in ws])
+        top = np.bincount(mat.argmax(1), minlength=len(grans)) / len(ws)
+        out[m] = {
+            "questions": len(ws),
+            "mean": dict(zip(grans, map(float, mat.mean(0)))),
+            "sd": dict(zip(grans, map(float, mat.std(0)))),
+            "top_share": dict(zip(grans, map(float, top))),
+        }
+    return out
 
 
 def summarize(
@@ -318,6 +337,7 @@ def summarize(
             "'tie' when the interval contains 0",
             "methods": compare(per_q, reference, binary=False, n_boot=n_boot),
         }
+    out["router_weights"] = router_weight_stats(records)
     lat = [r["latency_ms"].get("memgas") for r in records if "memgas" in r["latency_ms"]]
     if lat:
         out["query_ms_p50"] = float(np.percentile(lat, 50))

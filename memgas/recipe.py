@@ -332,7 +332,7 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
             m5(r, "memgas"),
             m5(r, base),
             json.dumps((r.get("top") or {}).get("memgas", [])[:5]),
-            json.dumps(r.get("router_memgas", {})),
+            json.dumps((r.get("router") or {}).get("memgas", {})),
         ]
         for r in recs[:2000]
     ]

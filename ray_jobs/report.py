@@ -173,6 +173,26 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
             + (f"; ingestion {r['ingest_sessions_per_s']:.2f} sessions/s" if "ingest_sessions_per_s" in r else "")
             + ".",
         ]
+    rw = r.get("router_weights") or {}
+    if rw:
+        grans = sorted({g for v in rw.values() for g in v["mean"]})
+        lines += [
+            "",
+            "Router weights per granularity, mean ± sd across questions (share of questions where it weighs most); "
+            "sd 0 means the router chooses nothing:",
+            "",
+        ]
+        lines += _table(
+            ["method"] + grans,
+            [
+                [m]
+                + [
+                    f"{v['mean'][g]:.2f} ± {v['sd'][g]:.2f} ({v['top_share'][g]:.0%})" if g in v["mean"] else "—"
+                    for g in grans
+                ]
+                for m, v in rw.items()
+            ],
+        )
     # recall@k curves
     show = [m for m in methods if not m.startswith("memgas_") or m == "memgas_paper"]
     ks = sorted({int(k.split("@")[1]) for k in next(iter(methods.values())) if k.startswith("recall_all@")})
@@ -303,6 +323,7 @@ def render_scaling(name: str, s: dict, out: Path) -> list[str]:
     lines = [
         f"MemGAS memory grown to {rows[-1]['sessions']:,} sessions (encoder `{s.get('encoder')}`"
         + (f", {s['queries']} queries per point" if "queries" in s else "")
+        + (f"; `memgas` = `{s['memgas_config']}`" if "memgas_config" in s else "")
         + ").",
         "",
     ]

@@ -30,6 +30,14 @@ def test_end_to_end_fixture_and_resume(tmp_path):
     # each fixture session talks about one topic and each question names it: BM25 finds them all
     assert res["methods"]["bm25_session"]["recall_all@1"] == 1.0
     assert res["query_ms_p50"] > 0 and res["ingest_sessions_per_s"] > 0 and res["units"] == "extractive"
+    # the routers are exercised: their weights vary across questions (a uniform router's would not)
+    rw = res["router_weights"]
+    assert {"memgas", "memgas_paper"} <= set(rw) and rw["memgas"]["questions"] == 7
+    assert max(rw["memgas_paper"]["sd"].values()) > 1e-3
+    for m, v in rw.items():
+        assert abs(sum(v["mean"].values()) - 1) < 1e-6 and abs(sum(v["top_share"].values()) - 1) < 1e-6
+        if "uniform" in m:
+            assert max(v["sd"].values()) < 1e-12
     assert json.loads((out / "summary.json").read_text())["memgas"]["locomo"]["n_questions"] == 7
     log = out / "per_question.jsonl"
     before = log.read_text()

@@ -54,6 +54,14 @@ def _memgas_summary():
                 "by_category": {"1": {"n": 12, "memgas": {"recall_all@5": 0.4}, "bm25_session": {"recall_all@5": 0.3}}},
                 "query_ms_p50": 8.0,
                 "query_ms_p95": 9.0,
+                "router_weights": {
+                    "memgas": {
+                        "questions": 20,
+                        "mean": {"session": 0.6, "turn": 0.4},
+                        "sd": {"session": 0.1, "turn": 0.1},
+                        "top_share": {"session": 0.75, "turn": 0.25},
+                    }
+                },
             }
         }
     }
@@ -111,6 +119,7 @@ def test_renders_tables_and_plots_from_fixture_summaries(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| OPPU (own LoRA) | 0.100 | 0.050 | -0.100 [-0.200, -0.010] worse | 1,000 | 3.00 |" in md
     assert "| bm25_session | 0.250 | 0.500 | 0.500 | 0.500 | -0.050 [-0.100, +0.020] tie |" in md
+    assert "| memgas | 0.60 ± 0.10 (75%) | 0.40 ± 0.10 (25%) |" in md
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
     assert pngs == [
         "mem_run_locomo_by_category.png",
