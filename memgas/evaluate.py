@@ -269,14 +269,16 @@ BREAKDOWN_KEYS = ("recall_all@5", "recall_any@5", "ndcg_any@5", "recall_all@10")
 
 def router_weight_stats(records: list[dict]) -> dict:
     """Per routed method: each granularity's mean weight, its standard deviation across questions
-    and the share of questions where it weighs most. A router whose weights do not vary (sd 0)
+    and the share of questions where it alone weighs most. A router whose weights do not vary (sd 0)
     is not choosing anything; this is how a run shows whether the entropy router is exercised."""
     out = {}
     for m in sorted({m for r in records for m in r.get("router", {})}):
         ws = [r["router"][m] for r in records if m in r.get("router", {})]
         grans = sorted({g for w in ws for g in w})
         mat = np.array([[w.get(g, 0.0) for g in grans] for w in ws])
-        top = np.bincount(mat.argmax(1), minlength=len(grans)) / len(ws)
+        srt = np.sort(mat, 1)
+        unique = srt[:, -1] - (srt[:, -2] if len(grans) > 1 else 0) > 1e-9  # ties weigh most for no one
+        top = np.bincount(mat.argmax(1)[unique], minlength=len(grans)) / len(ws)
         out[m] = {
             "questions": len(ws),
             "mean": dict(zip(grans, map(float, mat.mean(0)))),
