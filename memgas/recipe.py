@@ -28,7 +28,7 @@ from typing import Literal
 
 from memgas.data import load_benchmark, load_longmemeval
 from memgas.encoders import CachedEncoder
-from memgas.evaluate import MemEvalConfig, evaluate, run_key, summarize
+from memgas.evaluate import MemEvalConfig, evaluate, ingest_stats, run_key, summarize
 from memgas.llm import LLMConfig, build_llm
 from memgas.retrieval import RetrievalConfig, ablation_configs, baseline_configs, paper_config
 from memgas.store import MemGASConfig, MemoryStore
@@ -241,13 +241,10 @@ class Session:
     methods: dict
     key: str
     encoder_texts_per_s: float
-    stores: list = field(default_factory=list)
 
     def make_store(self) -> MemoryStore:
         # a fresh cache per conversation: ingest timing includes every encoder call
-        st = MemoryStore(self.cfg.memgas, encoder=CachedEncoder(self.encoder), units=self.units)
-        self.stores.append(st)
-        return st
+        return MemoryStore(self.cfg.memgas, encoder=CachedEncoder(self.encoder), units=self.units)
 
 
 def setup(cfg: MemGASJobConfig, out: str | Path) -> Session:
@@ -292,12 +289,8 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
     printed table, and W&B's summary and per-question table."""
     cfg, methods = s.cfg, s.methods
     res = summarize(recs, list(methods), cfg.eval.ks, reference="memgas", n_boot=cfg.eval.bootstrap)
-    stores = [st for st in s.stores if st.users]
-    n_sess = sum(len(st.users[next(iter(st.users))].sessions) for st in stores)
-    if n_sess:
-        ingest_s = sum(sum(r["ingest_s"] for r in recs if r["conv"] == next(iter(st.users))) for st in stores)
-        res["ingest_sessions_per_s"] = n_sess / ingest_s
-        res["ingest_texts_per_s"] = sum(st.encoder.encoded for st in stores) / ingest_s
+    res.update(ingest_stats(recs))  # from the records: a resumed run reports its first pass's ingestion
+    if "ingest_texts_per_s" in res:
         res["encoder_texts_per_s"] = s.encoder_texts_per_s
         res["ingest_vs_encoder"] = res["ingest_texts_per_s"] / s.encoder_texts_per_s
     res["units"] = s.units.source
@@ -313,7 +306,7 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
         "association": asdict(cfg.memgas.association),
         "selected_on": cfg.selected_on or "not selected: the configured `best`",
     }
-    res["wall_s"] = wall_s
+    res["wall_s"] = wall_s  # this invocation: a resumed run counts only what it redid
     res["runtime"] = describe_device(s.device)
     sp = s.out / "summary.json"
     prev = json.loads(sp.read_text()) if sp.exists() else {}

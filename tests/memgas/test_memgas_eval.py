@@ -45,6 +45,9 @@ def test_end_to_end_fixture_and_resume(tmp_path):
     before = log.read_text()
     again = run(cfg, out)["memgas"]["locomo"]
     assert log.read_text() == before and again["methods"] == res["methods"]
+    # nothing was re-ingested, yet the resumed summary reports the first pass's ingestion
+    assert again["ingest_sessions_per_s"] == res["ingest_sessions_per_s"]
+    assert again["ingest_vs_encoder"] > 0 and again["router_weights"] == res["router_weights"]
     assert len(read_jsonl(log)) == 7
 
 
