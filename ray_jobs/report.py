@@ -178,8 +178,8 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
         grans = sorted({g for v in rw.values() for g in v["mean"]})
         lines += [
             "",
-            "Router weights per granularity, mean ± sd across questions (share of questions where it weighs most); "
-            "sd 0 means the router chooses nothing:",
+            "Router weights per granularity, mean ± sd across questions (share of questions where it alone "
+            "weighs most); sd 0 means the router chooses nothing:",
             "",
         ]
         lines += _table(
