@@ -3,7 +3,8 @@
 A sweep is a base job config (the same YAML the job reads) plus a search space over dotted config
 keys. Each trial applies its values as `key=value` overrides, runs the job's evaluation on dev data
 and reports the metric after every step (user or conversation), so ASHA can stop weak trials early.
-Rerunning a sweep with the same OUT restores it (`Tuner.restore`): finished trials are not repeated.
+Rerunning a sweep with the same OUT restores it (`Tuner.restore`): finished trials are not repeated;
+a rerun under another configuration fails before any trial (OUT/<name>.config.json records the first).
 Writes OUT/summary.json {"trials", "metric", "mode", "best": {"config", "value"}, "all_trials": [{"params",
 "value", "error"}, ...] in launch order}, OUT/best_config.yaml (the base YAML with the best values
 applied), and through `ray_jobs.report` OUT/report/: report.md and the sweep's plot (the metric
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -98,6 +100,41 @@ def grid_size(space: dict) -> int:
     return len(list(itertools.product(*[s["values"] for s in space.values()])))
 
 
+# Settings that change where or how fast trials run, not what they compute.
+_RUNTIME_ONLY = {"sweep": {"max_concurrent", "cpus_per_trial", "gpus_per_trial", "storage_path"}, "base": {"tracking"}}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_same_sweep(stamp: Path, sweep: SweepConfig, base: dict, restoring: bool) -> None:
+    """A sweep folder holds one configuration. The first run records it in OUT;
+    a rerun that would restore the experiment under another configuration fails before any trial,
+    naming the keys that differ (restoring would report the old trials as the new sweep's)."""
+    ident = {
+        "sweep": {k: v for k, v in asdict(sweep).items() if k not in _RUNTIME_ONLY["sweep"]},
+        "base": {k: v for k, v in redact_config(base).items() if k not in _RUNTIME_ONLY["base"]},
+    }
+    ident = json.loads(json.dumps(ident, default=str))  # what the file will hold, for a like-for-like compare
+    if restoring and stamp.exists():
+        old = json.loads(stamp.read_text())
+        if old != ident:
+            a, b = _flat(old), _flat(ident)
+            diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            raise ConfigError(
+                f"{stamp}: sweep {sweep.name!r} in this folder was run with another configuration (differs at "
+                f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}); use another --out or sweep.name "
+                "(restoring would mix its trials with this configuration's)"
+            )
+    else:  # a new experiment (or one from before these stamps) records its own
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(stamp, ident)
+
+
 def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict, out: str | Path) -> dict:
     """Run (or restore) the Tune experiment; `trainable(config)` gets {"base": ..., "params": {...}}."""
     from ray import tune
@@ -108,6 +145,8 @@ def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict,
     storage = sweep.storage_path or str(out / "tune")
     exp_path = str(Path(storage) / sweep.name)
     wrapped = tune.with_resources(trainable, {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial})
+    # the stamp lives in OUT, not beside the experiment: storage_path may be a cloud URI
+    check_same_sweep(out / f"{sweep.name}.config.json", sweep, base, tune.Tuner.can_restore(exp_path))
     if tune.Tuner.can_restore(exp_path):
         tuner = tune.Tuner.restore(exp_path, wrapped, resume_unfinished=True, resume_errored=True)
     else:

@@ -11,39 +11,36 @@ from ray_jobs.sweep_memgas import run as run_memgas
 from ray_jobs.sweep_mta import SweepMTAConfig
 from ray_jobs.sweep_mta import run as run_mta
 from ray_jobs.sweeps import pick_best
-from suite.config import load_config
+from suite.config import ConfigError, load_config
 from tests.conftest import make_locomo
 
 
 def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = load_config(
-        SweepMTAConfig,
-        None,
-        [
-            "job.data.task=LaMP_2",
-            f"job.data.root={lamp_root}",
-            "job.data.download=false",
-            "job.model.name=tiny",
-            "job.encoder=hashing",
-            "job.anchors.n_clusters=2",
-            "job.anchors.min_items=3",
-            "job.bank.backend=local",
-            "job.anchor_train.max_samples=4",
-            "job.anchor_train.epochs=1",
-            "job.stacking.max_steps=1",
-            "job.eval.progress=false",
-            "job.tracking.enabled=true",
-            "job.tracking.mode=offline",
-            f"job.bank_cache={tmp_path / 'banks'}",
-            "job.data.eval_split=train",
-            "job.data.select_profile_cap=4",
-            "sweep.name=t_mta",
-            "sweep.search=grid",
-            "sweep.scheduler=fifo",
-            "sweep.space={fusion.top_k: {values: [1, 2]}, fusion.merge: {values: [cat, ref_avg]}}",
-        ],
-    )
+    overrides = [
+        "job.data.task=LaMP_2",
+        f"job.data.root={lamp_root}",
+        "job.data.download=false",
+        "job.model.name=tiny",
+        "job.encoder=hashing",
+        "job.anchors.n_clusters=2",
+        "job.anchors.min_items=3",
+        "job.bank.backend=local",
+        "job.anchor_train.max_samples=4",
+        "job.anchor_train.epochs=1",
+        "job.stacking.max_steps=1",
+        "job.eval.progress=false",
+        "job.tracking.enabled=true",
+        "job.tracking.mode=offline",
+        f"job.bank_cache={tmp_path / 'banks'}",
+        "job.data.eval_split=train",
+        "job.data.select_profile_cap=4",
+        "sweep.name=t_mta",
+        "sweep.search=grid",
+        "sweep.scheduler=fifo",
+        "sweep.space={fusion.top_k: {values: [1, 2]}, fusion.merge: {values: [cat, ref_avg]}}",
+    ]
+    cfg = load_config(SweepMTAConfig, None, overrides)
     out = tmp_path / "sw"
     s = run_mta(cfg, out)
     assert s["trials"] == 4 and s["metric"] == "accuracy" and s["errors"] == 0
@@ -67,6 +64,11 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     again = run_mta(cfg, out)
     assert again["trials"] == 4
     assert len([p for p in (out / "tune" / "t_mta").iterdir() if p.is_dir() and p.name.startswith("trial")]) == 4
+    # a rerun under another configuration would restore these trials as its own: it fails first
+    changed = load_config(SweepMTAConfig, None, overrides + ["job.fusion.weighting=uniform"])
+    with pytest.raises(ConfigError, match=r"another configuration \(differs at base.fusion.weighting\)"):
+        run_mta(changed, out)
+    assert run_mta(load_config(SweepMTAConfig, None, overrides + ["sweep.max_concurrent=2"]), out)["trials"] == 4
 
 
 def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):
