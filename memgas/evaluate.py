@@ -208,7 +208,8 @@ def evaluate(
         cached = None
         if memory_cache is not None:
             cached = Path(memory_cache) / hashlib.sha1(conv.conv_id.encode()).hexdigest()[:16]
-        if cached is not None and (cached / "manifest.json").exists():
+        from_cache = cached is not None and (cached / "manifest.json").exists()
+        if from_cache:
             store = MemoryStore.load(cached, encoder=store.encoder)
         else:
             for s in conv.sessions:
@@ -222,7 +223,7 @@ def evaluate(
             "seconds": time.perf_counter() - t0,
             "sessions": len(corpus),
             "texts": getattr(store.encoder, "encoded", None),
-            "from_cache": cached is not None and (cached / "manifest.json").exists(),
+            "from_cache": from_cache,  # decided before ingesting: a fresh memory is saved to the cache
         }
         for q in todo:
             rec = {

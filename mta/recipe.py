@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from mta.anchors import select_anchors, user_embeddings
-from mta.bank import Bank
+from mta.bank import Bank, LoadedBank
 from mta.bank_trainer import BankTrainConfig, placement_plan, train_bank
 from mta.data import load_task_split
 from mta.diagnostics import mean_relative_update, plain_base_weights
@@ -254,7 +254,7 @@ class Session:
     device: torch.device
     tracker: Tracker
     bank: Bank
-    loaded: object  # LoadedBank
+    loaded: LoadedBank
     bank_sig: str
     users: list
     queries_file: Path

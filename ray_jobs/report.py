@@ -414,7 +414,6 @@ def render_report(runs: list[Path], out: Path, keep: Path | None = None) -> dict
     "plots": [paths written]}. `keep` copies each run's result files to KEEP/<run name>/."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    before = {p: p.stat().st_mtime_ns for p in out.glob("*.png")}
     blocks = {}
     for run in map(Path, runs):
         found = [f for f in RESULT_FILES if (run / f).exists()]
@@ -427,7 +426,8 @@ def render_report(runs: list[Path], out: Path, keep: Path | None = None) -> dict
                 shutil.copyfile(run / f, dest / f)
         blocks[run.name] = render_run(run, out)
     atomic_write_text(out / "report.md", "".join(f"## {n}\n\n{b}\n" for n, b in blocks.items()))
-    plots = sorted(str(p) for p in out.glob("*.png") if before.get(p) != p.stat().st_mtime_ns)
+    # the plots are the images the blocks link to
+    plots = sorted({str(out / f) for b in blocks.values() for f in re.findall(r"\]\(([^)/]+\.png)\)", b)})
     return {"blocks": blocks, "plots": plots}
 
 
