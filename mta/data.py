@@ -129,6 +129,33 @@ def item_query(task: str, item: dict) -> tuple[str, str]:
     return tmpl.format(**values), str(item[info["output_field"]])
 
 
+# Where a task's input content starts: LaMP retrieves profile items with the content alone, not
+# with the instruction (LaMP_2's instruction lists all 15 tag names, which would match every item).
+CONTENT_MARKERS = {
+    "LaMP_2": "description:",
+    "LaMP_3": "review:",
+    "LaMP_4": "following article:",
+    "LaMP_5": "abstract of a paper:",
+    "LaMP_7": "before or after it:",
+}
+
+
+def query_content(task: str, query_input: str) -> str:
+    """The content of a task input (the movie description, review, article...) without the task
+    instruction: the text BM25 retrieval and the anchor-overlap check use. An input without the
+    marker (a custom prompt) is used whole."""
+    marker = CONTENT_MARKERS.get(task)
+    if marker is None:
+        return query_input
+    i = query_input.lower().find(marker)
+    return query_input[i + len(marker) :].strip() if i >= 0 else query_input
+
+
+def item_content(task: str, item: dict) -> str:
+    """A profile item's content field (the part an input of the task would carry)."""
+    return str(item.get(task_info(task)["fields"][0], "")) if task in CONTENT_MARKERS else ""
+
+
 def build_prompt(query_input: str, history: list[str] | None = None) -> str:
     """The MTA prompt: `### User History:` block with rendered items, then the task input."""
     if not history:

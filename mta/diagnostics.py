@@ -48,3 +48,14 @@ def plain_base_weights(model, adapter: dict[str, torch.Tensor]) -> dict[str, tor
 def mean_relative_update(base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], scale: float) -> float:
     r = relative_update(base, adapter, scale)
     return float(sum(r.values()) / max(1, len(r)))
+
+
+def peft_relative_update(peft_model, adapter: dict[str, torch.Tensor], scale: float) -> float:
+    """Mean ||scale·B·A|| / ||W|| of an adapter hosted on a peft model (OPPU's LoRA, the stack):
+    the base weight of each module is its LoRA layer's `base_layer`."""
+    base = {}
+    for key in adapter:
+        if key.endswith(".lora_A.weight"):
+            mod = key[: -len(".lora_A.weight")]
+            base[mod] = peft_model.get_submodule(mod).base_layer.weight
+    return mean_relative_update(base, adapter, scale)

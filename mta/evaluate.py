@@ -158,7 +158,9 @@ def label_logprobs_naive(model, codec: TextCodec, prompt: str, labels: list[str]
     return np.array(out)
 
 
-CALIBRATIONS = ("content_free", "batch", "none")
+CALIBRATIONS = ("base_content_free", "adapter_content_free", "batch", "none")
+# the calibrations that do not depend on the method being calibrated: only these may order methods
+METHOD_INDEPENDENT = ("base_content_free", "none")
 
 
 def content_free_input(task: str) -> str:
@@ -170,19 +172,33 @@ def content_free_input(task: str) -> str:
     return ITEM_AS_QUERY[task].format(labels=", ".join(info.get("labels", [])), **fields)
 
 
-def calibrate(scores: np.ndarray, mode: str = "content_free", cf_scores: np.ndarray | None = None) -> np.ndarray:
+def calibrate(
+    scores: np.ndarray,
+    mode: str = "base_content_free",
+    cf_scores: np.ndarray | None = None,
+    base_cf: np.ndarray | None = None,
+) -> np.ndarray:
     """Label-score calibration.
-    - `content_free` (no test inputs): subtract the label scores of the same prompt with its input
-      replaced by "N/A", scored by the same adapter (`cf_scores`, one row per query);
+    - `base_content_free` (primary; the same for every method): subtract the label scores of the
+      base model — no adapter, no history — on the content-free prompt (`base_cf`, one vector).
+      It removes the fixed prompt's label bias (Zhao et al. calibrate a fixed prompt) and keeps
+      every shift a method's adapter, history or retrieval brings;
+    - `adapter_content_free` (kept beside, not for ordering methods): subtract the same method's
+      scores on its content-free twin, which keeps the user's adapter and retrieved history
+      (`cf_scores`, one row per query): it subtracts the very evidence a method adds;
     - `batch` (transductive, kept for comparison): subtract each label's mean over the queries scored
       together — every prediction then depends on the other evaluated queries;
     - `none`."""
     scores = np.asarray(scores, dtype=np.float64)
     if mode == "none":
         return scores
-    if mode == "content_free":
+    if mode == "base_content_free":
+        if base_cf is None:
+            raise ValueError("base_content_free calibration needs the base model's content-free scores")
+        return scores - np.asarray(base_cf, dtype=np.float64).reshape(1, -1)
+    if mode == "adapter_content_free":
         if cf_scores is None:
-            raise ValueError("content_free calibration needs the content-free scores")
+            raise ValueError("adapter_content_free calibration needs each method's content-free scores")
         return scores - np.asarray(cf_scores, dtype=np.float64)
     if mode == "batch":
         return scores - scores.mean(0, keepdims=True) if len(scores) >= 2 else scores

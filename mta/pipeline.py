@@ -25,9 +25,21 @@ from tqdm.auto import tqdm
 from mta.adapters import AdapterHost
 from mta.anchors import AnchorConfig, user_embeddings
 from mta.bank import LoadedBank
-from mta.data import User, build_prompt, load_task_split, render_item, resolve_task_dir, save_outputs, task_info
+from mta.data import (
+    User,
+    build_prompt,
+    item_content,
+    load_task_split,
+    query_content,
+    render_item,
+    resolve_task_dir,
+    save_outputs,
+    task_info,
+)
+from mta.diagnostics import peft_relative_update
 from mta.evaluate import (
     CALIBRATIONS,
+    METHOD_INDEPENDENT,
     calibrate,
     content_free_input,
     generate,
@@ -40,10 +52,13 @@ from mta.fusion import FusionConfig, fuse
 from mta.stacking import StackConfig, adapter_bytes, stack_user
 from mta.training import LoraTrainConfig, for_adapter, history_for, loo_samples
 from suite.config import ConfigError, opt
-from suite.io import append_jsonl, json_digest, read_jsonl
+from suite.device import current as current_device
+from suite.device import dtype_for
+from suite.io import append_jsonl, json_digest, read_jsonl, sha256_file
 from suite.lexical import BM25Index
 from suite.models import ModelConfig, TextCodec, model_identity
-from suite.stats import compare
+from suite.provenance import code_version
+from suite.stats import compare, describe
 
 ALL_METHODS = ["base", "rag", "prior", "prior_recency", "oppu", "fusion", "mta", "mta_prior", "uniform", "random"]
 LABEL_ONLY = {"mta_prior"}  # methods that need label scores (classification / rating tasks)
@@ -74,19 +89,21 @@ class EvalConfig:
     inference: Literal["auto", "label", "generate"] = opt(
         "auto", "auto (label scoring for classification/rating, else greedy) | label | generate"
     )
-    calibration: Literal["auto", "content_free", "batch", "none"] = opt(
+    calibration: Literal["auto", "base_content_free", "none"] = opt(
         "auto",
-        "label-score calibration: auto (content_free for classification, none for "
-        "rating) | content_free (no test inputs) | batch (transductive) | none",
+        "primary label-score calibration, the same for every method: auto (base_content_free for "
+        "classification, none for rating) | base_content_free (the base model's label scores on the "
+        "content-free prompt, no adapter, no history) | none. adapter_content_free and batch are "
+        "always reported beside; they depend on the method and never order methods",
     )
     rag_k: int = opt(1, "BM25 items in the RAG prompt")
     history_k: int = opt(1, "BM25 items in adapter-method prompts (as in training)")
     max_new_tokens: int = opt(32, "greedy decoding length")
     seed: int = opt(0, "random-anchor baseline seed")
     recency_decay: float = opt(0.8, "prior_recency / mta_prior: an item's weight is decay**(its age rank, newest 0)")
-    prior_lambda: float = opt(-1.0, "mta_prior: weight of log p_user(label); < 0 = chosen on the selection users")
+    prior_lambda: float = opt(1.0, "mta_prior: weight of log p_user(label); < 0 = chosen from lambda_grid")
     lambda_grid: list[float] = opt(
-        help="mta_prior: lambdas tried on the selection users", factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+        help="mta_prior: lambdas tried on the selection users when prior_lambda < 0", factory=list
     )
     stacking_grid: list[dict] = opt(
         help="stacking settings tried on the selection users (train users, never dev), "
@@ -94,7 +111,18 @@ class EvalConfig:
         "task's main metric replaces `stacking` (empty = use `stacking`)",
         factory=list,
     )
+    oppu_grid: list[dict] = opt(
+        help="OPPU settings tried on the same selection users, e.g. [{lr: 1e-4, epochs: 3}, {lr: 1e-3}]; "
+        "the best replaces `oppu` (empty = use `oppu`). Every trained method gets the same number of "
+        "candidates (a fixed setting counts as one): unequal budgets are refused when the config is read",
+        factory=list,
+    )
     bootstrap: int = opt(10000, "bootstrap resamples for the paired intervals")
+    purpose: Literal["experiment", "pipeline_check"] = opt(
+        "experiment",
+        "experiment | pipeline_check (a run too small to compare methods, e.g. the demo: "
+        "its table is printed without comparisons and the summary says so)",
+    )
     progress: bool = opt(True, "progress bar over users")
     backend: Literal["local", "ray"] = opt(
         "local", "local (in the driver) | ray (one Ray task, re-executed from the resume log if its worker dies)"
@@ -113,6 +141,17 @@ class EvalConfig:
         if unknown or not self.methods:
             raise ConfigError(f"eval.methods: {unknown or 'empty'} not among {ALL_METHODS}")
 
+    def budgets(self) -> dict[str, int]:
+        """Candidates each trained method chooses among on the selection users (fixed = 1)."""
+        out = {}
+        if "oppu" in self.methods:
+            out["oppu"] = len(self.oppu_grid) or 1
+        if {"mta", "mta_prior"} & set(self.methods):
+            out["mta (stack)"] = len(self.stacking_grid) or 1
+        if "mta_prior" in self.methods:
+            out["mta_prior (lambda)"] = len(self.lambda_grid) if self.prior_lambda < 0 else 1
+        return out
+
 
 @dataclass
 class MTAConfig:
@@ -126,6 +165,22 @@ class MTAConfig:
     oppu: LoraTrainConfig = field(default_factory=LoraTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self):  # one tuning budget for every trained method, on train users only
+        e = self.eval
+        if e.prior_lambda < 0 and not e.lambda_grid:
+            raise ConfigError("eval.prior_lambda < 0 asks for a choice among eval.lambda_grid, which is empty")
+        grids = e.oppu_grid or e.stacking_grid or (e.prior_lambda < 0)
+        if grids and self.data.select_users <= 0:
+            raise ConfigError("eval.*_grid / prior_lambda < 0 choose on train users: data.select_users must be > 0")
+        b = e.budgets()
+        if len(set(b.values())) > 1:
+            raise ConfigError(
+                "unequal tuning budgets: "
+                + ", ".join(f"{m}: {n}" for m, n in b.items())
+                + " candidates; give every trained method the same number (eval.oppu_grid, "
+                "eval.stacking_grid, eval.lambda_grid)"
+            )
+
 
 def _uses_labels(task: str, mode: str) -> bool:
     kind = task_info(task)["kind"]
@@ -133,11 +188,34 @@ def _uses_labels(task: str, mode: str) -> bool:
 
 
 def resolve_calibration(task: str, mode: str) -> str:
-    """`auto`: content-free for classification; none for ratings, where subtracting the label prior
-    pushes predictions away from the 5 stars most users give (LaMP_3)."""
+    """`auto`: the base model's content-free scores for classification; none for ratings, where
+    subtracting the label prior pushes predictions away from the 5 stars most users give (LaMP_3).
+    Both are the same for every method."""
     if mode != "auto":
         return mode
-    return "none" if task_info(task)["kind"] == "rating" else "content_free"
+    return "none" if task_info(task)["kind"] == "rating" else "base_content_free"
+
+
+def golds_file(questions_file: str | Path) -> Path | None:
+    """The golds file beside a split's questions file (`dev_questions.json` -> `dev_outputs.json`)."""
+    q = Path(questions_file)
+    g = q.with_name(q.name.replace("_questions.json", "_outputs.json"))
+    return g if g != q and g.is_file() else None
+
+
+def split_digest(questions_file: str | Path) -> str:
+    """Checksum of a split's questions file and its golds file."""
+    g = golds_file(questions_file)
+    return json_digest([sha256_file(questions_file), sha256_file(g) if g else None])
+
+
+def runtime_key(cfg: MTAConfig) -> dict:
+    """Device kind and dtype the records are computed with: a run resumed on another device or
+    dtype recomputes instead of mixing fp32 and bf16 records."""
+    dev = current_device()
+    if cfg.eval.backend == "ray" and cfg.eval.gpus > 0:
+        return {"device": "cuda", "dtype": cfg.model.dtype if cfg.model.dtype != "auto" else "auto@cuda"}
+    return {"device": dev.type, "dtype": str(dtype_for(dev, cfg.model.dtype)).replace("torch.", "")}
 
 
 def by_recency(profile: list[dict]) -> list[dict]:
@@ -183,7 +261,7 @@ def _prior(task: str, user: User, query_input: str, decay: float = 1.0) -> str:
 
 
 def _bm25_idx(task, user, text, k):
-    return BM25Index([render_item(task, it) for it in user.profile]).top(text, k)
+    return BM25Index([render_item(task, it) for it in user.profile]).top(query_content(task, text), k)
 
 
 def few_shot_view(user: User, cap: int) -> User:
@@ -195,10 +273,13 @@ def few_shot_view(user: User, cap: int) -> User:
 
 def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
     """Hash of everything a per-user record depends on: a record is reused on resume only when this
-    matches (calibration and mta_prior's lambda are applied at summary time and are not part of it)."""
+    matches (calibration and mta_prior's lambda are applied at summary time and are not part of it).
+    `data_sha`: `split_digest` of the questions file (questions and golds)."""
 
     e = cfg.eval
     key = {
+        "code": code_version(),
+        "runtime": runtime_key(cfg),
         "data": {k: getattr(cfg.data, k) for k in ("task", "eval_split", "scheme", "select_profile_cap")},
         "data_sha": data_sha,
         "bank": bank_sig,
@@ -235,6 +316,14 @@ class Evaluator:
         self.host = AdapterHost(model, cfg.anchor_train.target_modules)
         self.key, self.log_name = key, log_name
         self.cf_input = content_free_input(self.task) if self.label_mode else None
+        self._base_cf: list[float] | None = None
+
+    def base_cf(self) -> list[float]:
+        """The primary calibration vector: label scores of the base model (no adapter, no history)
+        on the content-free prompt. One vector for every method and user (computed once)."""
+        if self._base_cf is None:
+            self._base_cf = list(self._with(None, self.cf_input))
+        return self._base_cf
 
     def with_log(self, key: str, log_name: str) -> Evaluator:
         """The same evaluator (one adapter host on one model) writing another resume log."""
@@ -269,6 +358,8 @@ class Evaluator:
             "cf": {},
             "cost": {},
         }
+        if self.label_mode:
+            rec["cf_base"] = self.base_cf()
         hist = {q.id: history_for(task, user.profile, q.input, cfg.eval.history_k) for q in user.queries}
         rag = {q.id: history_for(task, user.profile, q.input, cfg.eval.rag_k) for q in user.queries}
 
@@ -300,10 +391,14 @@ class Evaluator:
         samples = loo_samples(task, user.profile, 0, cfg.eval.seed, cfg.eval.history_k)
         if "oppu" in methods:
             t0 = time.perf_counter()  # OPPU's adaptation: training the user's own LoRA
-            self.host.train_new("oppu", samples, for_adapter(cfg.oppu, "oppu", user.user_id), self.codec)
+            o_cfg = for_adapter(cfg.oppu, "oppu", user.user_id)
+            st = self.host.train_new("oppu", samples, o_cfg, self.codec)
+            sd = self.host.state_dict("oppu")
             rec["cost"]["oppu"] = {
                 "seconds": time.perf_counter() - t0,
-                "bytes": adapter_bytes(self.host.state_dict("oppu")),
+                "bytes": adapter_bytes(sd),
+                "steps": st.step,
+                "rel_update": peft_relative_update(self.host.model, sd, o_cfg.alpha / o_cfg.r),
             }
             run("oppu", ["oppu"], adapted, hist)
             self.host.remove("oppu")
@@ -323,12 +418,16 @@ class Evaluator:
                 self.host.load_fused(fused)
                 run("fusion", ["fused"], adapted, hist)
             if {"mta", "mta_prior"} & set(methods):
-                st = stack_user(self.host, fused, samples, for_adapter(cfg.stacking, "stack", user.user_id), self.codec)
+                s_cfg = for_adapter(cfg.stacking, "stack", user.user_id)
+                st = stack_user(self.host, fused, samples, s_cfg, self.codec)
                 # st["seconds"] counts the merge once; the encoding + retrieval before it are added here
                 rec["cost"]["mta"] = {
                     "seconds": st["seconds"] + fuse_s - fused.seconds,
                     "bytes": st["bytes"],
                     "steps": st["steps"],
+                    "rel_update": peft_relative_update(
+                        self.host.model, self.host.state_dict("stack"), s_cfg.alpha / s_cfg.r
+                    ),
                 }
                 run("mta", ["fused", "stack"], adapted, hist)
                 self.host.remove("stack")
@@ -355,12 +454,26 @@ class Evaluator:
         `on_user(n)` is called after the n-th user of this run is logged."""
 
         log = self.out / self.log_name
-        done = {r["user_id"]: r for r in read_jsonl(log) if r.get("key") == self.key}
+        done = {r["user_id"]: r for r in read_jsonl(log) if r.get("key") == self.key}  # later lines win
         methods = methods or self.cfg.eval.methods
-        for u in tqdm(
-            [u for u in users if u.user_id not in done], desc=f"{self.task} users", disable=not self.cfg.eval.progress
-        ):
-            rec = self.user_record(u, methods)
+
+        def missing(u: User) -> list[str]:
+            # a record logged by a run of other methods (selection runs one method) is completed,
+            # not trusted: mta_prior is computed from mta's scores at summary time
+            have = done.get(u.user_id, {}).get("out")
+            if have is None:
+                return list(methods)
+            return [m for m in methods if ("mta" if m in LABEL_ONLY else m) not in have]
+
+        todo = [(u, missing(u)) for u in users]
+        todo = [(u, ms) for u, ms in todo if ms]
+        for u, ms in tqdm(todo, desc=f"{self.task} users", disable=not self.cfg.eval.progress):
+            rec = self.user_record(u, ms)
+            old = done.get(u.user_id)
+            if old is not None:  # the same key: the same inputs; add this run's methods to the record
+                for part in ("out", "cf", "cost"):
+                    rec[part] = {**old.get(part, {}), **rec[part]}
+                rec = {**old, **rec}
             append_jsonl(log, rec)
             done[u.user_id] = rec
             if on_user:
@@ -373,10 +486,12 @@ def _label_scores(records: list[dict], m: str, calibration: str) -> np.ndarray |
     cfs = [o for r in records for o in r.get("cf", {}).get(m, [])]
     if not outs:
         return None
+    base = next((r["cf_base"] for r in records if r.get("cf_base") is not None), None)
     return calibrate(
         np.asarray(outs, dtype=np.float64),
         calibration,
         np.asarray(cfs, dtype=np.float64) if len(cfs) == len(outs) else None,
+        np.asarray(base, dtype=np.float64) if base is not None else None,
     )
 
 
@@ -437,13 +552,18 @@ def summarize(
     lam: float = 0.0,
     n_boot: int = 10000,
     reference: str = "mta",
+    overlap: dict[str, bool] | None = None,
 ) -> dict:
     """Turn per-user records into the summary block of one task (and write predictions): metrics
-    per method under the chosen calibration, the other calibrations beside, paired intervals and
-    tests of every method against MTA (`vs_mta`), costs."""
+    per method under the primary calibration (the same for every method), the other calibrations
+    beside, exact paired tests of every method against MTA with Holm's correction (`vs_mta`; users
+    are the resampled unit), the same tests without calibration (an order holds only when both
+    agree), costs, each trained adapter's relative update, and results split by whether the query
+    item occurs in an anchor's profile (`overlap`: query id -> bool)."""
     calibration = resolve_calibration(task, calibration)
     qids = [q for r in records for q in r["queries"]]
     golds = [g for r in records for g in r["golds"]]
+    users = [r["user_id"] for r in records for _ in r["queries"]]
     res: dict = {
         "n_users": len(records),
         "n_queries": len(qids),
@@ -460,22 +580,32 @@ def summarize(
             save_outputs(Path(out_dir) / "predictions" / task / f"{m}.json", task, dict(zip(qids, p)))
     if "mta_prior" in preds:
         res["mta_prior_lambda"] = lam
-    res["vs_mta"] = compare(per_q, reference, binary, higher, n_boot)
+
+    def table(pq: dict, ref: str) -> dict:
+        return compare(pq, ref, binary, higher, n_boot, clusters=users)
+
+    res["vs_mta"] = table(per_q, reference)
+    if label_mode and calibration != "none":  # an order of methods must not be made by the calibration
+        none_q = {
+            m: per_query_scores(task, p, golds)[0]
+            for m, p in predictions(task, records, methods, True, "none", lam).items()
+        }
+        res["vs_mta_uncalibrated"] = table(none_q, reference)
+        for m, v in res["vs_mta"].items():
+            other = res["vs_mta_uncalibrated"].get(m, {}).get("verdict", "n.s.")
+            v["verdict_uncalibrated"] = other
+            v["holds_without_calibration"] = v["verdict"] != "n.s." and other == v["verdict"]
     if "prior_recency" in per_q:  # the stretch target: does the model add anything to the best model-free prior?
-        res["vs_prior_recency"] = compare(
-            {m: per_q[m] for m in ("prior_recency", "mta", "mta_prior") if m in per_q},
-            "prior_recency",
-            binary,
-            higher,
-            n_boot,
+        res["vs_prior_recency"] = table(
+            {m: per_q[m] for m in ("prior_recency", "mta", "mta_prior") if m in per_q}, "prior_recency"
         )
     res["vs_mta_note"] = (
         "diff = method - MTA on the per-query "
         + primary_metric(task)[0]
         + ("" if higher else " (absolute error: lower is better)")
-        + "; ci95 = paired bootstrap; p = "
-        + ("exact McNemar" if binary else "paired permutation")
-        + "; verdict 'tie' when the interval contains 0"
+        + "; "
+        + describe(binary, "users")
+        + (f"; primary calibration {calibration}, the same for every method" if label_mode else "")
     )
     if label_mode:
         res["calibration_alternatives"] = {
@@ -487,10 +617,21 @@ def summarize(
             for c in CALIBRATIONS
             if c != calibration
         }
-    cost = lambda key, f: [r["cost"][key][f] for r in records if key in r.get("cost", {})]  # noqa: E731
+        res["calibration_alternatives_note"] = (
+            f"{', '.join(METHOD_INDEPENDENT)} are the same for every method; adapter_content_free and "
+            "batch depend on the method (or on the other evaluated users) and never order methods"
+        )
+    if "mta" in preds and "fusion" in preds:  # is stage 3 exercised at all?
+        res["mta_differs_from_fusion"] = float(np.mean([a != b for a, b in zip(preds["mta"], preds["fusion"])]))
+    cost = lambda key, f: [r["cost"][key][f] for r in records if f in r.get("cost", {}).get(key, {})]  # noqa: E731
     res["bytes_per_user"] = {k: float(np.mean(cost(k, "bytes"))) for k in ("oppu", "fusion", "mta") if cost(k, "bytes")}
     res["adapt_s_per_user"] = {
         k: float(np.mean(cost(k, "seconds"))) for k in ("oppu", "fusion", "mta") if cost(k, "seconds")
+    }
+    res["rel_update"] = {
+        name: float(np.mean(cost(k, "rel_update")))
+        for k, name in (("oppu", "oppu"), ("mta", "stack"))
+        if cost(k, "rel_update")
     }
     ms = cost("fusion", "merge_ms")
     if ms:
@@ -501,7 +642,26 @@ def summarize(
         res["ratios"] = {"bytes_mta_over_oppu": m_ / o}
         if a_o and a_m:
             res["ratios"]["adapt_s_mta_over_oppu"] = a_m / a_o
+    if overlap is not None:
+        res["by_overlap"] = {}
+        for side, want in (("overlap", True), ("no_overlap", False)):
+            idx = [i for i, q in enumerate(qids) if overlap.get(q) is want]
+            res["by_overlap"][side] = {
+                "n": len(idx),
+                "methods": {m: score_task(task, [p[i] for i in idx], [golds[i] for i in idx]) for m, p in preds.items()}
+                if idx
+                else {},
+            }
+        res["by_overlap"]["note"] = "overlap: the query item's content occurs in some anchor's training profile"
     return res
+
+
+def anchor_overlap(task: str, users: list[User], anchors: list[User]) -> dict[str, bool]:
+    """Query id -> whether the query item's content (e.g. the movie description) occurs in some
+    anchor's profile: a fused adapter may then carry another user's item->label knowledge."""
+    seen = {" ".join(item_content(task, it).lower().split()) for a in anchors for it in a.profile}
+    seen.discard("")
+    return {q.id: " ".join(query_content(task, q.input).lower().split()) in seen for u in users for q in u.queries}
 
 
 def load_users(cfg: MTAConfig, split: str, anchor_ids: list[str] | None = None) -> tuple[list[User], Path]:

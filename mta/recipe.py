@@ -36,11 +36,14 @@ from mta.pipeline import (
     Evaluator,
     MTAConfig,
     _uses_labels,
+    anchor_overlap,
     choose_lambda,
+    golds_file,
     load_users,
     predictions,
     record_key,
     resolve_calibration,
+    split_digest,
     summarize,
 )
 from mta.training import for_adapter, loo_samples, total_steps
@@ -49,8 +52,9 @@ from suite.device import describe as describe_device
 from suite.device import dtype_for
 from suite.device import use as use_device
 from suite.encoders import load_encoder
-from suite.io import DataError, atomic_write_json, json_digest, read_json, read_jsonl, sha256_file
+from suite.io import DataError, atomic_write_json, json_digest, read_json, read_jsonl
 from suite.models import load_base, model_identity
+from suite.provenance import provenance
 from suite.ray_local import init_ray
 from suite.redact import redact_config
 from suite.tracking import Tracker, TrackingConfig
@@ -68,6 +72,9 @@ class MTAJobConfig(MTAConfig):
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
+SAMPLES_VERSION = "loo-v2"
+
+
 def bank_signature(cfg: MTAJobConfig) -> str:
     """Hash of what a bank's content depends on (not how it is trained: backend, workers)."""
 
@@ -82,6 +89,8 @@ def bank_signature(cfg: MTAJobConfig) -> str:
         "encoder": cfg.encoder,
         "anchors": asdict(cfg.anchors),
         "lora": asdict(cfg.anchor_train),
+        # how leave-one-out samples are built: v2 retrieves the history with the input content alone
+        "samples": SAMPLES_VERSION,
     }
     return json_digest(key, 12)
 
@@ -195,41 +204,65 @@ def print_table(task: str, res: dict, file=sys.stdout) -> None:
     if not methods:
         return
     metrics = list(next(iter(methods.values())))
-    vs = res.get("vs_mta", {})
+    check = res.get("purpose") == "pipeline_check"
+    vs = {} if check else res.get("vs_mta", {})
     print(f"\n{task} — {res['n_users']} users, {res['inference']}, calibration {res.get('calibration')}", file=file)
-    print(f"{'method':<14}" + "".join(f"{m:>10}" for m in metrics) + f"{'diff vs MTA [95% CI]':>34}", file=file)
+    if check:
+        print(
+            f"(a pipeline check on {res['n_users']} users: too few to compare methods, so no comparison is "
+            "printed; the README's Results hold the full tables)",
+            file=file,
+        )
+    head = f"{'method':<14}" + "".join(f"{m:>10}" for m in metrics)
+    print(head + (f"{'diff vs MTA [95% CI]  p_holm verdict':>46}" if vs else ""), file=file)
     for name, vals in methods.items():
         d = vs.get(name)
-        cmp = f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}] {d['verdict']}" if d else ""
-        print(f"{name:<14}" + "".join(f"{vals[m]:>10.4f}" for m in metrics) + f"{cmp:>34}", file=file)
-    for k in ("bytes_per_user", "adapt_s_per_user", "ratios"):
+        cmp = (
+            f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}] {d['p_holm']:6.3f} {d['verdict']}" if d else ""
+        )
+        print(f"{name:<14}" + "".join(f"{vals[m]:>10.4f}" for m in metrics) + f"{cmp:>46}", file=file)
+    for k in ("bytes_per_user", "adapt_s_per_user", "ratios", "rel_update"):
         if res.get(k):
-            print(f"{k}: " + ", ".join(f"{m}={v:,.3f}" for m, v in res[k].items()), file=file)
+            print(f"{k}: " + ", ".join(f"{m}={v:,.3g}" for m, v in res[k].items()), file=file)
 
 
-def select_stacking(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -> tuple[MTAJobConfig, dict]:
-    """Stage 3's settings chosen on train users that are not anchors (their newest item held out):
-    every candidate of `eval.stacking_grid` runs MTA on them; the best main metric wins (ties: the
-    first). Returns the config with the winner and what each candidate scored."""
+# trained method -> (the config field its candidates replace, the grid holding them, the method run)
+TUNED = {"stack": ("stacking", "stacking_grid", "mta"), "oppu": ("oppu", "oppu_grid", "oppu")}
 
+
+def select_setting(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str, what: str) -> tuple[MTAJobConfig, dict]:
+    """One trained method's settings chosen on train users that are not anchors (their newest item
+    held out), never on the evaluated split: every candidate of its grid runs the method on the same
+    users; the best main metric under the primary calibration wins (ties: the first). Returns the
+    config with the winner and the selection record (candidates, scores, choice)."""
+
+    field_name, grid_name, method = TUNED[what]
     task = cfg.data.task
     users, path = load_users(cfg, cfg.data.train_split, anchor_ids)
     users = users[: cfg.data.select_users]
     metric, mode = primary_metric(task)
     label_mode = _uses_labels(task, cfg.eval.inference)
     cal = resolve_calibration(task, cfg.eval.calibration)
-    tried = []
-    for cand in cfg.eval.stacking_grid:
-        c = dataclasses.replace(cfg, stacking=dataclasses.replace(cfg.stacking, **cand))
-        e = ev.with_log(record_key(c, sha256_file(path), bank_sig), "select_user.jsonl")
+    scores = []
+    grid = getattr(cfg.eval, grid_name)
+    for cand in grid:
+        c = dataclasses.replace(cfg, **{field_name: dataclasses.replace(getattr(cfg, field_name), **cand)})
+        e = ev.with_log(record_key(c, split_digest(path), bank_sig), "select_user.jsonl")
         e.cfg = c
-        recs = e.run(users, methods=["mta"])
-        p = predictions(task, recs, ["mta"], label_mode, cal)["mta"]
-        tried.append({"stacking": cand, metric: score_task(task, p, [g for r in recs for g in r["golds"]])[metric]})
-        print(f"[select] stacking {cand}: {metric} {tried[-1][metric]:.4f} on {len(users)} train users")
-    best = (max if mode == "max" else min)(tried, key=lambda t: t[metric])
-    chosen = dataclasses.replace(cfg, stacking=dataclasses.replace(cfg.stacking, **best["stacking"]))
-    return chosen, {"tried": tried, "chosen": best["stacking"], "users": len(users), "split": cfg.data.train_split}
+        recs = e.run(users, methods=[method])
+        p = predictions(task, recs, [method], label_mode, cal)[method]
+        scores.append(score_task(task, p, [g for r in recs for g in r["golds"]])[metric])
+        print(f"[select] {what} {cand}: {metric} {scores[-1]:.4f} on {len(users)} train users")
+    best = (max if mode == "max" else min)(range(len(grid)), key=lambda k: scores[k])
+    chosen = dataclasses.replace(cfg, **{field_name: dataclasses.replace(getattr(cfg, field_name), **grid[best])})
+    return chosen, {
+        "candidates": grid,
+        "scores": scores,
+        "metric": metric,
+        "choice": grid[best],
+        "users": len(users),
+        "split": cfg.data.train_split,
+    }
 
 
 def select_lambda(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -> dict:
@@ -237,11 +270,18 @@ def select_lambda(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -
 
     users, path = load_users(cfg, cfg.data.train_split, anchor_ids)
     users = users[: cfg.data.select_users]
-    key = record_key(cfg, sha256_file(path), bank_sig)
+    key = record_key(cfg, split_digest(path), bank_sig)
     recs = ev.with_log(key, "select_user.jsonl").run(users, methods=["mta"])
     cal = resolve_calibration(cfg.data.task, cfg.eval.calibration)
     lam, grid = choose_lambda(cfg.data.task, recs, cal, cfg.eval.lambda_grid)
-    return {"lambda": lam, "by_lambda": grid, "users": len(users), "split": cfg.data.train_split}
+    return {
+        "candidates": list(cfg.eval.lambda_grid),
+        "scores": [grid[str(k)] for k in cfg.eval.lambda_grid],
+        "metric": primary_metric(cfg.data.task)[0],
+        "choice": lam,
+        "users": len(users),
+        "split": cfg.data.train_split,
+    }
 
 
 @dataclass
@@ -261,6 +301,7 @@ class Session:
     ev: Evaluator | None
     anchors: list[dict]
     label_mode: bool
+    anchor_users: list = field(default_factory=list)  # the anchors' full profiles
     key: str = ""  # the record key of the evaluated configuration (set by `select`)
 
 
@@ -279,6 +320,15 @@ def setup(cfg: MTAJobConfig, out: str | Path) -> Session:
             tracker.log({"bank/anchor_seconds": st["seconds"], "bank/steps": st["steps"]})
         loaded = bank.load()
         users, qpath = load_users(cfg, cfg.data.eval_split, loaded.ids)
+        d = cfg.data
+        ids = set(loaded.ids)
+        anchor_users = [
+            u
+            for u in load_task_split(
+                d.task, d.train_split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url
+            )
+            if u.user_id in ids
+        ]
         if cfg.data.max_eval_users:
             users = users[: cfg.data.max_eval_users]
         model, codec = load_base(cfg.model)
@@ -300,23 +350,28 @@ def setup(cfg: MTAJobConfig, out: str | Path) -> Session:
         ev,
         anchors,
         _uses_labels(cfg.data.task, cfg.eval.inference),
+        anchor_users,
     )
 
 
 def select(s: Session) -> dict:
-    """Stage 2: the choices made on train users that are not anchors, never on the evaluated split:
-    the stacking setting (`eval.stacking_grid`) and `mta_prior`'s λ. Updates the session's config."""
+    """Stage 2: the choices made on train users that are not anchors, never on the evaluated split,
+    with the same number of candidates for every trained method (checked when the config is read):
+    OPPU's settings (`eval.oppu_grid`), the stack's (`eval.stacking_grid`) and `mta_prior`'s λ.
+    Updates the session's config; returns {"lambda", "selection": {method: record}}."""
     cfg, d = s.cfg, s.cfg.data
-    stack_sel, selection, lam = None, None, max(cfg.eval.prior_lambda, 0.0)
-    if cfg.eval.stacking_grid and d.select_users > 0:
-        cfg, stack_sel = select_stacking(cfg, s.ev, s.loaded.ids, s.bank_sig)
-        s.cfg = s.ev.cfg = cfg
+    selection, lam = {}, max(cfg.eval.prior_lambda, 0.0)
+    for what, (_, grid_name, method) in TUNED.items():
+        runs = method in cfg.eval.methods or (what == "stack" and "mta_prior" in cfg.eval.methods)
+        if runs and getattr(cfg.eval, grid_name) and d.select_users > 0:
+            cfg, selection[what] = select_setting(cfg, s.ev, s.loaded.ids, s.bank_sig, what)
+            s.cfg = s.ev.cfg = cfg
     if "mta_prior" in cfg.eval.methods and s.label_mode and cfg.eval.prior_lambda < 0 and d.select_users > 0:
-        selection = select_lambda(cfg, s.ev, s.loaded.ids, s.bank_sig)
-        lam = selection["lambda"]
-        print(f"[select] mta_prior lambda = {lam} (best on {selection['users']} train users)")
-    s.key = s.ev.key = record_key(cfg, sha256_file(s.queries_file), s.bank_sig)
-    return {"lambda": lam, "selection": selection, "stacking_selection": stack_sel}
+        selection["mta_prior_lambda"] = select_lambda(cfg, s.ev, s.loaded.ids, s.bank_sig)
+        lam = selection["mta_prior_lambda"]["choice"]
+        print(f"[select] mta_prior lambda = {lam} (best on {selection['mta_prior_lambda']['users']} train users)")
+    s.key = s.ev.key = record_key(cfg, split_digest(s.queries_file), s.bank_sig)
+    return {"lambda": lam, "selection": selection, "budgets": cfg.eval.budgets()}
 
 
 def evaluate(s: Session) -> list[dict]:
@@ -333,14 +388,16 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
     table, and W&B's summary, per-user and anchor tables and the bank artifact."""
     cfg, d, task = s.cfg, s.cfg.data, s.cfg.data.task
     e = cfg.eval
-    res = summarize(task, records, e.methods, s.label_mode, e.calibration, s.out, choices["lambda"], e.bootstrap)
-    res["split"] = {
-        "eval": d.eval_split,
-        "eval_file": str(s.queries_file),
-        "selection": choices["selection"],
-        "stacking_selection": choices["stacking_selection"],
-    }
+    overlap = anchor_overlap(task, s.users, s.anchor_users)
+    res = summarize(
+        task, records, e.methods, s.label_mode, e.calibration, s.out, choices["lambda"], e.bootstrap, overlap=overlap
+    )
+    res["split"] = {"eval": d.eval_split, "eval_file": str(s.queries_file)}
+    res["selection"] = choices["selection"]  # per trained method: candidates, scores, choice (train users)
+    res["tuning_budget"] = choices["budgets"]
+    res["purpose"] = e.purpose
     res["stacking"] = asdict(cfg.stacking)
+    res["oppu"] = asdict(cfg.oppu)
     res["record_key"] = s.key
     res["anchors"] = s.anchors
     res["bank"] = {
@@ -359,6 +416,11 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
     }
     res["seeds"] = "per adapter: sha256(run seed / kind / anchor or user id)"
     res["resolved_calibration"] = resolve_calibration(task, cfg.eval.calibration)
+    res["provenance"] = provenance(
+        redact_config(asdict(cfg)),
+        {"questions": s.queries_file, "golds": golds_file(s.queries_file)},
+        res["runtime"]["driver"],
+    )
     summary_path = s.out / "summary.json"
     prev = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     prev.setdefault("mta", {})[task] = res

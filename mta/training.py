@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from mta.data import build_prompt, item_query, render_item
+from mta.data import build_prompt, item_query, query_content, render_item
 from suite.config import opt
 from suite.device import model_device
 from suite.lexical import BM25Index
@@ -79,7 +79,8 @@ def history_for(
     if not profile or k <= 0:
         return []
     index = index or BM25Index([render_item(task, it) for it in profile])
-    return [render_item(task, profile[i]) for i in index.top(query_text, k, exclude)]
+    # the query is the input's content alone, as LaMP retrieves (not the instruction around it)
+    return [render_item(task, profile[i]) for i in index.top(query_content(task, query_text), k, exclude)]
 
 
 def loo_samples(

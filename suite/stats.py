@@ -1,10 +1,17 @@
 """Paired statistics for method comparisons (pure numpy/scipy, no I/O).
 
 Every difference the suite reports between two methods evaluated on the same queries comes with
-a 95% paired bootstrap interval and a paired test:
-- McNemar's exact test (binomial on the discordant pairs) for per-query correctness (0/1);
-- a paired sign-flip permutation test for real-valued per-query scores (ROUGE, absolute error).
-A difference whose interval contains 0 is a tie, and reports say so (`verdict`).
+- an effect size: mean(a - b) and its 95% percentile bootstrap interval, resampling the unit that
+  is independent (a query, or with `clusters` a whole cluster such as a LoCoMo conversation whose
+  questions share one memory: cluster bootstrap);
+- an exact paired test: McNemar's exact test (binomial on the discordant pairs) for per-query
+  correctness (0/1), a sign-flip permutation test for real-valued scores (ROUGE, absolute error,
+  recall). A sign flip swaps the two methods' scores on one query, which stays in its cluster, so
+  the permutation is within clusters;
+- Holm's step-down correction across every comparison of one table (`compare` corrects the whole
+  family it is given).
+The verdict is "better"/"worse" only when the Holm-corrected p < `alpha`; otherwise "n.s." (the test
+cannot establish a difference; that is not evidence of equality, so never "tie").
 """
 
 from __future__ import annotations
@@ -15,9 +22,24 @@ import math
 import numpy as np
 from scipy.stats import binom
 
+ALPHA = 0.05
 
-def paired_bootstrap_ci(a, b, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """mean(a - b) and its percentile bootstrap interval, resampling queries (pairs kept together)."""
+
+def _cluster_index(clusters, n: int) -> list[np.ndarray] | None:
+    if clusters is None:
+        return None
+    c = np.asarray(clusters, dtype=object)
+    if c.shape != (n,):
+        raise ValueError(f"clusters must label each of the {n} pairs, got shape {c.shape}")
+    _, inv = np.unique(c.astype(str), return_inverse=True)
+    return [np.flatnonzero(inv == k) for k in range(inv.max() + 1)] if n else []
+
+
+def paired_bootstrap_ci(
+    a, b, n_boot: int = 10000, seed: int = 0, level: float = 0.95, clusters=None
+) -> tuple[float, float, float]:
+    """mean(a - b) and its percentile bootstrap interval, resampling pairs (kept together), or,
+    with `clusters`, resampling whole clusters (the mean is over the pairs of the drawn clusters)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired samples must be 1-D and equally long, got {a.shape} and {b.shape}")
@@ -25,10 +47,17 @@ def paired_bootstrap_ci(a, b, n_boot: int = 10000, seed: int = 0, level: float =
     if d.size == 0:
         return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
+    groups = _cluster_index(clusters, d.size)
     means = np.empty(n_boot)
-    for s in range(0, n_boot, 1000):  # chunks bound memory for large query sets
-        m = min(1000, n_boot - s)
-        means[s : s + m] = d[rng.integers(0, d.size, size=(m, d.size))].mean(1)
+    if groups is None:
+        for s in range(0, n_boot, 1000):  # chunks bound memory for large query sets
+            m = min(1000, n_boot - s)
+            means[s : s + m] = d[rng.integers(0, d.size, size=(m, d.size))].mean(1)
+    else:
+        sums = np.array([d[g].sum() for g in groups])
+        sizes = np.array([len(g) for g in groups], dtype=np.float64)
+        draw = rng.integers(0, len(groups), size=(n_boot, len(groups)))
+        means = sums[draw].sum(1) / sizes[draw].sum(1)
     lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return float(d.mean()), float(lo), float(hi)
 
@@ -40,7 +69,6 @@ def mcnemar_exact(correct_a, correct_b) -> float:
     n = n01 + n10
     if n == 0:
         return 1.0
-
     return float(min(1.0, 2 * binom.cdf(min(n01, n10), n, 0.5)))
 
 
@@ -61,6 +89,22 @@ def paired_permutation(a, b, n_perm: int = 10000, seed: int = 0) -> float:
     return float((np.sum(stats >= obs - 1e-12) + 1) / (n_perm + 1))
 
 
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values (family-wise error control over all of `pvalues`)."""
+    items = sorted(pvalues.items(), key=lambda kv: kv[1])
+    m, out, running = len(items), {}, 0.0
+    for i, (k, p) in enumerate(items):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def verdict(diff: float, p_adj: float, higher_is_better: bool = True, alpha: float = ALPHA) -> str:
+    if math.isnan(diff) or not p_adj < alpha or diff == 0:
+        return "n.s."
+    return "better" if (diff > 0) == higher_is_better else "worse"
+
+
 def compare(
     per_query: dict[str, list[float]],
     reference: str,
@@ -68,12 +112,13 @@ def compare(
     higher_is_better: bool = True,
     n_boot: int = 10000,
     seed: int = 0,
+    clusters=None,
 ) -> dict[str, dict]:
-    """Every method against `reference` on paired per-query scores.
+    """Every method against `reference` on paired per-query scores, as one family of tests.
 
-    Returns {method: {"diff": mean(method - reference), "ci95": [lo, hi], "p": p, "verdict"}}; the
-    verdict is "tie" when the interval contains 0, else "better"/"worse" for the method (taking
-    `higher_is_better` into account)."""
+    Returns {method: {"diff": mean(method - reference), "ci95": [lo, hi], "p": raw exact p,
+    "p_holm": Holm-adjusted over the family, "verdict": better | worse | n.s., "n": pairs,
+    "n_clusters": independent units resampled}}."""
     if reference not in per_query:
         return {}
     ref = per_query[reference]
@@ -81,11 +126,22 @@ def compare(
     for m, s in per_query.items():
         if m == reference or len(s) != len(ref):
             continue
-        diff, lo, hi = paired_bootstrap_ci(s, ref, n_boot, seed)
+        diff, lo, hi = paired_bootstrap_ci(s, ref, n_boot, seed, clusters=clusters)
         p = mcnemar_exact(s, ref) if binary else paired_permutation(s, ref, seed=seed)
-        if math.isnan(diff) or lo <= 0 <= hi:
-            verdict = "tie"
-        else:
-            verdict = "better" if (diff > 0) == higher_is_better else "worse"
-        out[m] = {"diff": diff, "ci95": [lo, hi], "p": p, "verdict": verdict, "n": len(s)}
+        n_cl = len(set(map(str, clusters))) if clusters is not None else len(s)
+        out[m] = {"diff": diff, "ci95": [lo, hi], "p": p, "n": len(s), "n_clusters": n_cl}
+    adj = holm({m: v["p"] for m, v in out.items()})
+    for m, v in out.items():
+        v["p_holm"] = adj[m]
+        v["verdict"] = verdict(v["diff"], adj[m], higher_is_better)
     return out
+
+
+def describe(binary: bool, clusters: str | None = None) -> str:
+    """The note every comparison table carries."""
+    unit = f"clusters ({clusters}) resampled" if clusters else "pairs resampled"
+    test = "exact McNemar" if binary else "sign-flip permutation (exact for <= 16 non-zero pairs)"
+    return (
+        f"ci95 = percentile bootstrap, {unit}; p = {test}; p_holm = Holm-corrected over the table; "
+        "verdict better/worse only when p_holm < 0.05, else n.s. (not established, not equality)"
+    )

@@ -61,15 +61,17 @@ def test_generate_is_greedy_and_deterministic(tiny):
     assert a == E.generate(model, codec, "hello", max_new_tokens=6)
 
 
-def test_content_free_calibration_uses_only_the_query_own_twin():
+def test_adapter_content_free_calibration_uses_only_the_query_own_twin():
     s = np.array([[0.0, 5.0], [2.0, 5.0]])
     cf = np.array([[0.0, 6.0], [0.0, 0.0]])
-    np.testing.assert_array_equal(E.calibrate(s, "content_free", cf), s - cf)
+    np.testing.assert_array_equal(E.calibrate(s, "adapter_content_free", cf), s - cf)
     # row 0's calibrated scores do not change when other rows change (no test inputs shared)
-    np.testing.assert_array_equal(E.calibrate(s[:1], "content_free", cf[:1]), (s - cf)[:1])
+    np.testing.assert_array_equal(E.calibrate(s[:1], "adapter_content_free", cf[:1]), (s - cf)[:1])
     assert not np.array_equal(E.calibrate(s[:1], "batch"), E.calibrate(s, "batch")[:1])
     with pytest.raises(ValueError):
-        E.calibrate(s, "content_free")
+        E.calibrate(s, "adapter_content_free")
+    with pytest.raises(ValueError):
+        E.calibrate(s, "base_content_free")
     cfi = E.content_free_input("LaMP_2")
     assert "description: N/A" in cfi and "sci-fi" in cfi
 
@@ -81,3 +83,34 @@ def test_per_query_scores_match_the_aggregate_metric():
     s, binary, higher = E.per_query_scores("LaMP_3", ["5", "x", "2"], ["4", "1", "2"])
     assert s == [1.0, 4.0, 0.0] and not binary and not higher
     assert np.mean(s) == E.score_task("LaMP_3", ["5", "x", "2"], ["4", "1", "2"])["mae"]
+
+
+def test_primary_calibration_keeps_the_shift_an_adapter_brings():
+    """A method whose adapter shifts every label score towards the user's label: the per-adapter
+    content-free twin carries the same shift and cancels it; the primary calibration (the base
+    model's content-free scores, one vector for every method) keeps it."""
+    from mta.data import TASKS
+    from mta.pipeline import predictions
+
+    labels = TASKS["LaMP_2"]["labels"]
+    base_cf = np.linspace(0.0, 1.4, 15)  # the fixed prompt's label bias
+    recs = []
+    for i in range(6):
+        gold = i % 15
+        base = base_cf + np.where(np.arange(15) == (gold + 3) % 15, 2.0, 0.0)  # base prefers a wrong label
+        shift = np.where(np.arange(15) == gold, 5.0, 0.0)  # what the adapter learnt from the user
+        recs.append(
+            {
+                "queries": [f"q{i}"],
+                "golds": [labels[gold]],
+                "out": {"base": [base.tolist()], "oppu": [(base + shift).tolist()]},
+                "cf": {"base": [base_cf.tolist()], "oppu": [(base_cf + shift).tolist()]},
+                "cf_base": base_cf.tolist(),
+            }
+        )
+    golds = [r["golds"][0] for r in recs]
+    primary = predictions("LaMP_2", recs, ["base", "oppu"], True, "base_content_free")
+    assert primary["oppu"] == golds  # the adapter's evidence survives
+    assert all(p != g for p, g in zip(primary["base"], golds))
+    twin = predictions("LaMP_2", recs, ["base", "oppu"], True, "adapter_content_free")
+    assert twin["oppu"] == twin["base"] and all(p != g for p, g in zip(twin["oppu"], golds))  # cancelled

@@ -10,9 +10,17 @@ def _cfg(lamp_root, **extra):
     return load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml", ov)
 
 
+EQUAL_GRIDS = {
+    "eval.oppu_grid": "[{lr: 1.0e-4}, {lr: 1.0e-3}]",
+    "eval.stacking_grid": "[{max_steps: 1}, {max_steps: 2}]",
+    "eval.lambda_grid": "[0.5, 2.0]",
+    "eval.prior_lambda": -1,
+}
+
+
 def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
     out = tmp_path / "run"
-    summary = run(_cfg(lamp_root), out)
+    summary = run(_cfg(lamp_root, **EQUAL_GRIDS), out)
     res = summary["mta"]["LaMP_2"]
     assert res["n_users"] == 4
     assert set(res["methods"]) == {
@@ -27,18 +35,38 @@ def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
         "uniform",
         "random",
     }
-    assert res["calibration"] == "content_free" and set(res["calibration_alternatives"]) == {"batch", "none"}
+    assert res["calibration"] == "base_content_free"
+    assert set(res["calibration_alternatives"]) == {"adapter_content_free", "batch", "none"}
     assert res["runtime"]["driver"] == {"device": "cpu", "dtype": "float32"}  # mta_tiny.yaml sets model.device=cpu
     # lambda chosen on train users that are not anchors, never on the evaluated dev users
-    sel = res["split"]["selection"]
-    assert sel["split"] == "train" and sel["users"] > 0 and res["mta_prior_lambda"] == sel["lambda"]
+    # every trained method chose among the same number of candidates on the same train users
+    sel = res["selection"]
+    assert set(sel) == {"oppu", "stack", "mta_prior_lambda"} and res["tuning_budget"] == {
+        "oppu": 2,
+        "mta (stack)": 2,
+        "mta_prior (lambda)": 2,
+    }
+    for rec in sel.values():
+        assert rec["split"] == "train" and rec["users"] > 0 and len(rec["scores"]) == len(rec["candidates"]) == 2
+        assert rec["choice"] in rec["candidates"]
+    assert res["mta_prior_lambda"] == sel["mta_prior_lambda"]["choice"]
+    assert res["stacking"]["max_steps"] == sel["stack"]["choice"]["max_steps"]
+    assert res["oppu"]["lr"] == sel["oppu"]["choice"]["lr"]
     assert set(res["vs_mta"]) == set(res["methods"]) - {"mta"}
     for v in res["vs_mta"].values():
-        assert (
-            v["ci95"][0] <= v["diff"] <= v["ci95"][1]
-            and 0 <= v["p"] <= 1
-            and v["verdict"] in {"tie", "better", "worse"}
-        )
+        assert v["ci95"][0] <= v["diff"] <= v["ci95"][1] and 0 <= v["p"] <= v["p_holm"] <= 1
+        assert v["verdict"] in {"n.s.", "better", "worse"} and v["n_clusters"] == 4
+        assert v["verdict_uncalibrated"] in {"n.s.", "better", "worse"}
+    # every trained adapter's relative update, and whether the stack moves any prediction
+    assert res["rel_update"]["oppu"] > 0 and res["rel_update"]["stack"] > 0
+    assert 0.0 <= res["mta_differs_from_fusion"] <= 1.0
+    ov = res["by_overlap"]
+    assert ov["overlap"]["n"] + ov["no_overlap"]["n"] == res["n_queries"]
+    prov = res["provenance"]
+    assert len(prov["commit"]) == 40 or prov["commit"] == "unknown"
+    assert prov["code_version"] and prov["libraries"]["torch"].startswith("2.13.0")
+    assert set(prov["files"]) == {"questions", "golds"} and prov["config"]["eval"]["oppu_grid"]
+    assert prov["runtime"] == {"device": "cpu", "dtype": "float32"}
     assert len(res["anchors"]) == res["bank"]["anchors"]
     for a in res["anchors"]:
         assert a["rel_update"] > 0 and a["loss_first"] is not None and a["steps"] > 0
@@ -57,7 +85,7 @@ def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
     # resume: a rerun redoes no user and no anchor, and reproduces the summary
     log = out / "per_user.jsonl"
     lines = log.read_text()
-    again = run(_cfg(lamp_root), out)
+    again = run(_cfg(lamp_root, **EQUAL_GRIDS), out)
     assert log.read_text() == lines
     assert again["mta"]["LaMP_2"]["methods"] == res["methods"]
 
@@ -162,3 +190,17 @@ def test_resummarize_rebuilds_the_summary_from_the_logged_records(lamp_root, tmp
     assert again["methods"] == res["methods"] and again["vs_mta"] == res["vs_mta"]
     assert again["bytes_per_user"].get("bank_amortised") == res["bytes_per_user"].get("bank_amortised")
     assert set(again["vs_prior_recency"]) == {"mta"} and again["vs_prior_recency"] == res["vs_prior_recency"]
+
+
+def test_record_key_covers_dtype_code_and_golds(lamp_root):
+    """A resume on another dtype (fp32 records must not mix with bf16 ones), or with other golds,
+    recomputes: the record key changes."""
+    from mta.pipeline import record_key, split_digest
+
+    q = lamp_root / "LaMP_2" / "dev_questions.json"
+    base = record_key(_cfg(lamp_root), split_digest(q), "bank")
+    assert record_key(_cfg(lamp_root, **{"model.dtype": "bfloat16"}), split_digest(q), "bank") != base
+    golds = q.with_name("dev_outputs.json")
+    before = split_digest(q)
+    golds.write_text(golds.read_text().replace('"output": "comedy"', '"output": "action"', 1))
+    assert split_digest(q) != before

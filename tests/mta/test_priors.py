@@ -60,6 +60,6 @@ def test_lambda_is_chosen_where_the_prior_helps():
                 "log_prior": lp.tolist(),
             }
         )
-    lam, grid = choose_lambda("LaMP_2", recs, "content_free", [0.0, 0.1, 1.0])
+    lam, grid = choose_lambda("LaMP_2", recs, "adapter_content_free", [0.0, 0.1, 1.0])
     assert grid["0.0"] == 0.0 and grid["1.0"] == 1.0 and lam == 1.0
-    assert mta_prior_scores(recs, "content_free", 0.0).argmax(1).tolist() == [(i + 1) % 15 for i in range(10)]
+    assert mta_prior_scores(recs, "adapter_content_free", 0.0).argmax(1).tolist() == [(i + 1) % 15 for i in range(10)]

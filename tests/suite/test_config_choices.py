@@ -22,7 +22,7 @@ from suite.config import ConfigError, describe, load_config
         (MTAJobConfig, "eval.methods=[prior, mtaa]", ["mtaa"]),
         (MTAJobConfig, "fusion.merge=cta", ["cat", "svd", "ref_avg"]),
         (MTAJobConfig, "fusion.weighting=simlarity", ["similarity"]),
-        (MTAJobConfig, "eval.calibration=contentfree", ["content_free"]),
+        (MTAJobConfig, "eval.calibration=contentfree", ["base_content_free"]),
         (MTAJobConfig, "bank.backend=rey", ["ray", "local"]),
         (SweepMTAConfig, "sweep.scheduler=ASHA", ["asha", "fifo"]),
         (SweepMTAConfig, "sweep.search=bayes", ["optuna", "grid", "random"]),

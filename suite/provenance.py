@@ -1,0 +1,76 @@
+"""What every summary records about how it was made, and what every resume key depends on.
+
+`provenance()` goes into each `summary.json`: the git commit (and whether the tree had uncommitted
+changes), the version of the method code, the library versions, the resolved device and dtype, the
+checksums of the data and golds files and the full resolved configuration. `code_version()` is a
+hash of the method code itself (mta/, memgas/, suite/): resume keys carry it, so records computed
+by other code are recomputed, never mixed in — a git commit alone would miss uncommitted edits.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from suite.io import project_root, sha256_file
+
+CODE_DIRS = ("mta", "memgas", "suite")
+LIBRARIES = ("torch", "transformers", "peft", "ray", "deepspeed", "scikit-learn", "numpy", "sentence-transformers")
+
+
+@functools.cache
+def code_version() -> str:
+    """sha256 (16 hex) over the method code's .py files, by relative path and content."""
+    root = project_root()
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for p in sorted((root / d).rglob("*.py")):
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def git_state() -> dict:
+    """{"commit", "dirty"} of the project checkout; "unknown" outside a git clone (e.g. a Ray
+    job's working_dir upload, which excludes .git: `code_version` still identifies the code)."""
+    root = project_root()
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": "unknown", "dirty": None}
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def library_versions() -> dict:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def checksums(files: dict[str, str | Path | None]) -> dict:
+    return {k: {"path": str(p), "sha256": sha256_file(Path(p))} for k, p in files.items() if p and Path(p).is_file()}
+
+
+def provenance(config: dict, files: dict[str, str | Path | None], runtime: dict | None = None) -> dict:
+    """The provenance block of a summary (`config` must already be redacted)."""
+    return {
+        **git_state(),
+        "code_version": code_version(),
+        "libraries": library_versions(),
+        "runtime": runtime or {},
+        "files": checksums(files),
+        "config": config,
+    }
