@@ -26,6 +26,7 @@ from mta.adapters import AdapterHost
 from mta.anchors import AnchorConfig, user_embeddings
 from mta.bank import LoadedBank
 from mta.data import (
+    TASKS,
     User,
     build_prompt,
     item_content,
@@ -96,6 +97,11 @@ class EvalConfig:
         "content-free prompt, no adapter, no history) | none. adapter_content_free and batch are "
         "always reported beside; they depend on the method and never order methods",
     )
+    adapter_twin: bool = opt(
+        False,
+        "also score each method's content-free twin (its own adapter and history, input blanked) to "
+        "report the adapter_content_free calibration beside; doubles label scoring",
+    )
     rag_k: int = opt(1, "BM25 items in the RAG prompt")
     history_k: int = opt(1, "BM25 items in adapter-method prompts (as in training)")
     max_new_tokens: int = opt(32, "greedy decoding length")
@@ -141,14 +147,15 @@ class EvalConfig:
         if unknown or not self.methods:
             raise ConfigError(f"eval.methods: {unknown or 'empty'} not among {ALL_METHODS}")
 
-    def budgets(self) -> dict[str, int]:
-        """Candidates each trained method chooses among on the selection users (fixed = 1)."""
+    def budgets(self, label_task: bool = True) -> dict[str, int]:
+        """Candidates each trained method chooses among on the selection users (fixed = 1);
+        `mta_prior` exists only on label-scored tasks."""
         out = {}
         if "oppu" in self.methods:
             out["oppu"] = len(self.oppu_grid) or 1
         if {"mta", "mta_prior"} & set(self.methods):
             out["mta (stack)"] = len(self.stacking_grid) or 1
-        if "mta_prior" in self.methods:
+        if "mta_prior" in self.methods and label_task:
             out["mta_prior (lambda)"] = len(self.lambda_grid) if self.prior_lambda < 0 else 1
         return out
 
@@ -167,12 +174,13 @@ class MTAConfig:
 
     def __post_init__(self):  # one tuning budget for every trained method, on train users only
         e = self.eval
+        label_task = _uses_labels(self.data.task, e.inference) if self.data.task in TASKS else True
         if e.prior_lambda < 0 and not e.lambda_grid:
             raise ConfigError("eval.prior_lambda < 0 asks for a choice among eval.lambda_grid, which is empty")
-        grids = e.oppu_grid or e.stacking_grid or (e.prior_lambda < 0)
+        grids = e.oppu_grid or e.stacking_grid or (e.prior_lambda < 0 and label_task)
         if grids and self.data.select_users <= 0:
             raise ConfigError("eval.*_grid / prior_lambda < 0 choose on train users: data.select_users must be > 0")
-        b = e.budgets()
+        b = e.budgets(label_task)
         if len(set(b.values())) > 1:
             raise ConfigError(
                 "unequal tuning budgets: "
@@ -278,7 +286,7 @@ def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
 
     e = cfg.eval
     key = {
-        "code": code_version(),
+        "code": code_version(("mta", "suite")),
         "runtime": runtime_key(cfg),
         "data": {k: getattr(cfg.data, k) for k in ("task", "eval_split", "scheme", "select_profile_cap")},
         "data_sha": data_sha,
@@ -290,7 +298,16 @@ def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
         "oppu": asdict(cfg.oppu),
         "eval": {
             k: getattr(e, k)
-            for k in ("methods", "inference", "rag_k", "history_k", "max_new_tokens", "seed", "recency_decay")
+            for k in (
+                "methods",
+                "inference",
+                "rag_k",
+                "history_k",
+                "max_new_tokens",
+                "seed",
+                "recency_decay",
+                "adapter_twin",
+            )
         },
     }
     return json_digest(key)
@@ -365,7 +382,7 @@ class Evaluator:
 
         def run(name: str, names: list[str] | None, prompts: dict[str, str], cf_hist: dict[str, list[str]] | None):
             rec["out"][name] = [self._with(names, prompts[q.id]) for q in user.queries]
-            if self.label_mode:  # the same prompt, input blanked: the adapter's own label prior
+            if self.label_mode and cfg.eval.adapter_twin:  # the same prompt, input blanked: the adapter's own prior
                 rec["cf"][name] = [
                     self._with(names, build_prompt(self.cf_input, (cf_hist or {}).get(q.id))) for q in user.queries
                 ]
@@ -615,7 +632,7 @@ def summarize(
                 if not m.startswith("prior")
             }
             for c in CALIBRATIONS
-            if c != calibration
+            if c != calibration and (c != "adapter_content_free" or all(r.get("cf") for r in records))
         }
         res["calibration_alternatives_note"] = (
             f"{', '.join(METHOD_INDEPENDENT)} are the same for every method; adapter_content_free and "

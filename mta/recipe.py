@@ -371,7 +371,7 @@ def select(s: Session) -> dict:
         lam = selection["mta_prior_lambda"]["choice"]
         print(f"[select] mta_prior lambda = {lam} (best on {selection['mta_prior_lambda']['users']} train users)")
     s.key = s.ev.key = record_key(cfg, split_digest(s.queries_file), s.bank_sig)
-    return {"lambda": lam, "selection": selection, "budgets": cfg.eval.budgets()}
+    return {"lambda": lam, "selection": selection, "budgets": cfg.eval.budgets(s.label_mode)}
 
 
 def evaluate(s: Session) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -32,8 +33,7 @@ def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | 
     try:
         cfg = load_config(cls, args.config, args.overrides)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _config_error(e)
     if args.quiet:
         log = to_file(args.out)
         print(f"[{Path(sys.argv[0]).stem}] library logs and warnings: {log}")
@@ -45,3 +45,23 @@ def report_run(out: str | Path) -> None:
 
     report([str(out), "--out", str(Path(out) / "report")])
     print(f"run folder: {out}  (summary.json, per-record logs, run.log)\nreport: {Path(out) / 'report' / 'report.md'}")
+
+
+def _config_error(e: ConfigError):
+    print(f"Config error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def entry(main):
+    """A launcher's `main`: a ConfigError raised after parsing (at set-up, e.g. `model.device=cuda`
+    without CUDA, or a sweep over a refused split) prints one "Config error: ..." line, like a
+    parse-time error, instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapped(*a, **kw):
+        try:
+            return main(*a, **kw)
+        except ConfigError as e:
+            _config_error(e)
+
+    return wrapped

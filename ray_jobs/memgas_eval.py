@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import memgas.recipe as recipe
 from memgas.recipe import MemGASJobConfig, run
-from ray_jobs.cli import parse, report_run
+from ray_jobs.cli import entry, parse, report_run
 
 
+@entry
 def main(argv: list[str] | None = None) -> None:
     args, cfg = parse(MemGASJobConfig, recipe.__doc__, argv)
     run(cfg, args.out)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import mta.recipe as recipe
 from mta.recipe import MTAJobConfig, resummarize, run
-from ray_jobs.cli import parse, report_run
+from ray_jobs.cli import entry, parse, report_run
 
 
+@entry
 def main(argv: list[str] | None = None) -> None:
     args, cfg = parse(
         MTAJobConfig,

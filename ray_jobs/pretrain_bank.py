@@ -16,9 +16,10 @@ GPUs, expected checkpoints) and writes it to OUT/plan.json without training or l
 from __future__ import annotations
 
 from mta.recipe import MTAJobConfig, dry_run, pretrain
-from ray_jobs.cli import parse
+from ray_jobs.cli import entry, parse
 
 
+@entry
 def main(argv=None) -> None:
     args, cfg = parse(MTAJobConfig, __doc__, argv, flags={"dry-run": "print the placement plan, train nothing"})
     if args.dry_run:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from mta import merge
+from ray_jobs.cli import entry
 from suite.io import atomic_write_json
 from suite.ray_local import init_ray
 
@@ -26,6 +27,7 @@ def _merge_error() -> float:
     return float((merge.delta(A, B, s) - want).abs().max())
 
 
+@entry
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True)

@@ -21,7 +21,7 @@ from memgas.encoders import CachedEncoder
 from memgas.evaluate import evaluate, summarize
 from memgas.recipe import MemGASJobConfig, resolve_data, split_conversations
 from memgas.store import MemoryStore
-from ray_jobs.cli import parse
+from ray_jobs.cli import entry, parse
 from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep, trial_tracker
 from suite.device import use as use_device
 from suite.encoders import load_encoder
@@ -100,6 +100,7 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     return report_sweep(res, cfg.sweep, cfg.job.tracking, out)
 
 
+@entry
 def main(argv=None) -> None:
     args, cfg = parse(SweepMemGASConfig, __doc__, argv)
     run(cfg, args.out)

@@ -1,8 +1,9 @@
 """Ray Tune over MTA's fusion and stacking: top-k, weighting and its temperature, merge method,
-stacked rank, steps and learning rate. Each trial evaluates MTA on the users of `job.data.eval_split`
-— `train` in the shipped sweep: the train users that are not anchors, cut to few-shot profiles, so
-choices are never made on dev — reporting the running metric after every user (ASHA stops weak
-trials early). The bank is built once, before the sweep (or reused from the bank cache).
+stacked rank, steps and learning rate. Each trial evaluates MTA on the train users that are not
+anchors, cut to few-shot profiles (`job.data.eval_split` must be the train split: a sweep on dev is
+refused when the config is read), and best_config.yaml is written to be reported on dev. Trials
+report the running metric after every user (ASHA stops weak trials early). The bank is built
+once, before the sweep (or reused from the bank cache).
 
     python -m ray_jobs.sweep_mta --config ray_jobs/configs/sweep_mta_lamp2_cpu.yaml --out runs/sweep_mta
 """
@@ -16,23 +17,36 @@ import yaml
 
 from mta.bank import Bank
 from mta.evaluate import primary_metric
-from mta.pipeline import Evaluator, _uses_labels, load_users, summarize
+from mta.pipeline import Evaluator, _uses_labels, load_users, split_digest, summarize
 from mta.recipe import MTAJobConfig, bank_path_for, build_bank
-from ray_jobs.cli import parse
+from ray_jobs.cli import entry, parse
 from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep, trial_tracker
+from suite.config import ConfigError
 from suite.device import use as use_device
 from suite.encoders import load_encoder
 from suite.io import atomic_write_text
 from suite.models import load_base
 
 
+def _train_job() -> MTAJobConfig:
+    job = MTAJobConfig()
+    job.data.eval_split = job.data.train_split
+    return job
+
+
 @dataclass
 class SweepMTAConfig:
-    job: MTAJobConfig = field(default_factory=MTAJobConfig)
+    job: MTAJobConfig = field(default_factory=_train_job)
     sweep: SweepConfig = field(default_factory=lambda: SweepConfig(name="sweep_mta", metric="accuracy", mode="max"))
 
     def __post_init__(self):
         self.sweep.check(MTAJobConfig, {"accuracy", "f1", "mae", "rmse", "rouge1", "rougeL"})
+        d = self.job.data
+        if d.eval_split != d.train_split:  # a sweep scored on dev (or test) would choose on the reported users
+            raise ConfigError(
+                f"job.data.eval_split={d.eval_split!r}: a sweep chooses on the train users that are not "
+                f"anchors; set job.data.eval_split={d.train_split!r} (best_config.yaml is written for dev)"
+            )
 
 
 def trial(config: dict) -> None:
@@ -70,14 +84,20 @@ def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
     res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out)
     best_cfg = apply_params(MTAJobConfig, asdict(cfg.job), res["summary"]["best"]["config"])
+    d = best_cfg.data
+    _, qfile = load_users(cfg.job, d.train_split, [])
+    sel = f"{d.train_split} users that are not anchors, {split_digest(qfile)} ({qfile})"
+    d.eval_split, d.max_eval_users = "dev", 0  # chosen on train users, to be reported on dev
     atomic_write_text(
         out / "best_config.yaml",
         f"# python -m ray_jobs.mta_pipeline --config {out / 'best_config.yaml'} --out runs/mta_best\n"
+        f"# selected by {cfg.sweep.name} on the {sel}; evaluates dev\n"
         + yaml.safe_dump(asdict(best_cfg), sort_keys=False),
     )
     return report_sweep(res, cfg.sweep, cfg.job.tracking, out)
 
 
+@entry
 def main(argv=None) -> None:
     args, cfg = parse(SweepMTAConfig, __doc__, argv)
     run(cfg, args.out)

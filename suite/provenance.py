@@ -22,11 +22,13 @@ LIBRARIES = ("torch", "transformers", "peft", "ray", "deepspeed", "scikit-learn"
 
 
 @functools.cache
-def code_version() -> str:
-    """sha256 (16 hex) over the method code's .py files, by relative path and content."""
+def code_version(dirs: tuple[str, ...] = CODE_DIRS) -> str:
+    """sha256 (16 hex) over the .py files of `dirs` (a method's code: ("mta", "suite")), by relative
+    path and content. Each method's resume keys use its own packages, so an edit to MemGAS does not
+    invalidate MTA's records."""
     root = project_root()
     h = hashlib.sha256()
-    for d in CODE_DIRS:
+    for d in dirs:
         for p in sorted((root / d).rglob("*.py")):
             h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]

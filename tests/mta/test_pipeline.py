@@ -15,6 +15,7 @@ EQUAL_GRIDS = {
     "eval.stacking_grid": "[{max_steps: 1}, {max_steps: 2}]",
     "eval.lambda_grid": "[0.5, 2.0]",
     "eval.prior_lambda": -1,
+    "eval.adapter_twin": "true",
 }
 
 

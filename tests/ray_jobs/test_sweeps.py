@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mta.recipe import MTAJobConfig
 from ray_jobs.sweep_memgas import SweepMemGASConfig
 from ray_jobs.sweep_memgas import run as run_memgas
 from ray_jobs.sweep_mta import SweepMTAConfig
@@ -49,7 +50,9 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     assert trial_logs and max(json.loads(l)["users"] for t in trial_logs for l in t.read_text().splitlines()) == 6
     assert set(s["best"]["config"]) == {"fusion.top_k", "fusion.merge"} and 0 <= s["best"]["value"] <= 1
     assert json.loads((out / "summary.json").read_text()) == s
-    assert (out / "best_config.yaml").read_text().startswith("# python -m ray_jobs.mta_pipeline")
+    best = (out / "best_config.yaml").read_text()
+    assert best.startswith("# python -m ray_jobs.mta_pipeline") and "selected by t_mta on the train users" in best
+    assert load_config(MTAJobConfig, out / "best_config.yaml").data.eval_split == "dev"
     # every trial is recorded with its parameters and final metric; the report draws the sweep
     assert len(s["all_trials"]) == 4 and all(t["value"] is not None for t in s["all_trials"])
     assert {(t["params"]["fusion.top_k"], t["params"]["fusion.merge"]) for t in s["all_trials"]} == {
@@ -69,6 +72,12 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"another configuration \(differs at base.fusion.weighting\)"):
         run_mta(changed, out)
     assert run_mta(load_config(SweepMTAConfig, None, overrides + ["sweep.max_concurrent=2"]), out)["trials"] == 4
+
+
+def test_sweep_mta_on_dev_is_refused_when_the_config_is_read():
+    with pytest.raises(ConfigError, match="eval_split='dev'"):
+        load_config(SweepMTAConfig, None, ["job.data.eval_split=dev"])
+    assert load_config(SweepMTAConfig, "ray_jobs/configs/sweep_mta_lamp2_cpu.yaml").job.data.eval_split == "train"
 
 
 def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):

@@ -70,6 +70,29 @@ def test_asking_for_cuda_fails_before_any_training(lamp_root, tmp_path):
     assert not (tmp_path / "banks").exists() and not (tmp_path / "run").exists()
 
 
+@no_cuda
+def test_a_config_error_at_setup_prints_one_line(lamp_root, tmp_path, capsys):
+    """The launcher turns a ConfigError raised at set-up into one "Config error:" line, like the
+    parse-time ones, with exit status 2 (no traceback)."""
+    from ray_jobs.mta_pipeline import main
+
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "--config",
+                "ray_jobs/configs/mta_tiny.yaml",
+                "--out",
+                str(tmp_path / "run"),
+                f"data.root={lamp_root}",
+                "model.device=cuda",
+                f"bank_cache={tmp_path / 'banks'}",
+            ]
+        )
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Config error: device='cuda'")
+
+
 def test_dry_run_plans_without_training(lamp_root, tmp_path):
     from mta.recipe import dry_run
 

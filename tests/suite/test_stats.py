@@ -62,9 +62,7 @@ def test_holm_on_known_pvalues():
     assert adj == pytest.approx({"a": 0.04, "c": 0.09, "b": 0.09, "d": 0.2})
     assert holm({"x": 0.6, "y": 0.7}) == pytest.approx({"x": 1.0, "y": 1.0})
     # a family of two: each p alone would pass at 0.05, corrected only the first does
-    res = compare(
-        {"ref": [0.0] * 40, "strong": [1.0] * 40, "weak": [0.05] * 3 + [0.0] * 37}, "ref", binary=False
-    )
+    res = compare({"ref": [0.0] * 40, "strong": [1.0] * 40, "weak": [0.05] * 3 + [0.0] * 37}, "ref", binary=False)
     assert res["strong"]["verdict"] == "better" and res["strong"]["p_holm"] >= res["strong"]["p"]
     assert res["weak"]["p"] == pytest.approx(0.25) and res["weak"]["verdict"] == "n.s."
 
