@@ -57,10 +57,17 @@ def associate(new_emb: np.ndarray, old_emb: np.ndarray, cfg: AssociationConfig) 
         return []
     sims = new_emb @ old_emb.T
     k = min(cfg.mem_threshold, sims.shape[1])
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    # the top k, best first (as the reference's topk): the GMM's k-means init depends on the order
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     edges = []
     for i in range(len(new_emb)):
         cand = top[i]
         mask = gmm_neighbours(sims[i, cand], cfg.n_components, cfg.seed, cfg.init_params)
         edges += [(i, int(j)) for j in cand[mask]]
     return edges
+
+
+def paper_association() -> AssociationConfig:
+    """The authors' association settings (reference code defaults): 2 components, scikit-learn's
+    default k-means initialisation, top 30 scores, from the 6th session on."""
+    return AssociationConfig(mem_threshold=30, n_components=2, start_session=5, seed=0, init_params="kmeans")

@@ -39,7 +39,7 @@ class RetrievalConfig:
         help="lexical granularities routed like the dense ones: bm25_session, bm25_turn", factory=list
     )
     router: Literal["corrected", "reference", "uniform"] = opt("corrected", "corrected | reference | uniform")
-    temperature: float = opt(0.2, "router softmax temperature T")
+    temperature: float = opt(0.1, "router softmax temperature T (reference --temp 0.1)")
     score_norm: Literal["raw", "softmax", "rrf"] = opt("raw", "raw (paper) | softmax | rrf")
     rrf_k: float = opt(60.0, "rank offset of the rrf normalisation")
     session_agg: Literal["sum", "max"] = opt("sum", "sum (paper) | max")
@@ -110,8 +110,13 @@ def subgraph(mem, gidx: np.ndarray, key: tuple):
     return g
 
 
-def rank_sessions(mem, q: np.ndarray, query: str, cfg: RetrievalConfig) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(session indices best first, their scores, router weights) for one query on a `Memory`."""
+def rank_sessions(
+    mem, q: np.ndarray, query: str, cfg: RetrievalConfig, trace: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(session indices best first, their scores, router weights) for one query on a `Memory`.
+    `trace`, when given, receives every intermediate step (raw scores per granularity, router
+    weights, graph node ids, node scores, PageRank reset and output, session scores) so a test can
+    compare each one with the reference implementation's."""
     n_sess = len(mem.sessions)
     raw: dict[str, np.ndarray] = {}
     nodes: dict[str, np.ndarray] = {}
@@ -125,6 +130,8 @@ def rank_sessions(mem, q: np.ndarray, query: str, cfg: RetrievalConfig) -> tuple
         s = mem.bm25(g).scores(query)
         raw[g] = s / s.max() if len(s) and s.max() > 0 else s
     w = router_weights(raw, cfg.temperature, cfg.router)
+    if trace is not None:
+        trace.update(raw=raw, nodes=nodes, weights=w)
     node_score = {g: w.get(g, 0.0) * _norm(raw[g], cfg.score_norm, cfg.temperature, cfg.rrf_k) for g in raw}
 
     sess = np.zeros(n_sess)
@@ -155,6 +162,8 @@ def rank_sessions(mem, q: np.ndarray, query: str, cfg: RetrievalConfig) -> tuple
                 r = np.clip(reset, 0, None)
                 if g is not None and r.sum() > 0:
                     final = personalized_pagerank(len(gidx), None, r, cfg.damping, graph=g) * r.sum()
+            if trace is not None:
+                trace.update(gidx=gidx, node_scores=gscore, reset=reset, ppr=final / max(reset.sum(), 1e-300))
             owner = mem.node_sess[gidx]
             agg(sess, owner, final)
             np.maximum.at(best, owner, gscore)
@@ -165,6 +174,8 @@ def rank_sessions(mem, q: np.ndarray, query: str, cfg: RetrievalConfig) -> tuple
             agg(sess, owner, node_score[g])
             np.maximum.at(best, owner, node_score[g])
     best[~np.isfinite(best)] = 0.0
+    if trace is not None:
+        trace["session_scores"] = sess.copy()
     total = sess + 1e-6 * best
     order = np.argsort(-total, kind="stable")
     return order, total[order], w
@@ -192,8 +203,19 @@ def baseline_configs() -> dict[str, RetrievalConfig]:
 
 
 def paper_config() -> RetrievalConfig:
-    """MemGAS with the reference defaults: mean turn node, reference router, raw scores summed, graph on."""
-    return RetrievalConfig(router="reference")
+    """MemGAS with the reference defaults: session-level nodes (session, turn mean, summary,
+    keywords), reference router at T = 0.1, raw scores summed, 15 seeds, PageRank damping 0.1. Its
+    memory is `memgas.store.paper_memory` (2 GMM components, k-means init, unnormalised turn mean)."""
+    return RetrievalConfig(
+        granularities=["session", "turn_mean", "summary", "keywords"],
+        router="reference",
+        temperature=0.1,
+        score_norm="raw",
+        session_agg="sum",
+        use_graph=True,
+        damping=0.1,
+        num_seeds=15,
+    )
 
 
 def ablation_configs(cfg: RetrievalConfig, prefix: str = "memgas_paper") -> dict[str, RetrievalConfig]:

@@ -26,14 +26,15 @@ import json
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from memgas.association import AssociationConfig, associate
+from memgas.association import AssociationConfig, associate, paper_association
 from memgas.data import Session, Turn
 from memgas.encoders import CachedEncoder
-from memgas.retrieval import RetrievalConfig, rank_sessions
+from memgas.retrieval import RetrievalConfig, paper_config, rank_sessions
 from memgas.units import SessionUnits, UnitBuilder
 from suite.config import from_dict, opt
 from suite.encoders import load_encoder
@@ -61,6 +62,16 @@ class MemGASConfig:
     encoder: str = opt("minilm", "encoder: minilm | hashing | hub id / path")
     association: AssociationConfig = field(default_factory=AssociationConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    turn_mean: Literal["normalised", "mean"] = opt(
+        "normalised",
+        "the session-level turn node: normalised (unit length, like the other MiniLM nodes) | mean "
+        "(the reference's plain mean of the turn embeddings)",
+    )
+
+
+def paper_memory(encoder: str = "minilm") -> MemGASConfig:
+    """The memory the authors' code builds: their association settings and an unnormalised turn mean."""
+    return MemGASConfig(encoder=encoder, association=paper_association(), retrieval=paper_config(), turn_mean="mean")
 
 
 class StoreError(RuntimeError):
@@ -199,7 +210,8 @@ class MemoryStore:
             out[g] = e[i : i + len(by[g])]
             i += len(by[g])
         m = out["turn"].mean(0, keepdims=True)  # the reference's session-level turn node
-        out["turn_mean"] = m / max(float(np.linalg.norm(m)), 1e-12) if self.encoder.name != "contriever" else m
+        plain = self.cfg.turn_mean == "mean" or self.encoder.name == "contriever"
+        out["turn_mean"] = m if plain else m / max(float(np.linalg.norm(m)), 1e-12)
         return out
 
     def add(self, messages, user_id: str, session_id: str | None = None, date: str = "") -> str:
