@@ -28,7 +28,8 @@ from memgas.retrieval import RetrievalConfig, rank_sessions
 from memgas.store import MemoryStore
 from suite.config import ConfigError, opt
 from suite.io import append_jsonl, json_digest, read_jsonl
-from suite.stats import compare
+from suite.provenance import code_version
+from suite.stats import compare, describe
 
 KS = (1, 3, 5, 10, 30, 50)
 
@@ -129,16 +130,28 @@ class MemEvalConfig:
             raise ConfigError("eval.qa_top_k must be >= 1, eval.cpus > 0 and eval.gpus >= 0")
 
 
-def run_key(methods: dict[str, RetrievalConfig], store_cfg, cfg: MemEvalConfig, data_sha: str) -> str:
-    """Hash of everything a per-question record depends on: the methods' configurations, the memory
-    (encoder, association), the metrics' cut-offs, the QA settings and the data file."""
+def run_key(
+    methods: dict[str, RetrievalConfig],
+    memories: dict[str, object],
+    cfg: MemEvalConfig,
+    data_sha: str,
+    llm: dict | None = None,
+    units: str = "extractive",
+) -> str:
+    """Hash of everything a per-question record depends on: the methods' configurations, the
+    memory each runs on (encoder, association, turn node), the metrics' cut-offs, the QA settings,
+    the LLM settings (redacted: no key) and where the units come from, the data file and the
+    MemGAS code itself."""
 
     ev = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "max_conversations", "max_questions")}
     key = {
+        "code": code_version(("memgas", "suite")),
         "methods": {m: asdict(c) for m, c in sorted(methods.items())},
-        "store": asdict(store_cfg) if store_cfg else None,
+        "memories": {m: asdict(c) for m, c in sorted(memories.items())},
         "eval": ev,
         "data": data_sha,
+        "llm": llm if cfg.qa else None,
+        "units": units,
     }
     return json_digest(key)
 
@@ -180,13 +193,19 @@ def evaluate(
     on_question=None,
     key: str = "",
     memory_cache: str | Path | None = None,
+    memories: dict | None = None,
 ) -> list[dict]:
     """Run every method on every question; per-question records are appended to `log_path` as
     they finish, and questions already there under the same `key` are skipped (resume); records
     written under another key (a changed configuration or data file) are recomputed, never reused.
     When answering, questions whose QA failed (endpoint down) or never ran are retried.
-    `memory_cache`: a folder where each conversation's ingested memory is saved and reloaded (sweeps
-    whose trials share the association settings ingest once)."""
+
+    `memories` (method -> MemGASConfig): each method runs on a memory built with its own settings
+    (association, turn node); methods sharing settings share one memory. `make_store(memory_cfg)`
+    builds an empty store (without `memories`, `make_store()` builds the one memory of every
+    method). The first method's memory is the primary one: its ingestion is recorded and the turn
+    ranking uses it. `memory_cache`: a folder where each conversation's ingested memory is saved
+    and reloaded (sweeps whose trials share the memory settings ingest once)."""
 
     done = {}
     for r in read_jsonl(log_path):  # later lines win: a retried question's new record replaces the failed one
@@ -195,6 +214,12 @@ def evaluate(
         if cfg.qa and llm is not None and ("qa" not in r or "failed" in r["qa"]):
             continue
         done[r["qid"]] = r
+    groups: dict[str, tuple] = {}  # memory digest -> (memory config or None, [methods])
+    for name in methods:
+        mcfg = (memories or {}).get(name)
+        d = json_digest(asdict(mcfg)) if mcfg is not None else ""
+        groups.setdefault(d, (mcfg, []))[1].append(name)
+    of_method = {m: d for d, (_, ms) in groups.items() for m in ms}
     records = []
     convs = convs[: cfg.max_conversations] if cfg.max_conversations else convs
     for conv in tqdm(convs, desc="conversations", disable=not cfg.progress):
@@ -203,28 +228,36 @@ def evaluate(
         records += [done[q.qid] for q in qs if q.qid in done]
         if not todo:
             continue
-        store = make_store()
-        t0 = time.perf_counter()
-        cached = None
-        if memory_cache is not None:
-            cached = Path(memory_cache) / hashlib.sha1(conv.conv_id.encode()).hexdigest()[:16]
-        from_cache = cached is not None and (cached / "manifest.json").exists()
-        if from_cache:
-            store = MemoryStore.load(cached, encoder=store.encoder)
-        else:
-            for s in conv.sessions:
-                store.add(s, conv.conv_id, s.session_id, s.date)
-            if cached is not None:
-                store.save(cached)
-        mem = store.users[conv.conv_id]
+        stores, ingest = {}, None
+        for d, (mcfg, _) in groups.items():
+            if not stores:
+                store = make_store(mcfg) if memories is not None else make_store()
+            else:  # later memories reuse the first one's encoder cache and units (no second LLM call)
+                first = next(iter(stores.values()))
+                store = MemoryStore(mcfg, encoder=first.encoder, units=first.units)
+            t0 = time.perf_counter()
+            cached = None
+            if memory_cache is not None:
+                cached = Path(memory_cache) / d / hashlib.sha1(conv.conv_id.encode()).hexdigest()[:16]
+            from_cache = cached is not None and (cached / "manifest.json").exists()
+            if from_cache:
+                store = MemoryStore.load(cached, encoder=store.encoder)
+            else:
+                for s in conv.sessions:
+                    store.add(s, conv.conv_id, s.session_id, s.date)
+                if cached is not None:
+                    store.save(cached)
+            stores[d] = store
+            if ingest is None:  # the primary memory's ingestion, on every record (resumed runs report it)
+                ingest = {
+                    "seconds": time.perf_counter() - t0,
+                    "sessions": len(store.users[conv.conv_id].sessions),
+                    "texts": getattr(store.encoder, "encoded", None),
+                    "from_cache": from_cache,  # decided before ingesting: a fresh memory is saved to the cache
+                }
+        primary = stores[next(iter(groups))]
+        mem = primary.users[conv.conv_id]
         corpus = [s["session_id"] for s in mem.sessions]
-        # the ingestion that served these questions, on every record, so a resumed run still reports it
-        ingest = {
-            "seconds": time.perf_counter() - t0,
-            "sessions": len(corpus),
-            "texts": getattr(store.encoder, "encoded", None),
-            "from_cache": from_cache,  # decided before ingesting: a fresh memory is saved to the cache
-        }
         for q in todo:
             rec = {
                 "qid": q.qid,
@@ -240,11 +273,12 @@ def evaluate(
                 "top": {},
             }
             t = time.perf_counter()
-            qv = store.encoder.encode([q.question])[0]
+            qv = primary.encoder.encode([q.question])[0]
             enc_ms = (time.perf_counter() - t) * 1000
             for name, rc in methods.items():
+                m_mem = stores[of_method[name]].users[conv.conv_id]
                 t = time.perf_counter()
-                order, scores, w = rank_sessions(mem, qv, q.question, rc)
+                order, scores, w = rank_sessions(m_mem, qv, q.question, rc)
                 rec["latency_ms"][name] = enc_ms + (time.perf_counter() - t) * 1000
                 ranked = [corpus[i] for i in order]
                 rec["top"][name] = ranked[: max(cfg.ks)]
@@ -256,7 +290,8 @@ def evaluate(
                 tr = turn_ranking(mem, corpus, qv)
                 rec["turn_metrics"] = retrieval_metrics(tr, turn_gold(q.gold_turns), tr, cfg.ks)
             if cfg.qa and llm is not None:
-                res = store.search(q.question, conv.conv_id, cfg.qa_top_k, methods[cfg.qa_method])["results"]
+                qa_store = stores[of_method[cfg.qa_method]]
+                res = qa_store.search(q.question, conv.conv_id, cfg.qa_top_k, methods[cfg.qa_method])["results"]
                 try:
                     out = filter_and_answer(llm, q.question, res, use_filter=cfg.use_filter)
                     rec["qa"] = {"answer": out["answer"], **qa_metrics(out["answer"], q.answer)}
@@ -356,12 +391,13 @@ def summarize(
             for m in methods
             if all(m in r["metrics"] for r in scored)
         }
+        clusters = [r.get("conv", i) for i, r in enumerate(scored)]  # questions of one conversation share its memory
         out["vs_reference"] = {
             "reference": reference,
             "metric": "recall_all@5",
-            "note": "diff = method - reference; ci95 paired bootstrap; p paired permutation; "
-            "'tie' when the interval contains 0",
-            "methods": compare(per_q, reference, binary=False, n_boot=n_boot),
+            "n_clusters": len(set(clusters)),
+            "note": "diff = method - reference; " + describe(False, "conversations"),
+            "methods": compare(per_q, reference, binary=False, n_boot=n_boot, clusters=clusters),
         }
     out["router_weights"] = router_weight_stats(records)
     lat = [r["latency_ms"].get("memgas") for r in records if "memgas" in r["latency_ms"]]

@@ -31,14 +31,15 @@ from memgas.encoders import CachedEncoder
 from memgas.evaluate import MemEvalConfig, evaluate, ingest_stats, run_key, summarize
 from memgas.llm import LLMConfig, build_llm
 from memgas.retrieval import RetrievalConfig, ablation_configs, baseline_configs, paper_config
-from memgas.store import MemGASConfig, MemoryStore
+from memgas.store import MemGASConfig, MemoryStore, paper_memory
 from memgas.units import UnitBuilder
-from suite.config import from_dict, load_config, opt
+from suite.config import ConfigError, from_dict, load_config, opt
 from suite.device import check_spec
 from suite.device import describe as describe_device
 from suite.device import use as use_device
 from suite.encoders import load_encoder
 from suite.io import append_jsonl, atomic_write_json, project_root, read_jsonl, sha256_file
+from suite.provenance import provenance
 from suite.ray_local import init_ray
 from suite.redact import redact_config
 from suite.tracking import Tracker, TrackingConfig
@@ -73,10 +74,19 @@ class MemGASJobConfig:
     best: RetrievalConfig = field(default_factory=paper_config)
     best_from: str = opt(
         "",
-        "a best_config.yaml written by sweep_memgas: its `best` retrieval and `memgas` "
-        "memory settings replace these (report the dev-selected config on test)",
+        "a best_config.yaml written by sweep_memgas (mechanisms=graph_and_router): its `best` retrieval "
+        "and `memgas` memory settings replace these and are reported as the `memgas` row, which must use "
+        "the graph and a non-uniform router; the evaluated split must not overlap the one it was chosen on",
     )
-    selected_on: dict = opt(help="where `best` was selected (written by sweep_memgas; informational)", factory=dict)
+    hybrid_from: str = opt(
+        "",
+        "a best_config.yaml of an unconstrained sweep: its winner is reported beside, on its own memory, "
+        "under a name that says what it computes (e.g. hybrid_bm25_dense when graph and router are off)",
+    )
+    hybrid: dict = opt(help="filled from hybrid_from: {name, retrieval, memgas, selected_on}", factory=dict)
+    selected_on: dict = opt(
+        help="where `best` was selected (written by sweep_memgas: split, ids, data checksum)", factory=dict
+    )
     eval: MemEvalConfig = field(default_factory=MemEvalConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     ablations: bool = opt(True, "also run each ablation of `best` and of the paper configuration")
@@ -87,6 +97,11 @@ class MemGASJobConfig:
 
     def __post_init__(self):
         check_spec(self.device, "device")
+        if self.eval.qa and self.eval.backend == "ray":
+            raise ConfigError(
+                "eval.qa=true with eval.backend=ray: the Ray tasks do not carry the LLM (they would build "
+                "extractive units and skip QA); answer with eval.backend=local"
+            )
 
 
 def shared_memory_dir() -> Path:
@@ -107,13 +122,56 @@ def resolve_data(cfg: MemGASJobConfig) -> Path:
     return shared_memory_dir() / name
 
 
-def apply_best_from(cfg: MemGASJobConfig) -> MemGASJobConfig:
-    """Take `best` and `memgas` from a sweep's best_config.yaml (validated like any config)."""
-    if not cfg.best_from:
-        return cfg
+def exercises_mechanisms(rc: RetrievalConfig) -> bool:
+    """Does a retrieval config use what makes MemGAS MemGAS: the association graph and the router?"""
+    return rc.use_graph and rc.router != "uniform" and len(rc.granularities) + len(rc.lexical) > 1
 
-    sel = load_config(MemGASJobConfig, cfg.best_from)
-    return replace(cfg, best=sel.best, memgas=sel.memgas, selected_on={**sel.selected_on, "file": cfg.best_from})
+
+def row_name(rc: RetrievalConfig) -> str:
+    """A name for what a retrieval config computes (an unconstrained sweep's winner is a baseline
+    unless it uses the graph and the router)."""
+    kind = "hybrid_bm25_dense" if rc.lexical and rc.granularities else ("bm25_multi" if rc.lexical else "dense_multi")
+    return kind + ("_graph" if rc.use_graph else "") + ("_routed" if rc.router != "uniform" else "")
+
+
+def apply_best_from(cfg: MemGASJobConfig) -> MemGASJobConfig:
+    """Take `best` and `memgas` from a sweep's best_config.yaml, and the unconstrained winner from
+    `hybrid_from` (validated like any config)."""
+    if cfg.best_from:
+        sel = load_config(MemGASJobConfig, cfg.best_from)
+        cfg = replace(cfg, best=sel.best, memgas=sel.memgas, selected_on={**sel.selected_on, "file": cfg.best_from})
+    if cfg.hybrid_from:
+        h = load_config(MemGASJobConfig, cfg.hybrid_from)
+        cfg = replace(
+            cfg,
+            hybrid={
+                "name": row_name(h.best),
+                "retrieval": asdict(h.best),
+                "memgas": asdict(h.memgas),
+                "selected_on": {**h.selected_on, "file": cfg.hybrid_from},
+            },
+        )
+    return cfg
+
+
+def check_disjoint(cfg: MemGASJobConfig, convs: list) -> None:
+    """Refuse to evaluate on questions a selection was made on: every best_config.yaml records the
+    ids it was selected on (conversations, LongMemEval questions)."""
+    evaluated = {c.conv_id for c in convs}
+    for what, sel in (
+        ("best_from", cfg.selected_on if cfg.best_from else None),
+        ("hybrid_from", cfg.hybrid.get("selected_on")),
+    ):
+        if not sel:
+            continue
+        if "ids" not in sel:
+            raise ConfigError(f"{what}={sel.get('file')}: records no selection ids, so overlap cannot be ruled out")
+        both = sorted(evaluated & set(sel["ids"]))
+        if both:
+            raise ConfigError(
+                f"{what}={sel.get('file')} was selected on {len(sel['ids'])} ids of split {sel.get('split')!r}; "
+                f"the evaluated split shares {len(both)} of them (e.g. {both[0]}): report on a disjoint split"
+            )
 
 
 BEST_LOCOMO = "ray_jobs/configs/memgas_locomo_best.yaml"
@@ -151,13 +209,30 @@ def split_conversations(convs: list, cfg: MemGASJobConfig) -> tuple[list, dict]:
     return chosen, {"name": sp.name, "unit": "question", "dev_file": str(dev_path), "n_dev_ids": len(dev_ids)}
 
 
-def methods_for(cfg: MemGASJobConfig) -> dict[str, RetrievalConfig]:
-    paper = paper_config()
-    m = {**baseline_configs(), "memgas_paper": paper, "memgas": cfg.best}
+def methods_for(cfg: MemGASJobConfig) -> tuple[dict[str, RetrievalConfig], dict[str, MemGASConfig]]:
+    """Every row and the memory it runs on: `memgas_paper` (and its ablations) on the authors'
+    memory, `memgas` (which must exercise the graph and the router) and the baselines on `memgas`'s
+    memory, the unconstrained sweep's winner on its own."""
+    if not exercises_mechanisms(cfg.best):
+        raise ConfigError(
+            f"best: graph {'on' if cfg.best.use_graph else 'off'}, router {cfg.best.router}: the `memgas` row must "
+            "use the association graph and a non-uniform router over several granularities; a configuration "
+            "without them is a baseline (give its best_config.yaml as hybrid_from)"
+        )
+    paper, paper_mem = paper_config(), paper_memory(cfg.memgas.encoder)
+    methods = {**baseline_configs(), "memgas_paper": paper, "memgas": cfg.best}
+    memories = {m: cfg.memgas for m in methods}
+    memories["memgas_paper"] = paper_mem
+    if cfg.hybrid:
+        name = cfg.hybrid["name"]
+        methods[name] = from_dict(RetrievalConfig, cfg.hybrid["retrieval"], "hybrid.retrieval")
+        memories[name] = from_dict(MemGASConfig, cfg.hybrid["memgas"], "hybrid.memgas")
     if cfg.ablations:
-        m.update(ablation_configs(paper, "memgas_paper"))
-        m.update(ablation_configs(cfg.best, "memgas"))
-    return m
+        for name, rc in ablation_configs(paper, "memgas_paper").items():
+            methods[name], memories[name] = rc, paper_mem
+        for name, rc in ablation_configs(cfg.best, "memgas").items():
+            methods[name], memories[name] = rc, cfg.memgas
+    return methods, memories
 
 
 def encoder_throughput(encoder, texts: list[str]) -> float:
@@ -185,7 +260,7 @@ def print_table(name: str, res: dict, file=sys.stdout) -> None:
         )
 
 
-def _eval_conversation(cfg_dict: dict, conv, methods: dict, key: str, log_dir: str) -> list[dict]:
+def _eval_conversation(cfg_dict: dict, conv, methods: dict, memories: dict, key: str, log_dir: str) -> list[dict]:
     """One conversation (LongMemEval: one question with its haystack) as a Ray task: it ingests its
     own memory and returns its records; the driver is the only writer of per_question.jsonl.
     If the task's worker dies, Ray runs it again (max_retries)."""
@@ -196,12 +271,22 @@ def _eval_conversation(cfg_dict: dict, conv, methods: dict, key: str, log_dir: s
     enc = CachedEncoder(load_encoder(cfg.memgas.encoder))
     tmp_log = Path(log_dir) / f".task-{abs(hash(conv.conv_id))}-{time.time_ns()}.jsonl"
     try:
-        return evaluate([conv], lambda: MemoryStore(cfg.memgas, encoder=enc), methods, cfg.eval, tmp_log, key=key)
+        return evaluate(
+            [conv],
+            lambda mcfg: MemoryStore(mcfg, encoder=enc),
+            methods,
+            cfg.eval,
+            tmp_log,
+            key=key,
+            memories=memories,
+        )
     finally:
         tmp_log.unlink(missing_ok=True)
 
 
-def evaluate_on_ray(cfg: MemGASJobConfig, convs: list, methods: dict, key: str, log_path: Path) -> list[dict]:
+def evaluate_on_ray(
+    cfg: MemGASJobConfig, convs: list, methods: dict, memories: dict, key: str, log_path: Path
+) -> list[dict]:
     """Conversations not yet logged under `key` run as Ray tasks (`eval.cpus` each); each finished
     one is appended to the log by the driver, so a rerun resumes with what was done."""
     import ray
@@ -213,7 +298,7 @@ def evaluate_on_ray(cfg: MemGASJobConfig, convs: list, methods: dict, key: str, 
         task = ray.remote(num_cpus=cfg.eval.cpus, num_gpus=cfg.eval.gpus, max_retries=cfg.eval.max_retries)(
             _eval_conversation
         )
-        refs = {task.remote(asdict(cfg), c, methods, key, str(log_path.parent)): c.conv_id for c in todo}
+        refs = {task.remote(asdict(cfg), c, methods, memories, key, str(log_path.parent)): c.conv_id for c in todo}
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
@@ -239,12 +324,13 @@ class Session:
     encoder: object
     units: UnitBuilder
     methods: dict
+    memories: dict
     key: str
     encoder_texts_per_s: float
 
-    def make_store(self) -> MemoryStore:
-        # a fresh cache per conversation: ingest timing includes every encoder call
-        return MemoryStore(self.cfg.memgas, encoder=CachedEncoder(self.encoder), units=self.units)
+    def make_store(self, mcfg: MemGASConfig) -> MemoryStore:
+        # a fresh cache per memory: ingest timing includes every encoder call
+        return MemoryStore(mcfg, encoder=CachedEncoder(self.encoder), units=self.units)
 
 
 def setup(cfg: MemGASJobConfig, out: str | Path) -> Session:
@@ -257,6 +343,7 @@ def setup(cfg: MemGASJobConfig, out: str | Path) -> Session:
     atomic_write_json(out / "config.json", redact_config(asdict(cfg)))  # no key embedded in a URL is written
     path = resolve_data(cfg)
     convs, split = split_conversations(load_benchmark(cfg.benchmark, path), cfg)
+    check_disjoint(cfg, convs)  # before any work: never report on what a selection saw
     if cfg.eval.max_conversations:
         convs = convs[: cfg.eval.max_conversations]
     llm = build_llm(cfg.llm)
@@ -268,10 +355,12 @@ def setup(cfg: MemGASJobConfig, out: str | Path) -> Session:
         t for c in convs[:2] for s in c.sessions[:8] for g in extractive.build(s).by_granularity().values() for t in g
     ]
     raw_tps = encoder_throughput(encoder, sample)
-    methods = methods_for(cfg)
-    key = run_key(methods, cfg.memgas, cfg.eval, sha256_file(path))
+    methods, memories = methods_for(cfg)
+    # what the answers depend on (not the transport: URL, timeouts, retries)
+    llm_key = {"backend": cfg.llm.backend, "model": cfg.llm.model} if cfg.eval.qa else None
+    key = run_key(methods, memories, cfg.eval, sha256_file(path), llm_key, units.source)
     tracker = Tracker(cfg.tracking, "memgas_eval", asdict(cfg), out, name=f"memgas-{cfg.benchmark}")
-    return Session(cfg, out, device, tracker, path, split, convs, llm, encoder, units, methods, key, raw_tps)
+    return Session(cfg, out, device, tracker, path, split, convs, llm, encoder, units, methods, memories, key, raw_tps)
 
 
 def evaluate_all(s: Session) -> list[dict]:
@@ -279,9 +368,9 @@ def evaluate_all(s: Session) -> list[dict]:
     per-question records, in this process or one Ray task per conversation)."""
     cfg, log = s.cfg, s.out / "per_question.jsonl"
     if cfg.eval.backend == "ray":
-        return evaluate_on_ray(cfg, s.convs, s.methods, s.key, log)
+        return evaluate_on_ray(cfg, s.convs, s.methods, s.memories, s.key, log)
     llm = s.llm if cfg.eval.qa else None
-    return evaluate(s.convs, s.make_store, s.methods, cfg.eval, log, llm=llm, key=s.key)
+    return evaluate(s.convs, s.make_store, s.methods, cfg.eval, log, llm=llm, key=s.key, memories=s.memories)
 
 
 def report(s: Session, recs: list[dict], wall_s: float) -> dict:
@@ -303,11 +392,17 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
     res["router"] = {"memgas": cfg.best.router, "memgas_paper": "reference"}
     res["configs"] = {
         "memgas": asdict(cfg.best),
-        "association": asdict(cfg.memgas.association),
+        "memories": {
+            m: asdict(c) for m, c in s.memories.items() if m in ("memgas", "memgas_paper", cfg.hybrid.get("name"))
+        },
         "selected_on": cfg.selected_on or "not selected: the configured `best`",
+        "hybrid": cfg.hybrid or None,
     }
     res["wall_s"] = wall_s  # this invocation: a resumed run counts only what it redid
     res["runtime"] = describe_device(s.device)
+    res["provenance"] = provenance(
+        redact_config(asdict(cfg)), {"data": s.data_file, "dev_data": cfg.split.dev_data or None}, res["runtime"]
+    )
     sp = s.out / "summary.json"
     prev = json.loads(sp.read_text()) if sp.exists() else {}
     prev.setdefault("memgas", {})[cfg.benchmark] = res

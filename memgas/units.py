@@ -5,6 +5,7 @@ call each (temperature 0, max 500 tokens) or, with no LLM, from the extractive f
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -86,9 +87,13 @@ class UnitBuilder:
     """Units of a session. If the LLM endpoint fails for good on a session, that session falls back
     to extractive units (counted in `fallbacks` and reported in `source`) and ingestion goes on."""
 
-    def __init__(self, llm=None, max_tokens: int = 500):
+    def __init__(self, llm=None, max_tokens: int = 500, memo: int = 4096):
         self.llm, self.max_tokens = llm, max_tokens
         self.fallbacks = 0
+        # the last `memo` sessions' units: several memories of one conversation (each method on its
+        # own association settings) are built from the same units, with one set of LLM calls
+        self._memo: dict[str, SessionUnits] = {}
+        self._memo_size = memo
 
     @property
     def source(self) -> str:
@@ -98,6 +103,14 @@ class UnitBuilder:
 
     def build(self, session: Session) -> SessionUnits:
         text = session.text()
+        key = hashlib.sha256(f"{session.session_id}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
+        if key not in self._memo:
+            if len(self._memo) >= self._memo_size:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = self._build(session, text)
+        return self._memo[key]
+
+    def _build(self, session: Session, text: str) -> SessionUnits:
         summary = keywords = None
         if self.llm is not None:
             try:

@@ -2,9 +2,12 @@
 knob (granularities, lexical granularities and how they enter, router and its formula,
 temperature, score normalisation, session aggregation, graph on/off, damping, seeds) and the
 association knobs (GMM components, mem_threshold, pool). Each trial reports recall after every dev
-conversation; ingested memories are cached per association setting (in the Tune experiment folder), so trials that
-differ only in retrieval do not re-ingest. Writes OUT/best_config.yaml, which `memgas_eval
-best_from=...` reports on the test split.
+conversation; ingested memories are cached per memory setting (in the Tune experiment folder), so
+trials that differ only in retrieval do not re-ingest. `mechanisms: graph_and_router` keeps the
+graph on and the router non-uniform in every trial (MemGAS proper; its best_config.yaml is
+`memgas_eval best_from=`); `mechanisms: any` may find a baseline (`memgas_eval hybrid_from=`).
+best_config.yaml records the ids and data checksum it was selected on; memgas_eval refuses to
+report on any of them.
 
     python -m ray_jobs.sweep_memgas --config ray_jobs/configs/sweep_memgas_locomo_cpu.yaml --out runs/sweep_memgas
 """
@@ -13,19 +16,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from memgas.data import load_benchmark
 from memgas.encoders import CachedEncoder
 from memgas.evaluate import evaluate, summarize
-from memgas.recipe import MemGASJobConfig, resolve_data, split_conversations
+from memgas.recipe import MemGASJobConfig, exercises_mechanisms, resolve_data, split_conversations
 from memgas.store import MemoryStore
 from ray_jobs.cli import entry, parse
 from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep, trial_tracker
+from suite.config import ConfigError, opt
 from suite.device import use as use_device
 from suite.encoders import load_encoder
-from suite.io import atomic_write_text, json_digest
+from suite.io import atomic_write_text, json_digest, sha256_file
 from suite.redact import redact_config
 
 
@@ -35,9 +40,23 @@ class SweepMemGASConfig:
     sweep: SweepConfig = field(
         default_factory=lambda: SweepConfig(name="sweep_memgas", metric="recall_all@5", mode="max")
     )
+    mechanisms: Literal["any", "graph_and_router"] = opt(
+        "any",
+        "any (the winner may switch the graph and router off: report it as a baseline, hybrid_from) | "
+        "graph_and_router (every trial keeps the association graph on and a non-uniform router: the "
+        "winner is MemGAS proper, best_from)",
+    )
 
     def __post_init__(self):
         self.sweep.check(MemGASJobConfig, set(), r"(recall_any|recall_all|ndcg_any)@\d+")
+        if self.mechanisms == "graph_and_router":
+            sp = self.sweep.space
+            if any(v is not True for v in sp.get("best.use_graph", {}).get("values", [True])):
+                raise ConfigError("mechanisms=graph_and_router: sweep.space best.use_graph may only hold true")
+            if "uniform" in sp.get("best.router", {}).get("values", []):
+                raise ConfigError("mechanisms=graph_and_router: sweep.space best.router may not hold uniform")
+            if not exercises_mechanisms(self.job.best):
+                raise ConfigError("mechanisms=graph_and_router: job.best must use the graph and a routed mix")
 
 
 def trial(config: dict) -> None:
@@ -81,21 +100,29 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
     res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out)
     best = apply_params(MemGASJobConfig, asdict(cfg.job), res["summary"]["best"]["config"])
+    if cfg.mechanisms == "graph_and_router" and not exercises_mechanisms(best.best):
+        raise ConfigError(f"the best trial {res['summary']['best']['config']} does not exercise graph and router")
+    data = resolve_data(cfg.job)
+    convs, _ = split_conversations(load_benchmark(cfg.job.benchmark, data), cfg.job)
+    convs = convs[: cfg.job.eval.max_conversations] if cfg.job.eval.max_conversations else convs
     best.selected_on = {
         "benchmark": cfg.job.benchmark,
-        "data": str(resolve_data(cfg.job)),
+        "data": str(data),
+        "data_sha256": sha256_file(data),
         "split": "dev",
+        "ids": [c.conv_id for c in convs],  # memgas_eval refuses to report on any of these
         "metric": cfg.sweep.metric,
         "value": res["summary"]["best"]["value"],
         "trials": res["summary"]["trials"],
+        "mechanisms": cfg.mechanisms,
         "sweep": str(out),
     }
     best.split.name = "test"
     atomic_write_text(
         out / "best_config.yaml",
         f"# python -m ray_jobs.memgas_eval --config {out / 'best_config.yaml'} --out runs/memgas_best_test\n"
-        "# (or: memgas_eval --config <job yaml> best_from=THIS_FILE); selected on the dev split\n"
-        + yaml.safe_dump(redact_config(asdict(best)), sort_keys=False),
+        f"# (or: memgas_eval --config <job yaml> {'best_from' if cfg.mechanisms != 'any' else 'hybrid_from'}="
+        "THIS_FILE); selected on the dev split\n" + yaml.safe_dump(redact_config(asdict(best)), sort_keys=False),
     )
     return report_sweep(res, cfg.sweep, cfg.job.tracking, out)
 

@@ -109,26 +109,25 @@ def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):
     from memgas.recipe import run as run_eval
 
     best_yaml = tmp_path / "sw" / "best_config.yaml"
-    ev = run_eval(
-        load_config(
-            MemGASJobConfig,
-            None,
-            [
-                f"data={data}",
-                "memgas.encoder=hashing",
-                "tracking.enabled=false",
-                "ablations=false",
-                f"best_from={best_yaml}",
-                "eval.progress=false",
-            ],
-        ),
-        tmp_path / "ev",
-    )["memgas"]["locomo"]
+
+    def evaluate_on(path):
+        ov = [f"data={path}", "memgas.encoder=hashing", "tracking.enabled=false", "ablations=false"]
+        cfg = load_config(MemGASJobConfig, None, [*ov, f"best_from={best_yaml}", "eval.progress=false"])
+        return run_eval(cfg, tmp_path / "ev")["memgas"]["locomo"]
+
+    # the conversation the sweep chose on cannot be reported on
+    with pytest.raises(ConfigError, match="shares 1 of them"):
+        evaluate_on(data)
+    held_out = tmp_path / "held_out.json"
+    held_out.write_text(data.read_text().replace('"conv-x"', '"conv-t"'))
+    ev = evaluate_on(held_out)
     sel = ev["configs"]["selected_on"]
     assert sel["split"] == "dev" and sel["metric"] == "recall_all@5" and sel["value"] == s["best"]["value"]
+    assert sel["ids"] == ["conv-x"] and len(sel["data_sha256"]) == 64
     assert ev["configs"]["memgas"]["router"] == s["best"]["config"]["best.router"]
     assert ev["configs"]["memgas"]["temperature"] == s["best"]["config"]["best.temperature"]
-    assert ev["configs"]["association"]["n_components"] == s["best"]["config"]["memgas.association.n_components"]
+    mem = ev["configs"]["memories"]["memgas"]["association"]
+    assert mem["n_components"] == s["best"]["config"]["memgas.association.n_components"]
 
 
 def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_path):
@@ -202,3 +201,20 @@ def test_best_is_the_best_final_metric_of_complete_trials():
     assert pick_best(rows, "min")["config"] == {"t": "lucky_start"}
     with pytest.raises(RuntimeError, match="no trial reported"):
         pick_best(rows[3:], "max")
+
+
+def test_a_memgas_proper_sweep_cannot_switch_its_mechanisms_off():
+    from ray_jobs.sweep_memgas import SweepMemGASConfig
+
+    with pytest.raises(ConfigError, match="best.router may not hold uniform"):
+        load_config(
+            SweepMemGASConfig,
+            None,
+            ["mechanisms=graph_and_router", "sweep.space={best.router: {values: [corrected, uniform]}}"],
+        )
+    with pytest.raises(ConfigError, match="best.use_graph may only hold true"):
+        load_config(
+            SweepMemGASConfig,
+            None,
+            ["mechanisms=graph_and_router", "sweep.space={best.use_graph: {values: [true, false]}}"],
+        )
