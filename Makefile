@@ -33,7 +33,8 @@ lint: setup
 demo: setup
 	$(PY) -m ray_jobs.mta_pipeline --quiet --config ray_jobs/configs/mta_lamp2_demo.yaml --out runs/demo
 	$(PY) -m ray_jobs.memgas_eval --quiet --config ray_jobs/configs/memgas_locomo_test.yaml --out runs/demo \
-	    best_from=ray_jobs/configs/memgas_locomo_best.yaml eval.max_conversations=3
+	    best_from=ray_jobs/configs/memgas_locomo_best.yaml hybrid_from=ray_jobs/configs/memgas_locomo_hybrid.yaml \
+	    eval.max_conversations=3
 
 clean:
 	rm -rf runs .pytest_cache

@@ -54,7 +54,7 @@ from suite.device import use as use_device
 from suite.encoders import load_encoder
 from suite.io import DataError, atomic_write_json, json_digest, read_json, read_jsonl
 from suite.models import load_base, model_identity
-from suite.provenance import provenance
+from suite.provenance import git_state, provenance
 from suite.ray_local import init_ray
 from suite.redact import redact_config
 from suite.tracking import Tracker, TrackingConfig
@@ -309,6 +309,7 @@ def setup(cfg: MTAJobConfig, out: str | Path) -> Session:
     """Stage 1: check the device, write config.json, build (or reuse) the bank, load the users, the
     base model and its codec once, and wrap the model in the evaluator's adapter host."""
     device = use_device(cfg.model.device)  # fails here, before any training, if the device is not there
+    git_state()  # the commit the run starts at (a commit made while it runs is not its own)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", redact_config(asdict(cfg)))

@@ -55,10 +55,21 @@ def _f(x, nd=3) -> str:
 
 
 def _diff(d: dict | None) -> str:
+    """diff [95% CI] p_holm verdict (verdict from the Holm-corrected exact test; the interval is the effect size)."""
     if not d:
         return "—"
     lo, hi = d["ci95"]
-    return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] {d['verdict']}"
+    p = f" p={d['p_holm']:.3g}" if "p_holm" in d else ""
+    return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]{p} {d['verdict']}"
+
+
+def _provenance(r: dict) -> list[str]:
+    p = r.get("provenance")
+    if not p:
+        return ["", "_Provenance: not recorded (made before summaries recorded their commit)._"]
+    commit = p.get("commit", "unknown")
+    dirty = " (uncommitted changes)" if p.get("dirty") else ""
+    return ["", f"_Made at commit `{commit[:10]}`{dirty}, method code `{p.get('code_version')}`._"]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -83,7 +94,54 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
         + ".",
         "",
     ]
-    lines += _table(["method"] + metrics + ["diff vs MTA [95% CI]", "bytes/user", "adapt s/user"], rows)
+    lines += _table(["method"] + metrics + ["diff vs MTA [95% CI] p_holm verdict", "bytes/user", "adapt s/user"], rows)
+    unc = {m: d for m, d in r.get("vs_mta", {}).items() if "verdict_uncalibrated" in d}
+    if unc:
+        lines += [
+            "",
+            "Verdicts: exact paired test (McNemar / sign-flip), Holm-corrected over the table, users resampled "
+            "for the interval; an order holds only if it holds under the primary calibration and without "
+            "calibration. Without calibration: "
+            + "; ".join(f"{m} {d['verdict_uncalibrated']}" for m, d in unc.items())
+            + ".",
+        ]
+    sel = r.get("selection") or {}
+    if sel:
+        lines += ["", f"Settings chosen on train users (never dev), budget {r.get('tuning_budget')}:", ""]
+        lines += _table(
+            ["method", "users", "candidates → score", "choice"],
+            [
+                [
+                    m,
+                    str(v.get("users")),
+                    "; ".join(f"`{c}` → {_f(x)}" for c, x in zip(v.get("candidates", []), v.get("scores", []))),
+                    f"`{v.get('choice')}`",
+                ]
+                for m, v in sel.items()
+            ],
+        )
+    extras = []
+    if r.get("rel_update"):
+        extras.append("relative update ‖ΔW‖/‖W‖ " + ", ".join(f"{m} {v:.2e}" for m, v in r["rel_update"].items()))
+    if "mta_differs_from_fusion" in r:
+        extras.append(f"MTA predictions that differ from fusion: {r['mta_differs_from_fusion']:.1%}")
+    if extras:
+        lines += ["", "; ".join(extras) + "."]
+    ov = r.get("by_overlap")
+    if ov:
+        main = metrics[0]
+        lines += [
+            "",
+            f"Query item in some anchor's profile (overlap, n={ov['overlap']['n']}) or not "
+            f"(n={ov['no_overlap']['n']}), {main}: "
+            + "; ".join(
+                f"{m} {_f(ov['overlap']['methods'].get(m, {}).get(main))} / "
+                f"{_f(ov['no_overlap']['methods'].get(m, {}).get(main))}"
+                for m in methods
+                if m in ("oppu", "fusion", "mta", "rag", "base")
+            )
+            + ".",
+        ]
     if "bank_amortised" in bytes_:
         lines += [
             "",
@@ -146,7 +204,7 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
     png = out / f"{name}_{task}_{main}_vs_bytes.png"
     fig.savefig(png, dpi=110)
     plt.close(fig)
-    return lines + ["", f"![{task} {main} versus storage]({png.name})"]
+    return lines + _provenance(r) + ["", f"![{task} {main} versus storage]({png.name})"]
 
 
 # ---------------------------------------------------------------------------------------- MemGAS
@@ -162,10 +220,21 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
     data = r.get("data", {})
     lines = [
         f"**{bench}** — {r['n_questions']} questions, split `{data.get('split', {}).get('name', data.get('split'))}`; "
-        f"intervals: paired bootstrap 95% of the difference to `{ref}` on {vs.get('metric', cols[0])}.",
+        f"difference to `{ref}` on {vs.get('metric', cols[0])}: cluster-bootstrap 95% interval over "
+        f"{vs.get('n_clusters', '?')} independent units (conversations; a LongMemEval question is its own), "
+        "sign-flip permutation p, Holm-corrected over the table; better/worse only when p_holm < 0.05, else n.s.",
         "",
     ]
-    lines += _table(["method"] + cols + [f"diff vs {ref} [95% CI]"], rows)
+    lines += _table(["method"] + cols + [f"diff vs {ref} [95% CI] p_holm verdict"], rows)
+    hyb = (r.get("configs") or {}).get("hybrid")
+    if hyb:
+        lines += [
+            "",
+            f"`{hyb['name']}` is the winner of the unconstrained dev sweep "
+            f"(graph {'on' if hyb['retrieval'].get('use_graph') else 'off'}, router {hyb['retrieval'].get('router')}): "
+            "a baseline, named for what it computes; `memgas` is the best dev configuration that uses the graph "
+            "and a non-uniform router.",
+        ]
     if "query_ms_p50" in r:
         lines += [
             "",
@@ -240,7 +309,7 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
         fig.savefig(png, dpi=110)
         plt.close(fig)
         lines += ["", f"![{bench} per category]({png.name})"]
-    return lines
+    return lines + _provenance(r)
 
 
 def _num(v) -> bool:

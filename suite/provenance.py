@@ -34,8 +34,10 @@ def code_version(dirs: tuple[str, ...] = CODE_DIRS) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.cache
 def git_state() -> dict:
-    """{"commit", "dirty"} of the project checkout; "unknown" outside a git clone (e.g. a Ray
+    """{"commit", "dirty"} of the project checkout, read once per process (call it when a run
+    starts: a commit made while it runs must not be claimed by its summary); "unknown" outside a git clone (e.g. a Ray
     job's working_dir upload, which excludes .git: `code_version` still identifies the code)."""
     root = project_root()
 
