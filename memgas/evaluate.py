@@ -29,6 +29,7 @@ from memgas.store import MemoryStore
 from suite.config import ConfigError, opt
 from suite.io import append_jsonl, json_digest, read_jsonl
 from suite.provenance import code_version
+from suite.redact import redact_text
 from suite.stats import compare, describe
 
 KS = (1, 3, 5, 10, 30, 50)
@@ -298,7 +299,7 @@ def evaluate(
                     if cfg.judge:
                         rec["qa"]["judge"] = judge(llm, q.question, q.answer, out["answer"])
                 except Exception as e:  # an endpoint failure marks this question, the run goes on
-                    rec["qa"] = {"failed": f"{type(e).__name__}: {e}"}
+                    rec["qa"] = {"failed": redact_text(f"{type(e).__name__}: {e}")}
             append_jsonl(log_path, rec)
             records.append(rec)
             if on_question:

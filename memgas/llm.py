@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from suite.config import ConfigError, opt
 from suite.device import current
 from suite.models import ModelConfig, generate, load_base
-from suite.redact import redact_url
+from suite.redact import redact_text, redact_url
 
 
 @dataclass
@@ -54,12 +54,16 @@ class LLMConfig:
         ):
             if not ok:
                 raise ConfigError(f"llm.{name}: {getattr(self, name)!r} must be {rule}")
-        if self.backend == "http" and urlsplit(self.url).scheme not in ("http", "https"):
+        if urlsplit(self.url).scheme not in ("http", "https") or not urlsplit(self.url).hostname:
             raise ConfigError(f"llm.url: {redact_url(self.url)!r} must be an http:// or https:// URL")
 
 
 class LLMError(RuntimeError):
-    """The endpoint failed for good (retries or budget exhausted, or a non-retryable error)."""
+    """The endpoint failed for good (retries or budget exhausted, or a non-retryable error). Its
+    message is redacted: a transport error may quote the URL with its credentials."""
+
+    def __init__(self, message: str):
+        super().__init__(redact_text(str(message)))
 
 
 class _HTTPStatus(Exception):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import traceback
 from pathlib import Path
 
 from ray_jobs.report import main as report
 from suite.config import ConfigError, describe, load_config
 from suite.logs import to_file
+from suite.redact import redact_text
 
 
 def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | None = None):
@@ -48,7 +50,7 @@ def report_run(out: str | Path) -> None:
 
 
 def _config_error(e: ConfigError):
-    print(f"Config error: {e}", file=sys.stderr)
+    print(f"Config error: {redact_text(str(e))}", file=sys.stderr)
     raise SystemExit(2) from None
 
 
@@ -63,5 +65,8 @@ def entry(main):
             return main(*a, **kw)
         except ConfigError as e:
             _config_error(e)
+        except Exception:  # the traceback, redacted: an error message may quote a credential
+            print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
+            raise SystemExit(1) from None
 
     return wrapped

@@ -10,6 +10,8 @@ import os
 import warnings
 from pathlib import Path
 
+from suite.redact import redact_text
+
 NOISY = (
     "ray",
     "transformers",
@@ -32,13 +34,21 @@ NOISY = (
 _handler: logging.Handler | None = None
 
 
+class RedactingFormatter(logging.Formatter):
+    """Every line written to run.log goes through `suite.redact.redact_text` (a library may log a
+    URL with its credentials, e.g. an HTTP error)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 def to_file(run_dir: str | Path) -> Path:
     """Route library logs and warnings to RUN_DIR/run.log (appended); returns its path."""
     global _handler
     path = Path(run_dir) / "run.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     _handler = logging.FileHandler(path, encoding="utf-8")
-    _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    _handler.setFormatter(RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     os.environ["SUITE_QUIET_LOG"] = str(path.resolve())
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("WANDB_SILENT", "true")

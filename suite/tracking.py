@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from suite.config import opt
-from suite.redact import redact_config
-
-SECRET = re.compile(r"(key|token|secret|password|auth)", re.I)
+from suite.redact import is_secret_name, redact_config
 
 
 @dataclass
@@ -30,7 +28,7 @@ class TrackingConfig:
 def redact(obj: Any) -> Any:
     """Drop secret-named keys and strip credentials from every URL (suite.redact)."""
     if isinstance(obj, dict):
-        return {k: redact(v) for k, v in redact_config(obj).items() if not SECRET.search(str(k))}
+        return {k: redact(v) for k, v in redact_config(obj).items() if not is_secret_name(k)}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
@@ -72,7 +70,18 @@ class Tracker:
             dir=str(out_dir),
             mode=wandb_mode(cfg.mode),
             reinit="create_new" if alongside else "finish_previous",
-            settings=wandb.Settings(console="off", x_disable_stats=True),
+            # no metadata capture: W&B would record the process arguments (an override may carry a
+            # credential), the program, git remote, host and environment into the run file
+            settings=wandb.Settings(
+                console="off",
+                x_disable_stats=True,
+                x_disable_meta=True,
+                x_disable_machine_info=True,
+                disable_git=True,
+                disable_code=True,
+                save_code=False,
+                x_save_requirements=False,
+            ),
         )
 
     @property

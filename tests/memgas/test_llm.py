@@ -165,7 +165,7 @@ def test_a_key_in_the_url_is_never_written(tmp_path, monkeypatch):
     from suite.tracking import redact
 
     url = "https://user:hunter2@llm.example.com/v1?api-key=sk-live-123&deployment=x"
-    assert redact_url(url) == "https://***@llm.example.com/v1?api-key=%2A%2A%2A&deployment=x"
+    assert redact_url(url) == "https://***@llm.example.com/v1?api-key=***&deployment=x"
     cfg = load_config(MemGASJobConfig, None, [f"llm.url={url}", "llm.backend=http"])
     from dataclasses import asdict
 
