@@ -157,6 +157,31 @@ def run_key(
     return json_digest(key)
 
 
+def check_question_record(r: dict) -> str | None:
+    """The problem with a per-question resume record (naming the field), or None: metrics are
+    fractions in [0, 1], latencies finite and >= 0; a failing record is reported and recomputed."""
+    for f, t in (("qid", str), ("key", str), ("metrics", dict), ("latency_ms", dict)):
+        if not isinstance(r.get(f), t):
+            return f"field {f}: missing or not a {t.__name__}"
+    for m, vals in r["metrics"].items():
+        if not isinstance(vals, dict):
+            return f"field metrics.{m}: not an object"
+        for k, v in vals.items():
+            if not isinstance(v, int | float) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
+                return f"field metrics.{m}.{k}: {v!r} is not in [0, 1]"
+    for m, v in r["latency_ms"].items():
+        if not isinstance(v, int | float) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+            return f"field latency_ms.{m}: {v!r} is not a finite number >= 0"
+    if "turn_metrics" in r and not (
+        isinstance(r["turn_metrics"], dict)
+        and all(isinstance(v, int | float) and 0.0 <= v <= 1.0 for v in r["turn_metrics"].values())
+    ):
+        return "field turn_metrics: values not in [0, 1]"
+    if "qa" in r and not isinstance(r["qa"], dict):
+        return "field qa: not an object"
+    return None
+
+
 def turn_ranking(mem, s_ids: list[str], q: np.ndarray) -> list[str]:
     """Turn units (a user turn with its reply: turns 2j and 2j+1 of a session) ranked by dense score;
     ids `<session>:<2j>`."""
@@ -209,7 +234,7 @@ def evaluate(
     and reloaded (sweeps whose trials share the memory settings ingest once)."""
 
     done = {}
-    for r in read_jsonl(log_path):  # later lines win: a retried question's new record replaces the failed one
+    for r in read_jsonl(log_path, check_question_record):  # later lines win: a retried question's record replaces
         if r.get("key", "") != key:
             continue
         if cfg.qa and llm is not None and ("qa" not in r or "failed" in r["qa"]):

@@ -28,7 +28,7 @@ from typing import Literal
 
 from memgas.data import load_benchmark, load_longmemeval
 from memgas.encoders import CachedEncoder
-from memgas.evaluate import MemEvalConfig, evaluate, ingest_stats, run_key, summarize
+from memgas.evaluate import MemEvalConfig, check_question_record, evaluate, ingest_stats, run_key, summarize
 from memgas.llm import LLMConfig, build_llm
 from memgas.retrieval import RetrievalConfig, ablation_configs, baseline_configs, paper_config
 from memgas.store import MemGASConfig, MemoryStore, paper_memory
@@ -38,7 +38,7 @@ from suite.device import check_spec
 from suite.device import describe as describe_device
 from suite.device import use as use_device
 from suite.encoders import load_encoder
-from suite.io import append_jsonl, atomic_write_json, project_root, read_jsonl, sha256_file
+from suite.io import append_jsonl, atomic_write_json, project_root, read_jsonl, run_lock, sha256_file
 from suite.provenance import git_state, provenance
 from suite.ray_local import init_ray
 from suite.redact import redact_config
@@ -291,7 +291,7 @@ def evaluate_on_ray(
     one is appended to the log by the driver, so a rerun resumes with what was done."""
     import ray
 
-    done = {r["qid"]: r for r in read_jsonl(log_path) if r.get("key") == key}
+    done = {r["qid"]: r for r in read_jsonl(log_path, check_question_record) if r.get("key") == key}
     todo = [c for c in convs if any(q.qid not in done for q in c.questions)]
     if todo:
         init_ray()
@@ -431,7 +431,12 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
 
 
 def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
-    """setup → evaluate → report."""
+    """setup → evaluate → report, holding the run folder (one driver at a time)."""
+    with run_lock(out):
+        return _run(cfg, out)
+
+
+def _run(cfg: MemGASJobConfig, out: str | Path) -> dict:
     s = setup(cfg, out)
     try:
         t0 = time.perf_counter()

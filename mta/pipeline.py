@@ -313,6 +313,39 @@ def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
     return json_digest(key)
 
 
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def check_user_record(r: dict) -> str | None:
+    """The problem with a per-user resume record (naming the field), or None: a record that fails
+    is reported and recomputed, never averaged in."""
+    for f, t in (("user_id", str), ("key", str), ("queries", list), ("golds", list), ("out", dict), ("cost", dict)):
+        if not isinstance(r.get(f), t):
+            return f"field {f}: missing or not a {t.__name__}"
+    n = len(r["queries"])
+    if len(r["golds"]) != n:
+        return f"field golds: {len(r['golds'])} golds for {n} queries"
+    for part in ("out", "cf"):
+        for m, vals in (r.get(part) or {}).items():
+            if not isinstance(vals, list) or len(vals) != n:
+                return f"field {part}.{m}: not one output per query"
+            for v in vals:
+                if isinstance(v, list) and not all(_finite(x) for x in v):
+                    return f"field {part}.{m}: a label score is not a finite number"
+                if not isinstance(v, list | str):
+                    return f"field {part}.{m}: an output is neither label scores nor text"
+    if r.get("cf_base") is not None and not (isinstance(r["cf_base"], list) and all(_finite(x) for x in r["cf_base"])):
+        return "field cf_base: not a list of finite numbers"
+    for m, c in r["cost"].items():
+        if not isinstance(c, dict):
+            return f"field cost.{m}: not an object"
+        for k, v in c.items():
+            if not _finite(v) or v < 0:
+                return f"field cost.{m}.{k}: {v!r} is not a finite number >= 0"
+    return None
+
+
 class Evaluator:
     def __init__(
         self,
@@ -471,7 +504,7 @@ class Evaluator:
         `on_user(n)` is called after the n-th user of this run is logged."""
 
         log = self.out / self.log_name
-        done = {r["user_id"]: r for r in read_jsonl(log) if r.get("key") == self.key}  # later lines win
+        done = {r["user_id"]: r for r in read_jsonl(log, check_user_record) if r.get("key") == self.key}  # later win
         methods = methods or self.cfg.eval.methods
 
         def missing(u: User) -> list[str]:

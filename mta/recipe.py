@@ -37,6 +37,7 @@ from mta.pipeline import (
     MTAConfig,
     _uses_labels,
     anchor_overlap,
+    check_user_record,
     choose_lambda,
     golds_file,
     load_users,
@@ -52,7 +53,7 @@ from suite.device import describe as describe_device
 from suite.device import dtype_for
 from suite.device import use as use_device
 from suite.encoders import load_encoder
-from suite.io import DataError, atomic_write_json, json_digest, read_json, read_jsonl
+from suite.io import DataError, atomic_write_json, json_digest, read_json, read_jsonl, run_lock
 from suite.models import load_base, model_identity
 from suite.provenance import git_state, provenance
 from suite.ray_local import init_ray
@@ -458,7 +459,12 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
 
 
 def run(cfg: MTAJobConfig, out: str | Path) -> dict:
-    """setup → select → evaluate → report."""
+    """setup → select → evaluate → report, holding the run folder (one driver at a time)."""
+    with run_lock(out):
+        return _run(cfg, out)
+
+
+def _run(cfg: MTAJobConfig, out: str | Path) -> dict:
     s = setup(cfg, out)
     try:
         choices = select(s)
@@ -507,7 +513,7 @@ def resummarize(out: str | Path) -> dict:
     out = Path(out)
     summary = read_json(out / "summary.json")
     cfg = from_dict(MTAJobConfig, read_json(out / "config.json"), str(out / "config.json"))
-    logged = read_jsonl(out / "per_user.jsonl")  # read once, whatever the number of tasks
+    logged = read_jsonl(out / "per_user.jsonl", check_user_record)  # read once, whatever the number of tasks
     for task, old in summary.get("mta", {}).items():
         records = [r for r in logged if r.get("key") == old["record_key"]]
         if len(records) != old["n_users"]:

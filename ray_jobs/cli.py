@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ray_jobs.report import main as report
 from suite.config import ConfigError, describe, load_config
+from suite.io import RunFolderBusy
 from suite.logs import to_file
 from suite.redact import redact_text
 
@@ -65,6 +66,9 @@ def entry(main):
             return main(*a, **kw)
         except ConfigError as e:
             _config_error(e)
+        except RunFolderBusy as e:
+            print(f"Error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         except Exception:  # the traceback, redacted: an error message may quote a credential
             print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
             raise SystemExit(1) from None

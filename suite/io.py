@@ -347,19 +347,57 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, validate: Callable[[Any], str | None] | None = None, on_bad=None) -> list[dict]:
+    """The records of a resume log, read as bytes. A last line without its newline (a kill, a full
+    disk or a power cut mid-write, possibly inside a multi-byte character) is dropped; so is every
+    line that is not a JSON object or that `validate` rejects (it returns the problem, naming the
+    field): each is reported through `on_bad(problem)` (default: one line on stderr naming the file
+    and line) and left out, so the caller recomputes it. Nothing is ever lost by reading."""
     path = Path(path)
     if not path.exists():
         return []
+    report = on_bad or (lambda msg: print(f"[resume] {msg}", file=sys.stderr))
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    if torn.strip():
+        report(f"{path}: line {len(lines) + 1}: torn final line ({len(torn)} bytes) dropped; it will be redone")
     out = []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
+    for i, raw in enumerate(lines):
+        if not raw.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i >= len(lines) - 2:  # torn final line from a crash: drop it, it will be redone
-                continue
-            raise DataError(path, record=f"line {i + 1}", problem="invalid JSON in the middle of the file") from None
+            rec = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            report(f"{path}: line {i + 1}: not a JSON record ({type(e).__name__}); it will be recomputed")
+            continue
+        problem = "record: not a JSON object" if not isinstance(rec, dict) else (validate(rec) if validate else None)
+        if problem:
+            report(f"{path}: line {i + 1}: {problem}; it will be recomputed")
+            continue
+        out.append(rec)
     return out
+
+
+@contextlib.contextmanager
+def run_lock(out: str | Path) -> Iterator[None]:
+    """One driver per run folder: an exclusive, non-blocking lock on OUT/.driver.lock held for the
+    whole run. A second driver on the same folder fails at once, before any work (two drivers
+    appending to one resume log cut each other's lines)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".driver.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderBusy(
+                f"{out}: another run is using this folder; wait for it or choose another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class RunFolderBusy(RuntimeError):
+    """A second driver asked for a run folder a live run holds."""

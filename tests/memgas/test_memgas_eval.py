@@ -289,3 +289,22 @@ def test_resume_key_covers_llm_units_and_code():
 def test_qa_on_ray_is_refused_when_the_config_is_read():
     with pytest.raises(ConfigError, match="eval.backend=ray"):
         load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml", ["eval.qa=true", "eval.backend=ray"])
+
+
+def test_an_out_of_range_record_is_reported_and_recomputed(tmp_path, capsys):
+    """A resume record with the right key but `recall_all@5: 42` (or `metrics: "garbage"`, or a line
+    holding `5`) is never averaged in: it is reported with file, line and field, and recomputed."""
+    data = make_locomo(tmp_path / "locomo.json", n_sessions=6, n_questions=3)
+    cfg = load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml", [f"data={data}", "ablations=false"])
+    out = tmp_path / "run"
+    first = run(cfg, out)["memgas"]["locomo"]["methods"]["memgas"]
+    log = out / "per_question.jsonl"
+    recs = read_jsonl(log)
+    recs[0]["metrics"]["memgas"]["recall_all@5"] = 42
+    recs[1]["metrics"] = "garbage"
+    log.write_text("\n".join(json.dumps(r) for r in recs) + "\n5\n")
+    again = run(cfg, out)["memgas"]["locomo"]["methods"]["memgas"]
+    err = capsys.readouterr().err
+    assert "per_question.jsonl: line 1: field metrics.memgas.recall_all@5: 42 is not in [0, 1]" in err
+    assert "line 2: field metrics: missing or not a dict" in err and "not a JSON object" in err
+    assert again == first  # the two bad records were recomputed, not averaged in

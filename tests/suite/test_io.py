@@ -44,3 +44,41 @@ def test_jsonl_torn_last_line_is_dropped(tmp_path):
     with open(p, "a") as f:
         f.write('{"i": 3, "x"')  # crash mid-line
     assert [r["i"] for r in read_jsonl(p)] == [1, 2]
+
+
+def test_a_log_cut_inside_a_multibyte_character_resumes_losing_only_that_line(tmp_path):
+    """A short write (kill, full disk, power cut) can end inside "é": the log must still resume."""
+    p = tmp_path / "r.jsonl"
+    append_jsonl(p, {"i": 1, "name": "café"})
+    append_jsonl(p, {"i": 2, "name": "naïve"})
+    line = ('{"i": 3, "name": "é' + '"}\n').encode("utf-8")
+    cut = line.index("é".encode()) + 1  # one byte into the two-byte character
+    with open(p, "ab") as f:
+        f.write(line[:cut])
+    msgs = []
+    assert [r["i"] for r in read_jsonl(p, on_bad=msgs.append)] == [1, 2]
+    assert len(msgs) == 1 and "line 3" in msgs[0] and "torn" in msgs[0]
+    append_jsonl(p, {"i": 3, "name": "é"})  # the redo lands on a clean line
+    assert [r["i"] for r in read_jsonl(p)] == [1, 2, 3]
+
+
+def test_bad_records_are_reported_with_file_line_and_field_and_left_out(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_bytes(b'{"i": 1, "v": 0.5}\n5\n{"i": 3, "v": 42}\n\xff\xfe\n{"i": 5, "v": 0.1}\n')
+    msgs = []
+    check = lambda r: None if 0 <= r.get("v", -1) <= 1 else f"field v: {r.get('v')!r} is not in [0, 1]"  # noqa: E731
+    assert [r["i"] for r in read_jsonl(p, check, msgs.append)] == [1, 5]
+    assert any(f"{p}: line 2: record: not a JSON object" in m for m in msgs)
+    assert any("line 3: field v: 42 is not in [0, 1]" in m for m in msgs)
+    assert any("line 4: not a JSON record" in m for m in msgs)
+
+
+def test_a_second_driver_on_one_run_folder_is_refused(tmp_path):
+    from suite.io import RunFolderBusy, run_lock
+
+    with run_lock(tmp_path / "out"):
+        with pytest.raises(RunFolderBusy, match="another run is using this folder"):
+            with run_lock(tmp_path / "out"):
+                pass
+    with run_lock(tmp_path / "out"):  # released when the first run ends
+        pass
