@@ -111,6 +111,37 @@ def _is_bank_folder(path: Path) -> bool:
     )
 
 
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def signature_differences(stored: dict, requested: dict) -> list[str]:
+    """The settings in which a bank on disk differs from the one asked for (empty: the same bank).
+    Compares the signature inputs when both sides have them, else every setting both record (a
+    caller that states no settings reopens any bank with the same anchor plan)."""
+    a, b = stored.get("signature_inputs"), requested.get("signature_inputs")
+    if a is None or b is None:
+        keys = ("task", "base_model", "encoder", "lora", "anchors_config", "signature")
+        both = [k for k in keys if k in stored and k in requested]
+        a, b = {k: stored[k] for k in both}, {k: requested[k] for k in both}
+    fa, fb = _flat(a), _flat(b)
+    differ = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    if (
+        not differ
+        and "signature" in stored
+        and "signature" in requested
+        and stored["signature"] != requested["signature"]
+    ):
+        differ = ["signature"]
+    return differ
+
+
 class Bank:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -163,6 +194,12 @@ class Bank:
             planned = [a["id"] for a in bank.manifest["anchors"]]
             if planned != list(anchor_ids):
                 raise BankError(f"{mp}: holds a different anchor plan; use a new bank path")
+            differ = signature_differences(bank.manifest, meta)
+            if differ:  # the same anchors trained under another recipe, model or task are another bank
+                raise BankError(
+                    f"{mp}: a bank made under other settings ({', '.join(differ[:6])}"
+                    f"{', ...' if len(differ) > 6 else ''}); use a new bank path"
+                )
             bank.collect_garbage()
             return bank
         path.mkdir(parents=True, exist_ok=True)

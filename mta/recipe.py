@@ -76,11 +76,10 @@ class MTAJobConfig(MTAConfig):
 SAMPLES_VERSION = "loo-v2"
 
 
-def bank_signature(cfg: MTAJobConfig) -> str:
-    """Hash of what a bank's content depends on (not how it is trained: backend, workers)."""
-
+def bank_signature_inputs(cfg: MTAJobConfig) -> dict:
+    """What a bank's content depends on (not how it is trained: backend, workers)."""
     d = cfg.data
-    key = {
+    return {
         "task": d.task,
         "root": d.root,
         "train_split": d.train_split,
@@ -93,7 +92,10 @@ def bank_signature(cfg: MTAJobConfig) -> str:
         # how leave-one-out samples are built: v2 retrieves the history with the input content alone
         "samples": SAMPLES_VERSION,
     }
-    return json_digest(key, 12)
+
+
+def bank_signature(cfg: MTAJobConfig) -> str:
+    return json_digest(bank_signature_inputs(cfg), 12)
 
 
 def bank_path_for(cfg: MTAJobConfig) -> Path:
@@ -157,6 +159,7 @@ def build_bank(cfg: MTAJobConfig, out: Path, encoder, log=print):
         "base_model": cfg.model.name,
         "encoder": cfg.encoder,
         "signature": bank_signature(cfg),
+        "signature_inputs": bank_signature_inputs(cfg),
         "lora": asdict(cfg.anchor_train),
         "anchors_config": asdict(cfg.anchors),
     }

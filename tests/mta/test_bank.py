@@ -123,3 +123,34 @@ def test_an_edited_bank_manifest_is_refused(tmp_path):
     (bank.path / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(BankError, match="manifest_sha256"):
         Bank(bank.path)
+
+
+def test_a_bank_made_under_other_settings_is_never_reused(tmp_path):
+    """Same anchor ids, another task / model / LoRA recipe: reopening must refuse, naming the
+    settings that differ (an explicit bank_path= with a changed anchor_train.* would otherwise reuse
+    anchors trained with the old recipe as the new one's)."""
+    inputs = {"task": "LaMP_2", "model": {"name": "tiny"}, "lora": {"r": 4, "lr": 1e-4}}
+    meta = {"signature": "s1", "signature_inputs": inputs}
+    Bank.create(tmp_path / "bank", ["a"], np.eye(1, 3), meta)
+    assert Bank.create(tmp_path / "bank", ["a"], np.eye(1, 3), meta).manifest["signature"] == "s1"
+    changed = {"signature": "s2", "signature_inputs": {**inputs, "lora": {"r": 4, "lr": 1e-3}, "task": "LaMP_3"}}
+    with pytest.raises(BankError, match=r"other settings \(lora.lr, task\)"):
+        Bank.create(tmp_path / "bank", ["a"], np.eye(1, 3), changed)
+    # a bank recorded before signature inputs existed: its recorded settings are compared
+    Bank.create(tmp_path / "old", ["a"], np.eye(1, 3), {"task": "LaMP_2", "lora": {"r": 8}})
+    with pytest.raises(BankError, match=r"other settings \(lora.r\)"):
+        Bank.create(tmp_path / "old", ["a"], np.eye(1, 3), {"task": "LaMP_2", "lora": {"r": 4}})
+
+
+def test_a_changed_anchor_recipe_with_an_explicit_bank_path_is_refused(lamp_root, tmp_path):
+    from mta.recipe import MTAJobConfig, build_bank
+    from suite.config import load_config
+    from suite.encoders import load_encoder
+
+    ov = [f"data.root={lamp_root}", f"bank_path={tmp_path / 'bank'}", "eval.methods=[prior]"]
+    cfg = load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml", ov)
+    enc = load_encoder(cfg.encoder)
+    build_bank(cfg, tmp_path, enc, log=lambda *a: None)
+    cfg2 = load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml", ov + ["anchor_train.lr=0.001"])
+    with pytest.raises(BankError, match=r"other settings \(lora.lr\)"):
+        build_bank(cfg2, tmp_path, enc, log=lambda *a: None)
