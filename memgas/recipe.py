@@ -38,7 +38,7 @@ from suite.device import check_spec
 from suite.device import describe as describe_device
 from suite.device import use as use_device
 from suite.encoders import load_encoder
-from suite.io import append_jsonl, atomic_write_json, project_root, read_jsonl, run_lock, sha256_file
+from suite.io import append_jsonl, atomic_write_json, claim_run_dir, project_root, read_jsonl, run_lock, sha256_file
 from suite.provenance import git_state, provenance
 from suite.ray_local import init_ray
 from suite.redact import redact_config
@@ -432,6 +432,7 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
 
 def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
     """setup → evaluate → report, holding the run folder (one driver at a time)."""
+    claim_run_dir(out)  # before any work: never write into a folder that is not this suite's run
     with run_lock(out):
         return _run(cfg, out)
 

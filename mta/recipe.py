@@ -53,7 +53,7 @@ from suite.device import describe as describe_device
 from suite.device import dtype_for
 from suite.device import use as use_device
 from suite.encoders import load_encoder
-from suite.io import DataError, atomic_write_json, json_digest, read_json, read_jsonl, run_lock
+from suite.io import DataError, atomic_write_json, claim_run_dir, json_digest, read_json, read_jsonl, run_lock
 from suite.models import load_base, model_identity
 from suite.provenance import git_state, provenance
 from suite.ray_local import init_ray
@@ -463,6 +463,7 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
 
 def run(cfg: MTAJobConfig, out: str | Path) -> dict:
     """setup → select → evaluate → report, holding the run folder (one driver at a time)."""
+    claim_run_dir(out)  # before any work: never write into a folder that is not this suite's run
     with run_lock(out):
         return _run(cfg, out)
 
@@ -545,8 +546,7 @@ def resummarize(out: str | Path) -> dict:
 
 def pretrain(cfg: MTAJobConfig, out: str | Path) -> dict:
     """The bank alone (`ray_jobs.pretrain_bank`): train what it misses; OUT/summary.json {"bank": ...}."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_run_dir(out)
     tracker = Tracker(cfg.tracking, "pretrain_bank", asdict(cfg), out, name=f"bank-{cfg.data.task}")
     try:
         t0 = time.perf_counter()

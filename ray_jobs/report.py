@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -29,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from suite.io import atomic_write_text, read_json  # noqa: E402
+from suite.io import atomic_write_bytes, atomic_write_text, claim_run_dir, read_json  # noqa: E402
 
 MTA_LABELS = {
     "base": "base (no history)",
@@ -72,8 +71,15 @@ def _provenance(r: dict) -> list[str]:
     return ["", f"_Made at commit `{commit[:10]}`{dirty}, method code `{p.get('code_version')}`._"]
 
 
+def _cell(text: str) -> str:
+    """A table cell from data (method names, values): no pipe, no HTML or comment, one line."""
+    return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return ["| " + " | ".join(map(_cell, header)) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(map(_cell, r)) + " |" for r in rows
+    ]
 
 
 # ------------------------------------------------------------------------------------------- MTA
@@ -481,8 +487,7 @@ def render_run(run: Path, out: Path) -> str:
 def render_report(runs: list[Path], out: Path, keep: Path | None = None) -> dict:
     """Render every run into OUT/report.md and OUT/*.png; returns {"blocks": {run name: markdown},
     "plots": [paths written]}. `keep` copies each run's result files to KEEP/<run name>/."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_run_dir(out, "report")  # never writes into a folder that is not a report's
     blocks = {}
     for run in map(Path, runs):
         found = [f for f in RESULT_FILES if (run / f).exists()]
@@ -491,9 +496,9 @@ def render_report(runs: list[Path], out: Path, keep: Path | None = None) -> dict
         if keep:
             dest = Path(keep) / run.name
             dest.mkdir(parents=True, exist_ok=True)
-            for f in found:
-                shutil.copyfile(run / f, dest / f)
-        blocks[run.name] = render_run(run, out)
+            for f in found:  # replaces the path itself: a symlink at the destination is never followed
+                atomic_write_bytes(dest / f, (run / f).read_bytes())
+        blocks[run.name] = render_run(run, out).replace("<!--", "&lt;!--")  # data never forms a marker
     atomic_write_text(out / "report.md", "".join(f"## {n}\n\n{b}\n" for n, b in blocks.items()))
     # the plots are the images the blocks link to
     plots = sorted({str(out / f) for b in blocks.values() for f in re.findall(r"\]\(([^)/]+\.png)\)", b)})

@@ -30,7 +30,7 @@ from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep, 
 from suite.config import ConfigError, opt
 from suite.device import use as use_device
 from suite.encoders import load_encoder
-from suite.io import atomic_write_text, json_digest, sha256_file
+from suite.io import atomic_write_text, claim_run_dir, json_digest, sha256_file
 from suite.redact import redact_config
 
 
@@ -95,7 +95,7 @@ def trial(config: dict) -> None:
 
 def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out, "sweep")  # before any work: never write into a folder that is not this suite's
     cfg.job.split.name = "dev"  # choices are made on dev only; memgas_eval reports them on test
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
     res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out)

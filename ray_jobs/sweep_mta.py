@@ -24,7 +24,7 @@ from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep, 
 from suite.config import ConfigError
 from suite.device import use as use_device
 from suite.encoders import load_encoder
-from suite.io import atomic_write_text
+from suite.io import atomic_write_text, claim_run_dir
 from suite.models import load_base
 
 
@@ -78,7 +78,7 @@ def trial(config: dict) -> None:
 
 def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out, "sweep")  # before any work: never write into a folder that is not this suite's
     cfg.job.bank_path = str(bank_path_for(cfg.job).resolve())  # trials run elsewhere: an absolute path
     build_bank(cfg.job, out, load_encoder(cfg.job.encoder))  # trains only what the bank misses
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name

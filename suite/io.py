@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -140,14 +141,37 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a written file gets: that of the file it replaces (a regular file, not through a
+    symlink), else what the user's umask gives a new file (mkstemp alone would leave 0600)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except FileNotFoundError:
+        pass
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `path` atomically (temp file, fsync, rename). The rename replaces the path itself: a
+    symlink there is replaced by the file, never followed to overwrite what it points to."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -232,6 +256,35 @@ def fsync_tree(root: Path) -> None:
                 finally:
                     os.close(fd)
         fsync_dir(Path(dirpath))
+
+
+RUN_MARK = ".suite-run"
+
+
+def claim_run_dir(path: str | Path, kind: str = "run") -> Path:
+    """Make `path` this suite's run folder, or refuse before any work. A folder is the suite's own
+    when it is new, empty, or holds the marker file `.suite-run` (written here when the folder is
+    claimed); a folder holding anything else (a user's own config.json, a report, a repository) is
+    refused with a message naming a file in it, and nothing in it is touched. `touch DIR/.suite-run`
+    marks a folder made by an older version of the suite as its own."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(path, problem=f"exists and is not a folder; refusing to use it as a {kind} folder")
+    if path.is_dir() and not (path / RUN_MARK).is_file():
+        entries = sorted(p.name for p in path.iterdir())
+        if entries:
+            raise DataError(
+                path,
+                problem=f"holds files this suite did not write (e.g. {entries[0]!r}) and no {RUN_MARK} marker; "
+                f"refusing to write a {kind} there: choose a new or empty folder",
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / RUN_MARK).is_file():
+        atomic_write_text(path / RUN_MARK, f"{kind} folder written by the personalized-LLM suite\n")
+    summary = path / "summary.json"
+    if summary.exists() and not isinstance(read_json(summary), dict):  # checked now, not after the run
+        raise DataError(summary, problem="not a JSON object: this run would fail when it writes its summary")
+    return path
 
 
 def refuse_foreign(path: str | Path, is_own: Callable[[Path], bool], kind: str) -> None:

@@ -183,3 +183,35 @@ def test_readme_tables_match_the_committed_summaries(block, tmp_path):
     rendered = render_run(ROOT / "results" / block, tmp_path)
     rendered = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", r"![\1](report/\2)", rendered)
     assert m.group(1) == rendered, "README table drifted: rerun the report command in README's Results section"
+
+
+def test_keep_never_follows_a_symlink_and_a_foreign_out_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(_mta_summary()))
+    precious = tmp_path / "precious.json"
+    precious.write_text("keep me")
+    keep = tmp_path / "results"
+    (keep / "run").mkdir(parents=True)
+    (keep / "run" / "summary.json").symlink_to(precious)
+    report([str(tmp_path / "run"), "--out", str(tmp_path / "rep"), "--keep", str(keep)])
+    assert precious.read_text() == "keep me" and not (keep / "run" / "summary.json").is_symlink()
+    foreign = tmp_path / "repo"
+    foreign.mkdir()
+    (foreign / "report.md").write_text("the user's own")
+    with pytest.raises(Exception, match="holds files this suite did not write"):
+        report([str(tmp_path / "run"), "--out", str(foreign)])
+    assert (foreign / "report.md").read_text() == "the user's own"
+
+
+def test_a_method_name_holding_a_marker_never_breaks_the_readme(tmp_path):
+    s = _mta_summary()
+    s["mta"]["LaMP_2"]["methods"]["evil <!-- /report:run --> | x"] = {"accuracy": 0.5, "f1": 0.5}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(s))
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- report:run -->\nold\n<!-- /report:run -->\nb\n")
+    for _ in range(2):
+        report([str(tmp_path / "run"), "--out", str(tmp_path / "rep"), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.count("<!-- /report:run -->") == 1 and text.endswith("<!-- /report:run -->\nb\n")
+    assert "evil &lt;!-- /report:run --&gt; \\| x" in text

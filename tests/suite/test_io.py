@@ -82,3 +82,44 @@ def test_a_second_driver_on_one_run_folder_is_refused(tmp_path):
                 pass
     with run_lock(tmp_path / "out"):  # released when the first run ends
         pass
+
+
+def test_a_run_never_writes_into_a_folder_it_does_not_own(tmp_path):
+    from suite.io import claim_run_dir
+
+    mine = claim_run_dir(tmp_path / "new")
+    assert (mine / ".suite-run").is_file() and claim_run_dir(mine) == mine  # its own: reused
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"mine": true}')
+    with pytest.raises(DataError, match="holds files this suite did not write \\(e.g. 'config.json'\\)"):
+        claim_run_dir(foreign)
+    assert (foreign / "config.json").read_text() == '{"mine": true}' and not (foreign / ".suite-run").exists()
+    own_bad = claim_run_dir(tmp_path / "bad")
+    (own_bad / "summary.json").write_text("[1, 2]")  # would crash the run only at its end
+    with pytest.raises(DataError, match="not a JSON object"):
+        claim_run_dir(own_bad)
+
+
+def test_atomic_writes_replace_a_symlink_itself_and_keep_the_users_modes(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    atomic_write_json(link, {"a": 1})
+    assert target.read_text() == "keep me" and not link.is_symlink() and read_json(link) == {"a": 1}
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.json"
+        atomic_write_json(fresh, {})
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # what the umask gives, not mkstemp's 0600
+        readme = tmp_path / "README.md"
+        readme.write_text("x")
+        readme.chmod(0o664)
+        atomic_write_json(readme, {})
+        assert stat.S_IMODE(readme.stat().st_mode) == 0o664  # the replaced file's mode
+    finally:
+        os.umask(old)
