@@ -19,8 +19,8 @@ from suite.config import opt
 
 @dataclass
 class AssociationConfig:
-    mem_threshold: int = opt(30, "top scores per new node given to the GMM")
-    n_components: int = opt(2, "GMM components (the highest-mean one gives the neighbours)")
+    mem_threshold: int = opt(30, "top scores per new node given to the GMM", lo=1)
+    n_components: int = opt(2, "GMM components (the highest-mean one gives the neighbours)", lo=1)
     start_session: int = opt(5, "sessions stored before association starts (reference: from the 6th)")
     seed: int = opt(0, "GMM random_state")
     init_params: Literal["k-means++", "kmeans"] = opt(

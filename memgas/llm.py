@@ -36,12 +36,12 @@ class LLMConfig:
     url: str = opt("http://127.0.0.1:8000/v1", "OpenAI-compatible base URL (http backend)")
     model: str = opt("smollm2", "model name sent to the endpoint / local model (smollm2, tiny, hub id, path)")
     api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the endpoint key")
-    timeout_s: float = opt(60.0, "deadline of one attempt: connect + headers + body")
+    timeout_s: float = opt(60.0, "deadline of one attempt: connect + headers + body", lo=0, lo_open=True, hi=86400)
     max_retries: int = opt(5, "retries after the first attempt")
     backoff_s: float = opt(1.0, "base of the exponential backoff")
-    max_backoff_s: float = opt(30.0, "cap of one backoff sleep")
-    retry_budget_s: float = opt(300.0, "total time one call may spend retrying")
-    concurrency: int = opt(8, "requests in flight at once (all threads)")
+    max_backoff_s: float = opt(30.0, "cap of one backoff sleep", hi=86400)
+    retry_budget_s: float = opt(300.0, "total time one call may spend retrying", lo=0, lo_open=True, hi=86400)
+    concurrency: int = opt(8, "requests in flight at once (all threads)", lo=1)
 
     def __post_init__(self):
         for name, ok, rule in (

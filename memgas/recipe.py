@@ -53,7 +53,9 @@ class SplitConfig:
     name: Literal["all", "dev", "test"] = opt(
         "all", "all | dev (tune here) | test (report here: never seen by a sweep)"
     )
-    dev_every: int = opt(3, "LoCoMo: conversation i (file order) is dev when i % dev_every == 0 (4 of 10), else test")
+    dev_every: int = opt(
+        3, "LoCoMo: conversation i (file order) is dev when i % dev_every == 0 (4 of 10), else test", lo=2
+    )
     dev_data: str = opt(
         "",
         "LongMemEval: the dev file whose question ids are excluded from test; "

@@ -39,12 +39,12 @@ class RetrievalConfig:
         help="lexical granularities routed like the dense ones: bm25_session, bm25_turn", factory=list
     )
     router: Literal["corrected", "reference", "uniform"] = opt("corrected", "corrected | reference | uniform")
-    temperature: float = opt(0.1, "router softmax temperature T (reference --temp 0.1)")
+    temperature: float = opt(0.1, "router softmax temperature T (reference --temp 0.1)", lo=0, lo_open=True)
     score_norm: Literal["raw", "softmax", "rrf"] = opt("raw", "raw (paper) | softmax | rrf")
     rrf_k: float = opt(60.0, "rank offset of the rrf normalisation")
     session_agg: Literal["sum", "max"] = opt("sum", "sum (paper) | max")
     use_graph: bool = opt(True, "personalised PageRank over the association graph")
-    damping: float = opt(0.1, "igraph damping (probability to follow an edge; 0.1 = 90% restart)")
+    damping: float = opt(0.1, "igraph damping (probability to follow an edge; 0.1 = 90% restart)", hi=1)
     num_seeds: int = opt(15, "seed nodes for PageRank (0 = every node)")
     lexical_mode: Literal["seed", "bypass"] = opt(
         "seed", "seed (BM25 scores join the graph's seed scores) | bypass (added after the graph)"

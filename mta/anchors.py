@@ -14,7 +14,7 @@ from suite.config import opt
 
 @dataclass
 class AnchorConfig:
-    n_clusters: int = opt(50, "KMeans clusters over candidate users (reference 50)")
+    n_clusters: int = opt(50, "KMeans clusters over candidate users (reference 50)", lo=1)
     min_items: int = opt(10, "an anchor needs more than this many profile items")
     seed: int = opt(0, "KMeans random_state")
     max_items_embedded: int = opt(200, "cap on items embedded per user (newest kept)")

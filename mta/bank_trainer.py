@@ -44,9 +44,9 @@ class BankTrainConfig:
     deepspeed_config: str = opt(
         "ray_jobs/configs/deepspeed/zero2.json", "DeepSpeed JSON (zero2.json; zero3.json for big models)"
     )
-    num_workers: int = opt(1, "Ray Train workers per anchor trainer (data parallel)")
-    parallel: int = opt(1, "anchor trainers run at once (0 = as many as the cluster holds)")
-    cpus_per_worker: float = opt(1.0, "CPUs reserved per worker")
+    num_workers: int = opt(1, "Ray Train workers per anchor trainer (data parallel)", lo=1)
+    parallel: int = opt(1, "anchor trainers run at once (0 = as many as the cluster holds)", lo=0)
+    cpus_per_worker: float = opt(1.0, "CPUs reserved per worker", lo=0, lo_open=True)
     gpus_per_worker: float = opt(0.0, "GPUs per worker (0 on CPU machines)")
     storage_path: str = opt("", "Ray Train storage (local folder, s3://, NFS); empty = OUT/ray_results")
     max_failures: int = opt(2, "worker-group restarts before the run fails")

@@ -18,9 +18,9 @@ from suite.config import ConfigError, opt
 
 @dataclass
 class FusionConfig:
-    top_k: int = opt(2, "anchors retrieved per user (reference 2)")
+    top_k: int = opt(2, "anchors retrieved per user (reference 2)", lo=1)
     weighting: str = opt("similarity", "similarity | softmax | uniform | reference_inverted")
-    temperature: float = opt(0.1, "softmax temperature")
+    temperature: float = opt(0.1, "softmax temperature", lo=0, lo_open=True)
     merge: str = opt("cat", "cat (exact) | svd (exact, re-factored to svd_rank) | ref_avg (reference, inexact)")
     svd_rank: int = opt(0, "rank of the svd merge (0 = the anchors' rank)")
 

@@ -106,8 +106,10 @@ class EvalConfig:
     history_k: int = opt(1, "BM25 items in adapter-method prompts (as in training)")
     max_new_tokens: int = opt(32, "greedy decoding length")
     seed: int = opt(0, "random-anchor baseline seed")
-    recency_decay: float = opt(0.8, "prior_recency / mta_prior: an item's weight is decay**(its age rank, newest 0)")
-    prior_lambda: float = opt(1.0, "mta_prior: weight of log p_user(label); < 0 = chosen from lambda_grid")
+    recency_decay: float = opt(
+        0.8, "prior_recency / mta_prior: an item's weight is decay**(its age rank, newest 0)", lo=0, lo_open=True, hi=1
+    )
+    prior_lambda: float = opt(1.0, "mta_prior: weight of log p_user(label); < 0 = chosen from lambda_grid", lo=None)
     lambda_grid: list[float] = opt(
         help="mta_prior: lambdas tried on the selection users when prior_lambda < 0", factory=list
     )
@@ -133,7 +135,7 @@ class EvalConfig:
     backend: Literal["local", "ray"] = opt(
         "local", "local (in the driver) | ray (one Ray task, re-executed from the resume log if its worker dies)"
     )
-    cpus: float = opt(2.0, "ray backend: CPUs reserved by the evaluation task")
+    cpus: float = opt(2.0, "ray backend: CPUs reserved by the evaluation task", lo=0, lo_open=True)
     gpus: float = opt(0.0, "ray backend: GPUs reserved by the evaluation task")
     max_retries: int = opt(3, "ray backend: re-executions after the task's worker dies")
     fail_at: dict = opt(

@@ -22,13 +22,13 @@ from suite.models import TextCodec
 
 @dataclass
 class StackConfig(LoraTrainConfig):
-    r: int = opt(4, "stacked LoRA rank (ultra-low: 1, 2 or 4)")
-    alpha: int = opt(8, "stacked LoRA alpha")
-    lr: float = opt(5e-5, "learning rate (reference 5e-5)")
+    r: int = opt(4, "stacked LoRA rank (ultra-low: 1, 2 or 4)", lo=1)
+    alpha: int = opt(8, "stacked LoRA alpha", lo=0, lo_open=True)
+    lr: float = opt(5e-5, "learning rate (reference 5e-5)", lo=0, lo_open=True)
     epochs: int = opt(1, "epochs over the user's leave-one-out samples (reference 1)")
-    batch_size: int = opt(8, "samples per step (reference 8: ~1-2 steps for a 10-item user)")
-    micro_batch: int = opt(4, "samples per forward pass")
-    warmup_ratio: float = opt(0.0, "warmup fraction")
+    batch_size: int = opt(8, "samples per step (reference 8: ~1-2 steps for a 10-item user)", lo=1)
+    micro_batch: int = opt(4, "samples per forward pass", lo=1)
+    warmup_ratio: float = opt(0.0, "warmup fraction", hi=1)
 
 
 def adapter_bytes(state_dict: dict[str, torch.Tensor], extra: dict | None = None) -> int:

@@ -29,18 +29,18 @@ LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 
 @dataclass
 class LoraTrainConfig:
-    r: int = opt(8, "LoRA rank")
-    alpha: int = opt(16, "LoRA alpha (scale = alpha / r)")
-    dropout: float = opt(0.0, "LoRA dropout")
+    r: int = opt(8, "LoRA rank", lo=1)
+    alpha: int = opt(16, "LoRA alpha (scale = alpha / r)", lo=0, lo_open=True)
+    dropout: float = opt(0.0, "LoRA dropout", hi=1, hi_open=True)
     target_modules: list[str] = opt(
         help="linear layers adapted (all linear, not lm_head)", factory=lambda: list(LINEAR_MODULES)
     )
-    lr: float = opt(1e-4, "peak learning rate")
+    lr: float = opt(1e-4, "peak learning rate", lo=0, lo_open=True)
     epochs: int = opt(3, "passes over the samples (ignored when max_steps > 0)")
     max_steps: int = opt(0, "optimizer steps; 0 = derived from epochs")
-    batch_size: int = opt(2, "samples per optimizer step (effective, across workers)")
-    micro_batch: int = opt(2, "samples per forward pass on one worker (gradient accumulation)")
-    warmup_ratio: float = opt(0.1, "linear warmup fraction of steps")
+    batch_size: int = opt(2, "samples per optimizer step (effective, across workers)", lo=1)
+    micro_batch: int = opt(2, "samples per forward pass on one worker (gradient accumulation)", lo=1)
+    warmup_ratio: float = opt(0.1, "linear warmup fraction of steps", hi=1)
     scheduler: Literal["cosine", "constant"] = opt("cosine", "cosine | constant")
     max_samples: int = opt(0, "cap on leave-one-out samples per user (0 = all)")
     grad_clip: float = opt(1.0, "max gradient norm (0 = off)")

@@ -40,12 +40,12 @@ class SweepConfig:
     search: Literal["optuna", "grid", "random"] = opt(
         "optuna", "optuna | grid (full product of `values` lists) | random"
     )
-    num_samples: int = opt(8, "trials (optuna/random; grid runs the whole product)")
+    num_samples: int = opt(8, "trials (optuna/random; grid runs the whole product)", lo=1)
     scheduler: Literal["asha", "fifo"] = opt("asha", "asha (early stopping on per-step reports) | fifo")
-    grace_period: int = opt(2, "ASHA: steps before a trial may be stopped")
-    max_t: int = opt(1000, "ASHA: most steps a trial reports")
-    max_concurrent: int = opt(2, "trials run at once")
-    cpus_per_trial: float = opt(1.0, "CPUs reserved per trial")
+    grace_period: int = opt(2, "ASHA: steps before a trial may be stopped", lo=1)
+    max_t: int = opt(1000, "ASHA: most steps a trial reports", lo=1)
+    max_concurrent: int = opt(2, "trials run at once", lo=1)
+    cpus_per_trial: float = opt(1.0, "CPUs reserved per trial", lo=0, lo_open=True)
     gpus_per_trial: float = opt(0.0, "GPUs reserved per trial")
     storage_path: str = opt("", "Tune storage (local, s3://, NFS); empty = OUT/tune")
     seed: int = opt(0, "search seed")

@@ -8,6 +8,7 @@ point prints the whole tree. Nested dataclasses map to nested YAML mappings; an 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,69 @@ class ConfigError(ValueError):
     """A config file or override does not fit the dataclass it fills."""
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None):
-    """A dataclass field with help text; lists/dicts/dataclasses go through `factory`."""
+NUMBER_LIMIT = 10**12  # no setting of this suite is larger; a 5,000-digit integer is a typo or an attack
+
+
+def opt(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    factory: Any = None,
+    lo: float | None = 0,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+):
+    """A dataclass field with help text; lists/dicts/dataclasses go through `factory`.
+
+    Numeric fields carry a range checked when the config is read: by default finite and >= 0
+    (`lo=None` removes the lower bound); `lo_open` / `hi_open` make a bound strict."""
+    meta = {"help": help, "range": (lo, hi, lo_open, hi_open)}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def check_range(value: Any, rng: tuple, where: str) -> None:
+    """Raise ConfigError unless a numeric `value` lies in `rng` = (lo, hi, lo_open, hi_open)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    lo, hi, lo_open, hi_open = rng
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
+        hi is not None and (value >= hi if hi_open else value > hi)
+    )
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        raise ConfigError(f"{where}: {value!r} is out of range {span}")
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: a config has no use for them, and an alias bomb (a billion laughs)
+    would expand to gigabytes when the config is copied. Nesting is bounded too."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise ConfigError("YAML aliases (*name) are not allowed in a config")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > 50:
+                raise ConfigError("YAML nested more than 50 levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _yaml(text: str) -> Any:
+    loader = _PlainLoader(text)  # a SafeLoader: plain data only, no Python objects
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(e: Exception) -> str:
+    return " ".join(str(e).split())[:300]
 
 
 def _is_dc(tp: Any) -> bool:
@@ -66,8 +125,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int) and abs(value) > NUMBER_LIMIT:
+            raise ConfigError(f"{where}: {str(value)[:20]}... is too large")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value!r} is not a finite number")
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > NUMBER_LIMIT:
+            raise ConfigError(f"{where}: an integer of {len(str(abs(value)))} digits is too large")
         return value
     if tp is bool and isinstance(value, bool):
         return value
@@ -86,6 +151,9 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    for f in dataclasses.fields(cls):  # every numeric setting in its range, when the config is read
+        if f.name in kwargs and "range" in f.metadata:
+            check_range(kwargs[f.name], f.metadata["range"], f"{where}.{f.name}")
     return cls(**kwargs)
 
 
@@ -105,7 +173,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {ov!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            node[parts[-1]] = _yaml(raw) if raw != "" else ""
+        except (yaml.YAMLError, ConfigError, ValueError) as e:  # ValueError: a 5,000-digit integer
+            raise ConfigError(f"override {key.strip()}: not a valid value ({_yaml_problem(e)})") from None
     return data
 
 
@@ -120,9 +191,9 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
         try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            loaded = _yaml(text) or {}
+        except (yaml.YAMLError, ConfigError, ValueError) as e:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         _deep_update(data, loaded, where)

@@ -32,7 +32,7 @@ class ModelConfig:
         "auto", "auto (Ray Train's device in a Train worker, else cuda:0 if present, else cpu) | cpu | cuda | cuda:N"
     )
     dtype: str = opt("auto", "auto (bfloat16 on a GPU that supports it, float32 on CPU) | float32 | bfloat16 | float16")
-    max_length: int = opt(512, "prompt+target tokens kept (prompts are truncated from the left)")
+    max_length: int = opt(512, "prompt+target tokens kept (prompts are truncated from the left)", lo=1)
     threads: int = opt(0, "torch CPU threads (0 = leave torch's default)")
     tiny_seed: int = opt(0, "seed of the tiny random model (identical on every worker)")
     chat_template: bool = opt(True, "wrap prompts in the model's chat template")
