@@ -8,6 +8,7 @@ validated at this boundary; errors name the file, the record id and the field (`
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import urllib.error
@@ -180,6 +181,9 @@ def validate_profile_item(file, task: str, qid: str, idx: int, item: Any) -> dic
             raise DataError(file, rid, f_name, "missing")
         v = item[f_name]
         if isinstance(v, (int, float)) and not isinstance(v, bool) and f_name == "score":
+            # a rating is a small number: a 400-digit one (float() would overflow) is bad data
+            if isinstance(v, int) and abs(v) > 10**6 or isinstance(v, float) and not math.isfinite(v):
+                raise DataError(file, rid, f_name, f"{str(v)[:20]}... is not a rating")
             item = {**item, f_name: str(int(v)) if float(v).is_integer() else str(v)}
             continue
         _check_str(file, rid, f_name, v)

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -366,6 +367,12 @@ def read_json(path: str | Path) -> Any:
         raise DataError(path, problem=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except RecursionError:
         raise DataError(path, problem="JSON nested too deeply") from None
+    except ValueError:  # an integer longer than Python converts (4,300 digits)
+        m = re.search(r"\d{4300,}", text)
+        line = text.count("\n", 0, m.start()) + 1 if m else "?"
+        raise DataError(
+            path, problem=f"an integer of {len(m.group(0)) if m else 'too many'} digits at line {line}"
+        ) from None
 
 
 def _drop_torn_tail(f) -> None:

@@ -115,3 +115,24 @@ def test_documented_handling_examples(tmp_path):
         assert e.record == "zz" and "answer no question" in e.problem  # an orphan gold is not dropped silently
     write(op, {"task": "LaMP_2", "golds": [{"id": "q1", "output": "sci-fi"}]})
     assert len(load_lamp(qp, op, "LaMP_2")[0].queries[0].input) == 1_000_000
+
+
+def test_overlong_integers_and_overflows_name_file_record_and_field(tmp_path):
+    import json
+
+    import pytest
+
+    qp, op = tmp_path / "q.json", tmp_path / "o.json"
+    write(op, OUTPUTS)
+    qp.write_text(json.dumps(QUESTIONS)[:-1] + ', {"id": ' + "7" * 5000 + "}]")
+    with pytest.raises(DataError, match=r"an integer of 5000 digits at line 1") as e:
+        load_lamp(qp, op, "LaMP_2")
+    assert str(qp) in str(e.value)
+    # a LaMP_3 rating of 400 digits: float() would overflow
+    item = {"id": "p1", "text": "good", "score": int("9" * 400)}
+    q3 = [{"id": "r1", "input": "review: ok", "profile": [item]}]
+    write(qp, q3)
+    write(op, {"task": "LaMP_3", "golds": [{"id": "r1", "output": "5"}]})
+    with pytest.raises(DataError) as e:
+        load_lamp(qp, op, "LaMP_3")
+    assert e.value.record == "r1 profile[0]" and e.value.field == "score" and "not a rating" in e.value.problem
