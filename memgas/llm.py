@@ -181,11 +181,13 @@ class LocalLLM:
         )
         self._lock = threading.Lock()
 
-    def complete(self, prompt: str, max_tokens: int = 500, temperature: float = 0.0) -> str:
+    def complete(self, prompt: str, max_tokens: int = 500, temperature: float = 0.0, should_stop=None) -> str:
         with self._lock:  # one forward at a time: torch already uses every core
+            if should_stop is not None and should_stop():  # the caller left while this request queued
+                return ""
             # `max_length` bounds the prompt here; the answer comes on top of it
             codec = replace(self.codec, max_length=self.codec.max_length + max_tokens)
-            return generate(self.model, codec, prompt, max_tokens, first_line=False)
+            return generate(self.model, codec, prompt, max_tokens, first_line=False, should_stop=should_stop)
 
 
 def build_llm(cfg: LLMConfig):

@@ -1,21 +1,32 @@
-"""A minimal OpenAI-compatible chat server on loopback, answering with a local model.
+"""A minimal OpenAI-compatible chat server on loopback, answering with a local base model.
 
     python -m memgas.serve --model smollm2 --port 8000     # then llm.backend=http llm.url=http://127.0.0.1:8000/v1
 
 It exists so the HTTP backend is tested against a real server, and so a CPU machine can serve
-SmolLM2 to several evaluation processes. `faults` injects failures for tests: a list of
-"429", "500", "sleep:<s>", "empty", "malformed", "die" (the server stops for good, this request
-unanswered) or "ok", consumed one per request.
+SmolLM2 to several evaluation processes (it serves the base model only: no per-user adapter). `faults`
+injects failures for tests: a list of "429", "500", "sleep:<s>", "empty", "malformed", "die" (the
+server stops for good, this request unanswered) or "ok", consumed one per request.
 
-Hardened like a real endpoint: request bodies over `max_body` bytes get 413, bad JSON or a request
-without messages gets 400 (the connection is answered, not dropped), `max_tokens` above
-`max_tokens_cap` gets 400, and a client that stops sending is dropped after `read_timeout_s`.
+Hardened like a real endpoint; every refusal is a 4xx with a JSON body `{"error": {"message", "type",
+"code"}}`, never a dropped connection:
+- routes: `POST /v1/chat/completions` (with `stream: true` as server-sent events), `GET /v1/models`;
+  any other path 404, another method 405;
+- bodies over `max_body` bytes 413, bad JSON 400; `max_tokens` must be an integer in
+  [1, max_tokens_cap] and `temperature` a finite number in [0, 2] (`Infinity`, `NaN`, `1e400`, a
+  5,000-digit integer: 400); a prompt holding a lone surrogate 400;
+- at most `max_connections` connections at once and `max_queue` requests waiting for the model:
+  beyond, 429 at once;
+- one deadline per request (`request_deadline_s`) for receiving it, however slowly the client
+  drips bytes; a client that leaves during generation stops it at the next token (`srv.cancelled`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,20 +43,30 @@ class BadRequest(Exception):
         self.code, self.msg = code, msg
 
 
-def parse_request(headers, rfile, max_body: int, max_tokens_cap: int) -> tuple[str, int, float, str]:
-    """(prompt, max_tokens, temperature, model) from a chat request, or BadRequest."""
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def error_body(code: int, msg: str) -> bytes:
+    kind = {400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error"}
+    return json.dumps(
+        {"error": {"message": msg, "type": kind.get(code, "invalid_request_error"), "code": code}}
+    ).encode()
+
+
+def parse_request(headers, rfile, max_body: int, max_tokens_cap: int) -> dict:
+    """{prompt, max_tokens, temperature, model, stream} from a chat request, or BadRequest."""
     raw_len = headers.get("Content-Length")
     if raw_len is None:
         raise BadRequest(411, "Content-Length required")
-    try:
-        n = int(raw_len)
-    except ValueError:
-        raise BadRequest(400, "bad Content-Length") from None
-    if n < 0 or n > max_body:
+    if not raw_len.strip().isdigit() or len(raw_len.strip()) > 12:
+        raise BadRequest(400, "bad Content-Length")
+    n = int(raw_len)
+    if n > max_body:
         raise BadRequest(413, f"body over {max_body} bytes")
     try:
-        body = json.loads(rfile.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        body = json.loads(rfile.read(n).decode("utf-8"), parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSON errors, 5,000-digit integers
         raise BadRequest(400, "body is not valid JSON") from None
     msgs = body.get("messages") if isinstance(body, dict) else None
     if (
@@ -55,13 +76,44 @@ def parse_request(headers, rfile, max_body: int, max_tokens_cap: int) -> tuple[s
         or not isinstance(msgs[-1].get("content"), str)
     ):
         raise BadRequest(400, "messages: expected a non-empty list of {role, content}")
+    prompt = msgs[-1]["content"]
     try:
-        max_tokens, temperature = int(body.get("max_tokens", 64)), float(body.get("temperature", 0.0))
-    except (TypeError, ValueError):
-        raise BadRequest(400, "max_tokens and temperature must be numbers") from None
-    if not 1 <= max_tokens <= max_tokens_cap:
-        raise BadRequest(400, f"max_tokens must be in [1, {max_tokens_cap}]")
-    return msgs[-1]["content"], max_tokens, temperature, str(body.get("model", "local"))
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(400, "messages: content holds a lone surrogate (not valid Unicode text)") from None
+    max_tokens = body.get("max_tokens", 64)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= max_tokens_cap:
+        raise BadRequest(400, f"max_tokens must be an integer in [1, {max_tokens_cap}]")
+    temperature = body.get("temperature", 0.0)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or not 0 <= temperature <= 2
+    ):
+        raise BadRequest(400, "temperature must be a number in [0, 2]")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest(400, "stream must be true or false")
+    model = body.get("model", "local")
+    if not isinstance(model, str) or len(model) > 256:
+        raise BadRequest(400, "model must be a string")
+    return {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": float(temperature),
+        "model": model,
+        "stream": stream,
+    }
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    """True once the peer closed its side (readable with no data)."""
+    try:
+        r, _, _ = select.select([sock], [], [], 0)
+        return bool(r) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def make_server(
@@ -72,36 +124,81 @@ def make_server(
     max_body: int = MAX_BODY,
     max_tokens_cap: int = MAX_TOKENS_CAP,
     read_timeout_s: float = 10.0,
+    request_deadline_s: float = 30.0,
+    max_connections: int = 64,
+    max_queue: int = 16,
+    model_name: str = "local",
 ) -> ThreadingHTTPServer:
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError("the test server binds loopback only")
     faults = list(faults or [])
     lock = threading.Lock()
+    queue = threading.BoundedSemaphore(max_queue)
 
     class Handler(BaseHTTPRequestHandler):
-        timeout = read_timeout_s  # socket timeout: a half-sent request frees its thread
+        timeout = read_timeout_s  # socket timeout: a silent client frees its thread
+        protocol_version = "HTTP/1.0"
 
         def log_message(self, *a):
             pass
 
-        def _send(self, code: int, payload: bytes):
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+        def setup(self):
+            super().setup()
+            # one deadline for the whole request, however slowly it drips in
+            self._deadline = threading.Timer(request_deadline_s, self._expire)
+            self._deadline.daemon = True
+            self._deadline.start()
+
+        def _expire(self):
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        def finish(self):
+            self._deadline.cancel()
+            try:
+                super().finish()
+            except OSError:
+                pass
+
+        def _send(self, code: int, payload: bytes, ctype: str = "application/json"):
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except OSError:  # the client left
+                self.close_connection = True
+
+        def _error(self, code: int, msg: str):
+            self.close_connection = True
+            self._send(code, error_body(code, msg))
+
+        def do_GET(self):
+            if self.path.rstrip("/") == "/v1/models":
+                data = [{"id": model_name, "object": "model", "owned_by": "local"}]
+                return self._send(200, json.dumps({"object": "list", "data": data}).encode())
+            self._error(404, f"no route {self.path[:100]}")
+
+        def _method_not_allowed(self):
+            self._error(405, f"{self.command} is not supported")
+
+        do_PUT = do_DELETE = do_PATCH = _method_not_allowed
 
         def do_POST(self):
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                return self._error(404, f"no route {self.path[:100]}")
             try:
-                prompt, max_tokens, temperature, model = parse_request(
-                    self.headers, self.rfile, max_body, max_tokens_cap
-                )
+                req = parse_request(self.headers, self.rfile, max_body, max_tokens_cap)
             except BadRequest as e:
-                self.close_connection = True
-                return self._send(e.code, json.dumps({"error": e.msg}).encode())
-            except (TimeoutError, OSError):  # the client stopped sending
+                return self._error(e.code, e.msg)
+            except (TimeoutError, OSError):  # the client stopped sending, or the deadline passed
                 self.close_connection = True
                 return
+            self._deadline.cancel()  # received: generation has its own limit (max_tokens)
             with lock:
                 fault = faults.pop(0) if faults else None
                 self.server.requests += 1
@@ -114,29 +211,110 @@ def make_server(
             if fault and fault.startswith("sleep:"):
                 time.sleep(float(fault.split(":")[1]))
             elif fault in ("429", "500", "503"):
-                return self._send(int(fault), b'{"error": "injected"}')
+                return self._send(int(fault), error_body(int(fault), "injected"))
             elif fault == "empty":
                 return self._send(200, json.dumps({"choices": [{"message": {"content": ""}}]}).encode())
             elif fault == "malformed":
                 return self._send(200, b'{"nope": 1}')
-            text = llm.complete(prompt, max_tokens, temperature)
+            if not queue.acquire(blocking=False):
+                return self._error(429, f"more than {max_queue} requests are waiting for the model")
+            try:
+                gone = lambda: _client_gone(self.connection)  # noqa: E731
+                if isinstance(llm, LocalLLM):
+                    text = llm.complete(req["prompt"], req["max_tokens"], req["temperature"], should_stop=gone)
+                else:
+                    text = llm.complete(req["prompt"], req["max_tokens"], req["temperature"])
+            finally:
+                queue.release()
+            if gone():
+                self.server.cancelled += 1
+                self.close_connection = True
+                return
+            ident, created = f"chatcmpl-{self.server.requests}", int(time.time())
+            if req["stream"]:
+                return self._stream(ident, created, req["model"], text)
+            n_prompt, n_out = len(req["prompt"].split()), len(text.split())
             self._send(
                 200,
                 json.dumps(
                     {
+                        "id": ident,
                         "object": "chat.completion",
-                        "model": model,
+                        "created": created,
+                        "model": req["model"],
                         "choices": [
                             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                         ],
+                        "usage": {
+                            "prompt_tokens": n_prompt,
+                            "completion_tokens": n_out,
+                            "total_tokens": n_prompt + n_out,
+                        },
                     }
                 ).encode(),
             )
 
-    srv = ThreadingHTTPServer((host, port), Handler)
-    srv.daemon_threads = True
-    srv.requests = 0
-    return srv
+        def _stream(self, ident: str, created: int, model: str, text: str):
+            """Server-sent events as OpenAI streams them: role, content pieces, finish, [DONE]."""
+
+            def chunk(delta: dict, finish=None) -> bytes:
+                c = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+                c["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+                return b"data: " + json.dumps(c).encode() + b"\n\n"
+
+            pieces = [w + " " for w in text.split(" ")] if text else []
+            if pieces:
+                pieces[-1] = pieces[-1][:-1]
+            events = [chunk({"role": "assistant", "content": ""})] + [chunk({"content": p}) for p in pieces]
+            events += [chunk({}, "stop"), b"data: [DONE]\n\n"]
+            self.close_connection = True
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                for e in events:
+                    self.wfile.write(e)
+                    self.wfile.flush()
+            except OSError:
+                self.server.cancelled += 1
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.slots = threading.BoundedSemaphore(max_connections)
+            self.requests = self.cancelled = self.refused = 0
+
+        def process_request(self, request, client_address):
+            if not self.slots.acquire(blocking=False):  # full: answer 429 at once, hold no thread
+                self.refused += 1
+                body = error_body(429, f"more than {max_connections} connections")
+                try:
+                    request.settimeout(1.0)
+                    request.sendall(
+                        b"HTTP/1.0 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                        + body
+                    )
+                except OSError:
+                    pass
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    return Server((host, port), Handler)
 
 
 def main() -> None:
@@ -144,7 +322,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--port", type=int, default=8000)
     a = ap.parse_args()
-    srv = make_server(LocalLLM(a.model), LOOPBACK, a.port)
+    srv = make_server(LocalLLM(a.model), LOOPBACK, a.port, model_name=a.model)
     print(f"serving {a.model} on http://{LOOPBACK}:{srv.server_address[1]}/v1")
     srv.serve_forever()
 

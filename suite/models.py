@@ -167,11 +167,23 @@ def load_base(cfg: ModelConfig):
 
 
 @torch.inference_mode()
-def generate(model, codec: TextCodec, prompt: str, max_new_tokens: int = 32, first_line: bool = True) -> str:
+def generate(
+    model, codec: TextCodec, prompt: str, max_new_tokens: int = 32, first_line: bool = True, should_stop=None
+) -> str:
     """Greedy decoding, prompt + answer within `codec.max_length`; LaMP answers keep only their
-    first line (`first_line`)."""
+    first line (`first_line`). `should_stop()` is asked after every token: True ends the generation
+    (a server whose client left stops spending compute on it)."""
     p_ids = codec.prompt_ids(prompt, reserve=max_new_tokens)
     x = torch.tensor([p_ids], device=model_device(model))
+    extra = {}
+    if should_stop is not None:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
+
+        extra["stopping_criteria"] = StoppingCriteriaList([_Stop()])
     out = model.generate(
         input_ids=x,
         attention_mask=torch.ones_like(x),
@@ -179,6 +191,7 @@ def generate(model, codec: TextCodec, prompt: str, max_new_tokens: int = 32, fir
         do_sample=False,
         pad_token_id=codec.tok.pad_token_id,
         eos_token_id=codec.eos_id,
+        **extra,
     )
     text = codec.decode(out[0, len(p_ids) :].cpu()).strip()
     return text.split("\n")[0].strip() if first_line else text

@@ -243,3 +243,144 @@ def test_server_answers_bad_requests_with_4xx_and_drops_stalled_clients(local):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def _raw(port: int, method: str, path: str, body: bytes = b"", headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request(method, path, body=body or None, headers={"Content-Type": "application/json", **(headers or {})})
+    r = c.getresponse()
+    return r.status, r.getheader("Content-Type"), r.read()
+
+
+class _SlowLLM:
+    """Answers after `seconds` (queue and cancellation tests need a request that stays busy)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def complete(self, prompt, max_tokens=64, temperature=0.0):
+        time.sleep(self.seconds)
+        return "slow answer"
+
+
+def test_every_malformed_value_and_route_gets_a_4xx_with_a_json_body(local):
+    srv = make_server(local, "127.0.0.1", 0, max_tokens_cap=64)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    msgs = '"messages": [{"role": "user", "content": "hi"}]'
+    bad = [
+        "{" + msgs + ", " + extra + "}"
+        for extra in (
+            '"max_tokens": Infinity',
+            '"max_tokens": 1e400',
+            '"max_tokens": ' + "9" * 5000,
+            '"max_tokens": 4.5',
+            '"temperature": NaN',
+            '"stream": "yes"',
+        )
+    ] + [
+        '{"messages": [{"role": "user", "content": "\\ud800 lone"}]}',
+    ]
+    try:
+        for body in bad:
+            code, ctype, payload = _raw(port, "POST", "/v1/chat/completions", body.encode())
+            assert code == 400 and ctype == "application/json", body[:60]
+            assert json.loads(payload)["error"]["code"] == 400
+        code, _, payload = _raw(port, "POST", "/v1/anything", b"{}")
+        assert code == 404 and json.loads(payload)["error"]["type"] == "not_found_error"
+        assert _raw(port, "PUT", "/v1/chat/completions", b"{}")[0] == 405
+        code, _, payload = _raw(port, "GET", "/v1/models")
+        assert code == 200 and json.loads(payload)["data"][0]["object"] == "model"
+        ok = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+        code, _, payload = _raw(port, "POST", "/v1/chat/completions", ok)
+        assert code == 200 and json.loads(payload)["usage"]["total_tokens"] >= 1  # still up, usage filled
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_official_openai_client_works_unchanged_streaming_included(local):
+    import openai
+
+    srv = make_server(local, "127.0.0.1", 0, model_name="tiny")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", api_key="unused", max_retries=0)
+    try:
+        assert [m.id for m in client.models.list()] == ["tiny"]
+        msgs = [{"role": "user", "content": "hello"}]
+        full = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8)
+        text = full.choices[0].message.content
+        assert isinstance(text, str) and full.usage.total_tokens >= 1
+        chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == text  # greedy: the same answer
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10_000)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_connection_and_queue_caps_answer_429_and_a_dripping_client_meets_the_deadline():
+    srv = make_server(_SlowLLM(1.0), "127.0.0.1", 0, max_connections=2, max_queue=1, request_deadline_s=1.0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    ok = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+    try:
+        # a client sending one byte at a time is cut at the request deadline, not per-byte timeouts
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        t0, closed = time.monotonic(), False
+        while time.monotonic() - t0 < 6:
+            try:
+                s.sendall(b"X")
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.2)
+        s.close()
+        assert closed and time.monotonic() - t0 < 4
+        # two busy requests fill the queue (1 waiting for the model, 1 refused with 429)
+        results = []
+        threads = [
+            threading.Thread(target=lambda: results.append(_raw(port, "POST", "/v1/chat/completions", ok)[0]))
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+            time.sleep(0.2)
+        for t in threads:
+            t.join()
+        assert sorted(results) == [200, 429]
+        # connections beyond the cap get 429 at once, with a JSON body, while two are held open
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        assert _within(5, lambda: srv.slots._value == 0)
+        code, _, payload = _raw(port, "GET", "/v1/models")
+        assert code == 429 and json.loads(payload)["error"]["code"] == 429 and srv.refused >= 1
+        for h in held:
+            h.close()
+        assert _within(5, lambda: _raw(port, "GET", "/v1/models")[0] == 200)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_client_that_leaves_cancels_its_generation(local):
+    from suite.models import generate
+
+    # the stopping hook ends decoding at the next token
+    steps = []
+    out = generate(local.model, local.codec, "hello", 64, first_line=False, should_stop=lambda: steps.append(1) or True)
+    assert len(steps) == 1 and len(local.codec.ids(out)) <= 2
+    srv = make_server(_SlowLLM(0.8), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.server_address[1]))
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(0.2)
+        s.close()  # gone before the answer
+        assert _within(5, lambda: srv.cancelled == 1)
+    finally:
+        srv.shutdown()
+        srv.server_close()
