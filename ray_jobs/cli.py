@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ray_jobs.report import main as report
 from suite.config import ConfigError, describe, load_config
-from suite.io import RunFolderBusy
+from suite.io import DataError, RunFolderBusy, claim_run_dir
 from suite.logs import to_file
 from suite.redact import redact_text
 
@@ -37,6 +37,11 @@ def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | 
         cfg = load_config(cls, args.config, args.overrides)
     except ConfigError as e:
         _config_error(e)
+    try:  # before anything is written there, even the log of --quiet
+        claim_run_dir(args.out)
+    except DataError as e:
+        print(f"Error: {redact_text(str(e))}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.quiet:
         log = to_file(args.out)
         print(f"[{Path(sys.argv[0]).stem}] library logs and warnings: {log}")
@@ -66,8 +71,8 @@ def entry(main):
             return main(*a, **kw)
         except ConfigError as e:
             _config_error(e)
-        except RunFolderBusy as e:
-            print(f"Error: {e}", file=sys.stderr)
+        except (RunFolderBusy, DataError) as e:  # a busy or foreign folder, bad data: file, record, field
+            print(f"Error: {redact_text(str(e))}", file=sys.stderr)
             raise SystemExit(2) from None
         except Exception:  # the traceback, redacted: an error message may quote a credential
             print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
