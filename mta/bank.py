@@ -40,6 +40,7 @@ from suite.io import (
     fsync_dir,
     fsync_tree,
     inside,
+    json_digest,
     read_json,
     refuse_foreign,
     seal,
@@ -53,6 +54,12 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 class BankError(RuntimeError):
     """A bank on disk is missing, inconsistent or corrupted; the message names the file."""
+
+
+def bank_content_id(manifest: dict) -> str:
+    """Identity of a bank's content: its anchors and their file checksums."""
+    ident = [(a["id"], a.get("files")) for a in manifest["anchors"] if a.get("done")]
+    return json_digest(ident)
 
 
 def slug(anchor_id: str) -> str:

@@ -104,3 +104,17 @@ def fuse(bank: LoadedBank, user_emb: np.ndarray, cfg: FusionConfig, idx: list[in
         targets,
         time.perf_counter() - t0,
     )
+
+
+def fuse_chosen(bank: LoadedBank, anchor_ids: list[str], weights: list[float], cfg: FusionConfig) -> FusedAdapter:
+    """The fused adapter of a stored choice (a per-user record's anchors and weights), rebuilt
+    exactly from the bank without retrieving again."""
+    t0 = time.perf_counter()
+    pos = {a: i for i, a in enumerate(bank.ids)}
+    missing = [a for a in anchor_ids if a not in pos]
+    if missing:
+        raise ValueError(f"anchors {missing[:3]} are not in this bank")
+    idx = [pos[a] for a in anchor_ids]
+    sd, r, alpha = merge_adapters(bank, idx, np.asarray(weights, dtype=np.float64), cfg.merge, cfg.svd_rank)
+    targets = sorted(set(bank.configs[idx[0]]["target_modules"]))
+    return FusedAdapter(list(anchor_ids), list(weights), [], sd, r, alpha, targets, time.perf_counter() - t0)

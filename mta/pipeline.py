@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from mta.adapters import AdapterHost
 from mta.anchors import AnchorConfig, user_embeddings
-from mta.bank import LoadedBank
+from mta.bank import LoadedBank, bank_content_id
 from mta.data import (
     TASKS,
     User,
@@ -52,6 +52,7 @@ from mta.evaluate import (
 from mta.fusion import FusionConfig, fuse
 from mta.stacking import StackConfig, adapter_bytes, stack_user
 from mta.training import LoraTrainConfig, for_adapter, history_for, loo_samples
+from mta.users import write_record
 from suite.config import ConfigError, opt
 from suite.device import current as current_device
 from suite.device import dtype_for
@@ -124,6 +125,9 @@ class EvalConfig:
         "the best replaces `oppu` (empty = use `oppu`). Every trained method gets the same number of "
         "candidates (a fixed setting counts as one): unequal budgets are refused when the config is read",
         factory=list,
+    )
+    save_users: bool = opt(
+        False, "write each evaluated user's record (anchors, weights, stacked LoRA) to users_dir, as ray_jobs.adapt"
     )
     bootstrap: int = opt(10000, "bootstrap resamples for the paired intervals")
     purpose: Literal["experiment", "pipeline_check"] = opt(
@@ -482,6 +486,11 @@ class Evaluator:
                     ),
                 }
                 run("mta", ["fused", "stack"], adapted, hist)
+                if cfg.eval.save_users:  # what serving needs of this user beyond the bank
+                    write_record(
+                        getattr(cfg, "users_dir", "runs/users"), user.user_id, bank_content_id(self.bank.manifest),
+                        fused.anchor_ids, fused.weights, self.host.state_dict("stack"), s_cfg.r, s_cfg.alpha,
+                    )  # fmt: skip
                 self.host.remove("stack")
             self.host.remove("fused")
         if "uniform" in methods:

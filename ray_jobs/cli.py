@@ -15,8 +15,17 @@ from suite.logs import to_file
 from suite.redact import redact_text
 
 
-def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | None = None):
-    """(args, config); `flags` adds boolean --options (name -> help)."""
+def parse(
+    cls,
+    doc: str,
+    argv: list[str] | None = None,
+    flags: dict[str, str] | None = None,
+    options: dict[str, str] | None = None,
+    claim: bool = True,
+):
+    """(args, config); `flags` adds boolean --options (name -> help), `options` string ones.
+    `claim`: OUT is a run folder (claimed before anything is written); False when OUT is an
+    artefact the job writes atomically itself (an adapter folder)."""
     ap = argparse.ArgumentParser(
         description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -31,6 +40,8 @@ def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | 
     )
     for name, help_ in (flags or {}).items():
         ap.add_argument(f"--{name}", action="store_true", help=help_)
+    for name, help_ in (options or {}).items():
+        ap.add_argument(f"--{name}", default=None, help=help_)
     ap.add_argument("overrides", nargs="*", help="key=value, dotted for nested keys, e.g. fusion.top_k=3")
     args = ap.parse_args(argv)
     try:
@@ -38,10 +49,14 @@ def parse(cls, doc: str, argv: list[str] | None = None, flags: dict[str, str] | 
     except ConfigError as e:
         _config_error(e)
     try:  # before anything is written there, even the log of --quiet
-        claim_run_dir(args.out)
+        if claim:
+            claim_run_dir(args.out)
     except DataError as e:
         print(f"Error: {redact_text(str(e))}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.quiet and not claim:
+        print("Error: --quiet writes run.log into OUT, which this job writes as an artefact", file=sys.stderr)
+        raise SystemExit(2)
     if args.quiet:
         log = to_file(args.out)
         print(f"[{Path(sys.argv[0]).stem}] library logs and warnings: {log}")
