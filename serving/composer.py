@@ -1,0 +1,214 @@
+"""Per-user MTA adapters composed exactly, on demand, for serving (issue #20, part 3).
+
+A request names its user (`model="<base>:<user_id>"`). The composer finds what the user needs
+beyond the shared bank — their per-user record (anchors, weights, stacked LoRA), or, without one,
+their profile, from which the anchors are retrieved and fused on the spot — combines it into one
+LoRA exactly (`mta.export.combine_exact`: concatenation, no SVD, no cross terms) and installs it
+on the replica's one peft model under a name derived from the content hash. An LRU of
+`max_adapters` holds the installed adapters; every request re-resolves the user's content hash
+(a directory listing and one small JSON read), so a changed record is never served from a stale
+entry. `generate` runs requests of different users in one forward pass (peft's `adapter_names`
+mixed batches; left padding), each answer equal to the one the user would get alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mta.adapters import AdapterHost
+from mta.anchors import user_embeddings
+from mta.bank import Bank, bank_content_id
+from mta.data import User, validate_profile_item
+from mta.export import combine_exact
+from mta.fusion import fuse, fuse_chosen
+from mta.recipe import MTAJobConfig, bank_path_for, load_users
+from mta.users import RECORD, latest_record
+from suite.config import ConfigError, opt
+from suite.encoders import load_encoder
+from suite.io import DataError, json_digest, read_json
+from suite.models import load_base
+from suite.ray_local import LOOPBACK
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class ServeConfig:
+    job: MTAJobConfig = field(default_factory=MTAJobConfig)
+    host: str = opt(LOOPBACK, "address the HTTP server binds (loopback unless you mean otherwise)")
+    port: int = opt(8000, "HTTP port", hi=65535)
+    token_env: str = opt(
+        "SUITE_SERVE_TOKEN", "environment variable holding the bearer token (required when host is not loopback)"
+    )
+    profiles_dir: str = opt("", "folder of <user_id>.json profiles (users of job.data.eval_split have theirs)")
+    record_users: list[str] = opt(help="users whose records are written at start-up (ray_jobs.adapt)", factory=list)
+    max_adapters: int = opt(8, "composed adapters held per replica (LRU, keyed by content hash)", lo=1)
+    max_batch: int = opt(8, "requests generated in one forward pass", lo=1)
+    batch_wait_s: float = opt(0.01, "how long a batch waits for more requests", hi=1)
+    max_queue: int = opt(32, "requests in flight per server before 429", lo=1)
+    max_body: int = opt(1 << 20, "largest request body in bytes (413 beyond)", lo=1)
+    max_tokens_cap: int = opt(256, "largest max_tokens (400 beyond)", lo=1)
+    replicas: int = opt(1, "generator replicas", lo=1)
+    memory: str = opt("", "optional MemGAS store folder: a user's top sessions join the prompt")
+    memory_top_k: int = opt(2, "sessions of the user's memory added to the prompt", lo=1)
+
+    def __post_init__(self):
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError("host: expected an address")
+
+
+class UnknownUser(KeyError):
+    """A request named a user with neither a record nor a profile."""
+
+
+@dataclass
+class Slot:
+    name: str
+    content_hash: str
+    kind: str  # "record" | "profile"
+
+
+class Composer:
+    def __init__(self, cfg: ServeConfig, model=None, codec=None):
+        self.cfg, job = cfg, cfg.job
+        bank = Bank(bank_path_for(job))
+        self.bank, self.bank_id = bank.load(), bank_content_id(bank.manifest)
+        if model is None:
+            model, codec = load_base(job.model)
+        self.codec = codec
+        self.host = AdapterHost(model, job.anchor_train.target_modules)
+        self.host.model.eval()  # inference only (peft refuses mixed batches in training mode)
+        self.model_name = job.model.name
+        self._encoder = None
+        self._profiles: dict[str, list] | None = None
+        self.lru: OrderedDict[str, Slot] = OrderedDict()
+        self.lock = threading.RLock()  # one peft model: installs and forwards never interleave
+        self.stats = {"hits": 0, "misses": 0, "cold_ms": [], "installed_max": 0}
+
+    # ------------------------------------------------------------------------------ users
+    def _eval_profiles(self) -> dict[str, list]:
+        if self._profiles is None:
+            try:
+                users, _ = load_users(self.cfg.job, self.cfg.job.data.eval_split, self.bank.ids)
+            except (DataError, OSError, SystemExit):
+                users = []
+            self._profiles = {u.user_id: u.profile for u in users}
+        return self._profiles
+
+    def profile(self, user_id: str) -> list | None:
+        if self.cfg.profiles_dir:
+            p = Path(self.cfg.profiles_dir) / f"{user_id}.json"
+            if p.is_file() and p.parent.resolve() == Path(self.cfg.profiles_dir).resolve():
+                items = read_json(p)
+                if not isinstance(items, list) or not items:
+                    raise DataError(p, user_id, None, "expected a non-empty list of profile items")
+                task = self.cfg.job.data.task
+                return [validate_profile_item(p, task, user_id, i, it) for i, it in enumerate(items)]
+        return self._eval_profiles().get(user_id)
+
+    def users_with_record(self) -> list[str]:
+        d = Path(self.cfg.job.users_dir)
+        if not d.is_dir():
+            return []
+        ids = set()
+        for p in d.iterdir():
+            if (p / RECORD).is_file():
+                ids.add(read_json(p / RECORD).get("user_id"))
+        return sorted(i for i in ids if isinstance(i, str))
+
+    def resolve(self, user_id: str):
+        """(content hash, kind, what to build from): the record if any, else the profile."""
+        rec = latest_record(self.cfg.job.users_dir, user_id)
+        if rec is not None:
+            return rec.content_hash, "record", rec
+        prof = self.profile(user_id)
+        if prof is None:
+            raise UnknownUser(user_id)
+        h = json_digest([self.bank_id, prof, self.cfg.job.fusion.__dict__], 16)
+        return h, "profile", prof
+
+    # --------------------------------------------------------------------------- adapters
+    def _compose(self, user_id: str, kind: str, src) -> tuple[dict, int]:
+        fcfg = self.cfg.job.fusion
+        if kind == "record":
+            if src.bank_signature != self.bank_id:
+                raise DataError(src.path, user_id, "bank_signature", "the record belongs to another bank")
+            fused = fuse_chosen(self.bank, src.anchors, src.weights, fcfg)
+            parts = [(fused.state_dict, fused.alpha / fused.r), (src.stack, src.stack_scale)]
+        else:
+            if self._encoder is None:
+                self._encoder = load_encoder(self.cfg.job.encoder)
+            emb = user_embeddings([User(user_id, src)], self.cfg.job.data.task, self._encoder)[0]
+            fused = fuse(self.bank, emb, fcfg)
+            parts = [(fused.state_dict, fused.alpha / fused.r)]
+        return combine_exact(parts)
+
+    def adapter_for(self, user_id: str) -> str:
+        """The installed adapter's name for this user (composed and installed on a miss)."""
+        h, kind, src = self.resolve(user_id)
+        with self.lock:
+            slot = self.lru.get(user_id)
+            if slot is not None and slot.content_hash == h:
+                self.lru.move_to_end(user_id)
+                self.stats["hits"] += 1
+                return slot.name
+            t0 = time.perf_counter()
+            sd, rank = self._compose(user_id, kind, src)
+            name = f"u_{h}"
+            self.host.add(name, rank, rank, state_dict=sd)  # alpha = r: scale 1, the update folded in
+            if slot is not None:  # the record changed: the old adapter goes
+                self.host.remove(slot.name)
+            self.lru[user_id] = Slot(name, h, kind)
+            self.lru.move_to_end(user_id)
+            while len(self.lru) > self.cfg.max_adapters:
+                _, old = self.lru.popitem(last=False)
+                self.host.remove(old.name)
+            self.stats["misses"] += 1
+            self.stats["cold_ms"].append((time.perf_counter() - t0) * 1000)
+            self.stats["installed_max"] = max(self.stats["installed_max"], len(self.lru))
+            return name
+
+    # ------------------------------------------------------------------------- generation
+    def prompt_ids(self, prompt: str, chat: bool, max_tokens: int) -> list[int]:
+        if chat:
+            return self.codec.prompt_ids(prompt, reserve=max_tokens)
+        return self.codec.ids(prompt)[-max(1, self.codec.max_length - max_tokens) :]
+
+    @torch.inference_mode()
+    def generate(self, items: list[tuple[list[int], str | None, int]]) -> list[tuple[str, int]]:
+        """Greedy answers for (prompt ids, adapter name or None, max_tokens), in one forward pass
+        per step for all of them (left padding, per-row adapters). Returns (text, new tokens)."""
+        if not items:
+            return []
+        width = max(len(ids) for ids, _, _ in items)
+        pad = self.codec.pad_id
+        x = torch.full((len(items), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, (ids, _, _) in enumerate(items):
+            x[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[i, width - len(ids) :] = 1
+        names = [n or BASE for _, n, _ in items]
+        dev = next(self.host.model.parameters()).device
+        with self.lock:
+            out = self.host.model.generate(
+                input_ids=x.to(dev),
+                attention_mask=mask.to(dev),
+                max_new_tokens=max(m for _, _, m in items),
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=self.codec.eos_id,
+                adapter_names=names,
+            )
+        res = []
+        for i, (_, _, m) in enumerate(items):
+            new = out[i, width : width + m].tolist()
+            if self.codec.eos_id in new:
+                new = new[: new.index(self.codec.eos_id)]
+            res.append((self.codec.decode(new).strip(), len(new)))
+        return res

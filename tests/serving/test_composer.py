@@ -1,0 +1,78 @@
+"""Exact per-user composition for serving, without Ray: records and profiles, the LRU, staleness,
+mixed batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mta.recipe import MTAJobConfig, adapt, build_bank
+from mta.users import latest_record, write_record
+from serving.composer import Composer, ServeConfig, UnknownUser
+from suite.config import load_config
+from suite.encoders import load_encoder
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from tests.conftest import make_lamp2
+
+    tmp = tmp_path_factory.mktemp("serve")
+    lamp_root = tmp / "lamp"
+    make_lamp2(lamp_root, "train", n_users=8, n_items=6, seed=1, prefix="t")
+    make_lamp2(lamp_root, "dev", n_users=4, n_items=4, seed=2, prefix="d")
+    ov = [f"data.root={lamp_root}", f"bank_cache={tmp / 'banks'}", f"users_dir={tmp / 'users'}"]
+    job = load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml", ov)
+    build_bank(job, tmp, load_encoder(job.encoder), log=lambda *a: None)
+    for u in ("d0", "d1"):  # two users with records; d2, d3 have a profile only
+        adapt(job, tmp / "adapters" / u, user_id=u)
+    return ServeConfig(job=job, max_adapters=2)
+
+
+def _logits(comp: Composer, name: str | None, text: str) -> torch.Tensor:
+    x = torch.tensor([comp.codec.prompt_ids(text)])
+    with torch.inference_mode():
+        if name is None:
+            with comp.host.model.disable_adapter():
+                return comp.host.model(input_ids=x).logits
+        comp.host.activate([name])
+        return comp.host.model(input_ids=x).logits
+
+
+def test_users_get_their_own_adapters_records_first_profiles_on_demand(served):
+    comp = Composer(served)
+    a, b = comp.adapter_for("d0"), comp.adapter_for("d1")
+    la, lb, base = _logits(comp, a, "hi"), _logits(comp, b, "hi"), _logits(comp, None, "hi")
+    assert (la - lb).abs().max() > 1e-4 and (la - base).abs().max() > 1e-4
+    comp.adapter_for("d2")  # no record: fused on demand from the profile
+    assert comp.lru["d1"].kind == "record" and comp.lru["d2"].kind == "profile"
+    assert comp.users_with_record() == ["d0", "d1"]
+    with pytest.raises(UnknownUser):
+        comp.adapter_for("nobody")
+    # the cache never holds more than its size: d0 was evicted (oldest), its adapter is gone
+    assert list(comp.lru) == ["d1", "d2"] and a not in comp.host.model.peft_config
+    assert comp.stats["installed_max"] <= served.max_adapters
+    assert comp.adapter_for("d1") == b and comp.stats["hits"] == 1
+
+
+def test_a_changed_record_is_never_served_from_a_stale_entry(served):
+    comp = Composer(served)
+    first = comp.adapter_for("d0")
+    rec = latest_record(served.job.users_dir, "d0")
+    stack = {k: v * 3.0 for k, v in rec.stack.items()}  # the user was adapted again
+    write_record(
+        served.job.users_dir, "d0", rec.bank_signature, rec.anchors, rec.weights, stack, rec.stack_r, rec.stack_alpha
+    )
+    second = comp.adapter_for("d0")
+    assert second != first and first not in comp.host.model.peft_config
+    assert (_logits(comp, second, "hi") - _logits(comp, None, "hi")).abs().max() > 1e-4
+
+
+def test_a_mixed_batch_equals_each_users_answer_alone(served):
+    comp = Composer(served)
+    names = [comp.adapter_for(u) for u in ("d0", "d1")] + [None]
+    prompts = ["tell me a story", "which tag is this movie", "hi"]
+    items = [(comp.prompt_ids(p, True, 12), n, 12) for p, n in zip(prompts, names)]
+    together = comp.generate(items)
+    alone = [comp.generate([it])[0] for it in items]
+    assert together == alone and len({t for t, _ in together}) >= 2
