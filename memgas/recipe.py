@@ -434,6 +434,7 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
 
 def run(cfg: MemGASJobConfig, out: str | Path) -> dict:
     """setup → evaluate → report, holding the run folder (one driver at a time)."""
+    use_device(cfg.device)  # a missing device fails before anything is written
     claim_run_dir(out)  # before any work: never write into a folder that is not this suite's run
     with run_lock(out):
         return _run(cfg, out)

@@ -473,6 +473,7 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
 
 def run(cfg: MTAJobConfig, out: str | Path) -> dict:
     """setup → select → evaluate → report, holding the run folder (one driver at a time)."""
+    use_device(cfg.model.device)  # a missing device fails before anything is written
     claim_run_dir(out)  # before any work: never write into a folder that is not this suite's run
     with run_lock(out):
         return _run(cfg, out)

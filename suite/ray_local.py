@@ -54,7 +54,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         # workers' stdout/stderr reach the terminal unless the run sends library output to its log
         log_to_driver=not quiet(),
         logging_level=logging.WARNING if quiet() else logging.INFO,
-        runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        runtime_env={
+            "env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"},
+            "worker_process_setup_hook": "suite.ray_local.loopback_worker_setup",
+        },
     )
     reapply()  # Ray reconfigures its loggers at init
     return ray
@@ -117,3 +120,23 @@ def _file_rendezvous_config(backend: str, rendezvous_dir: str):
             return FileRendezvousBackend
 
     return FileRendezvousTorchConfig(backend=backend, rendezvous_dir=rendezvous_dir)
+
+
+def loopback_worker_setup() -> None:
+    """Runs in every worker of a local Ray before any task or actor: Serve replicas open their
+    inter-deployment gRPC server on `[::]:0` (every interface); in local mode every peer is on this
+    machine, so the wildcard is narrowed to loopback. (Patched where the replica module imports it
+    from, before the replica module is imported.)"""
+    import ray._common.tls_utils as tls
+
+    if getattr(tls.add_port_to_grpc_server, "_loopback", False):
+        return
+    original = tls.add_port_to_grpc_server
+
+    def add_port(server, address: str):
+        if address.startswith("[::]:") or address.startswith("0.0.0.0:"):
+            address = LOOPBACK + ":" + address.rsplit(":", 1)[1]
+        return original(server, address)
+
+    add_port._loopback = True
+    tls.add_port_to_grpc_server = add_port

@@ -14,6 +14,7 @@ from mta.recipe import MTAJobConfig, adapt, build_bank
 from serving.composer import ServeConfig
 from suite.config import load_config
 from suite.encoders import load_encoder
+from tests.test_listeners import Sampler
 
 
 def _free_port() -> int:
@@ -38,9 +39,12 @@ def server(ray_local, tmp_path_factory):
     for u in ("d0", "d1"):
         adapt(job, tmp / "adapters" / u, user_id=u)
     cfg = ServeConfig(job=job, port=_free_port(), max_queue=2, max_body=4000, max_tokens_cap=16, test_delay_s=0.0)
+    sampler = Sampler().__enter__()  # every socket the app opens, machine-wide, while the tests run
     start(cfg, blocking=False)
+    cfg.sampler = sampler
     yield cfg
     serve.shutdown()
+    sampler.__exit__(None, None, None)
 
 
 def _post(port, path, body: bytes, headers=None):
@@ -102,7 +106,8 @@ def test_a_full_queue_answers_429(server):
 
     from serving.app import app_for
 
-    slow = ServeConfig(**{**server.__dict__, "test_delay_s": 1.5, "max_queue": 1})
+    fields = {k: v for k, v in server.__dict__.items() if k != "sampler"}
+    slow = ServeConfig(**{**fields, "test_delay_s": 1.5, "max_queue": 1})
     serve.run(app_for(slow), name="mta_users", route_prefix="/", blocking=False)
     body = json.dumps({"model": "tiny:d0", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
     codes = []
@@ -115,3 +120,9 @@ def test_a_full_queue_answers_429(server):
     for t in threads:
         t.join()
     assert 429 in codes and 200 in codes
+
+
+def test_the_app_listens_on_loopback_only(server):
+    """The HTTP proxy and every replica's inter-deployment gRPC server (Ray binds `[::]:0` unless
+    `suite.ray_local.loopback_worker_setup` narrows it) listen on loopback."""
+    assert server.sampler.seen and server.sampler.exposed() == []

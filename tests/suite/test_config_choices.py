@@ -10,6 +10,7 @@ from memgas.recipe import MemGASJobConfig
 from mta.recipe import MTAJobConfig
 from ray_jobs.sweep_memgas import SweepMemGASConfig
 from ray_jobs.sweep_mta import SweepMTAConfig
+from serving.composer import ServeConfig
 from suite.config import ConfigError, describe, load_config
 
 
@@ -75,6 +76,7 @@ JOBS = {
     "memgas_": MemGASJobConfig,
     "sweep_mta_": SweepMTAConfig,
     "sweep_memgas_": SweepMemGASConfig,
+    "serve_": ServeConfig,
 }
 
 
