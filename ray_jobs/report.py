@@ -461,7 +461,61 @@ def render_throughput(name: str, s: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------- driver
-RESULT_FILES = ("summary.json", "scaling.json", "bank_throughput.json")
+RESULT_FILES = ("summary.json", "scaling.json", "bank_throughput.json", "serve_load.json")
+
+
+def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
+    """The serving benchmark: latency, throughput, cold starts and the cache, per load level."""
+    rows = r["rows"]
+    lines = [
+        f"Serving load, {r['model']}: {r['requests_per_level']} requests per level from {r['concurrency']} concurrent "
+        f"clients, {r['max_tokens']} new tokens each, cache of {r['cache_size']} adapters ({r['note']}).",
+        "",
+    ]
+    lines += _table(
+        [
+            "mode",
+            "users",
+            "p50 ms",
+            "p95 ms",
+            "tokens/s",
+            "cold p50 / p95 ms",
+            "hit rate",
+            "compose share",
+            "held",
+            "RSS MB",
+        ],
+        [
+            [
+                x["mode"],
+                str(x["users"]),
+                _f(x["p50_ms"], 1),
+                _f(x["p95_ms"], 1),
+                _f(x["tokens_per_s"], 1),
+                f"{_f(x['cold_p50_ms'], 1)} / {_f(x['cold_p95_ms'], 1)}",
+                _f(x["hit_rate"], 2),
+                _f(x["compose_share"], 3),
+                str(x["adapters_held"]),
+                _f(x["rss_mb"], 0),
+            ]
+            for x in rows
+        ],
+    )
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for mode in ("base", "mta_mixed", "mta_switch"):
+        pts = [(x["users"], x["tokens_per_s"]) for x in rows if x["mode"] == mode]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
+    ax.set_xscale("log")
+    ax.set_xlabel("distinct users")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(f"serving throughput, {r['model']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = out / f"{name}_serve_load.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    commit = (r.get("provenance") or {}).get("commit", "unknown")
+    return lines + ["", f"_Made at commit `{commit[:10]}`._", "", f"![serving throughput]({png.name})"]
 
 
 def render_run(run: Path, out: Path) -> str:
@@ -477,6 +531,8 @@ def render_run(run: Path, out: Path) -> str:
             lines += render_sweep(name, s, out) + [""]
     if (run / "scaling.json").exists():
         lines += render_scaling(name, read_json(run / "scaling.json"), out) + [""]
+    if (run / "serve_load.json").exists():
+        lines += render_serve_load(name, read_json(run / "serve_load.json"), out) + [""]
     if (run / "bank_throughput.json").exists():
         lines += render_throughput(name, read_json(run / "bank_throughput.json")) + [""]
     if not lines:

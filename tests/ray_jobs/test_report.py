@@ -215,3 +215,22 @@ def test_a_method_name_holding_a_marker_never_breaks_the_readme(tmp_path):
     text = readme.read_text()
     assert text.count("<!-- /report:run -->") == 1 and text.endswith("<!-- /report:run -->\nb\n")
     assert "evil &lt;!-- /report:run --&gt; \\| x" in text
+
+
+def test_the_serving_benchmark_renders_a_table_and_a_plot(tmp_path):
+    row = lambda mode, users, tps: {  # noqa: E731
+        "mode": mode, "users": users, "requests": 8, "p50_ms": 10.0, "p95_ms": 20.0, "tokens_per_s": tps,
+        "cold_p50_ms": 5.0 if mode != "base" else None, "cold_p95_ms": 9.0 if mode != "base" else None,
+        "hit_rate": 0.5 if mode != "base" else None, "compose_share": 0.01, "adapters_held": 2, "rss_mb": 600.0,
+    }  # fmt: skip
+    res = {
+        "model": "tiny", "requests_per_level": 8, "concurrency": 2, "max_tokens": 4, "cache_size": 2,
+        "note": "in process", "provenance": {"commit": "abcdef0123456"},
+        "rows": [row(m, u, 100.0 * u) for u in (1, 8) for m in ("base", "mta_mixed", "mta_switch")],
+    }  # fmt: skip
+    (tmp_path / "sv").mkdir()
+    (tmp_path / "sv" / "serve_load.json").write_text(json.dumps(res))
+    report([str(tmp_path / "sv"), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| mta_mixed | 8 | 10.0 | 20.0 | 800.0 | 5.0 / 9.0 | 0.50 | 0.010 | 2 | 600 |" in md
+    assert (tmp_path / "rep" / "sv_serve_load.png").stat().st_size > 5000

@@ -1,0 +1,183 @@
+"""Serving load: per-user MTA adapters composed on demand, under bounded concurrent load.
+
+    python benchmarks/serve_load.py --out runs/bench_serve_tiny --model tiny
+    python benchmarks/serve_load.py --out runs/bench_serve_smollm2 --model smollm2 --requests 48
+
+For 1, 8 and 64 distinct LaMP_2 dev users (profiles from ../shared/data, fused on demand; the
+first users also hold a record with a trained stack), `--concurrency` clients send `--requests`
+requests each level to the composer of the serving app (`serving.composer`, in process: Ray Serve
+routing and HTTP are not in these figures). Three ways to answer, in the same run:
+- `mta_mixed`: each user's adapter, requests of different users batched in one forward pass;
+- `base`: every request on the base model, batched the same way (the throughput yardstick);
+- `mta_switch`: each user's adapter, one request at a time, switching adapters between them.
+Reports p50/p95 latency, generated tokens/s, the cold start of a user (compose + install, without
+the forward pass) p50/p95, the cache hit rate, composition time as a share of request time, the
+adapters held (never above the cache size) and the process RSS after each level. Writes
+OUT/serve_load.json, rendered by `python -m ray_jobs.report OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from mta.recipe import MTAJobConfig, adapt, build_bank
+from serving.composer import Composer, ServeConfig
+from suite.config import load_config
+from suite.encoders import load_encoder
+from suite.io import atomic_write_json, claim_run_dir
+from suite.provenance import git_state
+
+PROMPTS = [
+    "Which tag does this movie relate to? description: a robot travels to a distant planet",
+    "Which tag does this movie relate to? description: two friends plan a wedding that goes wrong",
+    "Which tag does this movie relate to? description: a detective uncovers a conspiracy",
+    "Which tag does this movie relate to? description: the true story of a wartime pilot",
+]
+
+
+def job_config(model: str, out: Path) -> MTAJobConfig:
+    # a small bank: serving cost does not depend on how well the anchors were trained
+    ov = [
+        f"model.name={model}",
+        "model.max_length=256",
+        "encoder=hashing" if model == "tiny" else "encoder=minilm",
+        "anchors.n_clusters=3",
+        "anchors.min_items=10",
+        "anchor_train.max_samples=6",
+        "anchor_train.epochs=1",
+        "bank.backend=local",
+        "stacking.max_steps=2",
+        f"users_dir={out / 'users'}",
+        "tracking.enabled=false",
+    ]
+    return load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml" if model == "tiny" else None, ov)
+
+
+class Batcher:
+    """The serving app's mixed-batch loop, in process: requests wait `wait_s` for company."""
+
+    def __init__(self, comp: Composer, max_batch: int, wait_s: float, mixed: bool):
+        self.comp, self.max_batch, self.wait_s, self.mixed = comp, max_batch, wait_s, mixed
+        self.q: queue.Queue = queue.Queue()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def submit(self, ids, name, max_tokens):
+        done, box = threading.Event(), {}
+        self.q.put(((ids, name, max_tokens), done, box))
+        done.wait()
+        return box["out"]
+
+    def _loop(self):
+        while True:
+            batch = [self.q.get()]
+            if self.mixed:
+                time.sleep(self.wait_s)
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self.q.get_nowait())
+                    except queue.Empty:
+                        break
+            outs = self.comp.generate([b[0] for b in batch])
+            for (_, done, box), out in zip(batch, outs):
+                box["out"] = out
+                done.set()
+
+
+def level(comp: Composer, users: list[str], mode: str, n_req: int, conc: int, max_tokens: int, batch: int) -> dict:
+    comp.stats.update(hits=0, misses=0, cold_ms=[])
+    b = Batcher(comp, batch, 0.01, mixed=(mode != "mta_switch"))
+    lat, compose, toks = [], [], []
+
+    def one(i: int):
+        u = users[i % len(users)]
+        t0 = time.perf_counter()
+        name = None
+        if mode != "base":
+            name = comp.adapter_for(u)
+        t1 = time.perf_counter()
+        ids = comp.prompt_ids(PROMPTS[i % len(PROMPTS)], True, max_tokens)
+        _, n = b.submit(ids, name, max_tokens)
+        lat.append((time.perf_counter() - t0) * 1000)
+        compose.append((t1 - t0) * 1000)
+        toks.append(n)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(conc) as ex:
+        list(ex.map(one, range(n_req)))
+    wall = time.perf_counter() - t0
+    cold = comp.stats["cold_ms"]
+    hits, misses = comp.stats["hits"], comp.stats["misses"]
+    return {
+        "mode": mode,
+        "users": len(users),
+        "requests": n_req,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "tokens_per_s": float(sum(toks) / wall),
+        "cold_p50_ms": float(np.percentile(cold, 50)) if cold else None,
+        "cold_p95_ms": float(np.percentile(cold, 95)) if cold else None,
+        "hit_rate": hits / (hits + misses) if hits + misses else None,
+        "compose_share": float(sum(compose) / sum(lat)),
+        "adapters_held": len(comp.lru),
+        "rss_mb": psutil.Process().memory_info().rss / 2**20,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2"])
+    ap.add_argument("--requests", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--cache", type=int, default=16)
+    ap.add_argument("--records", type=int, default=4, help="users given a record (trained stack) first")
+    a = ap.parse_args()
+    out = claim_run_dir(a.out, "benchmark")
+    job = job_config(a.model, out)
+    build_bank(job, out, load_encoder(job.encoder), log=print)
+    comp = Composer(ServeConfig(job=job, max_adapters=a.cache, max_batch=a.concurrency))
+    users = sorted(comp._eval_profiles())[:64]
+    if len(users) < 64:
+        raise SystemExit(f"64 dev users needed, {len(users)} found")
+    for u in users[: a.records]:
+        adapt(job, out / "adapters" / u, user_id=u)
+    comp.generate([(comp.prompt_ids(PROMPTS[0], True, 4), None, 4)])  # warm-up
+    rows = []
+    for n_users in (1, 8, 64):
+        for mode in ("base", "mta_mixed", "mta_switch"):
+            r = level(comp, users[:n_users], mode, a.requests, a.concurrency, a.max_tokens, a.concurrency)
+            rows.append(r)
+            print(
+                f"{mode:<11} users={n_users:<3} p50={r['p50_ms']:8.1f} ms p95={r['p95_ms']:8.1f} ms "
+                f"tok/s={r['tokens_per_s']:7.1f} cold p95={r['cold_p95_ms'] or 0:6.1f} ms "
+                f"hit={r['hit_rate'] if r['hit_rate'] is not None else float('nan'):.2f} "
+                f"compose={r['compose_share']:.3f} held={r['adapters_held']} rss={r['rss_mb']:.0f} MB",
+                flush=True,
+            )
+    res = {
+        "benchmark": "serve_load",
+        "model": a.model,
+        "requests_per_level": a.requests,
+        "concurrency": a.concurrency,
+        "max_tokens": a.max_tokens,
+        "cache_size": a.cache,
+        "records": a.records,
+        "rows": rows,
+        "provenance": git_state(),
+        "note": "in process (composer + mixed-batch loop); Ray Serve routing and HTTP not included",
+    }
+    atomic_write_json(out / "serve_load.json", res)
+    print(f"wrote {out / 'serve_load.json'}")
+
+
+if __name__ == "__main__":
+    main()
