@@ -27,6 +27,7 @@ import yaml
 from ray_jobs.report import render_report
 from suite.config import ConfigError, field_type, from_dict, opt
 from suite.io import atomic_write_json
+from suite.provenance import git_state, provenance
 from suite.ray_local import init_ray
 from suite.redact import redact_config
 from suite.tracking import Tracker
@@ -137,6 +138,7 @@ def check_same_sweep(stamp: Path, sweep: SweepConfig, base: dict, restoring: boo
 
 def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict, out: str | Path) -> dict:
     """Run (or restore) the Tune experiment; `trainable(config)` gets {"base": ..., "params": {...}}."""
+    git_state()  # the commit the sweep starts at (recorded in its summary)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -190,7 +192,7 @@ def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict,
         "all_trials": rows,
     }
     del tuner, grid  # drop the Tuner before any ray.shutdown() (SPEC §3)
-    return {"summary": summary}
+    return {"summary": summary, "base": base}
 
 
 def trial_rows(grid, metric: str) -> list[dict]:
@@ -249,6 +251,7 @@ def report_sweep(res: dict, sweep: SweepConfig, tracking, out: Path) -> dict:
     best values, every trial as a table (W&B charts it natively) and the plot to one W&B summary run;
     print the best and where the run folder and its report are."""
     summary = res["summary"]
+    summary["provenance"] = provenance(redact_config(res.get("base", {})), {})
     out = Path(out)
     atomic_write_json(out / "summary.json", summary)
     plots = render_report([out], out / "report")["plots"]

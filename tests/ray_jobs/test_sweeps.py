@@ -49,7 +49,7 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     trial_logs = list((out / "tune" / "t_mta").glob("trial*/result.json"))
     assert trial_logs and max(json.loads(l)["users"] for t in trial_logs for l in t.read_text().splitlines()) == 6
     assert set(s["best"]["config"]) == {"fusion.top_k", "fusion.merge"} and 0 <= s["best"]["value"] <= 1
-    assert json.loads((out / "summary.json").read_text()) == s
+    assert json.loads((out / "summary.json").read_text()) == s and s["provenance"]["code_version"]
     best = (out / "best_config.yaml").read_text()
     assert best.startswith("# python -m ray_jobs.mta_pipeline") and "selected by t_mta on the train users" in best
     assert load_config(MTAJobConfig, out / "best_config.yaml").data.eval_split == "dev"
