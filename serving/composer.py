@@ -55,8 +55,6 @@ class ServeConfig:
     max_body: int = opt(1 << 20, "largest request body in bytes (413 beyond)", lo=1)
     max_tokens_cap: int = opt(256, "largest max_tokens (400 beyond)", lo=1)
     replicas: int = opt(1, "generator replicas", lo=1)
-    memory: str = opt("", "optional MemGAS store folder: a user's top sessions join the prompt")
-    memory_top_k: int = opt(2, "sessions of the user's memory added to the prompt", lo=1)
     test_delay_s: float = opt(0.0, "for tests: every generation waits this long first (fills the queue)", hi=60)
 
     def __post_init__(self):
