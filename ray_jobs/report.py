@@ -76,6 +76,14 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
 
 
+def _save(fig, png: Path) -> Path:
+    """Lay out, write and close a figure (every plot of the report)."""
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(map(_cell, header)) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(map(_cell, r)) + " |" for r in rows
@@ -206,10 +214,7 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
     ax.set_xlabel("per-user bytes stored (log; 1 = none)")
     ax.set_ylabel(main)
     ax.set_title(f"{task}: {main} vs storage ({r['n_users']} users)")
-    fig.tight_layout()
-    png = out / f"{name}_{task}_{main}_vs_bytes.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    png = _save(fig, out / f"{name}_{task}_{main}_vs_bytes.png")
     return lines + _provenance(r) + ["", f"![{task} {main} versus storage]({png.name})"]
 
 
@@ -288,10 +293,7 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
         ax.set_ylabel("recall_all@k")
         ax.set_title(f"{bench}: recall_all@k ({r['n_questions']} questions)")
         ax.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        png = out / f"{name}_{bench}_recall_at_k.png"
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        png = _save(fig, out / f"{name}_{bench}_recall_at_k.png")
         lines += ["", f"![{bench} recall@k]({png.name})"]
     cats = r.get("by_category") or {}
     if cats:
@@ -310,10 +312,7 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
         ax.set_ylabel(metric)
         ax.set_title(f"{bench}: {metric} per category")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        png = out / f"{name}_{bench}_by_category.png"
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        png = _save(fig, out / f"{name}_{bench}_by_category.png")
         lines += ["", f"![{bench} per category]({png.name})"]
     return lines + _provenance(r)
 
@@ -383,10 +382,7 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
     for ax in flat[n:]:
         ax.axis("off")
     fig.suptitle(f"{name}: {metric} per trial ({len(trials)} trials)", fontsize=9)
-    fig.tight_layout()
-    png = out / f"{name}_sweep.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    png = _save(fig, out / f"{name}_sweep.png")
     return lines + ["", f"![{name} sweep]({png.name})"]
 
 
@@ -425,10 +421,7 @@ def render_scaling(name: str, s: dict, out: Path) -> list[str]:
         ax[1].plot(x, [r["query_ms_p50"][m] for r in rows], marker="o", label=m)
     ax[1].set(xscale="log", yscale="log", xlabel="sessions in memory", ylabel="query p50 ms", title="query")
     ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    png = out / f"{name}_scaling.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    png = _save(fig, out / f"{name}_scaling.png")
     return lines + ["", f"![{name} scaling]({png.name})"]
 
 
@@ -510,10 +503,7 @@ def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
     ax.set_ylabel("generated tokens / s")
     ax.set_title(f"serving throughput, {r['model']}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    png = out / f"{name}_serve_load.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    png = _save(fig, out / f"{name}_serve_load.png")
     commit = (r.get("provenance") or {}).get("commit", "unknown")
     return lines + ["", f"_Made at commit `{commit[:10]}`._", "", f"![serving throughput]({png.name})"]
 
