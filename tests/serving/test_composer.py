@@ -76,3 +76,12 @@ def test_a_mixed_batch_equals_each_users_answer_alone(served):
     together = comp.generate(items)
     alone = [comp.generate([it])[0] for it in items]
     assert together == alone and len({t for t, _ in together}) >= 2
+
+
+def test_binding_beyond_loopback_needs_a_token(served, monkeypatch):
+    from ray_jobs.serve import start
+    from suite.config import ConfigError
+
+    monkeypatch.delenv("SUITE_SERVE_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="bearer token"):
+        start(ServeConfig(job=served.job, host="0.0.0.0"), blocking=False)  # refused before Ray starts
