@@ -49,6 +49,12 @@ class ServeConfig:
     profiles_dir: str = opt("", "folder of <user_id>.json profiles (users of job.data.eval_split have theirs)")
     record_users: list[str] = opt(help="users whose records are written at start-up (ray_jobs.adapt)", factory=list)
     max_adapters: int = opt(8, "composed adapters held per replica (LRU, keyed by content hash)", lo=1)
+    slot_rank: int = opt(
+        32,
+        "rank of the adapter slots made at start-up: a user's adapter is copied into a free slot (zero-padded, "
+        "exact) instead of creating LoRA modules per user; a larger adapter gets a slot of its own",
+        lo=1,
+    )
     max_batch: int = opt(8, "requests generated in one forward pass", lo=1)
     batch_wait_s: float = opt(0.01, "how long a batch waits for more requests", hi=1)
     max_queue: int = opt(32, "requests in flight per server before 429", lo=1)
@@ -89,6 +95,16 @@ class Composer:
         self.lru: OrderedDict[str, Slot] = OrderedDict()
         self.lock = threading.RLock()  # one peft model: installs and forwards never interleave
         self.stats = {"hits": 0, "misses": 0, "cold_ms": [], "installed_max": 0}
+        self._emb: dict[str, object] = {}  # profile embeddings by profile hash (a re-admitted user skips encoding)
+        # fixed adapter slots (as S-LoRA and vLLM do): installing a user copies tensors into one,
+        # which takes milliseconds, where creating LoRA modules through peft takes hundreds
+        self.free: list[str] = []
+        self._params: dict[str, dict[str, tuple]] = {}
+        for i in range(cfg.max_adapters):
+            name = f"slot{i}"
+            self.host.add(name, cfg.slot_rank, cfg.slot_rank)  # alpha = r: scale 1
+            self._params[name] = self._slot_params(name)
+            self.free.append(name)
 
     # ------------------------------------------------------------------------------ users
     def _eval_profiles(self) -> dict[str, list]:
@@ -133,6 +149,24 @@ class Composer:
         return h, "profile", prof
 
     # --------------------------------------------------------------------------- adapters
+    def _slot_params(self, name: str) -> dict[str, tuple]:
+        """{module path: (lora_A weight, lora_B weight)} of one installed adapter."""
+        out = {}
+        for mod_name, mod in self.host.model.named_modules():
+            if hasattr(mod, "lora_A") and name in getattr(mod, "lora_A", {}):
+                out[mod_name] = (mod.lora_A[name].weight, mod.lora_B[name].weight)
+        return out
+
+    @torch.no_grad()
+    def _fill(self, slot: str, sd: dict, rank: int) -> None:
+        """Copy a scale-1 LoRA of `rank` into a slot, zero-padding the rest (B·A unchanged)."""
+        for mod_name, (A, B) in self._params[slot].items():
+            A.zero_()
+            B.zero_()
+            if f"{mod_name}.lora_A.weight" in sd:  # a module the user's adapter does not touch stays zero
+                A[:rank].copy_(sd[f"{mod_name}.lora_A.weight"].to(A.dtype))
+                B[:, :rank].copy_(sd[f"{mod_name}.lora_B.weight"].to(B.dtype))
+
     def _compose(self, user_id: str, kind: str, src) -> tuple[dict, int]:
         fcfg = self.cfg.job.fusion
         if kind == "record":
@@ -143,7 +177,10 @@ class Composer:
         else:
             if self._encoder is None:
                 self._encoder = load_encoder(self.cfg.job.encoder)
-            emb = user_embeddings([User(user_id, src)], self.cfg.job.data.task, self._encoder)[0]
+            key = json_digest(src, 16)
+            if key not in self._emb:
+                self._emb[key] = user_embeddings([User(user_id, src)], self.cfg.job.data.task, self._encoder)[0]
+            emb = self._emb[key]
             fused = fuse(self.bank, emb, fcfg)
             parts = [(fused.state_dict, fused.alpha / fused.r)]
         return combine_exact(parts)
@@ -159,19 +196,29 @@ class Composer:
                 return slot.name
             t0 = time.perf_counter()
             sd, rank = self._compose(user_id, kind, src)
-            name = f"u_{h}"
-            self.host.add(name, rank, rank, state_dict=sd)  # alpha = r: scale 1, the update folded in
-            if slot is not None:  # the record changed: the old adapter goes
-                self.host.remove(slot.name)
-            self.lru[user_id] = Slot(name, h, kind)
-            self.lru.move_to_end(user_id)
-            while len(self.lru) > self.cfg.max_adapters:
+            if slot is not None:  # the record changed: its slot is refilled below
+                self.lru.pop(user_id)
+                self._release(slot.name)
+            while len(self.lru) >= self.cfg.max_adapters:
                 _, old = self.lru.popitem(last=False)
-                self.host.remove(old.name)
+                self._release(old.name)
+            if rank <= self.cfg.slot_rank and self.free:
+                name = self.free.pop()
+                self._fill(name, sd, rank)
+            else:  # larger than a slot: an adapter of its own (removed when evicted)
+                name = f"u_{h}"
+                self.host.add(name, rank, rank, state_dict=sd)  # alpha = r: scale 1, the update folded in
+            self.lru[user_id] = Slot(name, h, kind)
             self.stats["misses"] += 1
             self.stats["cold_ms"].append((time.perf_counter() - t0) * 1000)
             self.stats["installed_max"] = max(self.stats["installed_max"], len(self.lru))
             return name
+
+    def _release(self, name: str) -> None:
+        if name in self._params:
+            self.free.append(name)
+        else:
+            self.host.remove(name)
 
     # ------------------------------------------------------------------------- generation
     def prompt_ids(self, prompt: str, chat: bool, max_tokens: int) -> list[int]:
