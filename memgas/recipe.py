@@ -256,8 +256,8 @@ def print_table(name: str, res: dict, file=sys.stdout) -> None:
     vs = res.get("vs_reference", {})
     for m, d in vs.get("methods", {}).items():
         print(
-            f"  {m:<40} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] p={d['p']:.3g} {d['verdict']}"
-            f" vs {vs['reference']}",
+            f"  {m:<40} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
+            f"p_holm={d['p_holm']:.3g} {d['verdict']} vs {vs['reference']}",
             file=file,
         )
 
