@@ -68,7 +68,9 @@ def _provenance(r: dict) -> list[str]:
         return ["", "_Provenance: not recorded (made before summaries recorded their commit)._"]
     commit = p.get("commit", "unknown")
     dirty = " (uncommitted changes)" if p.get("dirty") else ""
-    return ["", f"_Made at commit `{commit[:10]}`{dirty}, method code `{p.get('code_version')}`._"]
+    code = f", method code `{p['code_version']}`" if p.get("code_version") else ""
+    note = f" ({p['recorded']})" if p.get("recorded") else ""
+    return ["", f"_Made at commit `{commit[:10]}`{dirty}{code}{note}._"]
 
 
 def _cell(text: str) -> str:
@@ -337,7 +339,7 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
     lines += _table(["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted((best.get("config") or {}).items())])
     trials = [t for t in s.get("all_trials") or [] if t.get("value") is not None]
     if not trials:
-        return lines + ["", "(this summary predates per-trial records: no sweep plots)"]
+        return lines + ["", "(this summary predates per-trial records: no sweep plots)"] + _provenance(s)
     keys = sorted({k for t in trials for k in t["params"]})
     better = max if mode == "max" else min
     top = sorted(trials, key=lambda t: t["value"], reverse=mode == "max")[:5]
@@ -383,7 +385,7 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
         ax.axis("off")
     fig.suptitle(f"{name}: {metric} per trial ({len(trials)} trials)", fontsize=9)
     png = _save(fig, out / f"{name}_sweep.png")
-    return lines + ["", f"![{name} sweep]({png.name})"]
+    return lines + _provenance(s) + ["", f"![{name} sweep]({png.name})"]
 
 
 # ------------------------------------------------------------------------------------- benchmarks
