@@ -46,6 +46,7 @@ from suite.io import (
     seal,
     sha256_file,
 )
+from suite.models import hub_id
 
 FORMAT = "mta-bank/1"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -266,6 +267,10 @@ class Bank:
                 for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
                     shutil.copyfile(Path(src) / name, tmp / name)
             else:
+                # standard fields, so `PeftModel.from_pretrained` finds the base and the task
+                lora_config = {**lora_config, "task_type": lora_config.get("task_type") or "CAUSAL_LM"}
+                if not lora_config.get("base_model_name_or_path") and self.manifest.get("base_model"):
+                    lora_config["base_model_name_or_path"] = hub_id(self.manifest["base_model"])
                 save_adapter(tmp, state_dict, lora_config)
             read_adapter(tmp)  # never install what we could not read back
             files = {n: sha256_file(tmp / n) for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)}

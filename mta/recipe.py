@@ -59,7 +59,7 @@ from suite.device import dtype_for
 from suite.device import use as use_device
 from suite.encoders import load_encoder
 from suite.io import DataError, atomic_write_json, claim_run_dir, json_digest, read_json, read_jsonl, run_lock
-from suite.models import load_base, model_identity
+from suite.models import hub_id, load_base, model_identity
 from suite.provenance import git_state, provenance
 from suite.ray_local import init_ray
 from suite.redact import redact_config
@@ -638,8 +638,7 @@ def adapt(cfg: MTAJobConfig, out: str | Path, user_id: str | None = None, profil
         s_cfg.r, s_cfg.alpha,
     )  # fmt: skip
     sd, rank, padded = user_adapter(fused.state_dict, fused.alpha / fused.r, stack_sd, s_cfg.alpha / s_cfg.r)
-    base = cfg.model.name if cfg.model.name not in ("smollm2",) else "HuggingFaceTB/SmolLM2-135M-Instruct"
-    folder = save_peft(out, sd, padded, fused.target_modules, base)
+    folder = save_peft(out, sd, padded, fused.target_modules, hub_id(cfg.model.name))
     print(f"[adapt] {user.user_id}: anchors {fused.anchor_ids}, rank {rank} (padded to {padded}) -> {folder}")
     print(f"[adapt] per-user record: {record.path}")
     return {"out": str(folder), "record": str(record.path), "rank": rank, "padded_rank": padded,

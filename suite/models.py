@@ -85,6 +85,15 @@ class TextCodec:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
+# the hub id of a model this suite loads from elsewhere (the GGUF is a quantised copy of it): what an
+# exported adapter names as its base, so peft and vLLM users fetch the right model
+HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def hub_id(name: str) -> str:
+    return HUB_IDS.get(name, name)
+
+
 def model_identity(cfg: ModelConfig) -> dict:
     """What a model's outputs depend on, for the bank and record hashes: not where or how fast it
     runs (device, threads), so a bank trained on GPU workers is found again from a CPU driver."""

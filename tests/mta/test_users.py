@@ -83,3 +83,18 @@ def test_the_pipeline_writes_records_with_save_users(lamp_root, tmp_path):
     run(load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml", ov), tmp_path / "run")
     recs = [latest_record(tmp_path / "users", u) for u in ("d0", "d1")]
     assert all(r is not None and len(r.anchors) == 2 and r.stack for r in recs)
+
+
+def test_bank_anchors_are_standard_peft_folders_with_base_and_task(lamp_root, tmp_path):
+    from mta.bank import Bank
+    from mta.recipe import MTAJobConfig, bank_path_for, build_bank
+    from suite.encoders import load_encoder
+
+    cfg = load_config(
+        MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml", [f"data.root={lamp_root}", f"bank_cache={tmp_path}"]
+    )
+    build_bank(cfg, tmp_path, load_encoder(cfg.encoder), log=lambda *a: None)
+    bank = Bank(bank_path_for(cfg))
+    for a in bank.manifest["anchors"]:
+        conf = json.loads((bank.path / a["dir"] / "adapter_config.json").read_text())
+        assert conf["task_type"] == "CAUSAL_LM" and conf["base_model_name_or_path"] == "tiny"
