@@ -5,7 +5,9 @@ and reader errors (target 0), and reports throughput and lock-wait latency.
     python benchmarks/store_processes.py --out runs/bench_store_processes [--writers 4] [--adds 20] [--readers 2]
 
 Uses the hashing encoder so the figures measure the store and its lock, not the encoder. Also runs
-the same writers *without* the transaction (plain load → add → save) to show what the lock prevents.
+the same writers *without* the transaction (plain load → add → save): a save over a store another
+writer saved since is refused (`StoreError`), and the writer reloads and adds again; the refusals are
+counted as conflicts.
 Writes OUT/store_processes.json.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # spawned children import this file by path
 from memgas.association import AssociationConfig
-from memgas.store import MemGASConfig, MemoryStore
+from memgas.store import MemGASConfig, MemoryStore, StoreError
 from suite.encoders import HashingEncoder
 from suite.io import atomic_write_json
 
@@ -30,7 +32,7 @@ def _cfg():
 
 
 def writer(path: str, w: int, n: int, locked: bool, q) -> None:
-    waits = []
+    waits, conflicts = [], []
     for i in range(n):
         text = f"writer {w} note {i}: a walk by the river, topic {i % 5}"
         t0 = time.perf_counter()
@@ -38,11 +40,17 @@ def writer(path: str, w: int, n: int, locked: bool, q) -> None:
             with MemoryStore.transaction(path, _cfg(), encoder=HashingEncoder()) as st:
                 waits.append(time.perf_counter() - t0)
                 st.add(text, f"user{w % 3}", session_id=f"w{w}-{i}")
-        else:
-            st = MemoryStore.load(path, encoder=HashingEncoder())
-            st.add(text, f"user{w % 3}", session_id=f"w{w}-{i}")
-            st.save(path)
+        else:  # the plain API: a save over a newer store is refused, so reload and add again
+            while True:
+                st = MemoryStore.load(path, encoder=HashingEncoder())
+                st.add(text, f"user{w % 3}", session_id=f"w{w}-{i}")
+                try:
+                    st.save(path)
+                    break
+                except StoreError:
+                    conflicts.append(i)
     q.put(("writer", waits))
+    q.put(("conflicts", len(conflicts)))
 
 
 def reader(path: str, seconds: float, q) -> None:
@@ -74,7 +82,7 @@ def trial(out: Path, writers: int, adds: int, readers: int, locked: bool) -> dic
     for p in ws + rs:
         p.join()
     wall = time.perf_counter() - t0
-    got = [q.get() for _ in ws + rs]
+    got = [q.get() for _ in ws + rs + ws]  # writers send their waits and their conflicts
     waits = [x for kind, v in got if kind == "writer" for x in v]
     loads = sum(v[0] for kind, v in got if kind == "reader")
     errors = sum(v[1] for kind, v in got if kind == "reader")
@@ -90,6 +98,7 @@ def trial(out: Path, writers: int, adds: int, readers: int, locked: bool) -> dic
         "adds_lost": writers * adds - len(kept),
         "reader_loads": loads,
         "reader_errors": errors,
+        "save_conflicts": sum(v for kind, v in got if kind == "conflicts"),
         "wall_s": wall,
         "adds_per_s": writers * adds / wall,
     }

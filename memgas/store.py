@@ -16,7 +16,9 @@ Several processes may share one store folder: `save` holds an exclusive inter-pr
     with MemoryStore.transaction("mem/", encoder=enc) as store:   # load → modify → save, locked
         store.add(messages, user_id="alice")
 
-makes load-modify-save one step, so concurrent writers never lose each other's adds.
+makes load-modify-save one step, so concurrent writers never lose each other's adds. Without it,
+every save carries a generation number and a `save` over a store saved by someone else since this
+one was loaded is refused (`StoreError`): reload and add again — never a silent overwrite.
 """
 
 from __future__ import annotations
@@ -180,6 +182,18 @@ def _check_id(value, field: str) -> str:
     return check_text("add()", None, field, check_id("add()", None, field, value))
 
 
+def _generation(path: Path) -> int:
+    """The generation of the store saved at `path` (0: none, or one saved before generations)."""
+    mp = readable_dir(path) / "manifest.json"
+    if not mp.is_file():
+        return 0
+    try:
+        g = json.loads(mp.read_text(encoding="utf-8")).get("generation", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return g if isinstance(g, int) and not isinstance(g, bool) else 0
+
+
 def _is_store(path: Path) -> bool:
     mp = path / "manifest.json"
     if not mp.is_file():
@@ -199,6 +213,7 @@ class MemoryStore:
         self.units = units or UnitBuilder(llm)  # a shared builder counts LLM fallbacks across stores
         self.users: dict[str, Memory] = {}
         self._lock = threading.RLock()
+        self._loaded_from: tuple[Path, int] | None = None  # (store folder, its generation when read)
 
     # ------------------------------------------------------------------------------- add/search
     def embed_units(self, units: SessionUnits) -> dict[str, np.ndarray]:
@@ -267,11 +282,24 @@ class MemoryStore:
     # ------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         """Write the whole store atomically (temp folder + swap) under the folder's exclusive lock.
-        Refuses a folder that exists, is not empty and is not a memory store."""
+        Refuses a folder that exists, is not empty and is not a memory store, and refuses to save a
+        store loaded from `path` over a newer one written there since (another process's adds would
+        be silently lost): reload and add again, or use `MemoryStore.transaction`."""
         with file_lock(path):
-            return self._write(Path(path))
+            path = Path(path)
+            loaded = self._loaded_from
+            if loaded is not None and loaded[0] == path.resolve():
+                now = _generation(path)
+                if now != loaded[1]:
+                    raise StoreError(
+                        f"{path}: the store changed since it was loaded here (generation {loaded[1]} -> {now}: "
+                        "another writer saved); saving would lose its adds. Reload and add again, or use "
+                        "MemoryStore.transaction"
+                    )
+            return self._write(path)
 
     def _write(self, path: Path) -> Path:
+        gen = _generation(path) + 1
         with self._lock, atomic_dir(path, is_own=_is_store, kind="memory store") as tmp:
             users = {}
             for k, (uid, mem) in enumerate(sorted(self.users.items())):
@@ -297,9 +325,11 @@ class MemoryStore:
                     "dim": int(self.encoder.dim),
                     "n_users": len(users),
                     "users": users,
+                    "generation": gen,  # one more on every save: a writer detects a newer store
                 }
             )
             (tmp / "manifest.json").write_text(json.dumps(man, indent=1), encoding="utf-8")
+        self._loaded_from = (path.resolve(), gen)
         return path
 
     @classmethod
@@ -342,6 +372,7 @@ class MemoryStore:
                 f"{mp}: field 'users' does not hold the {man.get('n_users')} user(s) the manifest declares"
             )
         store = cls(from_dict(MemGASConfig, man["config"], str(mp)), encoder=encoder, llm=llm)
+        store._loaded_from = (path.resolve(), int(man.get("generation", 0)))
         if store.encoder.name != man["encoder"]:
             raise StoreError(f"{mp}: saved with encoder {man['encoder']!r}, loading with {store.encoder.name!r}")
         if int(store.encoder.dim) != man.get("dim"):

@@ -89,3 +89,27 @@ def test_concurrent_adds_and_searches_lose_nothing():
         want = sorted(s for w in ws for s in ids[w])
         got = sorted(r["session_id"] for r in st.search("x", u, limit=len(want))["results"])
         assert got == want
+
+
+def test_a_save_over_a_newer_store_is_refused_never_a_silent_overwrite(tmp_path):
+    """Two writers through the plain API (load → add → save): the second save would drop the first
+    writer's add; it is refused with a clear error, and after a reload both adds are kept."""
+    from memgas.store import MemGASConfig, MemoryStore, StoreError
+    from suite.encoders import load_encoder
+
+    enc = load_encoder("hashing")
+    p = tmp_path / "mem"
+    MemoryStore(MemGASConfig(encoder="hashing"), encoder=enc).save(p)
+    a, b = MemoryStore.load(p, encoder=enc), MemoryStore.load(p, encoder=enc)
+    a.add("we went hiking in the alps", user_id="u", session_id="s-a")
+    a.save(p)
+    a.add("a second session from the same writer", user_id="u", session_id="s-a2")
+    a.save(p)  # the same writer saves again: its own generation, accepted
+    b.add("i adopted a cat named miso", user_id="u", session_id="s-b")
+    with pytest.raises(StoreError, match="changed since it was loaded"):
+        b.save(p)
+    b = MemoryStore.load(p, encoder=enc)
+    b.add("i adopted a cat named miso", user_id="u", session_id="s-b")
+    b.save(p)
+    kept = [s["session_id"] for s in MemoryStore.load(p, encoder=enc).users["u"].sessions]
+    assert kept == ["s-a", "s-a2", "s-b"]
