@@ -3,6 +3,9 @@
     store = MemoryStore(MemGASConfig(), encoder=load_encoder("minilm"))
     store.add([{"role": "user", "content": "..."}, ...], user_id="alice")
     store.search("where did I travel?", user_id="alice", limit=3)  # sessions, scores, router weights
+    store.get(session_id, user_id="alice"); store.get_all(user_id="alice")
+    store.delete(session_id, user_id="alice")   # forgets: units, nodes, vectors, edges; files shrink on save
+    store.delete_all(user_id="alice"); store.history(user_id="alice")   # add / delete events
     store.save("mem/"); MemoryStore.load("mem/", encoder=...)
 
 Adding a session embeds its units and associates its nodes with earlier ones (GMM): the graph grows
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -93,6 +97,7 @@ class Memory:
         self._by_gran: dict[str, np.ndarray] = {}
         self._bm25: dict[str, BM25Index] = {}
         self._graphs: dict = {}  # PageRank subgraphs per granularity set (retrieval.subgraph)
+        self.history: list[dict] = []  # add / delete events, oldest first (persisted with the memory)
 
     @property
     def node_sess(self) -> np.ndarray:
@@ -153,6 +158,41 @@ class Memory:
         self.sessions.append(session)
         self._mat, self._by_gran, self._bm25, self._graphs = None, {}, {}, {}
         return s_idx
+
+
+def _delete_session(mem: Memory, session_id: str) -> bool:
+    """Forget one session: its nodes, their embeddings and every association edge touching them
+    are removed (later nodes and sessions renumbered; edges among the rest kept as they were)."""
+    idx = next((i for i, x in enumerate(mem.sessions) if x["session_id"] == session_id), None)
+    if idx is None:
+        return False
+    sess = np.asarray(mem.node_sess_list, dtype=np.int64)
+    keep = np.flatnonzero(sess != idx)
+    new_pos = np.full(len(sess), -1, dtype=np.int64)
+    new_pos[keep] = np.arange(len(keep))
+    mem.edges = [(int(new_pos[a]), int(new_pos[b])) for a, b in mem.edges if new_pos[a] >= 0 and new_pos[b] >= 0]
+    mem.rows = [mem.rows[i] for i in keep]
+    mem.node_gran = [mem.node_gran[i] for i in keep]
+    mem.node_sess_list = [int(s_ - (s_ > idx)) for s_ in sess[keep]]
+    del mem.sessions[idx]
+    mem._mat, mem._by_gran, mem._bm25, mem._graphs = None, {}, {}, {}
+    return True
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _public(s: dict) -> dict:
+    u = s["units"]
+    return {
+        "session_id": s["session_id"],
+        "date": s["date"],
+        "text": u["session"][0],
+        "summary": u["summary"][0],
+        "keywords": u["keywords"][0],
+        "turns": list(u["turn"]),
+    }
 
 
 def _to_session(messages, session_id: str, date: str) -> Session:
@@ -252,8 +292,45 @@ class MemoryStore:
             while sid is None or (given is None and sid in taken):  # a generated id never takes a chosen one
                 sid, n = f"s{n}", n + 1
             mem.add(sid, date or session.date, units, emb, self.cfg.association)
+            mem.history.append({"event": "add", "session_id": sid, "at": _now()})
             self.users[user_id] = mem  # a new user appears only once their first session is in
             return sid
+
+    def get(self, session_id: str, user_id: str) -> dict | None:
+        """One stored session of a user (text, summary, keywords, turns), or None."""
+        with self._lock:
+            mem = self.users.get(str(user_id))
+            found = [s for s in (mem.sessions if mem else []) if s["session_id"] == session_id]
+            return _public(found[0]) if found else None
+
+    def get_all(self, user_id: str) -> list[dict]:
+        """Every stored session of one user (scoped: never another user's), oldest first."""
+        with self._lock:
+            mem = self.users.get(str(user_id))
+            return [_public(s) for s in mem.sessions] if mem else []
+
+    def delete(self, session_id: str, user_id: str) -> bool:
+        """Forget a session: its units, nodes, embeddings and association edges are removed, so no
+        later search can return it; the next `save` writes a store without it (files shrink).
+        Returns whether it was there. `history` keeps the event (not the content)."""
+        with self._lock:
+            mem = self.users.get(str(user_id))
+            if mem is None or not _delete_session(mem, session_id):
+                return False
+            mem.history.append({"event": "delete", "session_id": session_id, "at": _now()})
+            return True
+
+    def delete_all(self, user_id: str) -> int:
+        """Forget every session of a user (and the user); returns how many sessions were removed."""
+        with self._lock:
+            mem = self.users.pop(str(user_id), None)
+            return len(mem.sessions) if mem else 0
+
+    def history(self, user_id: str) -> list[dict]:
+        """The user's add / delete events, oldest first: {event, session_id, at}."""
+        with self._lock:
+            mem = self.users.get(str(user_id))
+            return [dict(e) for e in mem.history] if mem else []
 
     def search(self, query: str, user_id: str, limit: int = 3, retrieval: RetrievalConfig | None = None) -> dict:
         if not isinstance(query, str):
@@ -309,6 +386,7 @@ class MemoryStore:
                     "node_gran": mem.node_gran,
                     "node_sess": mem.node_sess_list,
                     "edges": [list(e) for e in mem.edges],
+                    "history": mem.history,
                 }
                 (tmp / f"user{k}.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
                 save_file({"emb": mem.matrix().astype(np.float32)}, str(tmp / f"user{k}.safetensors"))
@@ -396,6 +474,7 @@ class MemoryStore:
             mem = Memory()
             mem.sessions, mem.node_gran, mem.node_sess_list = meta["sessions"], meta["node_gran"], meta["node_sess"]
             mem.edges = [tuple(e) for e in meta["edges"]]
+            mem.history = meta.get("history", []) if isinstance(meta.get("history", []), list) else []
             emb = load_file(str(files["emb"]))["emb"]
             if emb.ndim != 2 or len(emb) != len(mem.node_gran) or (len(emb) and emb.shape[1] != man["dim"]):
                 raise StoreError(

@@ -113,3 +113,48 @@ def test_a_save_over_a_newer_store_is_refused_never_a_silent_overwrite(tmp_path)
     b.save(p)
     kept = [s["session_id"] for s in MemoryStore.load(p, encoder=enc).users["u"].sessions]
     assert kept == ["s-a", "s-a2", "s-b"]
+
+
+def test_delete_forgets_everywhere_and_history_shows_it(tmp_path):
+    """`delete` removes the session from every later search, from get / get_all, from the nodes,
+    embeddings and association edges, and from the saved files (which shrink); `history` keeps the
+    events; other users' memories are untouched (scoping)."""
+    import numpy as np
+
+    from memgas.association import AssociationConfig
+    from memgas.store import MemGASConfig, MemoryStore
+    from suite.encoders import load_encoder
+
+    enc = load_encoder("hashing")
+    cfg = MemGASConfig(encoder="hashing", association=AssociationConfig(start_session=1, mem_threshold=10))
+    st = MemoryStore(cfg, encoder=enc)
+    texts = {
+        "hike": "we went hiking in the alps and saw a glacier",
+        "cat": "i adopted a cat named miso, she loves tuna",
+        "job": "i started a new job as a nurse at the city hospital",
+        "trip": "next month we fly to lisbon for a week of surfing",
+    }
+    for sid, t in texts.items():
+        st.add(t, user_id="alice", session_id=sid)
+    st.add("bob also has a cat named miso", user_id="bob", session_id="cat")
+    assert st.search("my cat miso", "alice", 1)["results"][0]["session_id"] == "cat"
+    mem = st.users["alice"]
+    assert any(mem.node_sess_list[a] == 1 or mem.node_sess_list[b] == 1 for a, b in mem.edges)  # cat is linked
+    st.save(tmp_path / "before")
+    assert st.delete("cat", "alice") and not st.delete("cat", "alice")
+    assert st.get("cat", "alice") is None and [s["session_id"] for s in st.get_all("alice")] == ["hike", "job", "trip"]
+    for q in ("my cat miso", "tuna", "adopted a cat"):
+        assert "cat" not in [r["session_id"] for r in st.search(q, "alice", 10)["results"]]
+    n = len(mem.rows)
+    assert len(mem.node_gran) == len(mem.node_sess_list) == n and sorted(set(mem.node_sess_list)) == [0, 1, 2]
+    assert all(0 <= a < n and 0 <= b < n for a, b in mem.edges)
+    assert st.get("cat", "bob") is not None  # another user's session of the same id is untouched
+    assert [(e["event"], e["session_id"]) for e in st.history("alice")][-2:] == [("add", "trip"), ("delete", "cat")]
+    st.save(tmp_path / "after")
+    size = lambda p: sum(f.stat().st_size for f in p.iterdir())  # noqa: E731
+    assert size(tmp_path / "after") < size(tmp_path / "before")
+    again = MemoryStore.load(tmp_path / "after", encoder=enc)
+    assert "cat" not in [r["session_id"] for r in again.search("my cat miso", "alice", 10)["results"]]
+    assert again.history("alice") == st.history("alice")
+    assert again.delete_all("alice") == 3 and again.get_all("alice") == [] and again.get_all("bob")
+    np.testing.assert_array_equal(again.users["bob"].matrix(), st.users["bob"].matrix())
