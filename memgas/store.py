@@ -3,7 +3,10 @@
     store = MemoryStore(MemGASConfig(), encoder=load_encoder("minilm"))
     store.add([{"role": "user", "content": "..."}, ...], user_id="alice")
     store.search("where did I travel?", user_id="alice", limit=3)  # sessions, scores, router weights
-    store.get(session_id, user_id="alice"); store.get_all(user_id="alice")
+    store.add(messages, user_id="alice", agent_id="travel", run_id="r1", metadata={"topic": "trip"})
+    store.search("flights", user_id="alice", agent_id="travel", filters={"topic": "trip"})
+    store.update(session_id, user_id="alice", metadata={...} or messages=[...])
+    store.get(session_id, user_id="alice"); store.get_all(user_id="alice", agent_id=..., filters=...)
     store.delete(session_id, user_id="alice")   # forgets: units, nodes, vectors, edges; files shrink on save
     store.delete_all(user_id="alice"); store.history(user_id="alice")   # add / delete events
     store.save("mem/"); MemoryStore.load("mem/", encoder=...)
@@ -126,7 +129,13 @@ class Memory:
         return self._bm25[g]
 
     def add(
-        self, session_id: str, date: str, units: SessionUnits, emb: dict[str, np.ndarray], cfg: AssociationConfig
+        self,
+        session_id: str,
+        date: str,
+        units: SessionUnits,
+        emb: dict[str, np.ndarray],
+        cfg: AssociationConfig,
+        meta: dict | None = None,
     ) -> int:
         if any(s["session_id"] == session_id for s in self.sessions):
             raise ValueError(f"session {session_id!r} is already in this memory")
@@ -150,7 +159,7 @@ class Memory:
             if new_i and old_i:
                 new = np.stack([rows[k] for k in new_i])
                 edges = [(first_new + new_i[i], old_i[j]) for i, j in associate(new, old[old_i], cfg)]
-        session = {"session_id": session_id, "date": date, "units": units.by_granularity()}
+        session = {"session_id": session_id, "date": date, "units": units.by_granularity(), "meta": dict(meta or {})}
         self.node_gran += gran
         self.node_sess_list += [s_idx] * len(rows)
         self.rows += rows
@@ -179,6 +188,28 @@ def _delete_session(mem: Memory, session_id: str) -> bool:
     return True
 
 
+def _check_meta(metadata, agent_id, run_id) -> dict:
+    """A session's metadata: flat, JSON-safe values (scopes `agent_id` / `run_id` included)."""
+    if metadata is not None and not isinstance(metadata, dict):
+        raise DataError("add()", None, "metadata", f"expected a mapping, got {type(metadata).__name__}")
+    meta = {}
+    scopes = {k: v for k, v in (("agent_id", agent_id), ("run_id", run_id)) if v is not None}
+    for k, v in {**(metadata or {}), **scopes}.items():
+        if v is None:
+            continue
+        k = check_text("add()", None, "metadata key", k) if isinstance(k, str) else None
+        if k is None or not (isinstance(v, str | bool) or (isinstance(v, int | float) and np.isfinite(v))):
+            raise DataError("add()", None, f"metadata.{k}", "keys must be strings and values str/int/float/bool")
+        meta[k] = check_text("add()", None, f"metadata.{k}", v) if isinstance(v, str) else v
+    return meta
+
+
+def _matches(s: dict, agent_id=None, run_id=None, filters: dict | None = None) -> bool:
+    want = {**(filters or {}), **{k: v for k, v in (("agent_id", agent_id), ("run_id", run_id)) if v is not None}}
+    meta = s.get("meta") or {}
+    return all(meta.get(k) == v for k, v in want.items())
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -188,6 +219,7 @@ def _public(s: dict) -> dict:
     return {
         "session_id": s["session_id"],
         "date": s["date"],
+        "metadata": dict(s.get("meta") or {}),
         "text": u["session"][0],
         "summary": u["summary"][0],
         "keywords": u["keywords"][0],
@@ -269,9 +301,20 @@ class MemoryStore:
         out["turn_mean"] = m if plain else m / max(float(np.linalg.norm(m)), 1e-12)
         return out
 
-    def add(self, messages, user_id: str, session_id: str | None = None, date: str = "") -> str:
-        """Store one session (a list of {role, content}, a string, or a `Session`) for a user."""
+    def add(
+        self,
+        messages,
+        user_id: str,
+        session_id: str | None = None,
+        date: str = "",
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        metadata: dict | None = None,
+    ) -> str:
+        """Store one session (a list of {role, content}, a string, or a `Session`) for a user,
+        with optional scopes (`agent_id`, `run_id`) and metadata usable as search filters."""
         user_id = _check_id(user_id, "user_id")
+        meta = _check_meta(metadata, agent_id, run_id)
         given = (
             session_id if session_id is not None else (messages.session_id if isinstance(messages, Session) else None)
         )
@@ -291,7 +334,7 @@ class MemoryStore:
             sid, n = given, len(mem.sessions) + 1
             while sid is None or (given is None and sid in taken):  # a generated id never takes a chosen one
                 sid, n = f"s{n}", n + 1
-            mem.add(sid, date or session.date, units, emb, self.cfg.association)
+            mem.add(sid, date or session.date, units, emb, self.cfg.association, meta)
             mem.history.append({"event": "add", "session_id": sid, "at": _now()})
             self.users[user_id] = mem  # a new user appears only once their first session is in
             return sid
@@ -303,11 +346,32 @@ class MemoryStore:
             found = [s for s in (mem.sessions if mem else []) if s["session_id"] == session_id]
             return _public(found[0]) if found else None
 
-    def get_all(self, user_id: str) -> list[dict]:
-        """Every stored session of one user (scoped: never another user's), oldest first."""
+    def get_all(self, user_id: str, agent_id=None, run_id=None, filters: dict | None = None) -> list[dict]:
+        """Every stored session of one user (never another user's), oldest first, optionally only
+        those of an agent / run or whose metadata equal `filters`."""
         with self._lock:
             mem = self.users.get(str(user_id))
-            return [_public(s) for s in mem.sessions] if mem else []
+            return [_public(s) for s in mem.sessions if _matches(s, agent_id, run_id, filters)] if mem else []
+
+    def update(self, session_id: str, user_id: str, messages=None, metadata: dict | None = None) -> bool:
+        """Change a session: `metadata` is merged into its metadata; new `messages` replace its
+        content (the old session is forgotten as by `delete`, the new one embedded and associated
+        like any new session, keeping its id, date and metadata). `history` records the update."""
+        with self._lock:
+            mem = self.users.get(str(user_id))
+            old = next((x for x in (mem.sessions if mem else []) if x["session_id"] == session_id), None)
+            if old is None:
+                return False
+            meta = {**(old.get("meta") or {}), **_check_meta(metadata, None, None)}
+            if messages is None:
+                old["meta"] = meta
+                mem.history.append({"event": "update", "session_id": session_id, "at": _now()})
+                return True
+            date = old["date"]
+            _delete_session(mem, session_id)
+            self.add(messages, user_id, session_id, date, metadata=meta)
+            mem.history[-1]["event"] = "update"
+            return True
 
     def delete(self, session_id: str, user_id: str) -> bool:
         """Forget a session: its units, nodes, embeddings and association edges are removed, so no
@@ -332,7 +396,16 @@ class MemoryStore:
             mem = self.users.get(str(user_id))
             return [dict(e) for e in mem.history] if mem else []
 
-    def search(self, query: str, user_id: str, limit: int = 3, retrieval: RetrievalConfig | None = None) -> dict:
+    def search(
+        self,
+        query: str,
+        user_id: str,
+        limit: int = 3,
+        retrieval: RetrievalConfig | None = None,
+        agent_id=None,
+        run_id=None,
+        filters: dict | None = None,
+    ) -> dict:
         if not isinstance(query, str):
             raise ValueError(f"search(): query must be a string, got {type(query).__name__}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -343,6 +416,9 @@ class MemoryStore:
             if mem is None or not mem.sessions:
                 return {"results": [], "router_weights": {}}
             order, scores, w = rank_sessions(mem, q, query, retrieval or self.cfg.retrieval)
+            if agent_id is not None or run_id is not None or filters:  # scoped: only matching sessions
+                keep = [k for k, i in enumerate(order) if _matches(mem.sessions[i], agent_id, run_id, filters)]
+                order, scores = order[keep], scores[keep]
             res = [
                 {
                     "session_id": mem.sessions[i]["session_id"],
@@ -351,6 +427,7 @@ class MemoryStore:
                     "text": mem.sessions[i]["units"]["session"][0],
                     "summary": mem.sessions[i]["units"]["summary"][0],
                     "keywords": mem.sessions[i]["units"]["keywords"][0],
+                    "metadata": dict(mem.sessions[i].get("meta") or {}),
                 }
                 for i, s in zip(order[:limit], scores[:limit])
             ]

@@ -158,3 +158,35 @@ def test_delete_forgets_everywhere_and_history_shows_it(tmp_path):
     assert again.history("alice") == st.history("alice")
     assert again.delete_all("alice") == 3 and again.get_all("alice") == [] and again.get_all("bob")
     np.testing.assert_array_equal(again.users["bob"].matrix(), st.users["bob"].matrix())
+
+
+def test_scopes_metadata_filters_and_update(tmp_path):
+    from memgas.association import AssociationConfig
+    from memgas.store import MemGASConfig, MemoryStore
+    from suite.encoders import load_encoder
+    from suite.io import DataError
+
+    enc = load_encoder("hashing")
+    st = MemoryStore(MemGASConfig(encoder="hashing", association=AssociationConfig(start_session=1)), encoder=enc)
+    st.add("planning the trip to lisbon", user_id="u", session_id="a1", agent_id="travel", metadata={"topic": "trip"})
+    st.add("booked flights to lisbon in may", user_id="u", session_id="a2", agent_id="travel", run_id="r1")
+    st.add("my lisbon notes for the health app", user_id="u", session_id="h1", agent_id="health")
+    hits = lambda **kw: [r["session_id"] for r in st.search("lisbon", "u", 10, **kw)["results"]]  # noqa: E731
+    assert set(hits()) == {"a1", "a2", "h1"}
+    assert set(hits(agent_id="travel")) == {"a1", "a2"} and hits(agent_id="travel", run_id="r1") == ["a2"]
+    assert hits(filters={"topic": "trip"}) == ["a1"] and hits(agent_id="nobody") == []
+    assert [s["session_id"] for s in st.get_all("u", agent_id="health")] == ["h1"]
+    with pytest.raises(DataError):
+        st.add("x", user_id="u", metadata={"bad": [1, 2]})
+    assert st.update("a1", "u", metadata={"topic": "flights"}) and hits(filters={"topic": "flights"}) == ["a1"]
+    assert st.update("h1", "u", messages="blood test results came back normal")
+    new = st.get("h1", "u")
+    assert "blood test" in new["text"] and "lisbon" not in new["text"] and new["metadata"] == {"agent_id": "health"}
+    assert set(hits()[:2]) == {"a1", "a2"}  # the old lisbon text is forgotten
+    assert [e["event"] for e in st.history("u")] == ["add", "add", "add", "update", "update"]
+    assert not st.update("zz", "u", metadata={"a": 1})
+    st.save(tmp_path / "m")
+    again = MemoryStore.load(tmp_path / "m", encoder=enc)
+    assert [r["session_id"] for r in again.search("lisbon", "u", 10, agent_id="travel")["results"]] == hits(
+        agent_id="travel"
+    )
