@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import select
 import socket
 import threading
@@ -32,6 +31,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from memgas.llm import LocalLLM
+from suite.openai_params import check_prompt, generation_params, strict_json
 from suite.ray_local import LOOPBACK
 
 MAX_BODY = 1 << 20
@@ -41,10 +41,6 @@ MAX_TOKENS_CAP = 2048
 class BadRequest(Exception):
     def __init__(self, code: int, msg: str):
         self.code, self.msg = code, msg
-
-
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def error_body(code: int, msg: str) -> bytes:
@@ -65,43 +61,21 @@ def parse_request(headers, rfile, max_body: int, max_tokens_cap: int) -> dict:
     if n > max_body:
         raise BadRequest(413, f"body over {max_body} bytes")
     try:
-        body = json.loads(rfile.read(n).decode("utf-8"), parse_constant=_no_constants)
-    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSON errors, 5,000-digit integers
-        raise BadRequest(400, "body is not valid JSON") from None
-    msgs = body.get("messages") if isinstance(body, dict) else None
-    if (
-        not isinstance(msgs, list)
-        or not msgs
-        or not isinstance(msgs[-1], dict)
-        or not isinstance(msgs[-1].get("content"), str)
-    ):
-        raise BadRequest(400, "messages: expected a non-empty list of {role, content}")
-    prompt = msgs[-1]["content"]
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(400, "messages: content holds a lone surrogate (not valid Unicode text)") from None
-    max_tokens = body.get("max_tokens", 64)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= max_tokens_cap:
-        raise BadRequest(400, f"max_tokens must be an integer in [1, {max_tokens_cap}]")
-    temperature = body.get("temperature", 0.0)
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not math.isfinite(temperature)
-        or not 0 <= temperature <= 2
-    ):
-        raise BadRequest(400, "temperature must be a number in [0, 2]")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest(400, "stream must be true or false")
+        body = strict_json(rfile.read(n))
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict):
+            raise ValueError("messages: expected a non-empty list of {role, content}")
+        prompt = check_prompt(msgs[-1].get("content"))
+        max_tokens, temperature, stream = generation_params(body, max_tokens_cap, 64)
+    except ValueError as e:
+        raise BadRequest(400, str(e)) from None
     model = body.get("model", "local")
     if not isinstance(model, str) or len(model) > 256:
         raise BadRequest(400, "model must be a string")
     return {
         "prompt": prompt,
         "max_tokens": max_tokens,
-        "temperature": float(temperature),
+        "temperature": temperature,
         "model": model,
         "stream": stream,
     }

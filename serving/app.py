@@ -18,7 +18,6 @@ full queue.
 
 import asyncio
 import json
-import math
 import os
 import time
 from dataclasses import asdict
@@ -32,6 +31,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from serving.composer import Composer, ServeConfig, UnknownUser
 from suite.config import from_dict, load_config
+from suite.openai_params import check_prompt, generation_params, strict_json
 from suite.ray_local import LOOPBACK
 
 
@@ -51,33 +51,17 @@ def error(code: int, msg: str):
 def parse_body(raw: bytes, chat: bool, max_tokens_cap: int, base: str) -> dict:
     """The validated request: {prompt, user, max_tokens, stream, model}, or Refused(400/404)."""
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise Refused(400, "body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise Refused(400, "body must be a JSON object")
-    if chat:
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
-            raise Refused(400, "messages: expected a non-empty list of {role, content}")
-        prompt = msgs[-1].get("content")
-    else:
-        prompt = body.get("prompt")
-    if not isinstance(prompt, str):
-        raise Refused(400, "the prompt / last message content must be a string")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Refused(400, "the prompt holds a lone surrogate") from None
-    mt = body.get("max_tokens", 32)
-    if isinstance(mt, bool) or not isinstance(mt, int) or not 1 <= mt <= max_tokens_cap:
-        raise Refused(400, f"max_tokens must be an integer in [1, {max_tokens_cap}]")
-    t = body.get("temperature", 0.0)
-    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or not 0 <= t <= 2:
-        raise Refused(400, "temperature must be a number in [0, 2] (answers are greedy)")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise Refused(400, "stream must be true or false")
+        body = strict_json(raw)
+        if chat:
+            msgs = body.get("messages")
+            if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+                raise ValueError("messages: expected a non-empty list of {role, content}")
+            prompt = check_prompt(msgs[-1].get("content"))
+        else:
+            prompt = check_prompt(body.get("prompt"))
+        mt, _, stream = generation_params(body, max_tokens_cap, 32)  # temperature checked; answers are greedy
+    except ValueError as e:
+        raise Refused(400, str(e)) from None
     model = body.get("model", base)
     if not isinstance(model, str) or not model or len(model) > 512:
         raise Refused(400, "model must be '<base>' or '<base>:<user_id>'")
