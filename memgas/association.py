@@ -1,7 +1,8 @@
 """Association of new memories with old ones by a two-component Gaussian mixture (SPEC §2).
 
 From the `start_session`-th session on, each new node is scored (dot product) against every node of
-earlier sessions; the top `mem_threshold` scores get a 1-D `GaussianMixture(n_components)`; nodes in
+earlier sessions (or, in a large memory, its candidates come from an ANN index: `index`); the top
+`mem_threshold` scores get a 1-D `GaussianMixture(n_components)`; nodes in
 the component with the highest mean become the new node's neighbours (undirected, unweighted).
 """
 
@@ -26,6 +27,12 @@ class AssociationConfig:
     init_params: Literal["k-means++", "kmeans"] = opt(
         "k-means++", "GMM init: k-means++ (same split, ~3x faster) | kmeans (sklearn default)"
     )
+    index: Literal["auto", "exact", "ann"] = opt(
+        "auto",
+        "where a new node's top-`mem_threshold` candidates come from: exact (a scan of every earlier "
+        "pool node) | ann (usearch HNSW, memgas.ann) | auto (exact below `ann_min` pool nodes, ann above)",
+    )
+    ann_min: int = opt(4096, "pool nodes from which `index: auto` switches from the exact scan to ANN", lo=1)
     pool: list[str] = opt(
         help="granularities that are associated (new nodes and old candidates): the session-level "
         "units, as the reference; add `turn` to link individual turns too",
@@ -36,6 +43,11 @@ class AssociationConfig:
         bad = [g for g in self.pool if g not in ("session", "turn", "turn_mean", "summary", "keywords")]
         if bad:
             raise ValueError(f"association.pool: unknown granularity {bad[0]!r}")
+        if self.index not in ("auto", "exact", "ann"):
+            raise ValueError(f"association.index={self.index!r}: expected auto | exact | ann")
+
+    def uses_ann(self, n_pool: int) -> bool:
+        return self.index == "ann" or (self.index == "auto" and n_pool >= self.ann_min)
 
 
 def gmm_neighbours(
@@ -51,20 +63,32 @@ def gmm_neighbours(
     return gmm.predict(s) == int(np.argmax(gmm.means_.ravel()))
 
 
-def associate(new_emb: np.ndarray, old_emb: np.ndarray, cfg: AssociationConfig) -> list[tuple[int, int]]:
-    """Edges (new_index, old_index) for a batch of new nodes against all earlier nodes."""
-    if len(old_emb) == 0 or len(new_emb) == 0:
-        return []
+def exact_top(new_emb: np.ndarray, old_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate indices, their scores): each new node's top `k` old nodes by a full scan, best first."""
     sims = new_emb @ old_emb.T
-    k = min(cfg.mem_threshold, sims.shape[1])
+    k = min(k, sims.shape[1])
     # the top k, best first (as the reference's topk): the GMM's k-means init depends on the order
     top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return top, np.take_along_axis(sims, top, axis=1)
+
+
+def associate_candidates(cand: np.ndarray, sims: np.ndarray, cfg: AssociationConfig) -> list[tuple[int, int]]:
+    """Edges (new_index, old_index) from each new node's candidates (best first; -1 = padding),
+    whichever way they were found (exact scan or ANN index)."""
     edges = []
-    for i in range(len(new_emb)):
-        cand = top[i]
-        mask = gmm_neighbours(sims[i, cand], cfg.n_components, cfg.seed, cfg.init_params)
-        edges += [(i, int(j)) for j in cand[mask]]
+    for i in range(len(cand)):
+        ok = cand[i] >= 0
+        c, s = cand[i][ok], sims[i][ok]
+        mask = gmm_neighbours(s, cfg.n_components, cfg.seed, cfg.init_params)
+        edges += [(i, int(j)) for j in c[mask]]
     return edges
+
+
+def associate(new_emb: np.ndarray, old_emb: np.ndarray, cfg: AssociationConfig) -> list[tuple[int, int]]:
+    """Edges (new_index, old_index) for a batch of new nodes against all earlier nodes (exact scan)."""
+    if len(old_emb) == 0 or len(new_emb) == 0:
+        return []
+    return associate_candidates(*exact_top(new_emb, old_emb, cfg.mem_threshold), cfg)
 
 
 def paper_association() -> AssociationConfig:

@@ -6,7 +6,8 @@
    dense granularities alike;
 3. node score = w_g · norm(score): `raw` (paper), `softmax` (p_g) or `rrf` (1 / (rrf_k + rank in g));
 4. the top `num_seeds` graph nodes seed a personalised PageRank over the association graph (reset =
-   seed scores, damping 0.1 in igraph's convention = 90% restart), restricted to the nodes in use;
+   seed scores, damping 0.1 in igraph's convention = 90% restart), restricted to the nodes in use
+   (igraph over the whole graph, or in a large memory push PageRank from the seeds: `ppr`);
    its output is rescaled to the seeds' total mass so graph on/off stay comparable. With
    `lexical_mode: seed` (default) BM25 scores are added onto the graph nodes they score (the
    session node for `bm25_session`, the turn nodes for `bm25_turn`) before seeding, so lexical
@@ -23,6 +24,7 @@ from typing import Literal
 import igraph as ig
 import numpy as np
 
+from memgas.ppr import push_ppr
 from memgas.router import router_weights, softmax
 from suite.config import opt
 
@@ -46,6 +48,13 @@ class RetrievalConfig:
     use_graph: bool = opt(True, "personalised PageRank over the association graph")
     damping: float = opt(0.1, "igraph damping (probability to follow an edge; 0.1 = 90% restart)", hi=1)
     num_seeds: int = opt(15, "seed nodes for PageRank (0 = every node)")
+    ppr: Literal["auto", "full", "local"] = opt(
+        "auto",
+        "PageRank: full (igraph prpack over every graph node) | local (push from the seeds, memgas.ppr: "
+        "cost follows the seeds' neighbourhood, not the memory) | auto (full below `ppr_local_min` graph nodes)",
+    )
+    ppr_local_min: int = opt(20000, "graph nodes from which `ppr: auto` uses local push PageRank", lo=1)
+    ppr_tol: float = opt(1e-7, "local push stops when every residual is below ppr_tol x degree", lo=0, lo_open=True)
     lexical_mode: Literal["seed", "bypass"] = opt(
         "seed", "seed (BM25 scores join the graph's seed scores) | bypass (added after the graph)"
     )
@@ -56,6 +65,7 @@ class RetrievalConfig:
             "score_norm": ("raw", "softmax", "rrf"),
             "session_agg": ("sum", "max"),
             "lexical_mode": ("seed", "bypass"),
+            "ppr": ("auto", "full", "local"),
         }
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
@@ -110,6 +120,26 @@ def subgraph(mem, gidx: np.ndarray, key: tuple):
     return g
 
 
+def local_ppr(mem, gidx: np.ndarray, reset: np.ndarray, cfg: RetrievalConfig) -> np.ndarray:
+    """Push PageRank (memgas.ppr) on the association graph restricted to `gidx`, from the nonzero
+    entries of `reset` (indexed like `gidx`); returns a vector indexed like `gidx`."""
+    pos = np.full(len(mem.rows), -1, dtype=np.int64)
+    pos[gidx] = np.arange(len(gidx))
+    adj = mem.adjacency()
+    nb_cache: dict[int, list[int]] = {}
+
+    def neighbours(u: int) -> list[int]:  # u, v: positions in gidx
+        if u not in nb_cache:
+            nb_cache[u] = [int(pos[v]) for v in adj[int(gidx[u])] if pos[v] >= 0]
+        return nb_cache[u]
+
+    p = push_ppr(neighbours, {int(i): float(reset[i]) for i in np.flatnonzero(reset > 0)}, cfg.damping, cfg.ppr_tol)
+    out = np.zeros(len(gidx))
+    if p:
+        out[np.fromiter(p.keys(), np.int64)] = np.fromiter(p.values(), np.float64)
+    return out
+
+
 def rank_sessions(
     mem, q: np.ndarray, query: str, cfg: RetrievalConfig, trace: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -123,7 +153,8 @@ def rank_sessions(
     for g in cfg.granularities:
         idx = mem.nodes_of(g)
         nodes[g] = idx
-        raw[g] = mem.matrix()[idx] @ q if len(idx) else np.zeros(0)
+        mat = mem.gran_matrix(g) if hasattr(mem, "gran_matrix") else mem.matrix()[idx]
+        raw[g] = mat @ q if len(idx) else np.zeros(0)
     for g in cfg.lexical:
         if g not in LEXICAL:
             raise ValueError(f"unknown lexical granularity {g!r}: {LEXICAL}")
@@ -158,10 +189,14 @@ def rank_sessions(
             reset[seeds] = gscore[seeds]
             final = reset
             if cfg.use_graph and len(mem.edges):
-                g = subgraph(mem, gidx, tuple(sorted({lex_nodes.get(x, x) for x in in_graph})))
                 r = np.clip(reset, 0, None)
-                if g is not None and r.sum() > 0:
-                    final = personalized_pagerank(len(gidx), None, r, cfg.damping, graph=g) * r.sum()
+                local = cfg.ppr == "local" or (cfg.ppr == "auto" and len(gidx) >= cfg.ppr_local_min)
+                if local and r.sum() > 0:
+                    final = local_ppr(mem, gidx, r, cfg) * r.sum()
+                else:
+                    g = subgraph(mem, gidx, tuple(sorted({lex_nodes.get(x, x) for x in in_graph})))
+                    if g is not None and r.sum() > 0:
+                        final = personalized_pagerank(len(gidx), None, r, cfg.damping, graph=g) * r.sum()
             if trace is not None:
                 trace.update(gidx=gidx, node_scores=gscore, reset=reset, ppr=final / max(reset.sum(), 1e-300))
             owner = mem.node_sess[gidx]

@@ -40,7 +40,7 @@ from typing import Literal
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from memgas.association import AssociationConfig, associate, paper_association
+from memgas.association import AssociationConfig, associate_candidates, exact_top, paper_association
 from memgas.data import Session, Turn
 from memgas.encoders import CachedEncoder
 from memgas.retrieval import RetrievalConfig, paper_config, rank_sessions
@@ -88,35 +88,94 @@ class StoreError(RuntimeError):
 
 
 class Memory:
-    """One user's sessions, nodes (all granularities), embeddings and association edges."""
+    """One user's sessions, nodes (all granularities), embeddings and association edges.
 
-    def __init__(self):
+    Everything a later add or search needs grows in place (an amortised-doubling embedding buffer,
+    per-granularity positions, adjacency lists, an ANN index over the association pool), so the cost
+    of an add does not grow with the memory; only a delete renumbers and rebuilds."""
+
+    def __init__(self, dim: int = 0):
         self.sessions: list[dict] = []
         self.node_gran: list[str] = []
         self.node_sess_list: list[int] = []
-        self.rows: list[np.ndarray] = []
+        self.node_keys: list[int] = []  # stable node ids (a delete renumbers positions, not keys)
         self.edges: list[tuple[int, int]] = []
-        self._mat = None
+        self.history: list[dict] = []  # add / update / delete events, oldest first (persisted)
+        self._buf = np.zeros((0, dim), np.float32)
+        self._n = 0
+        self._next_key = 0
+        self._reset_derived()
+
+    def _reset_derived(self) -> None:
+        self._sids = {s["session_id"]: i for i, s in enumerate(self.sessions)}
+        self._pos_by_gran: dict[str, list[int]] = {}
+        for i, g in enumerate(self.node_gran):
+            self._pos_by_gran.setdefault(g, []).append(i)
+        self._key_pos = {k: i for i, k in enumerate(self.node_keys)}
+        self._adj: list[list[int]] | None = None
+        self._sess_arr = None
         self._by_gran: dict[str, np.ndarray] = {}
+        self._gran_mat: dict[str, np.ndarray] = {}
         self._bm25: dict[str, BM25Index] = {}
         self._graphs: dict = {}  # PageRank subgraphs per granularity set (retrieval.subgraph)
-        self.history: list[dict] = []  # add / delete events, oldest first (persisted with the memory)
+        self._ann: dict[tuple, object] = {}  # pool -> memgas.ann.NodeIndex
+
+    # ---- embeddings: a growable buffer, `rows` a view of its used part
+    @property
+    def rows(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    @rows.setter
+    def rows(self, value) -> None:
+        arr = np.asarray(np.stack(value) if isinstance(value, list) and value else value, dtype=np.float32)
+        if arr.ndim != 2:
+            arr = np.zeros((0, self._buf.shape[1]), np.float32)
+        self._buf, self._n = np.array(arr, dtype=np.float32, copy=True), len(arr)
+
+    def _append_rows(self, new: np.ndarray) -> None:
+        if self._buf.shape[1] != new.shape[1]:
+            if self._n:
+                raise ValueError(f"embeddings of dimension {new.shape[1]}, the memory holds {self._buf.shape[1]}")
+            self._buf = np.zeros((0, new.shape[1]), np.float32)
+        need = self._n + len(new)
+        if need > len(self._buf):
+            grown = np.zeros((max(need, 2 * len(self._buf), 64), new.shape[1]), np.float32)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+        self._buf[self._n : need] = new
+        self._n = need
 
     @property
     def node_sess(self) -> np.ndarray:
-        return np.asarray(self.node_sess_list, dtype=np.int64)
+        """The owning session of every node, as an array (grown in place by `add`)."""
+        if self._sess_arr is None or len(self._sess_arr) < self._n:
+            self._sess_arr = np.asarray(self.node_sess_list, dtype=np.int64)
+        return self._sess_arr[: self._n]
 
     def matrix(self) -> np.ndarray:
-        if self._mat is None or len(self._mat) != len(self.rows):
-            self._mat = np.stack(self.rows) if self.rows else np.zeros((0, 1), np.float32)
-        return self._mat
+        return self.rows if self._n else np.zeros((0, 1), np.float32)
 
     def nodes_of(self, g: str) -> np.ndarray:
         if g not in NODE_GRANULARITIES:
             raise ValueError(f"unknown granularity {g!r}: {NODE_GRANULARITIES}")
         if g not in self._by_gran:
-            self._by_gran[g] = np.asarray([i for i, x in enumerate(self.node_gran) if x == g], dtype=np.int64)
+            self._by_gran[g] = np.asarray(self._pos_by_gran.get(g, []), dtype=np.int64)
         return self._by_gran[g]
+
+    def gran_matrix(self, g: str) -> np.ndarray:
+        """The embeddings of granularity `g` as one contiguous matrix (cached: no copy per query)."""
+        if g not in self._gran_mat:
+            self._gran_mat[g] = self.rows[self.nodes_of(g)]
+        return self._gran_mat[g]
+
+    def adjacency(self) -> list[list[int]]:
+        """Neighbour positions of every node (kept up to date by `add`)."""
+        if self._adj is None:
+            self._adj = [[] for _ in range(self._n)]
+            for a, b in self.edges:
+                self._adj[a].append(b)
+                self._adj[b].append(a)
+        return self._adj
 
     def bm25(self, g: str) -> BM25Index:
         if g not in self._bm25:
@@ -128,6 +187,20 @@ class Memory:
             self._bm25[g] = BM25Index(texts)
         return self._bm25[g]
 
+    def _pool_positions(self, pool) -> list[int]:
+        return sorted(i for g in pool for i in self._pos_by_gran.get(g, []))
+
+    def _ann_index(self, pool: tuple):
+        """The ANN index over the pool nodes, built from the stored vectors on first use."""
+        if pool not in self._ann:
+            from memgas.ann import NodeIndex
+
+            ix = NodeIndex(self._buf.shape[1])
+            pos = self._pool_positions(pool)
+            ix.add([self.node_keys[i] for i in pos], self.rows[pos])
+            self._ann[pool] = ix
+        return self._ann[pool]
+
     def add(
         self,
         session_id: str,
@@ -137,55 +210,119 @@ class Memory:
         cfg: AssociationConfig,
         meta: dict | None = None,
     ) -> int:
-        if any(s["session_id"] == session_id for s in self.sessions):
+        """Commit one session's nodes and association edges; returns its session index. The new
+        nodes are `range(len(rows) before, len(rows) after)`, the new edges `edges[len before:]`."""
+        if session_id in self._sids:
             raise ValueError(f"session {session_id!r} is already in this memory")
         s_idx = len(self.sessions)
-        old = self.matrix() if self.rows else np.zeros((0, 0), np.float32)
-        first_new = len(self.rows)
+        first_new = self._n
         # everything is computed first and committed at the end: an error (a bad embedding, the
         # GMM failing) leaves the memory untouched, so the same session can be retried
         gran = [g for g in NODE_GRANULARITIES for _ in emb[g]]
         rows = [np.asarray(row, dtype=np.float32) for g in NODE_GRANULARITIES for row in emb[g]]
-        if len(old) and any(r.shape != (old.shape[1],) for r in rows):
+        if self._n and any(r.shape != (self._buf.shape[1],) for r in rows):
             raise ValueError(
                 f"session {session_id!r}: embeddings of dimension {rows[0].shape}, "
-                f"the memory holds dimension {old.shape[1]}"
+                f"the memory holds dimension {self._buf.shape[1]}"
             )
+        new_mat = np.stack(rows) if rows else np.zeros((0, self._buf.shape[1]), np.float32)
         edges = []
-        if s_idx >= cfg.start_session and len(old):
-            pool = set(cfg.pool)
+        pool = tuple(cfg.pool)
+        if s_idx >= cfg.start_session and self._n:
             new_i = [k for k, g in enumerate(gran) if g in pool]
-            old_i = [j for j in range(first_new) if self.node_gran[j] in pool]
-            if new_i and old_i:
-                new = np.stack([rows[k] for k in new_i])
-                edges = [(first_new + new_i[i], old_i[j]) for i, j in associate(new, old[old_i], cfg)]
+            n_pool = sum(len(self._pos_by_gran.get(g, [])) for g in pool)
+            if new_i and n_pool:
+                new = new_mat[new_i]
+                if cfg.uses_ann(n_pool):
+                    keys, sims = self._ann_index(pool).search(new, cfg.mem_threshold)
+                    cand = np.vectorize(lambda k: self._key_pos.get(int(k), -1), otypes=[np.int64])(keys)
+                    cand[keys < 0] = -1
+                    pairs = associate_candidates(cand, sims, cfg)
+                    edges = [(first_new + new_i[i], int(j)) for i, j in pairs]
+                else:
+                    old_i = self._pool_positions(pool)
+                    pairs = associate_candidates(*exact_top(new, self.rows[old_i], cfg.mem_threshold), cfg)
+                    edges = [(first_new + new_i[i], old_i[j]) for i, j in pairs]
         session = {"session_id": session_id, "date": date, "units": units.by_granularity(), "meta": dict(meta or {})}
+        keys = list(range(self._next_key, self._next_key + len(rows)))
+        return self._commit(session, gran, new_mat, keys, edges)
+
+    def append_stored(self, session: dict, keys: list[int], gran: list[str], vecs: np.ndarray, edge_keys) -> int:
+        """Append a session another process committed (its edges given by node keys), without
+        associating it again."""
+        first_new = self._n
+        pos = {k: first_new + i for i, k in enumerate(keys)}
+        edges = [(pos[a], self._key_pos.get(b, pos.get(b, -1))) for a, b in edge_keys if a in pos]
+        if any(b < 0 for _, b in edges):
+            raise ValueError(f"session {session['session_id']!r}: an edge names a node this memory does not hold")
+        return self._commit(session, list(gran), np.asarray(vecs, np.float32).reshape(len(keys), -1), list(keys), edges)
+
+    def _commit(self, session: dict, gran: list[str], new_mat: np.ndarray, keys: list[int], edges) -> int:
+        s_idx, first_new = len(self.sessions), self._n
+        if len(new_mat):
+            self._append_rows(new_mat)
+        self._next_key = max(self._next_key, max(keys, default=-1) + 1)
+        for k, (g, key) in enumerate(zip(gran, keys)):
+            self._pos_by_gran.setdefault(g, []).append(first_new + k)
+            self._key_pos[key] = first_new + k
         self.node_gran += gran
-        self.node_sess_list += [s_idx] * len(rows)
-        self.rows += rows
+        self.node_sess_list += [s_idx] * len(keys)
+        if self._sess_arr is not None:  # amortised growth, like the embedding buffer
+            if len(self._sess_arr) < self._n:
+                grown = np.zeros(max(self._n, 2 * len(self._sess_arr)), np.int64)
+                grown[:first_new] = self._sess_arr[:first_new]
+                self._sess_arr = grown
+            self._sess_arr[first_new : self._n] = s_idx
+        self.last_span = (first_new, self._n)  # the nodes of the session just committed
+        self.node_keys += keys
         self.edges += edges
+        if self._adj is not None:
+            self._adj += [[] for _ in keys]
+            for a, b in edges:
+                self._adj[a].append(b)
+                self._adj[b].append(a)
+        for p, ix in self._ann.items():
+            new_pool = [k for k, g in enumerate(gran) if g in p]
+            ix.add([keys[k] for k in new_pool], new_mat[new_pool])
         self.sessions.append(session)
-        self._mat, self._by_gran, self._bm25, self._graphs = None, {}, {}, {}
+        self._sids[session["session_id"]] = s_idx
+        self._by_gran, self._gran_mat, self._bm25, self._graphs = {}, {}, {}, {}
         return s_idx
 
+    def load_nodes(self, sessions, node_gran, node_sess, edges, emb, node_keys=None) -> None:
+        """Replace the contents at once (reading a store)."""
+        self.sessions, self.node_gran, self.node_sess_list = list(sessions), list(node_gran), list(node_sess)
+        self.edges = [tuple(e) for e in edges]
+        self.rows = emb
+        self.node_keys = list(node_keys) if node_keys is not None else list(range(len(self.node_gran)))
+        self._next_key = max(self.node_keys, default=-1) + 1
+        self._reset_derived()
 
-def _delete_session(mem: Memory, session_id: str) -> bool:
-    """Forget one session: its nodes, their embeddings and every association edge touching them
-    are removed (later nodes and sessions renumbered; edges among the rest kept as they were)."""
-    idx = next((i for i, x in enumerate(mem.sessions) if x["session_id"] == session_id), None)
+
+def _delete_session(mem: Memory, session_id: str) -> list[int] | None:
+    """Forget one session: its nodes, their embeddings, their ANN index entries and every association
+    edge touching them are removed (later nodes and sessions renumbered; edges among the rest kept as
+    they were). Returns the removed node keys, or None when the session is not there."""
+    idx = mem._sids.get(session_id)
     if idx is None:
-        return False
-    sess = np.asarray(mem.node_sess_list, dtype=np.int64)
+        return None
+    sess = mem.node_sess
     keep = np.flatnonzero(sess != idx)
+    gone = [mem.node_keys[i] for i in np.flatnonzero(sess == idx)]
     new_pos = np.full(len(sess), -1, dtype=np.int64)
     new_pos[keep] = np.arange(len(keep))
     mem.edges = [(int(new_pos[a]), int(new_pos[b])) for a, b in mem.edges if new_pos[a] >= 0 and new_pos[b] >= 0]
-    mem.rows = [mem.rows[i] for i in keep]
+    mem._buf, mem._n = mem.rows[keep].copy(), len(keep)
     mem.node_gran = [mem.node_gran[i] for i in keep]
     mem.node_sess_list = [int(s_ - (s_ > idx)) for s_ in sess[keep]]
+    mem.node_keys = [mem.node_keys[i] for i in keep]
     del mem.sessions[idx]
-    mem._mat, mem._by_gran, mem._bm25, mem._graphs = None, {}, {}, {}
-    return True
+    ann = mem._ann
+    mem._reset_derived()
+    for ix in ann.values():  # index entries removed, not soft-deleted: no later search returns them
+        ix.remove([k for k in gone if k in ix])
+    mem._ann = ann
+    return gone
 
 
 def _check_meta(metadata, agent_id, run_id) -> dict:
@@ -286,6 +423,8 @@ class MemoryStore:
         self.users: dict[str, Memory] = {}
         self._lock = threading.RLock()
         self._loaded_from: tuple[Path, int] | None = None  # (store folder, its generation when read)
+        self._db = None  # memgas.db.Database when opened with `MemoryStore.open` (every change commits)
+        self._seen = 0  # the last history event of the database applied to the in-memory graph
 
     # ------------------------------------------------------------------------------- add/search
     def embed_units(self, units: SessionUnits) -> dict[str, np.ndarray]:
@@ -328,28 +467,34 @@ class MemoryStore:
         # are not queued behind them; only the graph update below is serialised.
         units = self.units.build(session)
         emb = self.embed_units(units)
-        with self._lock:
+        with self._lock, self._writing() as con:
             mem = self.users.get(user_id) or Memory()
-            taken = {x["session_id"] for x in mem.sessions}
+            taken = mem._sids
             sid, n = given, len(mem.sessions) + 1
             while sid is None or (given is None and sid in taken):  # a generated id never takes a chosen one
                 sid, n = f"s{n}", n + 1
+            n_edges = len(mem.edges)
             mem.add(sid, date or session.date, units, emb, self.cfg.association, meta)
-            mem.history.append({"event": "add", "session_id": sid, "at": _now()})
+            if con is not None:
+                self._persist_last(con, user_id, mem, n_edges, "add")
+            else:
+                mem.history.append({"event": "add", "session_id": sid, "at": _now()})
             self.users[user_id] = mem  # a new user appears only once their first session is in
             return sid
 
     def get(self, session_id: str, user_id: str) -> dict | None:
         """One stored session of a user (text, summary, keywords, turns), or None."""
         with self._lock:
+            self._sync()
             mem = self.users.get(str(user_id))
-            found = [s for s in (mem.sessions if mem else []) if s["session_id"] == session_id]
-            return _public(found[0]) if found else None
+            i = mem._sids.get(session_id) if mem else None
+            return _public(mem.sessions[i]) if i is not None else None
 
     def get_all(self, user_id: str, agent_id=None, run_id=None, filters: dict | None = None) -> list[dict]:
         """Every stored session of one user (never another user's), oldest first, optionally only
         those of an agent / run or whose metadata equal `filters`."""
         with self._lock:
+            self._sync()
             mem = self.users.get(str(user_id))
             return [_public(s) for s in mem.sessions if _matches(s, agent_id, run_id, filters)] if mem else []
 
@@ -357,44 +502,199 @@ class MemoryStore:
         """Change a session: `metadata` is merged into its metadata; new `messages` replace its
         content (the old session is forgotten as by `delete`, the new one embedded and associated
         like any new session, keeping its id, date and metadata). `history` records the update."""
-        with self._lock:
-            mem = self.users.get(str(user_id))
-            old = next((x for x in (mem.sessions if mem else []) if x["session_id"] == session_id), None)
-            if old is None:
+        user_id = str(user_id)
+        extra = _check_meta(metadata, None, None)
+        new = None
+        if messages is not None:  # units and embeddings outside the lock, like add()
+            session = _to_session(messages, session_id, "")
+            units = self.units.build(session)
+            new = (units, self.embed_units(units))
+        with self._lock, self._writing() as con:
+            mem = self.users.get(user_id)
+            i = mem._sids.get(session_id) if mem else None
+            if i is None:
                 return False
-            meta = {**(old.get("meta") or {}), **_check_meta(metadata, None, None)}
-            if messages is None:
+            old = mem.sessions[i]
+            meta = {**(old.get("meta") or {}), **extra}
+            if new is None:
                 old["meta"] = meta
-                mem.history.append({"event": "update", "session_id": session_id, "at": _now()})
+                if con is not None:
+                    self._db.set_meta(con, user_id, session_id, meta)
+                    self._seen = self._db.log(con, user_id, "update", session_id, _now())
+                else:
+                    mem.history.append({"event": "update", "session_id": session_id, "at": _now()})
                 return True
-            date = old["date"]
             _delete_session(mem, session_id)
-            self.add(messages, user_id, session_id, date, metadata=meta)
-            mem.history[-1]["event"] = "update"
+            if con is not None:
+                self._db.delete_session(con, user_id, session_id)
+            n_edges = len(mem.edges)
+            mem.add(session_id, old["date"], new[0], new[1], self.cfg.association, meta)
+            if con is not None:
+                self._persist_last(con, user_id, mem, n_edges, "update")
+            else:
+                mem.history.append({"event": "update", "session_id": session_id, "at": _now()})
             return True
 
     def delete(self, session_id: str, user_id: str) -> bool:
-        """Forget a session: its units, nodes, embeddings and association edges are removed, so no
-        later search can return it; the next `save` writes a store without it (files shrink).
-        Returns whether it was there. `history` keeps the event (not the content)."""
-        with self._lock:
-            mem = self.users.get(str(user_id))
-            if mem is None or not _delete_session(mem, session_id):
+        """Forget a session: its units, nodes, embeddings, ANN index entries and association edges
+        are removed, so no later search can return it (a durable store commits the removal at once,
+        its freed pages overwritten; `compact` shrinks the file; a folder store is rewritten without
+        it on the next `save`). Returns whether it was there. `history` keeps the event, not the content."""
+        user_id = str(user_id)
+        with self._lock, self._writing() as con:
+            mem = self.users.get(user_id)
+            if mem is None or _delete_session(mem, session_id) is None:
                 return False
-            mem.history.append({"event": "delete", "session_id": session_id, "at": _now()})
+            if con is not None:
+                self._db.delete_session(con, user_id, session_id)
+                self._seen = self._db.log(con, user_id, "delete", session_id, _now())
+            else:
+                mem.history.append({"event": "delete", "session_id": session_id, "at": _now()})
+            if not mem.sessions and con is not None:
+                self.users.pop(user_id, None)
             return True
 
     def delete_all(self, user_id: str) -> int:
         """Forget every session of a user (and the user); returns how many sessions were removed."""
-        with self._lock:
-            mem = self.users.pop(str(user_id), None)
+        user_id = str(user_id)
+        with self._lock, self._writing() as con:
+            mem = self.users.pop(user_id, None)
+            if con is not None:
+                n = self._db.delete_user(con, user_id)
+                self._seen = self._db.log(con, user_id, "delete_all", None, _now())
+                return n
             return len(mem.sessions) if mem else 0
 
     def history(self, user_id: str) -> list[dict]:
-        """The user's add / delete events, oldest first: {event, session_id, at}."""
+        """The user's add / update / delete events, oldest first: {event, session_id, at}."""
         with self._lock:
+            if self._db is not None:
+                with self._db.read() as con:
+                    return self._db.history(con, str(user_id))
             mem = self.users.get(str(user_id))
             return [dict(e) for e in mem.history] if mem else []
+
+    # ------------------------------------------------------------------------------- durable store
+    @classmethod
+    def open(
+        cls, path: str | Path, cfg: MemGASConfig | None = None, encoder=None, llm=None, verify: bool = True
+    ) -> MemoryStore:
+        """Open (or create) a durable store in one SQLite file (memgas.db): every add / update /
+        delete commits only what it changes, several processes may read and write the file at once
+        and never lose each other's adds, and the in-memory graph follows other processes' commits
+        before every read or write. A folder store is refused with the command that migrates it."""
+        from memgas.db import Database
+
+        path = Path(path)
+        if path.is_dir():
+            hint = " (a folder store: python -m memgas.db migrate FOLDER NEW.sqlite)" if _is_store(path) else ""
+            raise StoreError(f"{path}: is a folder, not a SQLite memory store{hint}")
+        store = cls(cfg, encoder=encoder, llm=llm)
+        db = Database(path)
+        meta = db.initialise(
+            {"config": asdict(store.cfg), "encoder": store.encoder.name, "dim": int(store.encoder.dim)}
+        )
+        if verify:
+            db.quick_check()
+        try:
+            saved = from_dict(MemGASConfig, meta.get("config"), f"{path} (table meta, field 'config')")
+        except (ValueError, TypeError) as e:
+            raise StoreError(str(e)) from None
+        if cfg is not None and asdict(saved) != asdict(cfg):
+            diff = sorted(k for k in asdict(cfg) if asdict(cfg)[k] != asdict(saved).get(k))
+            raise StoreError(f"{path}: created with another configuration (differs in {diff}); open it without cfg")
+        store.cfg = saved
+        if store.encoder.name != meta.get("encoder") or int(store.encoder.dim) != meta.get("dim"):
+            raise StoreError(
+                f"{path}: saved with encoder {meta.get('encoder')!r} ({meta.get('dim')}-d), "
+                f"opening with {store.encoder.name!r} ({store.encoder.dim}-d)"
+            )
+        store._db = db
+        store._sync()
+        return store
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def compact(self) -> None:
+        """Durable store: give the space of deleted sessions back to the file system (VACUUM)."""
+        if self._db is None:
+            raise StoreError("compact() is for a store opened with MemoryStore.open; a folder store shrinks on save")
+        with self._lock:
+            self._db.compact()
+
+    def disk_bytes(self) -> int:
+        return self._db.disk_bytes() if self._db is not None else 0
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """The database's write transaction (None for an in-memory / folder store), after applying
+        every change other processes committed; if the transaction fails, the in-memory graph is
+        re-read so it matches the database again."""
+        if self._db is None:
+            yield None
+            return
+        try:
+            with self._db.write() as con:
+                self._apply(con)
+                yield con
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.users, self._seen = {}, 0
+                self._sync()
+            raise
+
+    def _sync(self) -> None:
+        if self._db is not None:
+            with self._db.read() as con:
+                self._apply(con)
+
+    def _apply(self, con) -> None:
+        """Bring the in-memory graph up to the database's committed state: an add by another
+        process is appended as stored (no second association); anything else re-reads that user."""
+        dim = int(self.encoder.dim)
+        if self._seen == 0 and not self.users:
+            for uid in self._db.user_ids(con):
+                self._load_user(con, uid)
+            self._seen = self._db.last_seq(con)
+            return
+        stale = set()
+        for seq, uid, event, sid in self._db.changes_since(con, self._seen):
+            if uid not in stale and event == "add":
+                got = self._db.read_session_nodes(con, uid, sid, dim)
+                mem = self.users.get(uid) or Memory()
+                if got is not None and sid not in mem._sids:
+                    try:
+                        mem.append_stored(*got)
+                        self.users[uid] = mem
+                    except ValueError:
+                        stale.add(uid)
+            else:
+                stale.add(uid)
+            self._seen = seq
+        for uid in stale:
+            self._load_user(con, uid)
+
+    def _load_user(self, con, uid: str) -> None:
+        got = self._db.read_user(con, uid, int(self.encoder.dim))
+        if not got["sessions"]:
+            self.users.pop(uid, None)
+            return
+        mem = Memory()
+        mem.load_nodes(got["sessions"], got["gran"], got["owner"], got["edges"], got["emb"], got["keys"])
+        self.users[uid] = mem
+
+    def _persist_last(self, con, user_id: str, mem: Memory, n_edges: int, event: str) -> None:
+        """Write the session `mem.add` just committed in memory: its rows only."""
+        i = len(mem.sessions) - 1
+        s = mem.sessions[i]
+        idx = np.arange(*mem.last_span)
+        keys = [mem.node_keys[j] for j in idx]
+        edges = [(mem.node_keys[a], mem.node_keys[b]) for a, b in mem.edges[n_edges:]]
+        self._db.insert_session(con, user_id, s, i, keys, [mem.node_gran[j] for j in idx], mem.rows[idx], edges)
+        self._seen = self._db.log(con, user_id, event, s["session_id"], _now())
 
     def search(
         self,
@@ -412,6 +712,7 @@ class MemoryStore:
             raise ValueError(f"search(): limit must be a positive integer, got {limit!r}")
         q = self.encoder.encode([query])[0]  # outside the lock, like add()
         with self._lock:
+            self._sync()
             mem = self.users.get(str(user_id))
             if mem is None or not mem.sessions:
                 return {"results": [], "router_weights": {}}
@@ -549,15 +850,13 @@ class MemoryStore:
             if meta.get("user_id") != uid:
                 raise StoreError(f"{files['meta']}: holds user {meta.get('user_id')!r}, the manifest says {uid!r}")
             mem = Memory()
-            mem.sessions, mem.node_gran, mem.node_sess_list = meta["sessions"], meta["node_gran"], meta["node_sess"]
-            mem.edges = [tuple(e) for e in meta["edges"]]
-            mem.history = meta.get("history", []) if isinstance(meta.get("history", []), list) else []
             emb = load_file(str(files["emb"]))["emb"]
-            if emb.ndim != 2 or len(emb) != len(mem.node_gran) or (len(emb) and emb.shape[1] != man["dim"]):
+            if emb.ndim != 2 or len(emb) != len(meta["node_gran"]) or (len(emb) and emb.shape[1] != man["dim"]):
                 raise StoreError(
-                    f"{files['emb']}: {tuple(emb.shape)} embeddings for {len(mem.node_gran)} nodes "
+                    f"{files['emb']}: {tuple(emb.shape)} embeddings for {len(meta['node_gran'])} nodes "
                     f"of dimension {man['dim']}"
                 )
-            mem.rows = list(emb)
+            mem.load_nodes(meta["sessions"], meta["node_gran"], meta["node_sess"], meta["edges"], emb)
+            mem.history = meta.get("history", []) if isinstance(meta.get("history", []), list) else []
             store.users[uid] = mem
         return store

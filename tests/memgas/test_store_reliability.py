@@ -130,16 +130,16 @@ def test_a_failed_add_leaves_nothing_behind_and_can_be_retried(monkeypatch):
     st.add("first session about dogs", "ann")
     st.add("second session about cats", "ann")
     before = {k: len(getattr(st.users["ann"], k)) for k in ("sessions", "rows", "node_gran", "node_sess_list", "edges")}
-    real = store_mod.associate
+    real = store_mod.associate_candidates
 
     def boom(*a, **k):
         raise RuntimeError("GMM failed")
 
-    monkeypatch.setattr(store_mod, "associate", boom)
+    monkeypatch.setattr(store_mod, "associate_candidates", boom)
     with pytest.raises(RuntimeError):
         st.add("third session about birds", "ann", session_id="third")
     assert {k: len(getattr(st.users["ann"], k)) for k in before} == before
-    monkeypatch.setattr(store_mod, "associate", real)
+    monkeypatch.setattr(store_mod, "associate_candidates", real)
     assert st.add("third session about birds", "ann", session_id="third") == "third"  # the retry is accepted
 
 

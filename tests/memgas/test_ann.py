@@ -1,0 +1,79 @@
+"""ANN association (memgas.ann, association.index) against the exact scan."""
+
+import numpy as np
+import pytest
+
+from memgas.ann import NodeIndex
+from memgas.association import AssociationConfig, associate, exact_top
+from memgas.store import MemGASConfig, MemoryStore
+from suite.encoders import HashingEncoder
+
+
+def _unit(n, d, seed):
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_ann_neighbours_overlap_the_exact_ones():
+    old, new = _unit(3000, 64, 0), _unit(50, 64, 1)
+    ix = NodeIndex(64)
+    ix.add(np.arange(len(old)) + 1000, old)  # keys need not be positions
+    keys, sims = ix.search(new, 30)
+    top, exact_sims = exact_top(new, old, 30)
+    overlap = np.mean([len(set(keys[i] - 1000) & set(top[i])) / 30 for i in range(len(new))])
+    assert overlap >= 0.95
+    hit = keys[:, 0] - 1000 == top[:, 0]
+    np.testing.assert_allclose(sims[hit, 0], exact_sims[hit, 0], atol=1e-5)  # similarities, not distances
+
+
+def test_removed_keys_are_never_returned():
+    v = _unit(200, 16, 2)
+    ix = NodeIndex(16)
+    ix.add(np.arange(200), v)
+    ix.remove(range(0, 200, 2))
+    keys, _ = ix.search(v, 10)
+    assert len(ix) == 100 and not (set(keys[keys >= 0].tolist()) & set(range(0, 200, 2)))
+    assert 4 not in ix and 5 in ix
+
+
+def test_association_through_the_index_matches_the_scan():
+    rng = np.random.default_rng(3)
+    centres = _unit(20, 32, 4)
+    old = centres[rng.integers(0, 20, 2000)] + 0.05 * _unit(2000, 32, 5)
+    new = centres[:10] + 0.05 * _unit(10, 32, 6)
+    exact = set(associate(new, old, AssociationConfig(index="exact")))
+    ix = NodeIndex(32)
+    ix.add(np.arange(2000), old)
+    keys, sims = ix.search(new, 30)
+    from memgas.association import associate_candidates
+
+    approx = set(associate_candidates(keys, sims, AssociationConfig()))
+    assert len(exact & approx) / len(exact | approx) >= 0.9
+
+
+@pytest.mark.parametrize("index", ["exact", "ann"])
+def test_a_store_builds_the_same_graph_either_way_on_a_small_memory(index):
+    texts = [f"day {i}: {'dogs and parks' if i % 3 else 'cooking pasta'} with friend {i % 4}" for i in range(30)]
+    graphs = {}
+    for ix in ("exact", index):
+        cfg = MemGASConfig(encoder="hashing", association=AssociationConfig(start_session=1, index=ix))
+        st = MemoryStore(cfg, encoder=HashingEncoder())
+        for t in texts:
+            st.add(t, "u")
+        graphs[ix] = set(st.users["u"].edges)
+    inter = len(graphs["exact"] & graphs[index]) / max(1, len(graphs["exact"] | graphs[index]))
+    assert inter >= 0.95
+
+
+def test_a_delete_takes_the_nodes_out_of_the_index():
+    cfg = MemGASConfig(encoder="hashing", association=AssociationConfig(start_session=1, index="ann"))
+    st = MemoryStore(cfg, encoder=HashingEncoder())
+    for i in range(8):
+        st.add(f"session {i} about topic {i % 2}", "u", session_id=f"s{i}")
+    mem = st.users["u"]
+    (ix,) = mem._ann.values()
+    gone_keys = [k for k, s in zip(mem.node_keys, mem.node_sess_list) if s == 3]
+    st.delete("s3", "u")
+    assert not any(k in ix for k in gone_keys) and len(ix) == sum(g != "turn" for g in mem.node_gran)
+    st.add("session 3 again about topic 1", "u", session_id="s3b")  # association after a delete still works
+    assert all(0 <= a < len(mem.rows) and 0 <= b < len(mem.rows) for a, b in mem.edges)
