@@ -390,7 +390,7 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------------- benchmarks
 def render_scaling(name: str, s: dict, out: Path) -> list[str]:
-    """`benchmarks/memgas_scaling.py`'s scaling.json: ingest and query latency against memory size."""
+    """`benchmarks/memgas_scaling.py`'s scaling.json: what grows with the memory, and the targets."""
     rows = s["rows"]
     methods = list(rows[0]["query_ms_p50"])
     lines = [
@@ -400,31 +400,100 @@ def render_scaling(name: str, s: dict, out: Path) -> list[str]:
         + ").",
         "",
     ]
-    lines += _table(
-        ["sessions", "nodes", "edges", "ingest total s", "sessions/s (this step)"]
-        + [f"query p50 ms {m}" for m in methods],
-        [
-            [
-                f"{r['sessions']:,}",
-                f"{r['nodes']:,}",
-                f"{r['edges']:,}",
-                f"{r['ingest_s_total']:.1f}",
-                f"{r['ingest_sessions_per_s_recent']:.1f}",
+    durable = "disk_bytes_per_session" in rows[-1]
+    head = ["sessions", "nodes", "edges", "ingest ms/session (this step)"] + [f"query p50 / p95 ms {m}" for m in methods]
+    if durable:
+        head += ["disk B/session", "one add writes: median / max B (max share of store)", "peak RSS MB"]
+    body = []
+    for r in rows:
+        per = r.get("ingest_s_per_session", 1 / max(r["ingest_sessions_per_s_recent"], 1e-9))
+        row = [f"{r['sessions']:,}", f"{r['nodes']:,}", f"{r['edges']:,}", f"{per * 1000:.1f}"]
+        row += [
+            f"{r['query_ms_p50'][m]:.1f} / {r['query_ms_p95'][m]:.1f}" if "query_ms_p95" in r else f"{r['query_ms_p50'][m]:.1f}"
+            for m in methods
+        ]
+        if durable:
+            share = r.get("add_write_share_max")
+            row += [
+                f"{r['disk_bytes_per_session']:,.0f}",
+                f"{r['add_write_bytes_median']:,.0f} / {r['add_write_bytes_max']:,} ({share:.3%})"
+                if share is not None
+                else "-",
+                f"{r['peak_rss_mb']:,.0f}",
             ]
-            + [f"{r['query_ms_p50'][m]:.1f}" for m in methods]
-            for r in rows
-        ],
-    )
+        body.append(row)
+    lines += _table(head, body)
+    if durable and len(rows) > 1:
+        first = next((r for r in rows if r["sessions"] >= 1000), rows[0])
+        last = rows[-1]
+        ratio = last["ingest_s_per_session"] / first["ingest_s_per_session"]
+        p50 = last["query_ms_p50"].get("memgas")
+        at10k = next((r for r in rows if r["sessions"] == 10000), None)
+        targets = [
+            f"ingest per session at {last['sessions']:,} within 2x of that at {first['sessions']:,}: "
+            f"{ratio:.2f}x, {'met' if ratio <= 2 else 'missed'}",
+            f"query p50 of `memgas` under 30 ms at {last['sessions']:,} sessions: {p50:.1f} ms, "
+            f"{'met' if p50 < 30 else 'missed'}",
+        ]
+        if at10k and at10k.get("add_write_share_max") is not None:
+            sh = at10k["add_write_share_max"]
+            targets.append(f"one add to a 10,000-session store writes under 1% of its bytes: max {sh:.3%}, {'met' if sh < 0.01 else 'missed'}")
+        lines += ["", "Targets: " + "; ".join(targets) + "."]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
     x = [r["sessions"] for r in rows]
-    ax[0].plot(x, [r["ingest_s_total"] for r in rows], marker="o")
-    ax[0].set(xscale="log", yscale="log", xlabel="sessions in memory", ylabel="total ingest s", title="ingest")
+    if durable:
+        ax[0].plot(x, [r["ingest_s_per_session"] * 1000 for r in rows], marker="o")
+        ax[0].set(xscale="log", xlabel="sessions in memory", ylabel="ms per session", title="ingest")
+    else:
+        ax[0].plot(x, [r["ingest_s_total"] for r in rows], marker="o")
+        ax[0].set(xscale="log", yscale="log", xlabel="sessions in memory", ylabel="total ingest s", title="ingest")
     for m in methods:
         ax[1].plot(x, [r["query_ms_p50"][m] for r in rows], marker="o", label=m)
     ax[1].set(xscale="log", yscale="log", xlabel="sessions in memory", ylabel="query p50 ms", title="query")
     ax[1].legend(fontsize=7)
     png = _save(fig, out / f"{name}_scaling.png")
-    return lines + ["", f"![{name} scaling]({png.name})"]
+    return lines + _provenance(s) + ["", f"![{name} scaling]({png.name})"]
+
+
+def render_recall(name: str, r: dict) -> list[str]:
+    """`memgas_scaling.py --recall`: the scalable path (ANN association, local PageRank) against the exact one."""
+    lines = [
+        f"LoCoMo, all {r['conversations']} conversations, {r['questions']} questions with gold sessions, "
+        f"`memgas` = `{r['memgas_config']}`; each memory built twice: exact (scan + full PageRank) and "
+        "scalable (ANN association + local push PageRank, forced on however small the memory).",
+        "",
+    ]
+    lines += _table(
+        ["path", r["metric"], "questions whose recall changed", "top-5 agreement"],
+        [
+            ["exact", f"{r['exact']:.4f}", "", ""],
+            ["scalable", f"{r['scalable']:.4f}", str(r["questions_changed"]), f"{r['top5_agreement']:.4f}"],
+        ],
+    )
+    lines += ["", f"Target: {r['target']}: difference {r['difference']:+.4f}, {'met' if r['met'] else 'missed'}."]
+    return lines + _provenance(r)
+
+
+def render_store_processes(name: str, r: dict) -> list[str]:
+    """`benchmarks/store_processes.py`: writer processes through the plain API, readers meanwhile."""
+    lines = [f"Durable store, {r['config']['api']}; {r['config']['readers']} reader processes searching meanwhile.", ""]
+    lines += _table(
+        ["writers", "adds", "lost", "reader searches", "reader errors", "adds/s", "add p50 / p95 / max ms"],
+        [
+            [
+                str(t["writers"]),
+                str(t["adds_expected"]),
+                str(t["adds_lost"]),
+                f"{t['reader_searches']:,}",
+                str(t["reader_errors"]),
+                f"{t['adds_per_s']:.1f}",
+                f"{t['add_ms']['p50']:.0f} / {t['add_ms']['p95']:.0f} / {t['add_ms']['max']:.0f}",
+            ]
+            for t in r["trials"]
+        ],
+    )
+    lines += ["", f"Target: {r['target']}: {'met' if r['met'] else 'missed'}."]
+    return lines + _provenance(r)
 
 
 def render_throughput(name: str, s: dict) -> list[str]:
@@ -456,7 +525,14 @@ def render_throughput(name: str, s: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------- driver
-RESULT_FILES = ("summary.json", "scaling.json", "bank_throughput.json", "serve_load.json")
+RESULT_FILES = (
+    "summary.json",
+    "scaling.json",
+    "recall.json",
+    "store_processes.json",
+    "bank_throughput.json",
+    "serve_load.json",
+)
 
 
 def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
@@ -523,6 +599,10 @@ def render_run(run: Path, out: Path) -> str:
             lines += render_sweep(name, s, out) + [""]
     if (run / "scaling.json").exists():
         lines += render_scaling(name, read_json(run / "scaling.json"), out) + [""]
+    if (run / "recall.json").exists():
+        lines += render_recall(name, read_json(run / "recall.json")) + [""]
+    if (run / "store_processes.json").exists():
+        lines += render_store_processes(name, read_json(run / "store_processes.json")) + [""]
     if (run / "serve_load.json").exists():
         lines += render_serve_load(name, read_json(run / "serve_load.json"), out) + [""]
     if (run / "bank_throughput.json").exists():
