@@ -43,9 +43,13 @@ def test_local_and_full_pagerank_rank_sessions_alike():
     for q in ("bread recipe", "vet appointment for the dog", "mountain trip"):
         qv = st.encoder.encode([q])[0]
         o_full, s_full, _ = rank_sessions(mem, qv, q, RetrievalConfig(ppr="full"))
-        o_loc, s_loc, _ = rank_sessions(mem, qv, q, RetrievalConfig(ppr="local"))
-        assert list(o_full[:5]) == list(o_loc[:5])
-        np.testing.assert_allclose(s_loc, s_full, atol=1e-6)
+        o_tight, s_tight, _ = rank_sessions(mem, qv, q, RetrievalConfig(ppr="local", ppr_tol=1e-10))
+        # converged push: the same session scores (so the same ranking, up to exact ties)
+        np.testing.assert_allclose(s_tight[np.argsort(o_tight)], s_full[np.argsort(o_full)], atol=1e-8)
+        assert list(o_tight[:5]) == list(o_full[:5])
+        o_loc, s_loc, _ = rank_sessions(mem, qv, q, RetrievalConfig(ppr="local"))  # the default tolerance
+        assert len(set(o_loc[:5]) & set(o_full[:5])) >= 4
+        np.testing.assert_allclose(s_loc[np.argsort(o_loc)], s_full[np.argsort(o_full)], atol=1e-2 * s_full.max())  # within 1% of the top score
 
 
 def test_ppr_option_is_checked_when_read():
