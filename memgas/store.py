@@ -9,10 +9,18 @@
     store.get(session_id, user_id="alice"); store.get_all(user_id="alice", agent_id=..., filters=...)
     store.delete(session_id, user_id="alice")   # forgets: units, nodes, vectors, edges; files shrink on save
     store.delete_all(user_id="alice"); store.history(user_id="alice")   # add / delete events
-    store.save("mem/"); MemoryStore.load("mem/", encoder=...)
+    store.save("mem/"); MemoryStore.load("mem/", encoder=...)        # a folder snapshot
+    store = MemoryStore.open("mem.sqlite", cfg, encoder=...)         # the durable store (memgas.db)
 
-Adding a session embeds its units and associates its nodes with earlier ones (GMM): the graph grows
-incrementally, never rebuilt; an add that fails leaves the memory as it was. `save` writes the whole
+Two ways to keep a memory. `MemoryStore.open` is the store for users: one SQLite file, every add /
+update / delete its own transaction writing only its rows, any number of processes reading and
+writing it through this same API (each add applies the others' commits first, so none is lost),
+`compact()` to give deleted space back. The folder snapshot (`save` / `load`) is what evaluations
+cache between runs; `python -m memgas.db migrate FOLDER NEW.sqlite` turns one into the other.
+
+Adding a session embeds its units and associates its nodes with earlier ones (GMM; candidates from an
+exact scan in a small memory, from an ANN index in a large one): the graph grows incrementally, never
+rebuilt; an add that fails leaves the memory as it was. `save` writes the whole
 store into a temp folder and swaps it with the old one (atomic); every file's checksum is in the
 manifest, the manifest is sealed with its own checksum, and both are verified on load.
 
