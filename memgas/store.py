@@ -484,6 +484,7 @@ class MemoryStore:
             n_edges = len(mem.edges)
             mem.add(sid, date or session.date, units, emb, self.cfg.association, meta)
             if con is not None:
+                self._dirty.add(user_id)
                 self._persist_last(con, user_id, mem, n_edges, "add")
             else:
                 mem.history.append({"event": "add", "session_id": sid, "at": _now()})
@@ -524,6 +525,8 @@ class MemoryStore:
                 return False
             old = mem.sessions[i]
             meta = {**(old.get("meta") or {}), **extra}
+            if con is not None:
+                self._dirty.add(user_id)
             if new is None:
                 old["meta"] = meta
                 if con is not None:
@@ -554,6 +557,7 @@ class MemoryStore:
             if mem is None or _delete_session(mem, session_id) is None:
                 return False
             if con is not None:
+                self._dirty.add(user_id)
                 self._db.delete_session(con, user_id, session_id)
                 self._seen = self._db.log(con, user_id, "delete", session_id, _now())
             else:
@@ -568,6 +572,7 @@ class MemoryStore:
         with self._lock, self._writing() as con:
             mem = self.users.pop(user_id, None)
             if con is not None:
+                self._dirty.add(user_id)
                 n = self._db.delete_user(con, user_id)
                 self._seen = self._db.log(con, user_id, "delete_all", None, _now())
                 return n
@@ -644,15 +649,20 @@ class MemoryStore:
         if self._db is None:
             yield None
             return
+        self._dirty: set[str] = set()  # users changed in memory inside this transaction
         try:
             with self._db.write() as con:
                 self._apply(con)
                 yield con
         except BaseException:
-            with contextlib.suppress(Exception):
-                self.users, self._seen = {}, 0
-                self._sync()
+            # the transaction rolled back: users changed in memory before the failure are re-read
+            # (an error before any change, e.g. a duplicate id, costs nothing)
+            with contextlib.suppress(Exception), self._db.read() as con:
+                for uid in self._dirty:
+                    self._load_user(con, uid)
             raise
+        finally:
+            self._dirty = set()
 
     def _sync(self) -> None:
         if self._db is not None:

@@ -118,10 +118,16 @@ def test_a_kill_during_commits_leaves_a_consistent_store(tmp_path):
     p = tmp_path / "mem.sqlite"
     _open(p).close()
     ctx = mp.get_context("spawn")
-    for delay in (2.5, 3.1):
+    for want, delay in ((3, 0.013), (8, 0.029)):
         proc = ctx.Process(target=_kill_target, args=(p,))
         proc.start()
-        time.sleep(delay)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # killed once it is committing (start-up time varies with load)
+            with sqlite3.connect(p, timeout=60) as con:
+                if con.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] >= want:
+                    break
+            time.sleep(0.05)
+        time.sleep(delay)  # at some point inside the stream of commits
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
         st = _open(p)  # quick_check passes; every committed session has its nodes, edges only between them
@@ -221,3 +227,24 @@ def test_a_config_mismatch_or_a_damaged_file_is_a_clear_error(tmp_path):
         con.execute("INSERT INTO history (user_id, event, session_id, at) VALUES ('ann', 'add', 'x', '')")
     with pytest.raises(StoreError, match="table nodes, user 'ann' key 0.*'vec'"):
         MemoryStore.open(p, encoder=HashingEncoder())
+
+
+def test_a_failed_commit_leaves_memory_and_database_agreeing(tmp_path, monkeypatch):
+    p = tmp_path / "mem.sqlite"
+    st = _open(p)
+    _fill(st, n=5)
+    before = (list(st.users["ann"].edges), len(st.users["ann"].rows))
+
+    def boom(*a, **k):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(st._db, "insert_session", boom)
+    with pytest.raises(sqlite3.OperationalError):
+        st.add("a session that never commits", "ann", session_id="lost")
+    monkeypatch.undo()
+    assert st.get("lost", "ann") is None  # the in-memory graph was re-read from the rolled-back database
+    assert (list(st.users["ann"].edges), len(st.users["ann"].rows)) == before
+    with pytest.raises(ValueError, match="already in this memory"):  # an error before any change
+        st.add("again", "ann", session_id="s1")
+    assert st.add("a session that commits", "ann", session_id="kept") == "kept"
+    assert [s["session_id"] for s in _open(p).get_all("ann")][-1] == "kept"
