@@ -423,22 +423,28 @@ def render_scaling(name: str, s: dict, out: Path) -> list[str]:
             ]
         body.append(row)
     lines += _table(head, body)
-    if durable and len(rows) > 1:
-        first = next((r for r in rows if r["sessions"] >= 1000), rows[0])
+    if durable:
         last = rows[-1]
-        ratio = last["ingest_s_per_session"] / first["ingest_s_per_session"]
-        p50 = last["query_ms_p50"].get("memgas")
+        wanted = (s.get("config") or {}).get("sessions", last["sessions"])
+        targets = []
+        first = next((r for r in rows if r["sessions"] == 1000), None)
+        if last["sessions"] >= 100000 and first is not None:  # the targets are stated at 100,000 sessions
+            ratio = last["ingest_s_per_session"] / first["ingest_s_per_session"]
+            p50 = last["query_ms_p50"].get("memgas")
+            targets += [
+                f"ingest per session at {last['sessions']:,} within 2x of that at 1,000: "
+                f"{ratio:.2f}x, {'met' if ratio <= 2 else 'missed'}",
+                f"query p50 of `memgas` under 30 ms at {last['sessions']:,} sessions: {p50:.1f} ms, "
+                f"{'met' if p50 < 30 else 'missed'}",
+            ]
         at10k = next((r for r in rows if r["sessions"] == 10000), None)
-        targets = [
-            f"ingest per session at {last['sessions']:,} within 2x of that at {first['sessions']:,}: "
-            f"{ratio:.2f}x, {'met' if ratio <= 2 else 'missed'}",
-            f"query p50 of `memgas` under 30 ms at {last['sessions']:,} sessions: {p50:.1f} ms, "
-            f"{'met' if p50 < 30 else 'missed'}",
-        ]
         if at10k and at10k.get("add_write_share_max") is not None:
             sh = at10k["add_write_share_max"]
             targets.append(f"one add to a 10,000-session store writes under 1% of its bytes: max {sh:.3%}, {'met' if sh < 0.01 else 'missed'}")
-        lines += ["", "Targets: " + "; ".join(targets) + "."]
+        if last["sessions"] < wanted:
+            lines += ["", f"**Not finished**: stopped at {last['sessions']:,} of {wanted:,} sessions; the rows above are all it measured."]
+        if targets:
+            lines += ["", "Targets: " + "; ".join(targets) + "."]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
     x = [r["sessions"] for r in rows]
     if durable:

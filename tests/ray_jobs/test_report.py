@@ -116,9 +116,9 @@ def _scaling():
          "query_ms_p95": {"memgas": n / 50, "memgas_paper": n / 150}, "disk_bytes": 70000 * n, "disk_bytes_per_session": 70000.0,
          "add_write_bytes_median": 190000.0, "add_write_bytes_max": 2000000, "add_write_share_max": 2000000 / (70000 * n),
          "peak_rss_mb": 500.0 + n / 10}
-        for n in (100, 1000, 10000)
+        for n in (100, 1000, 10000, 100000)
     ]  # fmt: skip
-    return {"encoder": "hashing", "queries": 30, "rows": rows}
+    return {"encoder": "hashing", "queries": 30, "rows": rows, "config": {"sessions": 100000}}
 
 
 def test_sweep_and_benchmark_results_render_tables_and_plots(tmp_path):
@@ -133,9 +133,15 @@ def test_sweep_and_benchmark_results_render_tables_and_plots(tmp_path):
     assert "| 1 | 0.700 | `uniform` | `0.5` |" in md and "| 3 | 0.500 | `corrected` | `0.1` |" in md
     assert "| 1,000 | 15,000 | 100,000 | 11.0 | 10.0 / 20.0 | 3.3 / 6.7 | 70,000 | 190,000 / 2,000,000 (2.857%) | 600 |" in md
     # each target stated as met or missed, from the numbers
-    assert "ingest per session at 10,000 within 2x of that at 1,000: 1.82x, met" in md
-    assert "query p50 of `memgas` under 30 ms at 10,000 sessions: 100.0 ms, missed" in md
-    assert "writes under 1% of its bytes: max 0.286%, met" in md
+    assert "ingest per session at 100,000 within 2x of that at 1,000: 10.00x, missed" in md
+    assert "query p50 of `memgas` under 30 ms at 100,000 sessions: 1000.0 ms, missed" in md
+    assert "writes under 1% of its bytes: max 0.286%, met" in md and "Not finished" not in md
+    # a run stopped early says so, and states no size target it did not reach
+    part = _scaling()
+    part["rows"] = part["rows"][:2]
+    (tmp_path / "sc" / "scaling.json").write_text(json.dumps(part))
+    md2 = render_run(tmp_path / "sc", tmp_path / "rep")
+    assert "**Not finished**: stopped at 1,000 of 100,000 sessions" in md2 and "Targets" not in md2
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
     assert pngs == ["sc_scaling.png", "sw_sweep.png"]
     assert all((tmp_path / "rep" / p).stat().st_size > 5000 for p in pngs)
