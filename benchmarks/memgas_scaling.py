@@ -73,7 +73,9 @@ def grow(a) -> None:
         rng = np.random.default_rng(n)
         picked = rng.choice(len(turns), size=sizes[n % len(sizes)], replace=False)
         sid = f"m{n}"
-        return Session(sid, [replace(turns[i], turn_id=f"{sid}:{j}") for j, i in enumerate(picked)], pool[n % len(pool)].date)
+        return Session(
+            sid, [replace(turns[i], turn_id=f"{sid}:{j}") for j, i in enumerate(picked)], pool[n % len(pool)].date
+        )
 
     qs = [q.question for c in convs for q in c.questions][: a.queries]
     enc = load_encoder(a.encoder)
@@ -82,8 +84,14 @@ def grow(a) -> None:
     methods = {"memgas": load_best(a.best), "memgas_paper": paper_config()}
     store.encoder.encode(qs)  # query encoding excluded from the timings
     prev = read_json(out / "scaling.json") if (out / "scaling.json").exists() else {}
-    config = {"encoder": a.encoder, "sessions": a.sessions, "session_source": "locomo turns drawn at random, seed = n", "queries": len(qs), "best": a.best or BEST_LOCOMO,
-              "memory": asdict(mcfg)}
+    config = {
+        "encoder": a.encoder,
+        "sessions": a.sessions,
+        "session_source": "locomo turns drawn at random, seed = n",
+        "queries": len(qs),
+        "best": a.best or BEST_LOCOMO,
+        "memory": asdict(mcfg),
+    }
     if prev and prev.get("config") != config:
         raise SystemExit(f"{out}/scaling.json was made with another configuration; use another --out")
     rows = prev.get("rows", [])
@@ -142,8 +150,13 @@ def grow(a) -> None:
         )
         atomic_write_json(
             out / "scaling.json",
-            {**config, "config": config, "memgas_config": a.best or BEST_LOCOMO, "rows": rows,
-             "provenance": provenance(config, {"locomo": resolve_data(MemGASJobConfig())})},
+            {
+                **config,
+                "config": config,
+                "memgas_config": a.best or BEST_LOCOMO,
+                "rows": rows,
+                "provenance": provenance(config, {"locomo": resolve_data(MemGASJobConfig())}),
+            },
         )
     bar.close()
     print(f"scaling: {out / 'scaling.json'}")
@@ -194,8 +207,9 @@ def recall(a) -> None:
         "top5_agreement": float(np.mean(agree)),
         "target": "within 0.005 of the exact pipeline",
         "met": bool(abs(sc.mean() - ex.mean()) <= 0.005),
-        "provenance": provenance({"encoder": a.encoder, "best": a.best or BEST_LOCOMO},
-                                 {"locomo": resolve_data(MemGASJobConfig())}),
+        "provenance": provenance(
+            {"encoder": a.encoder, "best": a.best or BEST_LOCOMO}, {"locomo": resolve_data(MemGASJobConfig())}
+        ),
     }
     atomic_write_json(out / "recall.json", res)
     print({k: v for k, v in res.items() if k != "provenance"})

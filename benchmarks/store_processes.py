@@ -112,9 +112,13 @@ def main() -> None:
     for w in a.writers:
         trials.append(trial(out, w, a.adds, a.readers))
         print(json.dumps(trials[-1]), flush=True)
-    res = {"config": config, "trials": trials, "target": "zero adds lost, zero reader errors",
-           "met": all(t["adds_lost"] == 0 and t["reader_errors"] == 0 for t in trials),
-           "provenance": provenance(config, {})}
+    res = {
+        "config": config,
+        "trials": trials,
+        "target": "zero adds lost, zero reader errors",
+        "met": all(t["adds_lost"] == 0 and t["reader_errors"] == 0 for t in trials),
+        "provenance": provenance(config, {}),
+    }
     atomic_write_json(out / "store_processes.json", res)
     print(f"{out / 'store_processes.json'}: target {'met' if res['met'] else 'MISSED'}")
 

@@ -58,9 +58,7 @@ class Database:
         self.path = Path(path)
         try:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE for writers)
-            self.con = sqlite3.connect(
-                str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
+            self.con = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
             self.con.execute("PRAGMA journal_mode=WAL")
             self.con.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only a kill
             self.con.execute("PRAGMA secure_delete=ON")  # deleted content is overwritten, not left in free pages
@@ -130,7 +128,9 @@ class Database:
         return int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM history").fetchone()[0])
 
     def changes_since(self, con, seq: int) -> list[tuple[int, str, str, str | None]]:
-        return con.execute("SELECT seq, user_id, event, session_id FROM history WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+        return con.execute(
+            "SELECT seq, user_id, event, session_id FROM history WHERE seq > ? ORDER BY seq", (seq,)
+        ).fetchall()
 
     def user_ids(self, con) -> list[str]:
         return [r[0] for r in con.execute("SELECT DISTINCT user_id FROM sessions ORDER BY user_id")]
@@ -152,17 +152,18 @@ class Database:
     def read_user(self, con, uid: str, dim: int) -> dict:
         """Everything of one user, in insertion order: sessions, nodes (keys, granularities,
         owning session positions, vectors), edges as node keys, history."""
-        sess = [
-            self._session(r)
-            for r in con.execute("SELECT * FROM sessions WHERE user_id = ? ORDER BY pos", (uid,))
-        ]
+        sess = [self._session(r) for r in con.execute("SELECT * FROM sessions WHERE user_id = ? ORDER BY pos", (uid,))]
         pos = {s["session_id"]: i for i, s in enumerate(sess)}
         keys, gran, owner, vecs = [], [], [], []
         for key, sid, g, blob in con.execute(
             "SELECT key, session_id, gran, vec FROM nodes WHERE user_id = ? ORDER BY key", (uid,)
         ):
             if sid not in pos:
-                raise self.error(f"belongs to session {sid!r}, which is not stored", f"table nodes, user {uid!r} key {key}", "session_id")
+                raise self.error(
+                    f"belongs to session {sid!r}, which is not stored",
+                    f"table nodes, user {uid!r} key {key}",
+                    "session_id",
+                )
             keys.append(int(key))
             gran.append(g)
             owner.append(pos[sid])
@@ -171,7 +172,9 @@ class Database:
         edges = []
         for a, b in con.execute("SELECT a, b FROM edges WHERE user_id = ? ORDER BY rowid", (uid,)):
             if a not in kpos or b not in kpos:
-                raise self.error(f"edge ({a}, {b}) names a node that is not stored", f"table edges, user {uid!r}", "a/b")
+                raise self.error(
+                    f"edge ({a}, {b}) names a node that is not stored", f"table edges, user {uid!r}", "a/b"
+                )
             edges.append((kpos[a], kpos[b]))
         emb = np.stack(vecs) if vecs else np.zeros((0, dim), np.float32)
         return {"sessions": sess, "keys": keys, "gran": gran, "owner": owner, "emb": emb, "edges": edges}
@@ -195,24 +198,37 @@ class Database:
     def history(self, con, uid: str) -> list[dict]:
         return [
             {"event": e, "session_id": s, "at": at}
-            for e, s, at in con.execute("SELECT event, session_id, at FROM history WHERE user_id = ? ORDER BY seq", (uid,))
+            for e, s, at in con.execute(
+                "SELECT event, session_id, at FROM history WHERE user_id = ? ORDER BY seq", (uid,)
+            )
         ]
 
     # ---------------------------------------------------------------------------------- writes
     def insert_session(self, con, uid: str, session: dict, pos: int, keys, gran, vecs: np.ndarray, edges) -> None:
         con.execute(
             "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
-            (uid, session["session_id"], pos, session["date"], json.dumps(session["meta"], ensure_ascii=False),
-             json.dumps(session["units"], ensure_ascii=False)),
+            (
+                uid,
+                session["session_id"],
+                pos,
+                session["date"],
+                json.dumps(session["meta"], ensure_ascii=False),
+                json.dumps(session["units"], ensure_ascii=False),
+            ),
         )
         con.executemany(
             "INSERT INTO nodes VALUES (?, ?, ?, ?, ?)",
-            [(uid, int(k), session["session_id"], g, np.asarray(v, np.float32).tobytes()) for k, g, v in zip(keys, gran, vecs)],
+            [
+                (uid, int(k), session["session_id"], g, np.asarray(v, np.float32).tobytes())
+                for k, g, v in zip(keys, gran, vecs)
+            ],
         )
         con.executemany("INSERT INTO edges VALUES (?, ?, ?)", [(uid, int(a), int(b)) for a, b in edges])
 
     def delete_session(self, con, uid: str, sid: str) -> list[int]:
-        keys = [int(k) for (k,) in con.execute("SELECT key FROM nodes WHERE user_id = ? AND session_id = ?", (uid, sid))]
+        keys = [
+            int(k) for (k,) in con.execute("SELECT key FROM nodes WHERE user_id = ? AND session_id = ?", (uid, sid))
+        ]
         con.executemany("DELETE FROM edges WHERE user_id = ? AND (a = ? OR b = ?)", [(uid, k, k) for k in keys])
         con.execute("DELETE FROM nodes WHERE user_id = ? AND session_id = ?", (uid, sid))
         pos = con.execute("SELECT pos FROM sessions WHERE user_id = ? AND session_id = ?", (uid, sid)).fetchone()
@@ -234,7 +250,11 @@ class Database:
         )
 
     def log(self, con, uid: str, event: str, sid: str | None, at: str) -> int:
-        return int(con.execute("INSERT INTO history (user_id, event, session_id, at) VALUES (?, ?, ?, ?)", (uid, event, sid, at)).lastrowid)
+        return int(
+            con.execute(
+                "INSERT INTO history (user_id, event, session_id, at) VALUES (?, ?, ?, ?)", (uid, event, sid, at)
+            ).lastrowid
+        )
 
     def compact(self) -> None:
         """Give deleted pages back to the file system: checkpoint the WAL, VACUUM, truncate the WAL."""
@@ -247,7 +267,9 @@ class Database:
         self.con.execute("VACUUM INTO ?", (str(dest),))
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if p.exists())
+        return sum(
+            p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if p.exists()
+        )
 
 
 def migrate(src: str | Path, dest: str | Path, encoder=None) -> Path:
@@ -269,8 +291,9 @@ def migrate(src: str | Path, dest: str | Path, encoder=None) -> Path:
                 idx = np.flatnonzero(mem.node_sess == i)
                 pos = {int(j): mem.node_keys[j] for j in idx}
                 own = [(mem.node_keys[a], mem.node_keys[b]) for a, b in mem.edges if a in pos]
-                new._db.insert_session(con, uid, s, i, [mem.node_keys[j] for j in idx],
-                                       [mem.node_gran[j] for j in idx], mem.rows[idx], own)
+                new._db.insert_session(
+                    con, uid, s, i, [mem.node_keys[j] for j in idx], [mem.node_gran[j] for j in idx], mem.rows[idx], own
+                )
             for e in mem.history:
                 new._db.log(con, uid, e.get("event", "add"), e.get("session_id"), e.get("at", ""))
             new._db.log(con, uid, "migrate", None, "")
@@ -290,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compact", help="VACUUM a store so deleted data leaves the file")
     c.add_argument("path")
     a = ap.parse_args(argv)
-    from memgas.store import MemoryStore, StoreError
+    from memgas.store import StoreError
     from suite.encoders import load_encoder
 
     try:
@@ -309,9 +332,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{a.path}: {before:,} -> {db.disk_bytes():,} bytes")
             else:
                 with db.read() as con:
-                    counts = {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("sessions", "nodes", "edges")}  # noqa: S608
+                    counts = {
+                        t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                        for t in ("sessions", "nodes", "edges")
+                    }  # noqa: S608
                     users = len(db.user_ids(con))
-                print(json.dumps({"format": meta and meta.get("format"), "users": users, **counts, "bytes": db.disk_bytes()}))
+                print(
+                    json.dumps(
+                        {"format": meta and meta.get("format"), "users": users, **counts, "bytes": db.disk_bytes()}
+                    )
+                )
     except (StoreError, OSError, ValueError) as e:
         print(f"Store error: {e}", file=sys.stderr)
         return 2

@@ -401,7 +401,9 @@ def render_scaling(name: str, s: dict, out: Path) -> list[str]:
         "",
     ]
     durable = "disk_bytes_per_session" in rows[-1]
-    head = ["sessions", "nodes", "edges", "ingest ms/session (this step)"] + [f"query p50 / p95 ms {m}" for m in methods]
+    head = ["sessions", "nodes", "edges", "ingest ms/session (this step)"] + [
+        f"query p50 / p95 ms {m}" for m in methods
+    ]
     if durable:
         head += ["disk B/session", "one add writes: median / max B (max share of store)", "peak RSS MB"]
     body = []
@@ -409,7 +411,9 @@ def render_scaling(name: str, s: dict, out: Path) -> list[str]:
         per = r.get("ingest_s_per_session", 1 / max(r["ingest_sessions_per_s_recent"], 1e-9))
         row = [f"{r['sessions']:,}", f"{r['nodes']:,}", f"{r['edges']:,}", f"{per * 1000:.1f}"]
         row += [
-            f"{r['query_ms_p50'][m]:.1f} / {r['query_ms_p95'][m]:.1f}" if "query_ms_p95" in r else f"{r['query_ms_p50'][m]:.1f}"
+            f"{r['query_ms_p50'][m]:.1f} / {r['query_ms_p95'][m]:.1f}"
+            if "query_ms_p95" in r
+            else f"{r['query_ms_p50'][m]:.1f}"
             for m in methods
         ]
         if durable:
@@ -440,9 +444,14 @@ def render_scaling(name: str, s: dict, out: Path) -> list[str]:
         at10k = next((r for r in rows if r["sessions"] == 10000), None)
         if at10k and at10k.get("add_write_share_max") is not None:
             sh = at10k["add_write_share_max"]
-            targets.append(f"one add to a 10,000-session store writes under 1% of its bytes: max {sh:.3%}, {'met' if sh < 0.01 else 'missed'}")
+            verdict = "met" if sh < 0.01 else "missed"
+            targets.append(f"one add to a 10,000-session store writes under 1% of its bytes: max {sh:.3%}, {verdict}")
         if last["sessions"] < wanted:
-            lines += ["", f"**Not finished**: stopped at {last['sessions']:,} of {wanted:,} sessions; the rows above are all it measured."]
+            lines += [
+                "",
+                f"**Not finished**: stopped at {last['sessions']:,} of {wanted:,} sessions; "
+                "the rows above are all it measured.",
+            ]
         if targets:
             lines += ["", "Targets: " + "; ".join(targets) + "."]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))

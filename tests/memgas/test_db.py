@@ -89,7 +89,9 @@ def test_plain_api_writers_in_two_processes_lose_nothing_and_a_reader_never_erro
     reader.join(60)
     assert errors.empty()
     st = _open(p)
-    assert sorted(s["session_id"] for s in st.get_all("shared")) == sorted(f"w{w}-{i}" for w in range(2) for i in range(15))
+    assert sorted(s["session_id"] for s in st.get_all("shared")) == sorted(
+        f"w{w}-{i}" for w in range(2) for i in range(15)
+    )
     mem = st.users["shared"]
     assert len(mem.rows) == len(mem.node_gran) and all(0 <= a < len(mem.rows) for a, _ in mem.edges)
 
@@ -153,11 +155,10 @@ def test_delete_forgets_everywhere_shrinks_the_file_and_history_shows_it(tmp_pat
     assert st.delete("secret", "ann")
     assert "secret" not in {r["session_id"] for r in st.search("tangerine zebra passphrase", "ann", 20)["results"]}
     assert all(k not in st.users["ann"]._key_pos for k in keys)
+    ks = ",".join(map(str, keys))
     with sqlite3.connect(p) as con:
         assert con.execute("SELECT COUNT(*) FROM nodes WHERE session_id = 'secret'").fetchone()[0] == 0
-        assert con.execute(
-            "SELECT COUNT(*) FROM edges WHERE a IN (%s) OR b IN (%s)" % (",".join(map(str, keys)), ",".join(map(str, keys)))
-        ).fetchone()[0] == 0
+        assert con.execute(f"SELECT COUNT(*) FROM edges WHERE a IN ({ks}) OR b IN ({ks})").fetchone()[0] == 0
     st.compact()
     assert st.disk_bytes() < size_before
     raw = b"".join(f.read_bytes() for f in tmp_path.iterdir() if f.name.startswith("mem.sqlite"))

@@ -4,9 +4,9 @@ import igraph as ig
 import numpy as np
 import pytest
 
+from memgas.association import AssociationConfig
 from memgas.ppr import push_ppr, topk_agreement
 from memgas.retrieval import RetrievalConfig, rank_sessions
-from memgas.association import AssociationConfig
 from memgas.store import MemGASConfig, MemoryStore
 from suite.encoders import HashingEncoder
 
@@ -49,7 +49,9 @@ def test_local_and_full_pagerank_rank_sessions_alike():
         assert list(o_tight[:5]) == list(o_full[:5])
         o_loc, s_loc, _ = rank_sessions(mem, qv, q, RetrievalConfig(ppr="local"))  # the default tolerance
         assert len(set(o_loc[:5]) & set(o_full[:5])) >= 4
-        np.testing.assert_allclose(s_loc[np.argsort(o_loc)], s_full[np.argsort(o_full)], atol=1e-2 * s_full.max())  # within 1% of the top score
+        np.testing.assert_allclose(
+            s_loc[np.argsort(o_loc)], s_full[np.argsort(o_full)], atol=1e-2 * s_full.max()
+        )  # within 1% of the top score
 
 
 def test_ppr_option_is_checked_when_read():

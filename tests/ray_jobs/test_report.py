@@ -110,14 +110,17 @@ def _sweep_summary():
 
 
 def _scaling():
-    rows = [
-        {"sessions": n, "nodes": 15 * n, "edges": 100 * n, "ingest_s_total": 0.05 * n, "ingest_s_per_session": 0.01 * (1 + n / 10000),
-         "ingest_sessions_per_s_recent": 20.0, "query_ms_p50": {"memgas": n / 100, "memgas_paper": n / 300},
-         "query_ms_p95": {"memgas": n / 50, "memgas_paper": n / 150}, "disk_bytes": 70000 * n, "disk_bytes_per_session": 70000.0,
-         "add_write_bytes_median": 190000.0, "add_write_bytes_max": 2000000, "add_write_share_max": 2000000 / (70000 * n),
-         "peak_rss_mb": 500.0 + n / 10}
-        for n in (100, 1000, 10000, 100000)
-    ]  # fmt: skip
+    def row(n):
+        return {
+            "sessions": n, "nodes": 15 * n, "edges": 100 * n, "ingest_s_total": 0.05 * n,
+            "ingest_s_per_session": 0.01 * (1 + n / 10000), "ingest_sessions_per_s_recent": 20.0,
+            "query_ms_p50": {"memgas": n / 100, "memgas_paper": n / 300},
+            "query_ms_p95": {"memgas": n / 50, "memgas_paper": n / 150},
+            "disk_bytes": 70000 * n, "disk_bytes_per_session": 70000.0, "add_write_bytes_median": 190000.0,
+            "add_write_bytes_max": 2000000, "add_write_share_max": 2000000 / (70000 * n), "peak_rss_mb": 500.0 + n / 10,
+        }  # fmt: skip
+
+    rows = [row(n) for n in (100, 1000, 10000, 100000)]
     return {"encoder": "hashing", "queries": 30, "rows": rows, "config": {"sessions": 100000}}
 
 
@@ -131,7 +134,10 @@ def test_sweep_and_benchmark_results_render_tables_and_plots(tmp_path):
     # top trials best first; the errored trial is left out; only the parameters that vary are shown
     assert "| rank | recall_all@5 | best.router | best.temperature |" in md
     assert "| 1 | 0.700 | `uniform` | `0.5` |" in md and "| 3 | 0.500 | `corrected` | `0.1` |" in md
-    assert "| 1,000 | 15,000 | 100,000 | 11.0 | 10.0 / 20.0 | 3.3 / 6.7 | 70,000 | 190,000 / 2,000,000 (2.857%) | 600 |" in md
+    assert (
+        "| 1,000 | 15,000 | 100,000 | 11.0 | 10.0 / 20.0 | 3.3 / 6.7 | 70,000 | 190,000 / 2,000,000 (2.857%) | 600 |"
+        in md
+    )
     # each target stated as met or missed, from the numbers
     assert "ingest per session at 100,000 within 2x of that at 1,000: 10.00x, missed" in md
     assert "query p50 of `memgas` under 30 ms at 100,000 sessions: 1000.0 ms, missed" in md
