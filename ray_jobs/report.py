@@ -400,6 +400,13 @@ def render_scaling(name: str, s: dict, out: Path) -> list[str]:
         + ").",
         "",
     ]
+    enc = s.get("encoding")
+    if enc:
+        lines += [
+            f"The {enc['texts']:,} distinct texts of {enc['sessions']:,} sessions were encoded first, in batches "
+            f"({enc['seconds']:.0f} s, {enc['texts_per_s']:.0f} texts/s): ingest times below exclude the encoder.",
+            "",
+        ]
     durable = "disk_bytes_per_session" in rows[-1]
     head = ["sessions", "nodes", "edges", "ingest ms/session (this step)"] + [
         f"query p50 / p95 ms {m}" for m in methods
