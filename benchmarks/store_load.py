@@ -28,6 +28,7 @@ from memgas.recipe import MemGASJobConfig, load_best, resolve_data
 from memgas.store import MemGASConfig, MemoryStore
 from suite.encoders import load_encoder
 from suite.io import atomic_write_json
+from suite.provenance import provenance
 
 
 def pct(xs: list[float]) -> dict:
@@ -144,6 +145,7 @@ def main() -> None:
         "missing": missing,
         "reload_identical": same,
     }
+    res["provenance"] = provenance(vars(a), {"locomo": resolve_data(MemGASJobConfig())})
     atomic_write_json(out / "store_load.json", res)
     print(
         f"{res['sessions_added']} sessions added, {len(search_lat)} searches in {wall:.1f}s "
