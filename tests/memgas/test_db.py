@@ -249,3 +249,24 @@ def test_a_failed_commit_leaves_memory_and_database_agreeing(tmp_path, monkeypat
         st.add("again", "ann", session_id="s1")
     assert st.add("a session that commits", "ann", session_id="kept") == "kept"
     assert [s["session_id"] for s in _open(p).get_all("ann")][-1] == "kept"
+
+
+def test_the_command_line_tools_report_compact_and_refuse_missing_files(tmp_path, capsys):
+    import json
+
+    p = tmp_path / "mem.sqlite"
+    st = _open(p)
+    _fill(st, n=6)
+    st.delete("s2", "ann")
+    st.close()
+    assert db_main(["info", str(p)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "memgas-sqlite/1" and info["users"] == 1 and info["sessions"] == 5
+    assert db_main(["compact", str(p)]) == 0
+    before, after = (
+        int(x.replace(",", "")) for x in capsys.readouterr().out.split(": ")[1].split(" bytes")[0].split(" -> ")
+    )
+    assert after <= before
+    missing = tmp_path / "nope.sqlite"
+    assert db_main(["info", str(missing)]) == 2 and not missing.exists()  # never creates a store
+    assert "no such store file" in capsys.readouterr().err
