@@ -287,13 +287,17 @@ def migrate(src: str | Path, dest: str | Path, encoder=None) -> Path:
     new = MemoryStore.open(tmp, old.cfg, encoder=old.encoder)
     with new._db.write() as con:
         for uid, mem in sorted(old.users.items()):
+            # nodes and edges grouped by session once (an edge belongs to the session of its new node `a`)
+            nodes_of = [[] for _ in mem.sessions]
+            for j, i in enumerate(mem.node_sess_list):
+                nodes_of[i].append(j)
+            edges_of = [[] for _ in mem.sessions]
+            for a, b in mem.edges:
+                edges_of[mem.node_sess_list[a]].append((mem.node_keys[a], mem.node_keys[b]))
             for i, s in enumerate(mem.sessions):
-                idx = np.flatnonzero(mem.node_sess == i)
-                pos = {int(j): mem.node_keys[j] for j in idx}
-                own = [(mem.node_keys[a], mem.node_keys[b]) for a, b in mem.edges if a in pos]
-                new._db.insert_session(
-                    con, uid, s, i, [mem.node_keys[j] for j in idx], [mem.node_gran[j] for j in idx], mem.rows[idx], own
-                )
+                idx = np.asarray(nodes_of[i], dtype=np.int64)
+                keys, gran = [mem.node_keys[j] for j in idx], [mem.node_gran[j] for j in idx]
+                new._db.insert_session(con, uid, s, i, keys, gran, mem.rows[idx], edges_of[i])
             for e in mem.history:
                 new._db.log(con, uid, e.get("event", "add"), e.get("session_id"), e.get("at", ""))
             new._db.log(con, uid, "migrate", None, "")
