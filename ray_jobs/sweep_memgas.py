@@ -59,6 +59,12 @@ class SweepMemGASConfig:
                 raise ConfigError("mechanisms=graph_and_router: job.best must use the graph and a routed mix")
 
 
+def memory_cache_dir(experiment_dir: str | Path, cfg: MemGASJobConfig) -> Path:
+    """Where the trials of one Tune experiment keep the memories ingested under `cfg.memgas` (one
+    folder per memory setting and data file; `ray_jobs.prefill_memories` fills the same folders)."""
+    return Path(experiment_dir) / "memories" / json_digest([asdict(cfg.memgas), str(resolve_data(cfg))], 12)
+
+
 def trial(config: dict) -> None:
     from ray import tune
 
@@ -69,10 +75,7 @@ def trial(config: dict) -> None:
     try:
         convs, _ = split_conversations(load_benchmark(cfg.benchmark, resolve_data(cfg)), cfg)
         convs = convs[: cfg.eval.max_conversations] if cfg.eval.max_conversations else convs
-        mem_key = json_digest([asdict(cfg.memgas), str(resolve_data(cfg))], 12)
-        cache = (
-            Path(tune.get_context().get_trial_dir()).parent / "memories" / mem_key
-        )  # shared by the experiment's trials
+        cache = memory_cache_dir(trial_dir.parent, cfg)  # shared by the experiment's trials
         enc = CachedEncoder(load_encoder(cfg.memgas.encoder))  # shared by this trial's conversations
         cfg.eval.progress = False
         records = []
