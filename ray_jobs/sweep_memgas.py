@@ -65,6 +65,21 @@ def memory_cache_dir(experiment_dir: str | Path, cfg: MemGASJobConfig) -> Path:
     return Path(experiment_dir) / "memories" / json_digest([asdict(cfg.memgas), str(resolve_data(cfg))], 12)
 
 
+def experiment_dir() -> Path:
+    """The experiment folder in Tune's storage when that is a local or shared file system: memories
+    saved there survive a restore and are visible to `prefill_memories`. Tune's own trial folder is
+    a per-session staging copy (synced to storage, never read back), so a cache kept there was
+    re-ingested after every restore. With cloud storage: the node-local staging folder."""
+    import pyarrow.fs
+    from ray import tune
+
+    ctx = tune.get_context()
+    storage = ctx.get_storage()
+    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(storage.experiment_fs_path)
+    return Path(ctx.get_trial_dir()).parent
+
+
 def trial(config: dict) -> None:
     from ray import tune
 
@@ -75,7 +90,7 @@ def trial(config: dict) -> None:
     try:
         convs, _ = split_conversations(load_benchmark(cfg.benchmark, resolve_data(cfg)), cfg)
         convs = convs[: cfg.eval.max_conversations] if cfg.eval.max_conversations else convs
-        cache = memory_cache_dir(trial_dir.parent, cfg)  # shared by the experiment's trials
+        cache = memory_cache_dir(experiment_dir(), cfg)  # shared by the experiment's trials
         enc = CachedEncoder(load_encoder(cfg.memgas.encoder))  # shared by this trial's conversations
         cfg.eval.progress = False
         records = []
