@@ -30,6 +30,7 @@ from ray_jobs.sweep_memgas import SweepMemGASConfig, memory_cache_dir
 from ray_jobs.sweeps import apply_params
 from suite.device import use as use_device
 from suite.encoders import load_encoder
+from suite.io import claim_run_dir
 
 
 def conversation_folder(conv_id: str) -> str:
@@ -43,7 +44,7 @@ def prefill(cfg: SweepMemGASConfig, out: str | Path, threads: int = 1, reverse: 
     import torch
 
     torch.set_num_threads(threads)  # a Tune trial computes on one CPU: keep the same arithmetic
-    out = Path(out).resolve()
+    out = claim_run_dir(Path(out).resolve(), "sweep")  # the sweep's own folder, or a new one it will use
     cfg.job.split.name = "dev"  # as sweep_memgas.run forces it
     job = apply_params(type(cfg.job), asdict(cfg.job), {})
     use_device(job.device)

@@ -59,3 +59,29 @@ def test_prefilled_memories_are_the_trials_memories(tmp_path):
 
     again = prefill(load_config(SweepMemGASConfig, None, ov), tmp_path / "sw")
     assert again["ingested"] == [] and again["stopped_at"] == "conv-2"  # met memories already there
+
+
+def test_sweep_trials_load_the_prefilled_memories(ray_local, tmp_path, monkeypatch):
+    """The trials look where prefill_memories writes (Tune's storage, not its per-session staging
+    copy): with every dev memory prefilled, no trial ingests one."""
+    from ray_jobs.sweep_memgas import run as run_sweep
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    data = _data(tmp_path)
+    ov = [
+        f"job.data={data}",
+        "job.memgas.encoder=hashing",
+        "job.split.dev_every=2",
+        "job.tracking.mode=offline",
+        "sweep.name=t_pre",
+        "sweep.search=random",
+        "sweep.num_samples=2",
+        "sweep.space={best.temperature: {values: [0.1, 0.5]}}",
+    ]
+    assert len(prefill(load_config(SweepMemGASConfig, None, ov), tmp_path / "sw")["ingested"]) == 2
+    s = run_sweep(load_config(SweepMemGASConfig, None, ov), tmp_path / "sw")
+    assert s["trials"] == 2 and s["errors"] == 0
+    logs = list((tmp_path / "sw" / "tune" / "t_pre").glob("*/per_question.jsonl"))
+    recs = [json.loads(line) for f in logs for line in f.read_text().splitlines()]
+    assert len(logs) == 2 and {r["conv"] for r in recs} == {"conv-0", "conv-2"}
+    assert all(r["ingest"]["from_cache"] for r in recs)
