@@ -20,14 +20,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from memgas.data import load_benchmark
 from memgas.encoders import CachedEncoder
 from memgas.evaluate import evaluate
-from memgas.recipe import resolve_data, split_conversations
 from memgas.store import MemoryStore
 from ray_jobs.cli import entry, parse
-from ray_jobs.sweep_memgas import SweepMemGASConfig, memory_cache_dir
-from ray_jobs.sweeps import apply_params
+from ray_jobs.sweep_memgas import SweepMemGASConfig, memory_cache_dir, sweep_conversations
+from ray_jobs.sweeps import apply_params, experiment_path
 from suite.device import use as use_device
 from suite.encoders import load_encoder
 from suite.io import claim_run_dir
@@ -48,10 +46,8 @@ def prefill(cfg: SweepMemGASConfig, out: str | Path, threads: int = 1, reverse: 
     cfg.job.split.name = "dev"  # as sweep_memgas.run forces it
     job = apply_params(type(cfg.job), asdict(cfg.job), {})
     use_device(job.device)
-    exp_dir = Path(cfg.sweep.storage_path or out / "tune") / cfg.sweep.name
-    cache = memory_cache_dir(exp_dir, job)
-    convs, _ = split_conversations(load_benchmark(job.benchmark, resolve_data(job)), job)
-    convs = convs[: job.eval.max_conversations] if job.eval.max_conversations else convs
+    cache = memory_cache_dir(experiment_path(cfg.sweep, out), job)
+    convs = sweep_conversations(job)
     order = list(reversed(convs)) if reverse else list(convs)
     enc = CachedEncoder(load_encoder(job.memgas.encoder))
     job.eval.progress = False

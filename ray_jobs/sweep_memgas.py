@@ -65,6 +65,12 @@ def memory_cache_dir(experiment_dir: str | Path, cfg: MemGASJobConfig) -> Path:
     return Path(experiment_dir) / "memories" / json_digest([asdict(cfg.memgas), str(resolve_data(cfg))], 12)
 
 
+def sweep_conversations(cfg: MemGASJobConfig) -> list:
+    """The conversations a trial scores: the configured split, capped by `eval.max_conversations`."""
+    convs, _ = split_conversations(load_benchmark(cfg.benchmark, resolve_data(cfg)), cfg)
+    return convs[: cfg.eval.max_conversations] if cfg.eval.max_conversations else convs
+
+
 def experiment_dir() -> Path:
     """The experiment folder in Tune's storage when that is a local or shared file system: memories
     saved there survive a restore and are visible to `prefill_memories`. Tune's own trial folder is
@@ -88,8 +94,7 @@ def trial(config: dict) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
     tracker = trial_tracker(cfg, config["params"], "sweep_memgas", config["base"]["tracking"])
     try:
-        convs, _ = split_conversations(load_benchmark(cfg.benchmark, resolve_data(cfg)), cfg)
-        convs = convs[: cfg.eval.max_conversations] if cfg.eval.max_conversations else convs
+        convs = sweep_conversations(cfg)
         cache = memory_cache_dir(experiment_dir(), cfg)  # shared by the experiment's trials
         enc = CachedEncoder(load_encoder(cfg.memgas.encoder))  # shared by this trial's conversations
         cfg.eval.progress = False
@@ -121,8 +126,7 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     if cfg.mechanisms == "graph_and_router" and not exercises_mechanisms(best.best):
         raise ConfigError(f"the best trial {res['summary']['best']['config']} does not exercise graph and router")
     data = resolve_data(cfg.job)
-    convs, _ = split_conversations(load_benchmark(cfg.job.benchmark, data), cfg.job)
-    convs = convs[: cfg.job.eval.max_conversations] if cfg.job.eval.max_conversations else convs
+    convs = sweep_conversations(cfg.job)
     best.selected_on = {
         "benchmark": cfg.job.benchmark,
         "data": str(data),

@@ -136,6 +136,11 @@ def check_same_sweep(stamp: Path, sweep: SweepConfig, base: dict, restoring: boo
         atomic_write_json(stamp, ident)
 
 
+def experiment_path(sweep: SweepConfig, out: str | Path) -> str:
+    """The Tune experiment folder of a sweep run into OUT (under `sweep.storage_path` when set)."""
+    return str(Path(sweep.storage_path or str(Path(out) / "tune")) / sweep.name)
+
+
 def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict, out: str | Path) -> dict:
     """Run (or restore) the Tune experiment; `trainable(config)` gets {"base": ..., "params": {...}}."""
     git_state()  # the commit the sweep starts at (recorded in its summary)
@@ -145,7 +150,7 @@ def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict,
     init_ray()
     out = Path(out).resolve()
     storage = sweep.storage_path or str(out / "tune")
-    exp_path = str(Path(storage) / sweep.name)
+    exp_path = experiment_path(sweep, out)
     wrapped = tune.with_resources(trainable, {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial})
     # the stamp lives in OUT, not beside the experiment: storage_path may be a cloud URI
     check_same_sweep(out / f"{sweep.name}.config.json", sweep, base, tune.Tuner.can_restore(exp_path))
