@@ -26,7 +26,14 @@ from memgas.evaluate import evaluate, summarize
 from memgas.recipe import MemGASJobConfig, exercises_mechanisms, resolve_data, split_conversations
 from memgas.store import MemoryStore
 from ray_jobs.cli import entry, parse
-from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep, trial_tracker
+from ray_jobs.sweeps import (
+    SweepConfig,
+    apply_params,
+    finish_trial_tracker,
+    report_sweep,
+    run_sweep,
+    trial_tracker,
+)
 from suite.config import ConfigError, opt
 from suite.device import use as use_device
 from suite.encoders import load_encoder
@@ -113,7 +120,7 @@ def trial(config: dict) -> None:
             tracker.log({**m, "conversations": i + 1}, step=i + 1)
             tune.report({**m, "conversations": i + 1})
     finally:
-        tracker.finish()
+        finish_trial_tracker(tracker)
 
 
 def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:

@@ -20,7 +20,14 @@ from mta.evaluate import primary_metric
 from mta.pipeline import Evaluator, _uses_labels, load_users, split_digest, summarize
 from mta.recipe import MTAJobConfig, bank_path_for, build_bank
 from ray_jobs.cli import entry, parse
-from ray_jobs.sweeps import SweepConfig, apply_params, report_sweep, run_sweep, trial_tracker
+from ray_jobs.sweeps import (
+    SweepConfig,
+    apply_params,
+    finish_trial_tracker,
+    report_sweep,
+    run_sweep,
+    trial_tracker,
+)
 from suite.config import ConfigError
 from suite.device import use as use_device
 from suite.encoders import load_encoder
@@ -73,7 +80,7 @@ def trial(config: dict) -> None:
             tune.report({**m, "users": i + 1})
         tracker.summary({"final_" + primary_metric(d.task)[0]: m[primary_metric(d.task)[0]]})
     finally:
-        tracker.finish()
+        finish_trial_tracker(tracker)
 
 
 def run(cfg: SweepMTAConfig, out: str | Path) -> dict:

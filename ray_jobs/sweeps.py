@@ -295,3 +295,14 @@ def trial_tracker(cfg, params: dict, default_group: str, base_tracking: dict):
         Path(tune.get_context().get_trial_dir()),
         name=tune.get_context().get_trial_name(),
     )
+
+
+def finish_trial_tracker(tracker) -> None:
+    """Finish a trial's W&B run and close this worker's connection to the wandb service now. Ray
+    stops the service with the trial, so wandb's own atexit teardown would otherwise find the socket
+    gone and print a `ConnectionResetError` traceback for every trial (results were unaffected)."""
+    import sys
+
+    tracker.finish()
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()

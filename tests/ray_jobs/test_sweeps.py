@@ -218,3 +218,35 @@ def test_a_memgas_proper_sweep_cannot_switch_its_mechanisms_off():
             None,
             ["mechanisms=graph_and_router", "sweep.space={best.use_graph: {values: [true, false]}}"],
         )
+
+
+_WORKER_EXIT = """
+import sys, psutil
+from ray_jobs.sweeps import finish_trial_tracker
+from suite.tracking import Tracker, TrackingConfig
+t = Tracker(TrackingConfig(mode="offline"), "trial", {"x": 1}, sys.argv[2], name="t")
+t.log({"a": 1}, step=1)
+finish_trial_tracker(t) if sys.argv[1] == "trial" else t.finish()
+for c in psutil.Process().children(recursive=True):  # what Ray does to a trial's children
+    c.kill()
+"""
+
+
+@pytest.mark.parametrize("how", ["trial", "plain"])
+def test_a_trial_closes_its_wandb_service_connection_before_ray_stops_the_service(tmp_path, how):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("WANDB_")}
+    p = subprocess.run(
+        [sys.executable, "-c", _WORKER_EXIT, how, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**env, "WANDB_SILENT": "true"},
+    )
+    assert p.returncode == 0, p.stderr
+    assert list(tmp_path.glob("wandb/offline-run-*"))
+    # the plain finish shows the traceback the trials printed; the trial helper does not
+    assert ("Connection lost" in p.stderr) == (how == "plain"), p.stderr
