@@ -35,7 +35,6 @@ rendered by `python -m ray_jobs.report OUT`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import resource
 import time
@@ -46,6 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from memgas.data import Session, load_locomo
+from memgas.encoders import CachedEncoder
 from memgas.evaluate import retrieval_metrics
 from memgas.recipe import BEST_LOCOMO, MemGASJobConfig, load_best, resolve_data
 from memgas.retrieval import paper_config
@@ -79,8 +79,8 @@ class _Primed:
         self.known: dict[bytes, np.ndarray] = {}
 
     @staticmethod
-    def key(text: str) -> bytes:
-        return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest().encode()
+    def key(text: str) -> bytes:  # the store's cache key, as bytes for the saved arrays
+        return CachedEncoder.key(text).encode()
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         miss = [t for t in dict.fromkeys(texts) if self.key(t) not in self.known]
