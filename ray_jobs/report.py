@@ -10,7 +10,8 @@ difference to MTA with its verdict, per-user bytes and adaptation seconds), an a
 accuracy-versus-storage plot; every MemGAS benchmark a method table with intervals against the
 reference method, recall@k curves and per-category bars; a sweep its best configuration, its top
 trials and one plot of the metric against every swept key and of the search's progress; the
-scaling benchmark its table and curves; the throughput benchmark its table. `--readme` replaces
+scaling benchmark its table and curves; the throughput benchmark its table; the MTA tasks together
+one overview row each (block `mta_overview`). `--readme` replaces
 each block between `<!-- report:NAME -->` and `<!-- /report:NAME -->` (NAME = the run folder's
 name) with the rendered Markdown, so README tables are never edited by hand;
 `tests/ray_jobs/test_report.py` checks that they match the committed results in `results/`.
@@ -218,6 +219,69 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
     ax.set_title(f"{task}: {main} vs storage ({r['n_users']} users)")
     png = _save(fig, out / f"{name}_{task}_{main}_vs_bytes.png")
     return lines + _provenance(r) + ["", f"![{task} {main} versus storage]({png.name})"]
+
+
+def render_mta_overview(tasks: dict[str, dict]) -> list[str]:
+    """One row per MTA task (`tasks`: task → its summary block, from every run given): MTA against
+    OPPU, which rows the corrected exact test places below or above MTA, the stretch comparison with
+    `prior_recency`, the cost ratios and how many anchors moved by 1e-3. Verdicts are the task
+    blocks' own (Holm over each task's table); nothing is re-tested here."""
+    rows, made = [], []
+    for task in sorted(tasks):
+        r = tasks[task]
+        main = next(iter(r["methods"]["mta"]))
+        vs = r.get("vs_mta", {})
+        below = [m for m, d in vs.items() if d.get("verdict") == "worse"]
+        above = [m for m, d in vs.items() if d.get("verdict") == "better"]
+        prior = (r.get("vs_prior_recency") or {}).get("mta")
+        ratios = r.get("ratios") or {}
+        anchors = r.get("anchors") or []
+        oppu = vs.get("oppu")
+        rows.append(
+            [
+                task,
+                f"{r['n_users']} ({r['split']['eval']})",
+                main,
+                _f(r["methods"]["mta"][main]),
+                _f(r["methods"].get("oppu", {}).get(main)),
+                (f"{oppu['diff']:+.3f} {oppu['verdict']}" if oppu else "—"),
+                ", ".join(below) or "none",
+                ", ".join(above) or "none",
+                (f"{prior['diff']:+.3f} {prior['verdict']}" if prior else "—"),
+                _f(ratios.get("bytes_mta_over_oppu")),
+                _f(ratios.get("adapt_s_mta_over_oppu")),
+                f"{sum(a['rel_update'] >= 1e-3 for a in anchors)} of {len(anchors)}",
+            ]
+        )
+        p = r.get("provenance") or {}
+        made.append(f"{task} `{p.get('commit', 'unknown')[:10]}`" + (" (dirty)" if p.get("dirty") else ""))
+    codes = sorted({(tasks[t].get("provenance") or {}).get("code_version", "unknown") for t in tasks})
+    lines = [
+        "MTA across the LaMP tasks: settings chosen on train users, measured on the dev users named; "
+        "every verdict is the task table's exact paired test, Holm-corrected over that table "
+        "(intervals there); a row not named below or above MTA is n.s. against it. OPPU and "
+        "prior_recency columns: that method's difference to MTA (OPPU − MTA; MTA − prior_recency); "
+        "for mae/rmse lower is better and the verdicts are oriented accordingly.",
+        "",
+    ]
+    lines += _table(
+        [
+            "task",
+            "users",
+            "metric",
+            "MTA",
+            "OPPU",
+            "OPPU − MTA",
+            "below MTA",
+            "above MTA",
+            "MTA − prior_recency",
+            "bytes MTA/OPPU",
+            "time MTA/OPPU",
+            "anchors ≥ 1e-3",
+        ],
+        rows,
+    )
+    return lines + ["", f"_Made at commits {', '.join(made)}; method code {', '.join(f'`{c}`' for c in codes)}._"]
 
 
 # ---------------------------------------------------------------------------------------- MemGAS
@@ -649,6 +713,15 @@ def render_report(runs: list[Path], out: Path, keep: Path | None = None) -> dict
             for f in found:  # replaces the path itself: a symlink at the destination is never followed
                 atomic_write_bytes(dest / f, (run / f).read_bytes())
         blocks[run.name] = render_run(run, out).replace("<!--", "&lt;!--")  # data never forms a marker
+    tasks = {}
+    for run in map(Path, runs):
+        if (run / "summary.json").exists():
+            for task, r in (read_json(run / "summary.json").get("mta") or {}).items():
+                if task in tasks:
+                    raise SystemExit(f"{run}: a second run of {task}; give the report one run per task")
+                tasks[task] = r
+    if tasks:
+        blocks["mta_overview"] = "\n".join(render_mta_overview(tasks)).replace("<!--", "&lt;!--") + "\n"
     atomic_write_text(out / "report.md", "".join(f"## {n}\n\n{b}\n" for n, b in blocks.items()))
     # the plots are the images the blocks link to
     plots = sorted({str(out / f) for b in blocks.values() for f in re.findall(r"\]\(([^)/]+\.png)\)", b)})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ray_jobs.report import main as report
-from ray_jobs.report import render_run
+from ray_jobs.report import render_mta_overview, render_report, render_run
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -202,6 +202,36 @@ def test_readme_tables_match_the_committed_summaries(block, tmp_path):
     rendered = render_run(ROOT / "results" / block, tmp_path)
     rendered = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", r"![\1](report/\2)", rendered)
     assert m.group(1) == rendered, "README table drifted: rerun the report command in README's Results section"
+
+
+def test_readme_overview_matches_the_committed_mta_summaries(tmp_path):
+    runs = [ROOT / "results" / b for b in RESULTS]
+    if not any((r / "summary.json").exists() and "mta" in json.loads((r / "summary.json").read_text()) for r in runs):
+        pytest.skip("no committed MTA results")
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- report:mta_overview -->\n(.*?)<!-- /report:mta_overview -->", readme, re.S)
+    assert m, "README has no report block for the MTA overview"
+    assert m.group(1) == render_report(runs, tmp_path / "rep")["blocks"]["mta_overview"]
+
+
+def test_overview_names_the_rows_the_test_places_below_and_above_mta(tmp_path):
+    r = _mta_summary()["mta"]["LaMP_2"]
+    r["methods"]["rag"] = {"accuracy": 0.3, "f1": 0.2}
+    r["vs_mta"]["rag"] = dict(r["vs_mta"]["oppu"], diff=0.1, verdict="better")
+    r["vs_mta"]["base"] = dict(r["vs_mta"]["oppu"], verdict="n.s.")
+    r["ratios"] = {"bytes_mta_over_oppu": 0.125, "adapt_s_mta_over_oppu": 0.25}
+    lines = render_mta_overview({"LaMP_2": r})
+    row = next(x for x in lines if x.startswith("| LaMP_2"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:6] == ["LaMP_2", "10 (dev)", "accuracy", "0.200", "0.100", "-0.100 worse"]
+    assert cells[6:9] == ["oppu", "rag", "—"]  # base is n.s.: named on neither side
+    assert cells[9:] == ["0.125", "0.250", "1 of 1"]
+    assert "method code `c0de`" in lines[-1]
+    for name in ("a", "b"):  # two runs of one task would make one row ambiguous: refused
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(_mta_summary()))
+    with pytest.raises(SystemExit, match="a second run of LaMP_2"):
+        render_report([tmp_path / "a", tmp_path / "b"], tmp_path / "rep")
 
 
 def test_keep_never_follows_a_symlink_and_a_foreign_out_is_refused(tmp_path):
