@@ -717,6 +717,8 @@ def render_report(runs: list[Path], out: Path, keep: Path | None = None) -> dict
     for run in map(Path, runs):
         if (run / "summary.json").exists():
             for task, r in (read_json(run / "summary.json").get("mta") or {}).items():
+                if "mta" not in r.get("methods", {}):  # a run of baselines only: no MTA row to summarise
+                    continue
                 if task in tasks:
                     raise SystemExit(f"{run}: a second run of {task}; give the report one run per task")
                 tasks[task] = r

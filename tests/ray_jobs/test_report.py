@@ -234,6 +234,16 @@ def test_overview_names_the_rows_the_test_places_below_and_above_mta(tmp_path):
         render_report([tmp_path / "a", tmp_path / "b"], tmp_path / "rep")
 
 
+def test_a_run_without_an_mta_row_renders_without_an_overview(tmp_path):
+    s = _mta_summary()
+    r = s["mta"]["LaMP_2"]
+    r["methods"].pop("mta")  # e.g. eval.methods=[prior, base, fusion]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(s))
+    blocks = render_report([tmp_path / "run"], tmp_path / "rep")["blocks"]
+    assert "run" in blocks and "mta_overview" not in blocks
+
+
 def test_keep_never_follows_a_symlink_and_a_foreign_out_is_refused(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "summary.json").write_text(json.dumps(_mta_summary()))
