@@ -97,13 +97,14 @@ def _preencode(primed: _Primed, todo: list[str], folder: Path, chunk: int = 64 *
     batch pads little. Returns the throughput over all chunks, resumed ones included."""
     folder.mkdir(parents=True, exist_ok=True)
     secs, loaded = 0.0, 0
-    for f in sorted(folder.glob("chunk_*.npz")):
+    saved = sorted(folder.glob("chunk_*.npz"))
+    for f in saved:
         with np.load(f, allow_pickle=False) as z:
             primed.known.update(zip(z["keys"].tolist(), z["vecs"]))
             secs += float(z["seconds"])
             loaded += len(z["keys"])
     rest = sorted((t for t in todo if primed.key(t) not in primed.known), key=len)
-    start = 1 + max((int(f.stem.split("_")[1]) for f in folder.glob("chunk_*.npz")), default=-1)
+    start = 1 + max((int(f.stem.split("_")[1]) for f in saved), default=-1)
     for i in tqdm(range(0, len(rest), chunk), desc="encoding", unit="chunk"):
         part = rest[i : i + chunk]
         t0 = time.perf_counter()

@@ -702,7 +702,7 @@ def render_report(runs: list[Path], out: Path, keep: Path | None = None) -> dict
     """Render every run into OUT/report.md and OUT/*.png; returns {"blocks": {run name: markdown},
     "plots": [paths written]}. `keep` copies each run's result files to KEEP/<run name>/."""
     out = claim_run_dir(out, "report")  # never writes into a folder that is not a report's
-    blocks = {}
+    blocks, tasks = {}, {}  # tasks: every MTA task's summary block, for the overview
     for run in map(Path, runs):
         found = [f for f in RESULT_FILES if (run / f).exists()]
         if not found:
@@ -713,15 +713,13 @@ def render_report(runs: list[Path], out: Path, keep: Path | None = None) -> dict
             for f in found:  # replaces the path itself: a symlink at the destination is never followed
                 atomic_write_bytes(dest / f, (run / f).read_bytes())
         blocks[run.name] = render_run(run, out).replace("<!--", "&lt;!--")  # data never forms a marker
-    tasks = {}
-    for run in map(Path, runs):
-        if (run / "summary.json").exists():
-            for task, r in (read_json(run / "summary.json").get("mta") or {}).items():
-                if "mta" not in r.get("methods", {}):  # a run of baselines only: no MTA row to summarise
-                    continue
-                if task in tasks:
-                    raise SystemExit(f"{run}: a second run of {task}; give the report one run per task")
-                tasks[task] = r
+        summary = read_json(run / "summary.json") if "summary.json" in found else {}
+        for task, r in (summary.get("mta") or {}).items():
+            if "mta" not in r.get("methods", {}):  # a run of baselines only: no MTA row to summarise
+                continue
+            if task in tasks:
+                raise SystemExit(f"{run}: a second run of {task}; give the report one run per task")
+            tasks[task] = r
     if tasks:
         blocks["mta_overview"] = "\n".join(render_mta_overview(tasks)).replace("<!--", "&lt;!--") + "\n"
     atomic_write_text(out / "report.md", "".join(f"## {n}\n\n{b}\n" for n, b in blocks.items()))
