@@ -730,7 +730,9 @@ def render_report(runs: list[Path], out: Path, keep: Path | None = None) -> dict
 
 def update_readme(readme: Path, blocks: dict[str, str], image_prefix: str) -> list[str]:
     """Replace each `<!-- report:NAME -->…<!-- /report:NAME -->` block; returns the names replaced."""
-    text = readme.read_text(encoding="utf-8")
+    if not readme.is_file():  # e.g. /dev/null: renaming over it would replace the device, not write to it
+        raise SystemExit(f"{readme}: --readme must name a regular file")
+    text = original = readme.read_text(encoding="utf-8")
     done = []
     for name, body in blocks.items():
         pat = re.compile(rf"(<!-- report:{re.escape(name)} -->\n).*?(<!-- /report:{re.escape(name)} -->)", re.S)
@@ -738,7 +740,8 @@ def update_readme(readme: Path, blocks: dict[str, str], image_prefix: str) -> li
             body = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", rf"![\1]({image_prefix}\2)", body)
             text = pat.sub(lambda m: m.group(1) + body + m.group(2), text)
             done.append(name)
-    atomic_write_text(readme, text)
+    if text != original:  # a README with nothing to replace is left untouched
+        atomic_write_text(readme, text)
     return done
 
 

@@ -262,6 +262,18 @@ def test_keep_never_follows_a_symlink_and_a_foreign_out_is_refused(tmp_path):
     assert (foreign / "report.md").read_text() == "the user's own"
 
 
+def test_readme_must_be_a_regular_file_and_is_untouched_without_blocks(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(_mta_summary()))
+    with pytest.raises(SystemExit, match="must name a regular file"):
+        report([str(tmp_path / "run"), "--out", str(tmp_path / "rep"), "--readme", str(tmp_path)])
+    readme = tmp_path / "README.md"
+    readme.write_text("no blocks here\n")
+    before = readme.stat().st_ino
+    report([str(tmp_path / "run"), "--out", str(tmp_path / "rep"), "--readme", str(readme)])
+    assert readme.stat().st_ino == before and readme.read_text() == "no blocks here\n"
+
+
 def test_a_method_name_holding_a_marker_never_breaks_the_readme(tmp_path):
     s = _mta_summary()
     s["mta"]["LaMP_2"]["methods"]["evil <!-- /report:run --> | x"] = {"accuracy": 0.5, "f1": 0.5}
