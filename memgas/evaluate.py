@@ -30,7 +30,7 @@ from suite.config import ConfigError, opt
 from suite.io import append_jsonl, json_digest, read_jsonl
 from suite.provenance import code_version
 from suite.redact import redact_text
-from suite.stats import compare, describe
+from suite.stats import compare, deciding_test, describe
 
 KS = (1, 3, 5, 10, 30, 50)
 
@@ -418,12 +418,14 @@ def summarize(
             if all(m in r["metrics"] for r in scored)
         }
         clusters = [r.get("conv", i) for i, r in enumerate(scored)]  # questions of one conversation share its memory
+        table = compare(per_q, reference, binary=False, n_boot=n_boot, clusters=clusters)
         out["vs_reference"] = {
             "reference": reference,
             "metric": "recall_all@5",
             "n_clusters": len(set(clusters)),
-            "note": "diff = method - reference; " + describe(False, "conversations"),
-            "methods": compare(per_q, reference, binary=False, n_boot=n_boot, clusters=clusters),
+            "test": deciding_test(table),
+            "note": "diff = method - reference; " + describe(False, "conversations", deciding_test(table)),
+            "methods": table,
         }
     out["router_weights"] = router_weight_stats(records)
     lat = [r["latency_ms"].get("memgas") for r in records if "memgas" in r["latency_ms"]]

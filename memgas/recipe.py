@@ -39,7 +39,7 @@ from suite.device import describe as describe_device
 from suite.device import use as use_device
 from suite.encoders import load_encoder
 from suite.io import append_jsonl, atomic_write_json, claim_run_dir, project_root, read_jsonl, run_lock, sha256_file
-from suite.provenance import git_state, provenance
+from suite.provenance import provenance, start_stamp
 from suite.ray_local import init_ray
 from suite.redact import redact_config
 from suite.tracking import Tracker, TrackingConfig
@@ -340,7 +340,7 @@ def setup(cfg: MemGASJobConfig, out: str | Path) -> Session:
     conversations, the LLM and the encoder, measure the encoder alone (the yardstick for ingestion)."""
     cfg = apply_best_from(cfg)
     device = use_device(cfg.device)  # fails here, before any work, if the device is not there
-    git_state()  # the commit the run starts at (a commit made while it runs is not its own)
+    start_stamp()  # the commit the run starts at (a commit made while it runs is not its own)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", redact_config(asdict(cfg)))  # no key embedded in a URL is written

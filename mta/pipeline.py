@@ -60,8 +60,10 @@ from suite.io import append_jsonl, json_digest, read_jsonl, sha256_file
 from suite.lexical import BM25Index
 from suite.models import ModelConfig, TextCodec, model_identity
 from suite.provenance import code_version
-from suite.stats import compare, describe
+from suite.stats import compare, deciding_test, describe
 
+MIN_SELECT_USERS = 32  # an experiment's choices rest on at least this many train users ...
+MIN_CANDIDATES = 4  # ... among at least this many candidates per trained method
 ALL_METHODS = ["base", "rag", "prior", "prior_recency", "oppu", "fusion", "mta", "mta_prior", "uniform", "random"]
 LABEL_ONLY = {"mta_prior"}  # methods that need label scores (classification / rating tasks)
 
@@ -77,7 +79,11 @@ class DataConfig:
     scheme: Literal["user", "time"] = opt("user", "user | time (official download layout)")
     max_eval_users: int = opt(0, "evaluate the first N users (0 = all)")
     max_train_users: int = opt(0, "anchor candidates kept (0 = all)")
-    select_users: int = opt(16, "train users (not anchors) on which mta_prior's lambda is chosen (0 = none)")
+    select_users: int = opt(
+        32,
+        "train users (not anchors) on which every trained method's settings are chosen (0 = none); "
+        f"an experiment needs >= {MIN_SELECT_USERS}",
+    )
     select_profile_cap: int = opt(
         10, "newest profile items kept for train users used as few-shot users (selection, sweeps on eval_split=train)"
     )
@@ -187,6 +193,18 @@ class MTAConfig:
         if grids and self.data.select_users <= 0:
             raise ConfigError("eval.*_grid / prior_lambda < 0 choose on train users: data.select_users must be > 0")
         b = e.budgets(label_task)
+        if grids and e.purpose == "experiment":  # enough evidence for each choice, checked before any work
+            if self.data.select_users < MIN_SELECT_USERS:
+                raise ConfigError(
+                    f"data.select_users={self.data.select_users}: an experiment chooses its settings on at least "
+                    f"{MIN_SELECT_USERS} train users (or set eval.purpose=pipeline_check)"
+                )
+            few = {m: n for m, n in b.items() if n < MIN_CANDIDATES}
+            if few:
+                raise ConfigError(
+                    f"{few} candidates: an experiment chooses among at least {MIN_CANDIDATES} per trained "
+                    "method (eval.oppu_grid, eval.stacking_grid, eval.lambda_grid), or set eval.purpose=pipeline_check"
+                )
         if len(set(b.values())) > 1:
             raise ConfigError(
                 "unequal tuning budgets: "
@@ -603,6 +621,19 @@ def predictions(
     return out
 
 
+def require_both_calibrations(primary: dict, uncalibrated: dict) -> None:
+    """An order must hold under every calibration shown: where the uncalibrated test's verdict
+    differs from the primary one, the verdict becomes "n.s." with `calibration_dependent: true`
+    (the primary verdict is kept as `verdict_primary`). Mutates `primary`'s rows."""
+    for m, v in primary.items():
+        other = uncalibrated.get(m, {}).get("verdict", "n.s.")
+        v["verdict_primary"] = v["verdict"]
+        v["verdict_uncalibrated"] = other
+        v["calibration_dependent"] = other != v["verdict"]
+        if v["calibration_dependent"]:
+            v["verdict"] = "n.s."
+
+
 def summarize(
     task: str,
     records: list[dict],
@@ -646,26 +677,27 @@ def summarize(
         return compare(pq, ref, binary, higher, n_boot, clusters=users)
 
     res["vs_mta"] = table(per_q, reference)
+    pr_keys = ("prior_recency", "mta", "mta_prior")
+    if "prior_recency" in per_q:  # the stretch target: does the model add anything to the best model-free prior?
+        res["vs_prior_recency"] = table({m: per_q[m] for m in pr_keys if m in per_q}, "prior_recency")
     if label_mode and calibration != "none":  # an order of methods must not be made by the calibration
         none_q = {
             m: per_query_scores(task, p, golds)[0]
             for m, p in predictions(task, records, methods, True, "none", lam).items()
         }
         res["vs_mta_uncalibrated"] = table(none_q, reference)
-        for m, v in res["vs_mta"].items():
-            other = res["vs_mta_uncalibrated"].get(m, {}).get("verdict", "n.s.")
-            v["verdict_uncalibrated"] = other
-            v["holds_without_calibration"] = v["verdict"] != "n.s." and other == v["verdict"]
-    if "prior_recency" in per_q:  # the stretch target: does the model add anything to the best model-free prior?
-        res["vs_prior_recency"] = table(
-            {m: per_q[m] for m in ("prior_recency", "mta", "mta_prior") if m in per_q}, "prior_recency"
-        )
+        require_both_calibrations(res["vs_mta"], res["vs_mta_uncalibrated"])
+        if "vs_prior_recency" in res:
+            res["vs_prior_recency_uncalibrated"] = table(
+                {m: none_q[m] for m in pr_keys if m in none_q}, "prior_recency"
+            )
+            require_both_calibrations(res["vs_prior_recency"], res["vs_prior_recency_uncalibrated"])
     res["vs_mta_note"] = (
         "diff = method - MTA on the per-query "
         + primary_metric(task)[0]
         + ("" if higher else " (absolute error: lower is better)")
         + "; "
-        + describe(binary, "users")
+        + describe(binary, "users", deciding_test(res["vs_mta"]))
         + (f"; primary calibration {calibration}, the same for every method" if label_mode else "")
     )
     if label_mode:

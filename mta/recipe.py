@@ -15,7 +15,6 @@ every run that asks for the same bank. Rerunning resumes: finished anchors and u
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -30,9 +29,8 @@ from mta.adapters import AdapterHost
 from mta.anchors import select_anchors, user_embeddings
 from mta.bank import Bank, LoadedBank, bank_content_id
 from mta.bank_trainer import BankTrainConfig, placement_plan, train_bank
-from mta.data import User, load_task_split, validate_profile_item
+from mta.data import User, load_task_split, resolve_task_dir, validate_profile_item
 from mta.diagnostics import mean_relative_update, plain_base_weights
-from mta.evaluate import primary_metric, score_task
 from mta.export import save_peft, user_adapter
 from mta.fusion import fuse
 from mta.pipeline import (
@@ -41,15 +39,14 @@ from mta.pipeline import (
     _uses_labels,
     anchor_overlap,
     check_user_record,
-    choose_lambda,
     golds_file,
     load_users,
-    predictions,
     record_key,
     resolve_calibration,
     split_digest,
     summarize,
 )
+from mta.selection import TUNED, check_budgets, select_lambda, select_setting
 from mta.stacking import stack_user
 from mta.training import for_adapter, loo_samples, total_steps
 from mta.users import write_record
@@ -60,7 +57,7 @@ from suite.device import use as use_device
 from suite.encoders import load_encoder
 from suite.io import DataError, atomic_write_json, claim_run_dir, json_digest, read_json, read_jsonl, run_lock
 from suite.models import hub_id, load_base, model_identity
-from suite.provenance import git_state, provenance
+from suite.provenance import provenance, start_stamp
 from suite.ray_local import init_ray
 from suite.redact import redact_config
 from suite.tracking import Tracker, TrackingConfig
@@ -240,64 +237,6 @@ def print_table(task: str, res: dict, file=sys.stdout) -> None:
             print(f"{k}: " + ", ".join(f"{m}={v:,.3g}" for m, v in res[k].items()), file=file)
 
 
-# trained method -> (the config field its candidates replace, the grid holding them, the method run)
-TUNED = {"stack": ("stacking", "stacking_grid", "mta"), "oppu": ("oppu", "oppu_grid", "oppu")}
-
-
-def select_setting(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str, what: str) -> tuple[MTAJobConfig, dict]:
-    """One trained method's settings chosen on train users that are not anchors (their newest item
-    held out), never on the evaluated split: every candidate of its grid runs the method on the same
-    users; the best main metric under the primary calibration wins (ties: the first). Returns the
-    config with the winner and the selection record (candidates, scores, choice)."""
-
-    field_name, grid_name, method = TUNED[what]
-    task = cfg.data.task
-    users, path = load_users(cfg, cfg.data.train_split, anchor_ids)
-    users = users[: cfg.data.select_users]
-    metric, mode = primary_metric(task)
-    label_mode = _uses_labels(task, cfg.eval.inference)
-    cal = resolve_calibration(task, cfg.eval.calibration)
-    scores = []
-    grid = getattr(cfg.eval, grid_name)
-    for cand in grid:
-        c = dataclasses.replace(cfg, **{field_name: dataclasses.replace(getattr(cfg, field_name), **cand)})
-        e = ev.with_log(record_key(c, split_digest(path), bank_sig), "select_user.jsonl")
-        e.cfg = c
-        recs = e.run(users, methods=[method])
-        p = predictions(task, recs, [method], label_mode, cal)[method]
-        scores.append(score_task(task, p, [g for r in recs for g in r["golds"]])[metric])
-        print(f"[select] {what} {cand}: {metric} {scores[-1]:.4f} on {len(users)} train users")
-    best = (max if mode == "max" else min)(range(len(grid)), key=lambda k: scores[k])
-    chosen = dataclasses.replace(cfg, **{field_name: dataclasses.replace(getattr(cfg, field_name), **grid[best])})
-    return chosen, {
-        "candidates": grid,
-        "scores": scores,
-        "metric": metric,
-        "choice": grid[best],
-        "users": len(users),
-        "split": cfg.data.train_split,
-    }
-
-
-def select_lambda(cfg: MTAJobConfig, ev, anchor_ids: list[str], bank_sig: str) -> dict:
-    """mta_prior's lambda, chosen on train users that are not anchors (never on the evaluated split)."""
-
-    users, path = load_users(cfg, cfg.data.train_split, anchor_ids)
-    users = users[: cfg.data.select_users]
-    key = record_key(cfg, split_digest(path), bank_sig)
-    recs = ev.with_log(key, "select_user.jsonl").run(users, methods=["mta"])
-    cal = resolve_calibration(cfg.data.task, cfg.eval.calibration)
-    lam, grid = choose_lambda(cfg.data.task, recs, cal, cfg.eval.lambda_grid)
-    return {
-        "candidates": list(cfg.eval.lambda_grid),
-        "scores": [grid[str(k)] for k in cfg.eval.lambda_grid],
-        "metric": primary_metric(cfg.data.task)[0],
-        "choice": lam,
-        "users": len(users),
-        "split": cfg.data.train_split,
-    }
-
-
 @dataclass
 class Session:
     """What `setup` builds once and the later stages share: one bank, one base model wrapped once
@@ -317,13 +256,14 @@ class Session:
     label_mode: bool
     anchor_users: list = field(default_factory=list)  # the anchors' full profiles
     key: str = ""  # the record key of the evaluated configuration (set by `select`)
+    train_file: Path | None = None  # the train split's questions file (anchors, selection users)
 
 
 def setup(cfg: MTAJobConfig, out: str | Path) -> Session:
     """Stage 1: check the device, write config.json, build (or reuse) the bank, load the users, the
     base model and its codec once, and wrap the model in the evaluator's adapter host."""
     device = use_device(cfg.model.device)  # fails here, before any training, if the device is not there
-    git_state()  # the commit the run starts at (a commit made while it runs is not its own)
+    start_stamp()  # the commit the run starts at (a commit made while it runs is not its own)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", redact_config(asdict(cfg)))
@@ -366,6 +306,10 @@ def setup(cfg: MTAJobConfig, out: str | Path) -> Session:
         anchors,
         _uses_labels(cfg.data.task, cfg.eval.inference),
         anchor_users,
+        train_file=resolve_task_dir(
+            d.task, d.train_split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url
+        )
+        / f"{d.train_split}_questions.json",
     )
 
 
@@ -385,6 +329,7 @@ def select(s: Session) -> dict:
         selection["mta_prior_lambda"] = select_lambda(cfg, s.ev, s.loaded.ids, s.bank_sig)
         lam = selection["mta_prior_lambda"]["choice"]
         print(f"[select] mta_prior lambda = {lam} (best on {selection['mta_prior_lambda']['users']} train users)")
+    check_budgets(selection, cfg.eval.purpose)  # same users, same candidate count, enough of both
     s.key = s.ev.key = record_key(cfg, split_digest(s.queries_file), s.bank_sig)
     return {"lambda": lam, "selection": selection, "budgets": cfg.eval.budgets(s.label_mode)}
 
@@ -433,7 +378,13 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
     res["resolved_calibration"] = resolve_calibration(task, cfg.eval.calibration)
     res["provenance"] = provenance(
         redact_config(asdict(cfg)),
-        {"questions": s.queries_file, "golds": golds_file(s.queries_file)},
+        {
+            "questions": s.queries_file,
+            "golds": golds_file(s.queries_file),
+            # the split the bank's anchors and the selection users come from
+            "train_questions": s.train_file,
+            "train_golds": golds_file(s.train_file) if s.train_file else None,
+        },
         res["runtime"]["driver"],
     )
     summary_path = s.out / "summary.json"

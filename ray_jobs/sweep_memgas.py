@@ -153,7 +153,7 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
         f"# (or: memgas_eval --config <job yaml> {'best_from' if cfg.mechanisms != 'any' else 'hybrid_from'}="
         "THIS_FILE); selected on the dev split\n" + yaml.safe_dump(redact_config(asdict(best)), sort_keys=False),
     )
-    return report_sweep(res, cfg.sweep, cfg.job.tracking, out)
+    return report_sweep(res, cfg.sweep, cfg.job.tracking, out, {"data": data})
 
 
 @entry

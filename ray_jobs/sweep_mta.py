@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from mta.bank import Bank
+from mta.bank import Bank, bank_content_id
 from mta.evaluate import primary_metric
-from mta.pipeline import Evaluator, _uses_labels, load_users, split_digest, summarize
+from mta.pipeline import Evaluator, _uses_labels, golds_file, load_users, split_digest, summarize
 from mta.recipe import MTAJobConfig, bank_path_for, build_bank
 from ray_jobs.cli import entry, parse
 from ray_jobs.sweeps import (
@@ -87,7 +87,7 @@ def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
     out = Path(out).resolve()
     claim_run_dir(out, "sweep")  # before any work: never write into a folder that is not this suite's
     cfg.job.bank_path = str(bank_path_for(cfg.job).resolve())  # trials run elsewhere: an absolute path
-    build_bank(cfg.job, out, load_encoder(cfg.job.encoder))  # trains only what the bank misses
+    bank, _ = build_bank(cfg.job, out, load_encoder(cfg.job.encoder))  # trains only what the bank misses
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
     res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out)
     best_cfg = apply_params(MTAJobConfig, asdict(cfg.job), res["summary"]["best"]["config"])
@@ -101,7 +101,9 @@ def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
         f"# selected by {cfg.sweep.name} on the {sel}; evaluates dev\n"
         + yaml.safe_dump(asdict(best_cfg), sort_keys=False),
     )
-    return report_sweep(res, cfg.sweep, cfg.job.tracking, out)
+    files = {"train_questions": qfile, "train_golds": golds_file(qfile)}
+    extra = {"bank": {"id": bank_content_id(bank.manifest), "path": str(bank.path)}}
+    return report_sweep(res, cfg.sweep, cfg.job.tracking, out, files, extra)
 
 
 @entry

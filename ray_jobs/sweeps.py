@@ -27,7 +27,7 @@ import yaml
 from ray_jobs.report import render_report
 from suite.config import ConfigError, field_type, from_dict, opt
 from suite.io import atomic_write_json
-from suite.provenance import git_state, provenance
+from suite.provenance import provenance, start_stamp
 from suite.ray_local import init_ray
 from suite.redact import redact_config
 from suite.tracking import Tracker
@@ -143,7 +143,7 @@ def experiment_path(sweep: SweepConfig, out: str | Path) -> str:
 
 def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict, out: str | Path) -> dict:
     """Run (or restore) the Tune experiment; `trainable(config)` gets {"base": ..., "params": {...}}."""
-    git_state()  # the commit the sweep starts at (recorded in its summary)
+    start_stamp()  # the commit the sweep starts at (recorded in its summary)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -251,7 +251,9 @@ def apply_params(cls, base: dict, params: dict[str, Any]):
     return from_dict(cls, data, "sweep trial")
 
 
-def report_sweep(res: dict, sweep: SweepConfig, tracking, out: Path) -> dict:
+def report_sweep(
+    res: dict, sweep: SweepConfig, tracking, out: Path, files: dict | None = None, extra: dict | None = None
+) -> dict:
     """Write OUT/summary.json and OUT/report/ (report.md and the sweep's plot), as a job does; log the
     best values, every trial as a table (W&B charts it natively) and the plot to one W&B summary run;
     print the best and where the run folder and its report are."""

@@ -24,8 +24,13 @@ LIBRARIES = ("torch", "transformers", "peft", "ray", "deepspeed", "scikit-learn"
 @functools.cache
 def code_version(dirs: tuple[str, ...] = CODE_DIRS) -> str:
     """sha256 (16 hex) over the .py files of `dirs` (a method's code: ("mta", "suite")), by relative
-    path and content. Each method's resume keys use its own packages, so an edit to MemGAS does not
-    invalidate MTA's records."""
+    path and content, taken once per process (at the run's start: `start_stamp`). Each method's
+    resume keys use its own packages, so an edit to MemGAS does not invalidate MTA's records."""
+    return code_hash_now(dirs)
+
+
+def code_hash_now(dirs: tuple[str, ...] = CODE_DIRS) -> str:
+    """The same hash, read from disk again (the code as it is now, not as it was at the start)."""
     root = project_root()
     h = hashlib.sha256()
     for d in dirs:
@@ -68,13 +73,29 @@ def checksums(files: dict[str, str | Path | None]) -> dict:
     return {k: {"path": str(p), "sha256": sha256_file(Path(p))} for k, p in files.items() if p and Path(p).is_file()}
 
 
+def start_stamp() -> dict:
+    """Call when a run starts: fixes the commit and the code hash its summary will claim (both are
+    read once per process), so that `provenance` can compare them with the code at the end."""
+    return {**git_state(), "code_version": code_version()}
+
+
 def provenance(config: dict, files: dict[str, str | Path | None], runtime: dict | None = None) -> dict:
-    """The provenance block of a summary (`config` must already be redacted)."""
-    return {
-        **git_state(),
-        "code_version": code_version(),
+    """The provenance block of a summary (`config` must already be redacted): the commit and code
+    hash taken at the start (`start_stamp`), the code hash again now, and `code_changed` with a
+    note when they differ (a run whose code changed midway says so)."""
+    start = start_stamp()
+    end = code_hash_now()
+    out = {
+        **start,
+        "code_version_end": end,
+        "code_changed": end != start["code_version"],
         "libraries": library_versions(),
         "runtime": runtime or {},
         "files": checksums(files),
         "config": config,
     }
+    if out["code_changed"]:
+        out["code_note"] = (
+            f"the method code changed while the run ran: {start['code_version']} at the start, {end} at the end"
+        )
+    return out

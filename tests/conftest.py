@@ -147,3 +147,27 @@ def tiny_lora(**kw):
         target_modules=["q_proj", "v_proj"],
     )
     return LoraTrainConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def edited_code(tmp_path, monkeypatch):
+    """A copy of the method code (mta/, memgas/, suite/) that code_version() reads instead of the
+    checkout; call the returned function to append a line to one of its files (a real code edit)."""
+    import shutil
+
+    import suite.provenance as prov
+    from suite.io import project_root
+
+    root = tmp_path / "code"
+    for d in prov.CODE_DIRS:
+        shutil.copytree(project_root() / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(prov, "project_root", lambda: root)
+    prov.code_version.cache_clear()
+
+    def edit(rel: str) -> None:
+        with open(root / rel, "a") as f:
+            f.write("\n# an edit\n")
+        prov.code_version.cache_clear()
+
+    yield edit
+    prov.code_version.cache_clear()

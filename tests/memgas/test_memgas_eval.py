@@ -270,7 +270,9 @@ def test_a_selection_is_never_reported_on_the_ids_it_was_chosen_on(tmp_path):
         run(cfg, tmp_path / "run2")
 
 
-def test_resume_key_covers_llm_units_and_code():
+def test_resume_key_covers_llm_units_and_code(edited_code):
+    """Mutations caught: leaving the LLM, the unit builder, the memory config or the method code out
+    of the resume key."""
     from memgas.evaluate import MemEvalConfig, run_key
     from memgas.retrieval import paper_config
     from memgas.store import MemGASConfig
@@ -284,6 +286,8 @@ def test_resume_key_covers_llm_units_and_code():
         run_key(m, {"memgas": MemGASConfig(turn_mean="mean")}, qa, "sha", {"backend": "http", "model": "a"}, "llm")
         != base
     )
+    edited_code("memgas/retrieval.py")
+    assert run_key(m, mem, qa, "sha", {"backend": "http", "model": "a"}, "llm") != base
 
 
 def test_qa_on_ray_is_refused_when_the_config_is_read():

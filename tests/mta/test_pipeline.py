@@ -16,7 +16,13 @@ EQUAL_GRIDS = {
     "eval.lambda_grid": "[0.5, 2.0]",
     "eval.prior_lambda": -1,
     "eval.adapter_twin": "true",
+    "data.select_users": 6,
+    "eval.purpose": "pipeline_check",  # 2 candidates on 6 users: too little for an experiment's choice
 }
+
+
+def v_name(res: dict, row: dict) -> str:
+    return next(m for m, v in res["vs_mta"].items() if v is row)
 
 
 def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
@@ -49,15 +55,26 @@ def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
     }
     for rec in sel.values():
         assert rec["split"] == "train" and rec["users"] > 0 and len(rec["scores"]) == len(rec["candidates"]) == 2
-        assert rec["choice"] in rec["candidates"]
+        assert rec["choice"] in rec["candidates"] and len(rec["se"]) == 2 and rec["margin"] is not None
+        # the choice is the best mean; its margin is over the runner-up
+        best = rec["candidates"].index(rec["choice"])
+        assert rec["margin"] == abs(rec["scores"][best] - rec["scores"][1 - best])
+    assert len(sel["oppu"]["rel_update"]) == 2 and all(x > 0 for x in sel["oppu"]["rel_update"])
     assert res["mta_prior_lambda"] == sel["mta_prior_lambda"]["choice"]
     assert res["stacking"]["max_steps"] == sel["stack"]["choice"]["max_steps"]
     assert res["oppu"]["lr"] == sel["oppu"]["choice"]["lr"]
     assert set(res["vs_mta"]) == set(res["methods"]) - {"mta"}
+    from suite.stats import verdict
+
     for v in res["vs_mta"].values():
         assert v["ci95"][0] <= v["diff"] <= v["ci95"][1] and 0 <= v["p"] <= v["p_holm"] <= 1
-        assert v["verdict"] in {"n.s.", "better", "worse"} and v["n_clusters"] == 4
-        assert v["verdict_uncalibrated"] in {"n.s.", "better", "worse"}
+        assert v["n_clusters"] == 4 and v["test"] == "exact McNemar over 4 pairs"  # one query per user
+        # the verdict printed is the one both calibrations' tests support, nothing else
+        assert v["verdict_primary"] == verdict(v["diff"], v["p_holm"])
+        unc = res["vs_mta_uncalibrated"][v_name(res, v)]
+        assert v["verdict_uncalibrated"] == unc["verdict"]
+        assert v["calibration_dependent"] == (v["verdict_primary"] != unc["verdict"])
+        assert v["verdict"] == ("n.s." if v["calibration_dependent"] else v["verdict_primary"])
     # every trained adapter's relative update, and whether the stack moves any prediction
     assert res["rel_update"]["oppu"] > 0 and res["rel_update"]["stack"] > 0
     assert 0.0 <= res["mta_differs_from_fusion"] <= 1.0
@@ -66,7 +83,12 @@ def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
     prov = res["provenance"]
     assert len(prov["commit"]) == 40 or prov["commit"] == "unknown"
     assert prov["code_version"] and prov["libraries"]["torch"].startswith("2.13.0")
-    assert set(prov["files"]) == {"questions", "golds"} and prov["config"]["eval"]["oppu_grid"]
+    assert set(prov["files"]) == {"questions", "golds", "train_questions", "train_golds"}
+    assert prov["config"]["eval"]["oppu_grid"]
+    from suite.provenance import code_hash_now
+
+    # the code hash is the code's own, taken at the start and again at the end
+    assert prov["code_version"] == prov["code_version_end"] == code_hash_now() and prov["code_changed"] is False
     assert prov["runtime"] == {"device": "cpu", "dtype": "float32"}
     assert len(res["anchors"]) == res["bank"]["anchors"]
     for a in res["anchors"]:
@@ -193,14 +215,20 @@ def test_resummarize_rebuilds_the_summary_from_the_logged_records(lamp_root, tmp
     assert set(again["vs_prior_recency"]) == {"mta"} and again["vs_prior_recency"] == res["vs_prior_recency"]
 
 
-def test_record_key_covers_dtype_code_and_golds(lamp_root):
-    """A resume on another dtype (fp32 records must not mix with bf16 ones), or with other golds,
-    recomputes: the record key changes."""
+def test_record_key_covers_dtype_code_and_golds(lamp_root, edited_code):
+    """A resume on another dtype (fp32 records must not mix with bf16 ones), with other golds or
+    after an edit of the method code recomputes: the record key changes. Mutations caught: leaving
+    the code (or the runtime, or the golds' checksum) out of the key."""
     from mta.pipeline import record_key, split_digest
 
     q = lamp_root / "LaMP_2" / "dev_questions.json"
     base = record_key(_cfg(lamp_root), split_digest(q), "bank")
     assert record_key(_cfg(lamp_root, **{"model.dtype": "bfloat16"}), split_digest(q), "bank") != base
+    edited_code("mta/merge.py")
+    after = record_key(_cfg(lamp_root), split_digest(q), "bank")
+    assert after != base
+    edited_code("memgas/router.py")  # another method's code leaves MTA's records valid
+    assert record_key(_cfg(lamp_root), split_digest(q), "bank") == after
     golds = q.with_name("dev_outputs.json")
     before = split_digest(q)
     golds.write_text(golds.read_text().replace('"output": "comedy"', '"output": "action"', 1))

@@ -31,7 +31,11 @@ def test_out_of_range_values_are_refused_when_the_config_is_read(cls, override, 
 
 
 def test_in_range_values_and_sentinels_are_accepted():
-    cfg = load_config(MTAJobConfig, None, ["eval.max_new_tokens=32", "eval.prior_lambda=-1", "eval.lambda_grid=[1.0]"])
+    cfg = load_config(
+        MTAJobConfig,
+        None,
+        ["eval.max_new_tokens=32", "eval.prior_lambda=-1", "eval.lambda_grid=[1.0]", "eval.purpose=pipeline_check"],
+    )
     assert cfg.eval.max_new_tokens == 32 and cfg.eval.prior_lambda == -1
 
 

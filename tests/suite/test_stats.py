@@ -57,6 +57,7 @@ def test_the_bootstrap_alone_never_decides():
 
 
 def test_holm_on_known_pvalues():
+    """Mutation caught: dropping Holm's running maximum (b would get 2 * 0.04 = 0.08 < c's 0.09)."""
     adj = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.2})
     # sorted 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1, made monotone
     assert adj == pytest.approx({"a": 0.04, "c": 0.09, "b": 0.09, "d": 0.2})
@@ -68,6 +69,8 @@ def test_holm_on_known_pvalues():
 
 
 def test_cluster_bootstrap_on_two_clusters_with_a_known_answer():
+    """Two clusters cannot establish anything. Mutation caught: a per-question test on clustered
+    data (20 questions all one way in cluster A would give p ~ 2e-6 and "better")."""
     # cluster A: every difference 1, cluster B: every difference 0. Resampling the two clusters gives
     # AA (1.0), AB/BA (0.5), BB (0.0) with probabilities 1/4, 1/2, 1/4: the 95% interval is [0, 1];
     # resampling the 20 questions as independent would claim a tight interval around 0.5.
@@ -80,5 +83,76 @@ def test_cluster_bootstrap_on_two_clusters_with_a_known_answer():
     assert 0.2 < lo_q and hi_q < 0.8
     res = compare({"ref": b, "m": a}, "ref", binary=False, clusters=clusters)["m"]
     assert res["n_clusters"] == 2 and res["ci95"] == [0.0, 1.0]
+    # cluster means [1, 0]: t = 0.5 / (0.707 / sqrt 2) = 1 on 1 df, p = 0.5
+    assert res["test"] == "paired t on 2 cluster means (df 1)" and res["p"] == pytest.approx(0.5)
+    assert res["verdict"] == "n.s."
     with pytest.raises(ValueError):
         paired_bootstrap_ci(a, b, clusters=["A"])
+
+
+def _clustered(effects, per=50, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    d = np.concatenate([e + rng.normal(0, noise, per) for e in effects])
+    clusters = np.repeat([f"c{i}" for i in range(len(effects))], per)
+    return d, list(clusters)
+
+
+def test_six_clusters_sharing_an_effect_are_not_significant():
+    """6 conversations whose questions share a cluster effect: the test works on the 6 cluster means
+    and finds nothing. Mutation caught: flipping signs per question inside clusters (the 300
+    questions as independent give p ~ 1e-4, "better", on the second family)."""
+    d, cl = _clustered([0.3, -0.3, 0.2, -0.2, 0.25, -0.25])
+    ref = np.zeros_like(d)
+    res = compare({"ref": ref, "m": ref + d}, "ref", binary=False, clusters=cl)["m"]
+    assert res["verdict"] == "n.s." and res["n_clusters"] == 6
+    # most clusters favour m, but the clusters disagree: 6 units cannot establish it
+    d, cl = _clustered([0.6, 0.5, 0.4, -0.3, 0.3, -0.2])
+    fam = {"ref": ref, "m": ref + d, **{f"o{i}": ref + 0.0 for i in range(17)}}  # 18 comparisons, as LoCoMo's table
+    res = compare(fam, "ref", binary=False, clusters=cl)["m"]
+    assert res["test"] == "paired t on 6 cluster means (df 5)"
+    assert res["p"] > 0.1 and res["verdict"] == "n.s."
+    assert paired_permutation(ref + d, ref) < 0.001  # what the per-question test would have claimed
+
+
+def test_thirty_consistent_clusters_are_significant_by_the_cluster_sign_flip():
+    """30 clusters all shifted one way: 2 / 2^30 passes Holm's strictest threshold, so the cluster
+    sign-flip decides (Monte-Carlo above 20 clusters) and finds the effect. Mutation caught: using the t-test (or the
+    per-question test) regardless of the number of clusters changes `test`."""
+    d, cl = _clustered(list(np.linspace(0.05, 0.3, 30)), per=5)
+    ref = np.zeros_like(d)
+    fam = {"ref": ref, "m": ref + d, **{f"o{i}": ref + 0.0 for i in range(17)}}
+    res = compare(fam, "ref", binary=False, clusters=cl)["m"]
+    assert res["test"] == "sign-flip over 30 cluster means (200,000 random flips)"
+    assert res["p"] == pytest.approx(1 / 200_001) and res["verdict"] == "better"
+    res = compare({k: v[:60] for k, v in fam.items()}, "ref", binary=False, clusters=cl[:60])["m"]
+    assert res["test"] == "exact sign-flip over 12 cluster means" and res["p"] == pytest.approx(2 / 2**12)
+
+
+def test_the_per_question_tests_are_never_called_when_questions_share_clusters(monkeypatch):
+    """Mutation caught: any path of `compare` that reaches McNemar or the per-pair permutation for
+    clustered questions."""
+    import suite.stats as st
+
+    def refuse(*a, **k):
+        raise AssertionError("a per-question test was used for questions that share a cluster")
+
+    monkeypatch.setattr(st, "paired_permutation", refuse)
+    monkeypatch.setattr(st, "mcnemar_exact", refuse)
+    d, cl = _clustered([0.1] * 12, per=3)
+    for binary in (False, True):
+        res = st.compare({"ref": np.zeros_like(d), "m": d}, "ref", binary=binary, clusters=cl)["m"]
+        assert "cluster means" in res["test"]
+    # clusters of one pair each (a LaMP user with one query) are pairs: the exact pair tests apply
+    monkeypatch.undo()
+    res = compare({"ref": [0, 0, 0, 0], "m": [1, 1, 1, 1]}, "ref", binary=True, clusters=["a", "b", "c", "d"])["m"]
+    assert res["test"] == "exact McNemar over 4 pairs" and res["p"] == pytest.approx(2 * 0.5**4)
+
+
+def test_cluster_sign_flip_is_exact_on_known_values():
+    from suite.stats import cluster_signflip, cluster_test, cluster_ttest
+
+    assert cluster_signflip([1.0, 1.0, 1.0]) == pytest.approx(2 / 8)
+    assert cluster_signflip([1.0, -1.0]) == 1.0 and cluster_signflip([0.0, 0.0]) == 1.0
+    # 6 clusters can reach 2/64 = 0.031: enough for a family of 1, not for 18 (0.05 / 18 = 0.0028)
+    assert cluster_test(6, 1) == "signflip" and cluster_test(6, 18) == "t" and cluster_test(10, 18) == "signflip"
+    assert cluster_ttest([0.0, 0.0, 0.0]) == 1.0 and cluster_ttest([0.2, 0.2, 0.2]) == pytest.approx(2 / 8)
