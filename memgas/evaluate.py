@@ -22,6 +22,7 @@ import numpy as np
 from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
+from memgas.attribution import alone_rankings, decided, entropy_ratio, summarize_attribution
 from memgas.data import Conversation
 from memgas.filter import filter_and_answer
 from memgas.retrieval import RetrievalConfig, rank_sessions
@@ -120,6 +121,11 @@ class MemEvalConfig:
     cpus: float = opt(1.0, "ray backend: CPUs per task", lo=0, lo_open=True)
     gpus: float = opt(0.0, "ray backend: GPUs per task (the encoder then runs on it)")
     max_retries: int = opt(3, "ray backend: re-executions of a task whose worker died")
+    attribution: bool = opt(
+        True,
+        "record per question which path decides each top-5 place (graph, dense, lexical, bypass), each "
+        "path's recall alone and the router's entropy over log N (memgas.attribution)",
+    )
 
     def __post_init__(self):
         if not self.ks or any(k < 1 for k in self.ks):
@@ -179,7 +185,25 @@ def check_question_record(r: dict) -> str | None:
         return "field turn_metrics: values not in [0, 1]"
     if "qa" in r and not isinstance(r["qa"], dict):
         return "field qa: not an object"
+    if "attribution" in r and not (
+        isinstance(r["attribution"], dict) and all(isinstance(a, dict) for a in r["attribution"].values())
+    ):
+        return "field attribution: not an object of objects"
     return None
+
+
+def attribute(tr: dict, order, corpus: list[str], n_rows: int, rc: RetrievalConfig, q) -> dict:
+    """One question's mechanism attribution (memgas.attribution) for one method's ranking."""
+    att = {
+        "decided": decided(tr, order, len(corpus), n_rows, 5),
+        "entropy_ratio": entropy_ratio(tr, rc.temperature),
+    }
+    if q.gold_sessions and not q.abstention:
+        att["alone"] = {
+            p: retrieval_metrics([corpus[i] for i in o], q.gold_sessions, corpus, (5,))["recall_all@5"]
+            for p, o in alone_rankings(tr, len(corpus)).items()
+        }
+    return att
 
 
 def turn_ranking(mem, s_ids: list[str], q: np.ndarray) -> list[str]:
@@ -304,9 +328,12 @@ def evaluate(
             for name, rc in methods.items():
                 m_mem = stores[of_method[name]].users[conv.conv_id]
                 t = time.perf_counter()
-                order, scores, w = rank_sessions(m_mem, qv, q.question, rc)
+                tr: dict | None = {} if cfg.attribution else None
+                order, scores, w = rank_sessions(m_mem, qv, q.question, rc, trace=tr)
                 rec["latency_ms"][name] = enc_ms + (time.perf_counter() - t) * 1000
                 ranked = [corpus[i] for i in order]
+                if tr is not None:
+                    rec.setdefault("attribution", {})[name] = attribute(tr, order, corpus, len(m_mem.rows), rc, q)
                 rec["top"][name] = ranked[: max(cfg.ks)]
                 if len(w) > 1:  # every routed method: is the router's weighting exercised?
                     rec.setdefault("router", {})[name] = w
@@ -428,6 +455,9 @@ def summarize(
             "methods": table,
         }
     out["router_weights"] = router_weight_stats(records)
+    att = {m: summarize_attribution(records, m) for m in methods}
+    if any(att.values()):
+        out["attribution"] = {m: a for m, a in att.items() if a}
     lat = [r["latency_ms"].get("memgas") for r in records if "memgas" in r["latency_ms"]]
     if lat:
         out["query_ms_p50"] = float(np.percentile(lat, 50))

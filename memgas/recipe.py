@@ -412,6 +412,14 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
     atomic_write_json(sp, prev)
     print_table(cfg.benchmark, res)
     s.tracker.summary({f"{cfg.benchmark}/{m}/{k}": v for m, vals in res["methods"].items() for k, v in vals.items()})
+    s.tracker.summary(  # what each row's mechanisms decide (graph share, router sd), beside its recall
+        {
+            f"{cfg.benchmark}/{m}/attribution/{k}": v
+            for m, a in (res.get("attribution") or {}).items()
+            for k, v in a.items()
+            if isinstance(v, int | float)
+        }
+    )
     base = "bm25_session" if "bm25_session" in methods else None
     m5 = lambda r, m: (r["metrics"].get(m) or {}).get("recall_all@5") if m else None  # noqa: E731
     rows = [

@@ -220,17 +220,30 @@ def rank_sessions(
                     g = subgraph(mem, gidx, tuple(sorted({lex_nodes.get(x, x) for x in in_graph})))
                     if g is not None and r.sum() > 0:
                         final = personalized_pagerank(len(gidx), None, r, cfg.damping, graph=g) * r.sum()
+            owner = mem.node_sess[gidx]
             if trace is not None:
                 trace.update(gidx=gidx, node_scores=gscore, reset=reset, ppr=final / max(reset.sum(), 1e-300))
-            owner = mem.node_sess[gidx]
+                trace.update(final=final, owner=owner, node_idx=node_idx)
             agg(sess, owner, final)
             np.maximum.at(best, owner, gscore)
     lex_owner = {"bm25_session": lambda: np.arange(n_sess), "bm25_turn": lambda: mem.node_sess[mem.nodes_of("turn")]}
+    if trace is not None:  # what memgas.attribution needs to split the ranking by path
+        trace.setdefault("gidx", np.zeros(0, dtype=np.int64))
+        trace.update(
+            node_score=node_score,
+            in_graph=in_graph,
+            agg=cfg.session_agg,
+            lexical=list(cfg.lexical),
+            lex_owner={g: lex_owner[g]() for g in cfg.lexical},
+            bypass={},
+        )
     if cfg.lexical_mode == "bypass":
         for g in cfg.lexical:
             owner = lex_owner[g]()
             agg(sess, owner, node_score[g])
             np.maximum.at(best, owner, node_score[g])
+            if trace is not None:
+                trace["bypass"][g] = (owner, node_score[g])
     best[~np.isfinite(best)] = 0.0
     if trace is not None:
         trace["session_scores"] = sess.copy()

@@ -54,13 +54,27 @@ def _f(x, nd=3) -> str:
     return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
+def verdict_of(d: dict | None) -> str:
+    """The verdict a row may state: an order must hold under every calibration shown, so a row
+    whose uncalibrated test disagrees is n.s. (`calibration_dependent`), also for summaries made
+    before the summary itself enforced it."""
+    if not d:
+        return "n.s."
+    if "verdict_uncalibrated" in d and d["verdict_uncalibrated"] != d.get("verdict_primary", d["verdict"]):
+        return "n.s."
+    return d["verdict"]
+
+
 def _diff(d: dict | None) -> str:
-    """diff [95% CI] p_holm verdict (verdict from the Holm-corrected exact test; the interval is the effect size)."""
+    """diff [95% CI] p_holm verdict (verdict from the Holm-corrected test at the interval's unit;
+    "n.s.*" = an order that only one calibration supports)."""
     if not d:
         return "—"
     lo, hi = d["ci95"]
     p = f" p={d['p_holm']:.3g}" if "p_holm" in d else ""
-    return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]{p} {d['verdict']}"
+    v = verdict_of(d)
+    dep = "*" if v == "n.s." and d.get("verdict_primary", d["verdict"]) != d.get("verdict_uncalibrated", v) else ""
+    return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]{p} {v}{dep}"
 
 
 def _provenance(r: dict) -> list[str]:
@@ -70,8 +84,12 @@ def _provenance(r: dict) -> list[str]:
     commit = p.get("commit", "unknown")
     dirty = " (uncommitted changes)" if p.get("dirty") else ""
     code = f", method code `{p['code_version']}`" if p.get("code_version") else ""
+    if p.get("code_changed"):
+        code += f" at the start, **`{p['code_version_end']}` at the end (the code changed while it ran)**"
+    files = p.get("files") or {}
+    sums = "; data " + ", ".join(f"{k} `{v['sha256'][:10]}`" for k, v in files.items()) if files else ""
     note = f" ({p['recorded']})" if p.get("recorded") else ""
-    return ["", f"_Made at commit `{commit[:10]}`{dirty}{code}{note}._"]
+    return ["", f"_Made at commit `{commit[:10]}`{dirty}{code}{sums}{note}._"]
 
 
 def _cell(text: str) -> str:
@@ -114,29 +132,47 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
     lines += _table(["method"] + metrics + ["diff vs MTA [95% CI] p_holm verdict", "bytes/user", "adapt s/user"], rows)
     unc = {m: d for m, d in r.get("vs_mta", {}).items() if "verdict_uncalibrated" in d}
     if unc:
+        dep = [m for m, d in unc.items() if verdict_of(d) != d.get("verdict_primary", d["verdict"])]
         lines += [
             "",
-            "Verdicts: exact paired test (McNemar / sign-flip), Holm-corrected over the table, users resampled "
-            "for the interval; an order holds only if it holds under the primary calibration and without "
-            "calibration. Without calibration: "
+            (r.get("vs_mta_note") or "Verdicts: Holm-corrected exact paired tests, users resampled for the interval")
+            + ". An order holds only if it holds under the primary calibration and without calibration. "
+            "Without calibration: "
             + "; ".join(f"{m} {d['verdict_uncalibrated']}" for m, d in unc.items())
-            + ".",
+            + "."
+            + (
+                f" n.s.* = an order one calibration alone supports ({', '.join(dep)}: "
+                + "; ".join(f"{m} {unc[m].get('verdict_primary', unc[m]['verdict'])} calibrated" for m in dep)
+                + ")."
+                if dep
+                else ""
+            ),
         ]
     sel = r.get("selection") or {}
     if sel:
-        lines += ["", f"Settings chosen on train users (never dev), budget {r.get('tuning_budget')}:", ""]
-        lines += _table(
-            ["method", "users", "candidates → score", "choice"],
-            [
-                [
-                    m,
-                    str(v.get("users")),
-                    "; ".join(f"`{c}` → {_f(x)}" for c, x in zip(v.get("candidates", []), v.get("scores", []))),
-                    f"`{v.get('choice')}`",
-                ]
-                for m, v in sel.items()
-            ],
-        )
+        lines += [
+            "",
+            f"Settings chosen on train users (never dev), budget {r.get('tuning_budget')}; score ± standard "
+            "error of the mean over the selection queries; margin = chosen − runner-up ± its paired standard "
+            "error (⚠ = under one standard error: the data cannot tell the two apart); relative update "
+            "‖ΔW‖/‖W‖ of each trained candidate in brackets:",
+            "",
+        ]
+        rows = []
+        for m, v in sel.items():
+            se = v.get("se") or [None] * len(v.get("scores", []))
+            ru = v.get("rel_update") or [None] * len(v.get("scores", []))
+            cands = "; ".join(
+                f"`{c}` → {_f(x)}" + (f" ± {_f(e)}" if e is not None else "") + (f" [{u:.1e}]" if u else "")
+                for c, x, e, u in zip(v.get("candidates", []), v.get("scores", []), se, ru)
+            )
+            margin = (
+                f"{_f(v['margin'])} ± {_f(v.get('margin_se'))}" + (" ⚠" if v.get("flagged") else "")
+                if v.get("margin") is not None
+                else "—"
+            )
+            rows.append([m, str(v.get("users")), cands, f"`{v.get('choice')}`", margin])
+        lines += _table(["method", "users", "candidates → score ± SE [rel. update]", "choice", "margin"], rows)
     extras = []
     if r.get("rel_update"):
         extras.append("relative update ‖ΔW‖/‖W‖ " + ", ".join(f"{m} {v:.2e}" for m, v in r["rel_update"].items()))
@@ -231,8 +267,8 @@ def render_mta_overview(tasks: dict[str, dict]) -> list[str]:
         r = tasks[task]
         main = next(iter(r["methods"]["mta"]))
         vs = r.get("vs_mta", {})
-        below = [m for m, d in vs.items() if d.get("verdict") == "worse"]
-        above = [m for m, d in vs.items() if d.get("verdict") == "better"]
+        below = [m for m, d in vs.items() if verdict_of(d) == "worse"]
+        above = [m for m, d in vs.items() if verdict_of(d) == "better"]
         prior = (r.get("vs_prior_recency") or {}).get("mta")
         ratios = r.get("ratios") or {}
         anchors = r.get("anchors") or []
@@ -244,10 +280,10 @@ def render_mta_overview(tasks: dict[str, dict]) -> list[str]:
                 main,
                 _f(r["methods"]["mta"][main]),
                 _f(r["methods"].get("oppu", {}).get(main)),
-                (f"{oppu['diff']:+.3f} {oppu['verdict']}" if oppu else "—"),
+                (f"{oppu['diff']:+.3f} {verdict_of(oppu)}" if oppu else "—"),
                 ", ".join(below) or "none",
                 ", ".join(above) or "none",
-                (f"{prior['diff']:+.3f} {prior['verdict']}" if prior else "—"),
+                (f"{prior['diff']:+.3f} {verdict_of(prior)}" if prior else "—"),
                 _f(ratios.get("bytes_mta_over_oppu")),
                 _f(ratios.get("adapt_s_mta_over_oppu")),
                 f"{sum(a['rel_update'] >= 1e-3 for a in anchors)} of {len(anchors)}",
@@ -299,7 +335,12 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
         f"**{bench}** — {r['n_questions']} questions, split `{data.get('split', {}).get('name', data.get('split'))}`; "
         f"difference to `{ref}` on {vs.get('metric', cols[0])}: cluster-bootstrap 95% interval over "
         f"{vs.get('n_clusters', '?')} independent units (conversations; a LongMemEval question is its own), "
-        "sign-flip permutation p, Holm-corrected over the table; better/worse only when p_holm < 0.05, else n.s.",
+        + (
+            f"p from the test at the same unit ({vs['test']})"
+            if vs.get("test")
+            else "sign-flip permutation p over questions (made before tests at the interval's unit)"
+        )
+        + ", Holm-corrected over the table; better/worse only when p_holm < 0.05, else n.s.",
         "",
     ]
     lines += _table(["method"] + cols + [f"diff vs {ref} [95% CI] p_holm verdict"], rows)
@@ -337,6 +378,29 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
                     for g in grans
                 ]
                 for m, v in rw.items()
+            ],
+        )
+    att = r.get("attribution") or {}
+    if att:
+        paths = sorted({p for a in att.values() for p in a["decided_share"]}, key=lambda p: (p != "graph", p))
+        alone = sorted({p for a in att.values() for p in a.get("recall_all@5_alone", {})})
+        lines += [
+            "",
+            "Mechanism attribution (`memgas.attribution`): share of the top-5 places each path decides "
+            "(graph = what PageRank moved; dense / lexical = their seed scores; bypass = added after the "
+            "graph), recall_all@5 of each path alone, and the router's mean entropy / log N per granularity "
+            "(1 = a uniform softmax: the router cannot prefer that granularity):",
+            "",
+        ]
+        lines += _table(
+            ["method"] + [f"decides: {p}" for p in paths] + [f"alone: {p}" for p in alone] + ["entropy / log N"],
+            [
+                [m]
+                + [f"{a['decided_share'].get(p, 0.0):.0%}" for p in paths]
+                + [_f(a.get("recall_all@5_alone", {}).get(p)) for p in alone]
+                + [", ".join(f"{g} {v:.3f}" for g, v in a.get("entropy_over_log_n", {}).items()) or "—"]
+                for m, a in att.items()
+                if not m.startswith(("bm25_", "dense_"))  # single-path baselines decide by their one path
             ],
         )
     # recall@k curves

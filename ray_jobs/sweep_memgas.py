@@ -20,6 +20,7 @@ from typing import Literal
 
 import yaml
 
+from memgas.attribution import qualifies
 from memgas.data import load_benchmark
 from memgas.encoders import CachedEncoder
 from memgas.evaluate import evaluate, summarize
@@ -115,8 +116,12 @@ def trial(config: dict) -> None:
                 trial_dir / "per_question.jsonl",
                 memory_cache=cache,
             )
-            m = summarize(records, ["memgas"], cfg.eval.ks)["methods"].get("memgas", {})
-            m = {k: v for k, v in m.items() if k != "n_scored"}
+            summ = summarize(records, ["memgas"], cfg.eval.ks)
+            m = {k: v for k, v in summ["methods"].get("memgas", {}).items() if k != "n_scored"}
+            att = summ.get("attribution", {}).get("memgas", {})  # what the graph and the router decide
+            m.update(
+                {"graph_share": att.get("graph_share", 0.0), "router_sd_max": att.get("router_weight_sd_max", 0.0)}
+            )
             tracker.log({**m, "conversations": i + 1}, step=i + 1)
             tune.report({**m, "conversations": i + 1})
     finally:
@@ -128,11 +133,20 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     claim_run_dir(out, "sweep")  # before any work: never write into a folder that is not this suite's
     cfg.job.split.name = "dev"  # choices are made on dev only; memgas_eval reports them on test
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
-    res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out)
+    res = run_sweep(
+        trial, cfg.sweep, asdict(cfg.job), out, accept_for(cfg.mechanisms), ("graph_share", "router_sd_max")
+    )
+    data = resolve_data(cfg.job)
+    if not res["summary"]["best"]["found"]:  # no trial's mechanisms measurably act: nothing to call MemGAS
+        (out / "best_config.yaml").unlink(missing_ok=True)
+        res["summary"]["best"]["note"] = (
+            f"no trial qualifies as MemGAS proper on dev: none has the graph deciding >= {MIN_GRAPH_SHARE:.0%} "
+            f"of the top-5 places with a router weight varying by sd >= {MIN_ROUTER_SD}; no best_config.yaml written"
+        )
+        return report_sweep(res, cfg.sweep, cfg.job.tracking, out, {"data": data})
     best = apply_params(MemGASJobConfig, asdict(cfg.job), res["summary"]["best"]["config"])
     if cfg.mechanisms == "graph_and_router" and not exercises_mechanisms(best.best):
         raise ConfigError(f"the best trial {res['summary']['best']['config']} does not exercise graph and router")
-    data = resolve_data(cfg.job)
     convs = sweep_conversations(cfg.job)
     best.selected_on = {
         "benchmark": cfg.job.benchmark,
@@ -154,6 +168,24 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
         "THIS_FILE); selected on the dev split\n" + yaml.safe_dump(redact_config(asdict(best)), sort_keys=False),
     )
     return report_sweep(res, cfg.sweep, cfg.job.tracking, out, {"data": data})
+
+
+MIN_GRAPH_SHARE = 0.25  # the graph decides at least this share of the dev top-5 places ...
+MIN_ROUTER_SD = 0.02  # ... and some granularity's router weight varies across questions at least this much
+
+
+def accept_for(mechanisms: str):
+    """The rule a trial must pass to win: `graph_and_router` accepts a trial only when, on dev, the
+    graph path decides >= MIN_GRAPH_SHARE of the top-5 places and some router weight has sd >=
+    MIN_ROUTER_SD across questions (measured by memgas.attribution, not read from config flags)."""
+    if mechanisms != "graph_and_router":
+        return None
+
+    def accept(row: dict) -> tuple[bool, str]:
+        att = {"graph_share": row.get("graph_share") or 0.0, "router_weight_sd_max": row.get("router_sd_max") or 0.0}
+        return qualifies(att, MIN_GRAPH_SHARE, MIN_ROUTER_SD)
+
+    return accept
 
 
 @entry

@@ -141,8 +141,17 @@ def experiment_path(sweep: SweepConfig, out: str | Path) -> str:
     return str(Path(sweep.storage_path or str(Path(out) / "tune")) / sweep.name)
 
 
-def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict, out: str | Path) -> dict:
-    """Run (or restore) the Tune experiment; `trainable(config)` gets {"base": ..., "params": {...}}."""
+def run_sweep(
+    trainable: Callable[[dict], None],
+    sweep: SweepConfig,
+    base: dict,
+    out: str | Path,
+    accept: Callable[[dict], tuple[bool, str]] | None = None,
+    extras: tuple[str, ...] = (),
+) -> dict:
+    """Run (or restore) the Tune experiment; `trainable(config)` gets {"base": ..., "params": {...}}.
+    `extras`: more final metrics kept per trial; `accept(row)` -> (ok, why): only accepted trials
+    can win (`pick_best`)."""
     start_stamp()  # the commit the sweep starts at (recorded in its summary)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -187,12 +196,12 @@ def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict,
             run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=1),
         )
     grid = tuner.fit()
-    rows = trial_rows(grid, sweep.metric)
+    rows = trial_rows(grid, sweep.metric, extras)
     summary = {
         "trials": len(grid),
         "metric": sweep.metric,
         "mode": sweep.mode,
-        "best": pick_best(rows, sweep.mode),
+        "best": pick_best(rows, sweep.mode, accept),
         "errors": len(grid.errors),
         "all_trials": rows,
     }
@@ -200,9 +209,10 @@ def run_sweep(trainable: Callable[[dict], None], sweep: SweepConfig, base: dict,
     return {"summary": summary, "base": base}
 
 
-def trial_rows(grid, metric: str) -> list[dict]:
-    """Every trial's parameters, final metric (None when it errored before reporting) and number of
-    reported steps, in launch order (Tune numbers trial folders in that order)."""
+def trial_rows(grid, metric: str, extras: tuple[str, ...] = ()) -> list[dict]:
+    """Every trial's parameters, final metric (None when it errored before reporting), the final
+    `extras` metrics and number of reported steps, in launch order (Tune numbers trial folders in
+    that order)."""
     rows = []
     for r in sorted(grid, key=lambda r: str(r.path)):
         m = r.metrics or {}
@@ -214,24 +224,34 @@ def trial_rows(grid, metric: str) -> list[dict]:
                 "value": None if value is None else float(value),
                 "steps": int(m.get("training_iteration", 0)),
                 "error": r.error is not None,
+                **{k: (None if m.get(k) is None else float(m[k])) for k in extras},
             }
         )
     return rows
 
 
-def pick_best(rows: list[dict], mode: str) -> dict:
+def pick_best(rows: list[dict], mode: str, accept: Callable[[dict], tuple[bool, str]] | None = None) -> dict:
     """The trial with the best *final* metric among those that reported every step (all users or
-    conversations). Not Tune's `get_best_result(scope="all")`: that ranks trials by the best value
-    they reported at any step, i.e. by a running metric over the first few users, and picked a
-    configuration 2 points below the real best in a 24-trial MemGAS sweep. Trials that ASHA stopped
-    early have a final metric over fewer steps and are not comparable, so they cannot win."""
+    conversations) and that `accept` accepts (each complete row gets `accepted` and `why`). Not
+    Tune's `get_best_result(scope="all")`: that ranks trials by the best value they reported at any
+    step, i.e. by a running metric over the first few users, and picked a configuration 2 points
+    below the real best in a 24-trial MemGAS sweep. Trials that ASHA stopped early have a final
+    metric over fewer steps and are not comparable, so they cannot win. When no complete trial is
+    accepted: {"found": False, "config": None, ...}, never a winner that fails the rule."""
     done = [r for r in rows if r["value"] is not None and not r["error"]]
     if not done:
         raise RuntimeError("no trial reported the metric: see the trials' error files under OUT/tune")
     full = max(r["steps"] for r in done)
     complete = [r for r in done if r["steps"] == full]
-    best = (max if mode == "max" else min)(complete, key=lambda r: r["value"])
-    return {"config": best["params"], "value": best["value"], "steps": full, "complete_trials": len(complete)}
+    if accept is not None:
+        for r in complete:
+            r["accepted"], r["why"] = accept(r)
+    ok = [r for r in complete if r.get("accepted", True)]
+    base = {"steps": full, "complete_trials": len(complete), "accepted_trials": len(ok)}
+    if not ok:
+        return {"config": None, "value": None, "found": False, **base}
+    best = (max if mode == "max" else min)(ok, key=lambda r: r["value"])
+    return {"config": best["params"], "value": best["value"], "found": True, **base}
 
 
 def apply_params(cls, base: dict, params: dict[str, Any]):
@@ -256,31 +276,33 @@ def report_sweep(
 ) -> dict:
     """Write OUT/summary.json and OUT/report/ (report.md and the sweep's plot), as a job does; log the
     best values, every trial as a table (W&B charts it natively) and the plot to one W&B summary run;
-    print the best and where the run folder and its report are."""
+    print the best and where the run folder and its report are. `files`: the data the trials read
+    (name -> path; checksummed into the provenance), `extra`: more provenance (e.g. the bank's id)."""
     summary = res["summary"]
-    summary["provenance"] = provenance(redact_config(res.get("base", {})), {})
+    summary["provenance"] = {**provenance(redact_config(res.get("base", {})), files or {}), **(extra or {})}
     out = Path(out)
     atomic_write_json(out / "summary.json", summary)
     plots = render_report([out], out / "report")["plots"]
     tr = Tracker(tracking, "sweep", {"sweep": asdict(sweep)}, out, name=f"{sweep.name}-summary")
-    tr.summary(
-        {"best_value": summary["best"]["value"], **{f"best/{k}": v for k, v in summary["best"]["config"].items()}}
-    )
+    best = summary["best"]
+    tr.summary({"best_value": best["value"], **{f"best/{k}": v for k, v in (best["config"] or {}).items()}})
     keys = sorted({k for t in summary["all_trials"] for k in t["params"]})
+    extra_cols = sorted({k for t in summary["all_trials"] for k in t if k not in ("params", "value", "steps", "error")})
     tr.table(
         "trials",
-        ["trial", sweep.metric, "error"] + keys,
+        ["trial", sweep.metric, "error"] + extra_cols + keys,
         [
-            [i, t["value"], t["error"]] + [str(t["params"].get(k)) for k in keys]
+            [i, t["value"], t["error"]] + [t.get(k) for k in extra_cols] + [str(t["params"].get(k)) for k in keys]
             for i, t in enumerate(summary["all_trials"])
         ],
     )
     for p in plots:
         tr.image(Path(p).stem, p)
     tr.finish()
-    print(
-        f"{summary['trials']} trials; best {sweep.metric} = {summary['best']['value']:.4f} with {summary['best']['config']}"  # noqa: E501
-    )
+    if best.get("found", True):
+        print(f"{summary['trials']} trials; best {sweep.metric} = {best['value']:.4f} with {best['config']}")
+    else:
+        print(f"{summary['trials']} trials; none of the {best['complete_trials']} complete trials is accepted")
     print(f"run folder: {out}  (summary.json, best_config.yaml, tune/)\nreport: {out / 'report' / 'report.md'}")
     return summary
 

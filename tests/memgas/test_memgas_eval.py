@@ -249,7 +249,16 @@ def test_rows_are_named_for_what_they_compute_each_on_its_own_memory(tmp_path):
     assert mem["memgas_paper"]["association"]["init_params"] == "kmeans"
     assert res["configs"]["hybrid"]["name"] == "hybrid_bm25_dense"
     v = res["vs_reference"]["methods"]["hybrid_bm25_dense"]
-    assert v["verdict"] in {"better", "worse", "n.s."} and res["vs_reference"]["n_clusters"] == 1
+    # one conversation is one independent unit: whatever the 4 questions say, nothing is established
+    # (mutation caught: a per-question test over the conversation's questions)
+    assert res["vs_reference"]["n_clusters"] == 1 and "cluster means" in v["test"]
+    assert v["p"] == 1.0 and v["verdict"] == "n.s."
+    # each row's mechanisms, measured: the hybrid has no graph, so the graph decides none of its places
+    att = res["attribution"]
+    assert att["hybrid_bm25_dense"]["graph_share"] == 0.0
+    for m in ("memgas", "memgas_paper", "hybrid_bm25_dense"):
+        assert sum(att[m]["decided_share"].values()) == pytest.approx(1.0)
+        assert att[m]["questions"] == res["n_questions"]
     assert res["provenance"]["files"]["data"]["sha256"] and res["provenance"]["config"]["best_from"] == str(best)
     # a `memgas` row without the graph or the router is refused before any work
     flat = load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml", [f"data={data}", "best.use_graph=false"])

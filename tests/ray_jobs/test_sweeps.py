@@ -104,6 +104,10 @@ def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):
     assert s["trials"] == 3 and s["metric"] == "recall_all@5" and s["errors"] == 0
     assert set(s["best"]["config"]) == {"best.temperature", "best.router", "memgas.association.n_components"}
     assert Path(tmp_path / "sw" / "report" / "sw_sweep.png").exists() and len(s["all_trials"]) == 3
+    for t in s["all_trials"]:  # each trial's measured mechanism attribution on dev
+        assert 0.0 <= t["graph_share"] <= 1.0 and t["router_sd_max"] >= 0.0
+    prov = s["provenance"]
+    assert prov["files"]["data"]["sha256"] and prov["code_version"] == prov["code_version_end"]
     # the dev-selected configuration round-trips into the eval job, which reports it on test
     from memgas.recipe import MemGASJobConfig
     from memgas.recipe import run as run_eval
@@ -203,7 +207,30 @@ def test_best_is_the_best_final_metric_of_complete_trials():
         pick_best(rows[3:], "max")
 
 
+def test_a_memgas_proper_sweep_accepts_only_trials_whose_graph_and_router_act():
+    """The winner of a graph_and_router sweep is the best trial whose graph decides >= 25% of the
+    dev top-5 places and whose router weights vary (sd >= 0.02), measured, not read from flags; when
+    none qualifies the sweep says "not found". Mutation caught: `accept_for` returning None (the
+    flag-only gate) lets the BM25-bypass trial win."""
+    from ray_jobs.sweep_memgas import accept_for
+
+    rows = [
+        {"params": {"t": "bm25_bypass"}, "value": 0.82, "steps": 4, "error": False, "graph_share": 0.02,
+         "router_sd_max": 0.003},
+        {"params": {"t": "graph_acts"}, "value": 0.70, "steps": 4, "error": False, "graph_share": 0.31,
+         "router_sd_max": 0.05},
+        {"params": {"t": "router_frozen"}, "value": 0.75, "steps": 4, "error": False, "graph_share": 0.40,
+         "router_sd_max": 0.01},
+    ]  # fmt: skip
+    best = pick_best([dict(r) for r in rows], "max", accept_for("graph_and_router"))
+    assert best["found"] and best["config"] == {"t": "graph_acts"} and best["accepted_trials"] == 1
+    assert pick_best([dict(r) for r in rows], "max", accept_for("any"))["config"] == {"t": "bm25_bypass"}
+    none = pick_best([dict(r) for r in rows[:1] + rows[2:]], "max", accept_for("graph_and_router"))
+    assert none["found"] is False and none["config"] is None and none["accepted_trials"] == 0
+
+
 def test_a_memgas_proper_sweep_cannot_switch_its_mechanisms_off():
+    """The config-level guard (the measured gate is tested above)."""
     from ray_jobs.sweep_memgas import SweepMemGASConfig
 
     with pytest.raises(ConfigError, match="best.router may not hold uniform"):
