@@ -18,6 +18,7 @@ from mta.recipe import MTAJobConfig
 from mta.recipe import pretrain as run
 from suite.config import load_config
 from suite.io import atomic_write_json
+from suite.provenance import provenance, start_stamp
 
 
 def main() -> None:
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--samples", type=int, default=16)
     a = ap.parse_args()
+    start_stamp()  # the commit and code hash the numbers are claimed for (compared again at the end)
 
     out = Path(a.out)
     rows = []
@@ -73,7 +75,10 @@ def main() -> None:
     base = rows[0]["wall_s"] / rows[0]["anchors"]
     for r in rows:
         r["ray_overhead_vs_local_s_per_anchor"] = r["wall_s"] / r["anchors"] - base
-    atomic_write_json(out / "bank_throughput.json", {"rows": rows, "model": a.model, "samples_per_anchor": a.samples})
+    atomic_write_json(
+        out / "bank_throughput.json",
+        {"rows": rows, "model": a.model, "samples_per_anchor": a.samples, "provenance": provenance(vars(a), {})},
+    )
     print(
         f"{'backend':<8}{'workers':>8}{'strategy':>11}{'anchors/h':>11}{'train s/anc':>13}{'wall s/anc':>12}{'vs local':>10}"  # noqa: E501
     )

@@ -53,7 +53,7 @@ from memgas.store import MemGASConfig, MemoryStore
 from suite.config import load_config
 from suite.encoders import load_encoder
 from suite.io import atomic_write_bytes, atomic_write_json, read_json
-from suite.provenance import provenance
+from suite.provenance import provenance, start_stamp
 
 
 def _wchar() -> int:
@@ -300,6 +300,7 @@ def main() -> None:
         "its throughput is reported apart): a real encoder on CPU otherwise dominates every add",
     )
     a = ap.parse_args()
+    start_stamp()  # the commit and code hash the numbers are claimed for (compared again at the end)
     (recall if a.recall else grow)(a)
 
 

@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from mta.data import resolve_task_dir
 from mta.recipe import MTAJobConfig, adapt, build_bank
 from serving.composer import Composer, ServeConfig
 from suite.config import load_config
 from suite.encoders import load_encoder
 from suite.io import atomic_write_json, claim_run_dir
-from suite.provenance import git_state
+from suite.provenance import provenance, start_stamp
 
 PROMPTS = [
     "Which tag does this movie relate to? description: a robot travels to a distant planet",
@@ -59,6 +60,16 @@ def job_config(model: str, out: Path) -> MTAJobConfig:
         "tracking.enabled=false",
     ]
     return load_config(MTAJobConfig, "ray_jobs/configs/mta_tiny.yaml" if model == "tiny" else None, ov)
+
+
+def train_files(job: MTAJobConfig) -> dict:
+    """The train split the bank's anchors come from (checksummed into the provenance)."""
+    d = job.data
+    q = (
+        resolve_task_dir(d.task, d.train_split, d.root or None, download=False, scheme=d.scheme)
+        / "train_questions.json"
+    )
+    return {"train_questions": q, "train_golds": q.with_name("train_outputs.json")}
 
 
 class Batcher:
@@ -141,6 +152,7 @@ def main() -> None:
     ap.add_argument("--cache", type=int, default=16)
     ap.add_argument("--records", type=int, default=4, help="users given a record (trained stack) first")
     a = ap.parse_args()
+    start_stamp()  # the commit and code hash the numbers are claimed for (compared again at the end)
     out = claim_run_dir(a.out, "benchmark")
     job = job_config(a.model, out)
     build_bank(job, out, load_encoder(job.encoder), log=print)
@@ -172,7 +184,8 @@ def main() -> None:
         "cache_size": a.cache,
         "records": a.records,
         "rows": rows,
-        "provenance": git_state(),
+        # commit, code hash at start and end, libraries, config, the train split the bank came from
+        "provenance": provenance(vars(a), train_files(job)),
         "note": "in process (composer + mixed-batch loop); Ray Serve routing and HTTP not included",
     }
     atomic_write_json(out / "serve_load.json", res)

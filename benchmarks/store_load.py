@@ -28,7 +28,7 @@ from memgas.recipe import MemGASJobConfig, load_best, resolve_data
 from memgas.store import MemGASConfig, MemoryStore
 from suite.encoders import load_encoder
 from suite.io import atomic_write_json
-from suite.provenance import provenance
+from suite.provenance import provenance, start_stamp
 
 
 def pct(xs: list[float]) -> dict:
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="minilm")
     ap.add_argument("--best", default="", help="best_config.yaml of a MemGAS sweep (default: the committed LoCoMo one)")
     a = ap.parse_args()
+    start_stamp()  # the commit and code hash the numbers are claimed for (compared again at the end)
 
     convs = load_locomo(resolve_data(MemGASJobConfig()))
     pool = [s for c in convs for s in c.sessions]

@@ -23,7 +23,7 @@ from memgas.association import AssociationConfig
 from memgas.store import MemGASConfig, MemoryStore
 from suite.encoders import HashingEncoder
 from suite.io import atomic_write_json
-from suite.provenance import provenance
+from suite.provenance import provenance, start_stamp
 
 
 def _cfg():
@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--adds", type=int, default=20)
     ap.add_argument("--readers", type=int, default=2)
     a = ap.parse_args()
+    start_stamp()  # the commit and code hash the numbers are claimed for (compared again at the end)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"writers": a.writers, "adds": a.adds, "readers": a.readers, "api": "plain (MemoryStore.open + add)"}
