@@ -464,7 +464,35 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
         f"{_f(best.get('value'))} on the split the sweep saw{how}.",
         "",
     ]
+    if best.get("found") is False:
+        lines = [
+            f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; **no trial qualifies**: "
+            + best.get("note", "none of the complete trials passed the sweep's acceptance rule")
+            + ".",
+            "",
+        ]
     lines += _table(["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted((best.get("config") or {}).items())])
+    imp = s.get("importance") or {}
+    if imp.get("importance"):
+        lines += [
+            "",
+            f"Importance of each swept key ({imp['method']}, over the {imp['trials']} complete trials; shares of "
+            "the metric's variance, summing to 1; few trials make these rough):",
+            "",
+        ]
+        lines += _table(
+            ["key", "importance"],
+            [[k, f"{v:.3f}"] for k, v in sorted(imp["importance"].items(), key=lambda kv: -kv[1])],
+        )
+    vd = s.get("vs_default")
+    if vd:
+        lines += [
+            "",
+            f"Best trial against the default configuration on the same {vd['n_clusters']} {vd.get('unit', 'users')} "
+            f"({vd['metric']}): {vd['best']:.4f} vs {vd['default']:.4f}, difference {_diff(vd['row'])} "
+            f"({vd['row'].get('test', '')}; the choice was made on these users, so this difference is "
+            "optimistic — the dev evaluation is the honest one).",
+        ]
     trials = [t for t in s.get("all_trials") or [] if t.get("value") is not None]
     if not trials:
         return lines + ["", "(this summary predates per-trial records: no sweep plots)"] + _provenance(s)
@@ -472,10 +500,18 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
     better = max if mode == "max" else min
     top = sorted(trials, key=lambda t: t["value"], reverse=mode == "max")[:5]
     varying = [k for k in keys if len({str(t["params"].get(k)) for t in trials}) > 1]
+    gated = any("accepted" in t for t in trials)
+    measured = [k for k in ("graph_share", "router_sd_max") if any(t.get(k) is not None for t in trials)]
     lines += ["", f"Top {len(top)} trials of {len(trials)} (parameters that vary across trials):", ""]
     lines += _table(
-        ["rank", metric] + varying,
-        [[str(i + 1), _f(t["value"])] + [f"`{t['params'].get(k)}`" for k in varying] for i, t in enumerate(top)],
+        ["rank", metric] + measured + (["accepted"] if gated else []) + varying,
+        [
+            [str(i + 1), _f(t["value"])]
+            + [_f(t.get(k)) for k in measured]
+            + (["yes" if t.get("accepted") else "no"] if gated else [])
+            + [f"`{t['params'].get(k)}`" for k in varying]
+            for i, t in enumerate(top)
+        ],
     )
     # one panel per swept key (the metric of every trial against the key's value, best starred) and
     # one for the search's progress (each trial and the running best, in launch order)
@@ -484,7 +520,8 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
     rows_ = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows_, cols, figsize=(3.3 * cols, 2.6 * rows_), squeeze=False)
     flat = [a for row in axes for a in row]
-    best_t = better(trials, key=lambda t: t["value"])
+    chosen = [t for t in trials if best.get("config") is not None and t["params"] == best["config"]]
+    best_t = chosen[0] if chosen else better(trials, key=lambda t: t["value"])
     for ax, key in zip(flat, keys):
         vals = [t["params"].get(key) for t in trials]
         if all(_num(v) for v in vals):

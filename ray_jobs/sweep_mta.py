@@ -13,26 +13,39 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
+from tqdm.auto import tqdm
 
 from mta.bank import Bank, bank_content_id
-from mta.evaluate import primary_metric
-from mta.pipeline import Evaluator, _uses_labels, golds_file, load_users, split_digest, summarize
+from mta.evaluate import per_query_scores, primary_metric
+from mta.pipeline import (
+    Evaluator,
+    _uses_labels,
+    golds_file,
+    load_users,
+    predictions,
+    resolve_calibration,
+    split_digest,
+    summarize,
+)
 from mta.recipe import MTAJobConfig, bank_path_for, build_bank
 from ray_jobs.cli import entry, parse
 from ray_jobs.sweeps import (
     SweepConfig,
     apply_params,
+    experiment_path,
     finish_trial_tracker,
     report_sweep,
     run_sweep,
     trial_tracker,
 )
-from suite.config import ConfigError
+from suite.config import ConfigError, opt
 from suite.device import use as use_device
 from suite.encoders import load_encoder
-from suite.io import atomic_write_text, claim_run_dir
+from suite.io import atomic_write_json, atomic_write_text, claim_run_dir, read_json
 from suite.models import load_base
+from suite.stats import compare
 
 
 def _train_job() -> MTAJobConfig:
@@ -45,6 +58,11 @@ def _train_job() -> MTAJobConfig:
 class SweepMTAConfig:
     job: MTAJobConfig = field(default_factory=_train_job)
     sweep: SweepConfig = field(default_factory=lambda: SweepConfig(name="sweep_mta", metric="accuracy", mode="max"))
+    compare_default: bool = opt(
+        True,
+        "after the sweep, evaluate the base configuration (job.fusion, job.stacking) on the same train "
+        "users and report the best trial's paired difference to it",
+    )
 
     def __post_init__(self):
         self.sweep.check(MTAJobConfig, {"accuracy", "f1", "mae", "rmse", "rouge1", "rougeL"})
@@ -76,11 +94,65 @@ def trial(config: dict) -> None:
         for i, u in enumerate(users):
             records.append(ev.user_record(u, ["mta"]))
             m = summarize(d.task, records, ["mta"], label_mode, cfg.eval.calibration)["methods"]["mta"]
+            save_scores(trial_dir, d.task, records, label_mode, cfg.eval.calibration)
             tracker.log({**m, "users": i + 1}, step=i + 1)
             tune.report({**m, "users": i + 1})
         tracker.summary({"final_" + primary_metric(d.task)[0]: m[primary_metric(d.task)[0]]})
     finally:
         finish_trial_tracker(tracker)
+
+
+def query_scores(task: str, records: list[dict], label_mode: bool, calibration: str) -> dict:
+    """{"users": one id per query, "scores": the per-query main metric} of MTA in `records`."""
+    cal = resolve_calibration(task, calibration)
+    preds = predictions(task, records, ["mta"], label_mode, cal)["mta"]
+    scores, binary, higher = per_query_scores(task, preds, [g for r in records for g in r["golds"]])
+    return {"users": [r["user_id"] for r in records for _ in r["queries"]], "scores": scores, "binary": binary,
+            "higher": higher}  # fmt: skip
+
+
+def save_scores(trial_dir: Path, task: str, records: list[dict], label_mode: bool, calibration: str) -> None:
+    """The trial's per-query scores so far (the driver pairs the best trial's with the default's)."""
+    atomic_write_json(trial_dir / "scores.json", query_scores(task, records, label_mode, calibration))
+
+
+def default_vs_best(cfg: SweepMTAConfig, exp_dir: Path, best_trial: str) -> dict | None:
+    """The best trial against the sweep's base configuration on the same train users: the base is
+    evaluated here (one model load), the best trial's per-query scores are read from its folder.
+    Paired interval and test at the user level (suite.stats.compare)."""
+    best_file = exp_dir / best_trial / "scores.json"
+    if not best_file.is_file():
+        return None
+    best = read_json(best_file)
+    job, d = cfg.job, cfg.job.data
+    bank = Bank(job.bank_path).load()
+    users, _ = load_users(job, d.eval_split, bank.ids)
+    users = users[: d.max_eval_users] if d.max_eval_users else users
+    model, codec = load_base(job.model)
+    ev = Evaluator(job, bank, model, codec, load_encoder(job.encoder), exp_dir.parent / "default_run")
+    recs = [
+        ev.user_record(u, ["mta"]) for u in tqdm(users, desc="default configuration", disable=not job.eval.progress)
+    ]
+    dflt = query_scores(d.task, recs, _uses_labels(d.task, job.eval.inference), job.eval.calibration)
+    if dflt["users"] != best["users"]:
+        raise RuntimeError(f"{best_file}: the best trial scored other users than the default configuration")
+    row = compare({"default": dflt["scores"], "best": best["scores"]}, "default", dflt["binary"], dflt["higher"],
+                  clusters=dflt["users"])["best"]  # fmt: skip
+    return {
+        "metric": primary_metric(d.task)[0],
+        "best": float(np.mean(best["scores"])),
+        "default": float(np.mean(dflt["scores"])),
+        "default_config": {k: _get(asdict(job), k) for k in cfg.sweep.space},
+        "row": row,
+        "n_clusters": len(set(dflt["users"])),
+        "unit": "train users",
+    }
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
 
 
 def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
@@ -101,6 +173,10 @@ def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
         f"# selected by {cfg.sweep.name} on the {sel}; evaluates dev\n"
         + yaml.safe_dump(asdict(best_cfg), sort_keys=False),
     )
+    exp_dir = Path(experiment_path(cfg.sweep, out))
+    best_row = next(r for r in res["summary"]["all_trials"] if r["params"] == res["summary"]["best"]["config"])
+    if cfg.compare_default:
+        res["summary"]["vs_default"] = default_vs_best(cfg, exp_dir, best_row["trial"])
     files = {"train_questions": qfile, "train_golds": golds_file(qfile)}
     extra = {"bank": {"id": bank_content_id(bank.manifest), "path": str(bank.path)}}
     return report_sweep(res, cfg.sweep, cfg.job.tracking, out, files, extra)

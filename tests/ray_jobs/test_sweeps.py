@@ -4,6 +4,7 @@ exist, plots are written; rerunning restores the experiment instead of repeating
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mta.recipe import MTAJobConfig
@@ -53,12 +54,25 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     best = (out / "best_config.yaml").read_text()
     assert best.startswith("# python -m ray_jobs.mta_pipeline") and "selected by t_mta on the train users" in best
     assert load_config(MTAJobConfig, out / "best_config.yaml").data.eval_split == "dev"
+    # best_config.yaml runs unchanged on dev
+    from mta.recipe import run as run_pipeline
+
+    dev = run_pipeline(load_config(MTAJobConfig, out / "best_config.yaml"), tmp_path / "dev")["mta"]["LaMP_2"]
+    assert dev["split"]["eval"] == "dev" and dev["n_users"] == 4 and "mta" in dev["methods"]
     # every trial is recorded with its parameters and final metric; the report draws the sweep
     assert len(s["all_trials"]) == 4 and all(t["value"] is not None for t in s["all_trials"])
     assert {(t["params"]["fusion.top_k"], t["params"]["fusion.merge"]) for t in s["all_trials"]} == {
         (k, m) for k in (1, 2) for m in ("cat", "ref_avg")
     }
     assert max(t["value"] for t in s["all_trials"]) == s["best"]["value"]
+    # the best trial against the base configuration, on the same 6 train users, paired by user
+    vd = s["vs_default"]
+    assert vd["n_clusters"] == 6 and vd["default_config"] == {"fusion.top_k": 2, "fusion.merge": "cat"}
+    assert vd["best"] == pytest.approx(s["best"]["value"]) and vd["row"]["diff"] == pytest.approx(
+        vd["best"] - vd["default"]
+    )
+    imp = s["importance"]
+    assert imp["trials"] == 4 and (set(imp["importance"]) <= {"fusion.top_k", "fusion.merge"} or imp.get("note"))
     assert (out / "report" / "sw_sweep.png").exists()
     assert "| rank | accuracy |" in (out / "report" / "report.md").read_text()
     trials = [p for p in (out / "tune" / "t_mta").iterdir() if p.is_dir() and p.name.startswith("trial")]
@@ -188,6 +202,25 @@ def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_pa
         assert (exp / t / "result.json").read_text() == text
         assert len(list((exp / t).glob("wandb/offline-run-*"))) == 1
     assert len(finished()) == 6
+
+
+def test_importance_ranks_first_the_key_that_decides_everything():
+    """Mutation caught: importances computed over the wrong values (e.g. the trial index) or
+    unnormalised; the deciding key must come first with most of the variance."""
+    from ray_jobs.sweeps import param_importance
+
+    rng = np.random.default_rng(0)
+    space = {"k": {"values": [1, 2, 3, 4]}, "lr": {"low": 1e-4, "high": 1e-2, "log": True}, "m": {"values": ["a", "b"]}}
+    rows = []
+    for _ in range(24):
+        p = {"k": int(rng.integers(1, 5)), "lr": float(10 ** rng.uniform(-4, -2)), "m": str(rng.choice(["a", "b"]))}
+        rows.append({"params": p, "value": 0.1 * p["k"] + 0.001 * rng.normal(), "steps": 4, "error": False})
+    rows.append({"params": {"k": 1, "lr": 1e-3, "m": "a"}, "value": 9.9, "steps": 1, "error": False})  # ASHA-stopped
+    imp = param_importance(rows, space, "max")
+    assert imp["trials"] == 24 and "fanova" in imp["method"]
+    order = list(imp["importance"])
+    assert order[0] == "k" and imp["importance"]["k"] > 0.8 and sum(imp["importance"].values()) == pytest.approx(1)
+    assert param_importance(rows[:3], space, "max")["importance"] == {}  # too few trials: said, not guessed
 
 
 def test_best_is_the_best_final_metric_of_complete_trials():
