@@ -340,7 +340,7 @@ def setup(cfg: MemGASJobConfig, out: str | Path) -> Session:
     conversations, the LLM and the encoder, measure the encoder alone (the yardstick for ingestion)."""
     cfg = apply_best_from(cfg)
     device = use_device(cfg.device)  # fails here, before any work, if the device is not there
-    start_stamp()  # the commit the run starts at (a commit made while it runs is not its own)
+    start_stamp(("memgas", "suite"))  # the commit the run starts at (a commit made while it runs is not its own)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", redact_config(asdict(cfg)))  # no key embedded in a URL is written
@@ -404,7 +404,10 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
     res["wall_s"] = wall_s  # this invocation: a resumed run counts only what it redid
     res["runtime"] = describe_device(s.device)
     res["provenance"] = provenance(
-        redact_config(asdict(cfg)), {"data": s.data_file, "dev_data": cfg.split.dev_data or None}, res["runtime"]
+        redact_config(asdict(cfg)),
+        {"data": s.data_file, "dev_data": cfg.split.dev_data or None},
+        res["runtime"],
+        ("memgas", "suite"),
     )
     sp = s.out / "summary.json"
     prev = json.loads(sp.read_text()) if sp.exists() else {}

@@ -263,7 +263,7 @@ def setup(cfg: MTAJobConfig, out: str | Path) -> Session:
     """Stage 1: check the device, write config.json, build (or reuse) the bank, load the users, the
     base model and its codec once, and wrap the model in the evaluator's adapter host."""
     device = use_device(cfg.model.device)  # fails here, before any training, if the device is not there
-    start_stamp()  # the commit the run starts at (a commit made while it runs is not its own)
+    start_stamp(("mta", "suite"))  # the commit the run starts at (a commit made while it runs is not its own)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", redact_config(asdict(cfg)))
@@ -386,6 +386,7 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
             "train_golds": golds_file(s.train_file) if s.train_file else None,
         },
         res["runtime"]["driver"],
+        ("mta", "suite"),
     )
     summary_path = s.out / "summary.json"
     prev = json.loads(summary_path.read_text()) if summary_path.exists() else {}

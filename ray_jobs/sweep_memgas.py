@@ -134,7 +134,13 @@ def run(cfg: SweepMemGASConfig, out: str | Path) -> dict:
     cfg.job.split.name = "dev"  # choices are made on dev only; memgas_eval reports them on test
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
     res = run_sweep(
-        trial, cfg.sweep, asdict(cfg.job), out, accept_for(cfg.mechanisms), ("graph_share", "router_sd_max")
+        trial,
+        cfg.sweep,
+        asdict(cfg.job),
+        out,
+        accept_for(cfg.mechanisms),
+        ("graph_share", "router_sd_max"),
+        ("memgas", "suite"),
     )
     data = resolve_data(cfg.job)
     if not res["summary"]["best"]["found"]:  # no trial's mechanisms measurably act: nothing to call MemGAS

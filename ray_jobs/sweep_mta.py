@@ -161,7 +161,7 @@ def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
     cfg.job.bank_path = str(bank_path_for(cfg.job).resolve())  # trials run elsewhere: an absolute path
     bank, _ = build_bank(cfg.job, out, load_encoder(cfg.job.encoder))  # trains only what the bank misses
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
-    res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out)
+    res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out, code_dirs=("mta", "suite"))
     best_cfg = apply_params(MTAJobConfig, asdict(cfg.job), res["summary"]["best"]["config"])
     d = best_cfg.data
     _, qfile = load_users(cfg.job, d.train_split, [])

@@ -27,7 +27,7 @@ import yaml
 from ray_jobs.report import render_report
 from suite.config import ConfigError, field_type, from_dict, opt
 from suite.io import atomic_write_json
-from suite.provenance import provenance, start_stamp
+from suite.provenance import CODE_DIRS, provenance, start_stamp
 from suite.ray_local import init_ray
 from suite.redact import redact_config
 from suite.tracking import Tracker
@@ -148,11 +148,12 @@ def run_sweep(
     out: str | Path,
     accept: Callable[[dict], tuple[bool, str]] | None = None,
     extras: tuple[str, ...] = (),
+    code_dirs: tuple[str, ...] = CODE_DIRS,
 ) -> dict:
     """Run (or restore) the Tune experiment; `trainable(config)` gets {"base": ..., "params": {...}}.
     `extras`: more final metrics kept per trial; `accept(row)` -> (ok, why): only accepted trials
     can win (`pick_best`)."""
-    start_stamp()  # the commit the sweep starts at (recorded in its summary)
+    start_stamp(code_dirs)  # the commit and method code the sweep starts at (recorded in its summary)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -207,7 +208,7 @@ def run_sweep(
         "all_trials": rows,
     }
     del tuner, grid  # drop the Tuner before any ray.shutdown() (SPEC §3)
-    return {"summary": summary, "base": base}
+    return {"summary": summary, "base": base, "code_dirs": code_dirs}
 
 
 def trial_rows(grid, metric: str, extras: tuple[str, ...] = ()) -> list[dict]:
@@ -281,7 +282,8 @@ def report_sweep(
     print the best and where the run folder and its report are. `files`: the data the trials read
     (name -> path; checksummed into the provenance), `extra`: more provenance (e.g. the bank's id)."""
     summary = res["summary"]
-    summary["provenance"] = {**provenance(redact_config(res.get("base", {})), files or {}), **(extra or {})}
+    dirs = res.get("code_dirs", CODE_DIRS)
+    summary["provenance"] = {**provenance(redact_config(res.get("base", {})), files or {}, None, dirs), **(extra or {})}
     out = Path(out)
     atomic_write_json(out / "summary.json", summary)
     plots = render_report([out], out / "report")["plots"]

@@ -73,18 +73,24 @@ def checksums(files: dict[str, str | Path | None]) -> dict:
     return {k: {"path": str(p), "sha256": sha256_file(Path(p))} for k, p in files.items() if p and Path(p).is_file()}
 
 
-def start_stamp() -> dict:
-    """Call when a run starts: fixes the commit and the code hash its summary will claim (both are
-    read once per process), so that `provenance` can compare them with the code at the end."""
-    return {**git_state(), "code_version": code_version()}
+def start_stamp(dirs: tuple[str, ...] = CODE_DIRS) -> dict:
+    """Call when a run starts: fixes the commit and the hash of the code in `dirs` (the method's own
+    packages: an MTA run names ("mta", "suite")) that its summary will claim, both read once per
+    process, so that `provenance` can compare them with the code at the end."""
+    return {**git_state(), "code_version": code_version(dirs), "code_dirs": list(dirs)}
 
 
-def provenance(config: dict, files: dict[str, str | Path | None], runtime: dict | None = None) -> dict:
-    """The provenance block of a summary (`config` must already be redacted): the commit and code
-    hash taken at the start (`start_stamp`), the code hash again now, and `code_changed` with a
-    note when they differ (a run whose code changed midway says so)."""
-    start = start_stamp()
-    end = code_hash_now()
+def provenance(
+    config: dict,
+    files: dict[str, str | Path | None],
+    runtime: dict | None = None,
+    dirs: tuple[str, ...] = CODE_DIRS,
+) -> dict:
+    """The provenance block of a summary (`config` must already be redacted): the commit and the
+    hash of the code in `dirs` taken at the start (`start_stamp`), the same hash again now, and
+    `code_changed` with a note when they differ (a run whose code changed midway says so)."""
+    start = start_stamp(dirs)
+    end = code_hash_now(dirs)
     out = {
         **start,
         "code_version_end": end,

@@ -88,7 +88,8 @@ def test_end_to_end_tiny_and_resume(lamp_root, tmp_path):
     from suite.provenance import code_hash_now
 
     # the code hash is the code's own, taken at the start and again at the end
-    assert prov["code_version"] == prov["code_version_end"] == code_hash_now() and prov["code_changed"] is False
+    assert prov["code_version"] == prov["code_version_end"] == code_hash_now(("mta", "suite"))
+    assert prov["code_changed"] is False and prov["code_dirs"] == ["mta", "suite"]
     assert prov["runtime"] == {"device": "cpu", "dtype": "float32"}
     assert len(res["anchors"]) == res["bank"]["anchors"]
     for a in res["anchors"]:
