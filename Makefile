@@ -1,7 +1,4 @@
-# make setup  — create .venv with the pinned stack (once; redone when requirements change)
-# make test   — the default test suite (CI runs this)
-# make lint   — ruff lint + format check (CI runs this)
-# make demo   — reduced MTA LaMP_2 run + MemGAS (dev-selected config) on the LoCoMo test conversations (< 15 min, 2 cores)
+# make help lists the targets (the `## ` comments below).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
@@ -9,7 +6,10 @@ export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup test lint demo bench clean
+.PHONY: help setup test lint demo docs bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 10
 
 # pip -qq: errors still show; the warnings pip prints here are about find-links folders named by
 # this machine's pip configuration that do not exist (about 150 lines of noise in a first `make demo`)
@@ -21,20 +21,26 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install -qq --no-deps --no-build-isolation -e .
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed  ## create .venv with the exact pins (once; redone when requirements change)
 
-test: setup
+test: setup  ## the default test suite (CI runs it)
 	$(PY) -m pytest -q
 
-lint: setup
+lint: setup  ## ruff lint + format check (CI runs it)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-demo: setup
+demo: setup  ## the three faces of the suite on a small sample: a pipeline check, not a comparison
 	$(PY) -m ray_jobs.mta_pipeline --quiet --config ray_jobs/configs/mta_lamp2_demo.yaml --out runs/demo
 	$(PY) -m ray_jobs.memgas_eval --quiet --config ray_jobs/configs/memgas_locomo_test.yaml --out runs/demo \
 	    best_from=ray_jobs/configs/memgas_locomo_best.yaml hybrid_from=ray_jobs/configs/memgas_locomo_hybrid.yaml \
 	    eval.max_conversations=3
 
-clean:
-	rm -rf runs .pytest_cache
+docs: setup  ## build the documentation site (mkdocs --strict: a broken link fails) into site/
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+bench:  ## how to run each benchmark and what it costs on this 2-core machine
+	@sed -n '/<!-- bench:list -->/,/<!-- \/bench:list -->/p' docs/reproducing.md | grep -v '<!--'
+
+clean:  ## remove runs/ and the built site
+	rm -rf runs site .pytest_cache

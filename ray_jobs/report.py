@@ -1,7 +1,7 @@
 """One results report from the runs' result files: Markdown tables and matplotlib plots.
 
     python -m ray_jobs.report runs/bench_lamp2 runs/memgas_locomo_test --out report/
-    python -m ray_jobs.report results/* --out report/ --readme README.md     # regenerate README's tables
+    python -m ray_jobs.report results/* --out docs/report --readme docs/results.md --readme README.md
     python -m ray_jobs.report runs/bench_lamp3 --keep results/               # keep a run's results in git
 
 A run folder holds a job's or sweep's `summary.json`, or a benchmark's `scaling.json` /
@@ -850,18 +850,23 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help=f"run folders holding any of {', '.join(RESULT_FILES)}")
     ap.add_argument("--out", default="report", help="folder for report.md and the plots")
-    ap.add_argument("--readme", help="README whose report blocks are regenerated")
+    ap.add_argument(
+        "--readme",
+        action="append",
+        default=[],
+        help="Markdown file whose report blocks are regenerated (repeatable: docs/results.md and README.md)",
+    )
     ap.add_argument("--keep", help="copy each run's result files to KEEP/<run name>/ (committed results)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     res = render_report(a.runs, out, Path(a.keep) if a.keep else None)
     blocks = res["blocks"]
     print(f"report: {out / 'report.md'} ({len(blocks)} run(s), {len(res['plots'])} plot(s))")
-    if a.readme:
-        rel = os.path.relpath(out.resolve(), Path(a.readme).resolve().parent)  # images relative to the README
+    for readme in a.readme:
+        rel = os.path.relpath(out.resolve(), Path(readme).resolve().parent)  # images relative to the page
         prefix = "" if rel == "." else f"{Path(rel).as_posix()}/"
-        done = update_readme(Path(a.readme), blocks, prefix)
-        print(f"{a.readme}: regenerated {done}")
+        done = update_readme(Path(readme), blocks, prefix)
+        print(f"{readme}: regenerated {done}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The report renders tables and plots from summaries, and README's Results tables are exactly
-what the committed summaries in results/ render (regenerate with the command in README)."""
+"""The report renders tables and plots from summaries, and the Results page's tables
+(docs/results.md) are exactly what the committed summaries in results/ render (regenerate with the
+command at the top of that page)."""
 
 import json
 import re
@@ -197,21 +198,21 @@ RESULTS = sorted(p.name for p in (ROOT / "results").iterdir() if p.is_dir()) if 
 
 @pytest.mark.parametrize("block", RESULTS)
 def test_readme_tables_match_the_committed_summaries(block, tmp_path):
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "results.md").read_text()
     m = re.search(rf"<!-- report:{re.escape(block)} -->\n(.*?)<!-- /report:{re.escape(block)} -->", readme, re.S)
-    assert m, f"README has no report block for results/{block}"
+    assert m, f"docs/results.md has no report block for results/{block}"
     rendered = render_run(ROOT / "results" / block, tmp_path)
     rendered = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", r"![\1](report/\2)", rendered)
-    assert m.group(1) == rendered, "README table drifted: rerun the report command in README's Results section"
+    assert m.group(1) == rendered, "docs/results.md drifted: rerun the report command at the top of that page"
 
 
 def test_readme_overview_matches_the_committed_mta_summaries(tmp_path):
     runs = [ROOT / "results" / b for b in RESULTS]
     if not any((r / "summary.json").exists() and "mta" in json.loads((r / "summary.json").read_text()) for r in runs):
         pytest.skip("no committed MTA results")
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "results.md").read_text()
     m = re.search(r"<!-- report:mta_overview -->\n(.*?)<!-- /report:mta_overview -->", readme, re.S)
-    assert m, "README has no report block for the MTA overview"
+    assert m, "docs/results.md has no report block for the MTA overview"
     assert m.group(1) == render_report(runs, tmp_path / "rep")["blocks"]["mta_overview"]
 
 
