@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ray_jobs.report import render_report
+from reporting.render import render_report
 from suite.config import ConfigError, field_type, from_dict, opt
 from suite.io import atomic_write_json
 from suite.provenance import CODE_DIRS, provenance, start_stamp

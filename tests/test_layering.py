@@ -10,6 +10,7 @@ FORBIDDEN = {
     "memgas": {"mta", "ray_jobs", "serving"},
     "suite": {"mta", "memgas", "ray_jobs", "serving"},
     "serving": {"ray_jobs"},  # the app imports the methods, never the launchers; nothing imports it back
+    "reporting": {"mta", "memgas", "ray_jobs", "serving"},  # summaries in, Markdown and plots out
 }
 
 
@@ -95,7 +96,7 @@ def _cycles(graph: dict[str, set[str]]) -> set[frozenset]:
 # shrink. A new circle, or a module growing past its recorded size, fails.
 KNOWN_CIRCLES: set[frozenset] = {frozenset({"memgas.db", "memgas.store"})}
 MAX_LINES = 500
-KNOWN_LARGE = {"memgas/store.py": 880, "mta/pipeline.py": 774, "mta/recipe.py": 597, "ray_jobs/report.py": 873}
+KNOWN_LARGE = {"memgas/store.py": 880, "mta/pipeline.py": 774, "mta/recipe.py": 597}
 
 
 def test_no_import_circle_beyond_the_known_ones():

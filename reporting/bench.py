@@ -1,0 +1,221 @@
+"""Benchmark blocks: memory scaling, recall equivalence, writer processes, bank throughput and
+serving load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from reporting.common import _f, _provenance, _save, _table  # noqa: E402
+
+
+def render_scaling(name: str, s: dict, out: Path) -> list[str]:
+    """`benchmarks/memgas_scaling.py`'s scaling.json: what grows with the memory, and the targets."""
+    rows = s["rows"]
+    methods = list(rows[0]["query_ms_p50"])
+    lines = [
+        f"MemGAS memory grown to {rows[-1]['sessions']:,} sessions (encoder `{s.get('encoder')}`"
+        + (f", {s['queries']} queries per point" if "queries" in s else "")
+        + (f"; `memgas` = `{s['memgas_config']}`" if "memgas_config" in s else "")
+        + ").",
+        "",
+    ]
+    enc = s.get("encoding")
+    if enc:
+        lines += [
+            f"The {enc['texts']:,} distinct texts of {enc['sessions']:,} sessions were encoded first, in batches "
+            f"({enc['seconds']:.0f} s, {enc['texts_per_s']:.0f} texts/s): ingest times below exclude the encoder.",
+            "",
+        ]
+    durable = "disk_bytes_per_session" in rows[-1]
+    head = ["sessions", "nodes", "edges", "ingest ms/session (this step)"] + [
+        f"query p50 / p95 ms {m}" for m in methods
+    ]
+    if durable:
+        head += ["disk B/session", "one add writes: median / max B (max share of store)", "peak RSS MB"]
+    body = []
+    for r in rows:
+        per = r.get("ingest_s_per_session", 1 / max(r["ingest_sessions_per_s_recent"], 1e-9))
+        row = [f"{r['sessions']:,}", f"{r['nodes']:,}", f"{r['edges']:,}", f"{per * 1000:.1f}"]
+        row += [
+            f"{r['query_ms_p50'][m]:.1f} / {r['query_ms_p95'][m]:.1f}"
+            if "query_ms_p95" in r
+            else f"{r['query_ms_p50'][m]:.1f}"
+            for m in methods
+        ]
+        if durable:
+            share = r.get("add_write_share_max")
+            row += [
+                f"{r['disk_bytes_per_session']:,.0f}",
+                f"{r['add_write_bytes_median']:,.0f} / {r['add_write_bytes_max']:,} ({share:.3%})"
+                if share is not None
+                else "-",
+                f"{r['peak_rss_mb']:,.0f}",
+            ]
+        body.append(row)
+    lines += _table(head, body)
+    if durable:
+        last = rows[-1]
+        wanted = (s.get("config") or {}).get("sessions", last["sessions"])
+        targets = []
+        first = next((r for r in rows if r["sessions"] == 1000), None)
+        if last["sessions"] >= 100000 and first is not None:  # the targets are stated at 100,000 sessions
+            ratio = last["ingest_s_per_session"] / first["ingest_s_per_session"]
+            p50 = last["query_ms_p50"].get("memgas")
+            targets += [
+                f"ingest per session at {last['sessions']:,} within 2x of that at 1,000: "
+                f"{ratio:.2f}x, {'met' if ratio <= 2 else 'missed'}",
+                f"query p50 of `memgas` under 30 ms at {last['sessions']:,} sessions: {p50:.1f} ms, "
+                f"{'met' if p50 < 30 else 'missed'}",
+            ]
+        at10k = next((r for r in rows if r["sessions"] == 10000), None)
+        if at10k and at10k.get("add_write_share_max") is not None:
+            sh = at10k["add_write_share_max"]
+            verdict = "met" if sh < 0.01 else "missed"
+            targets.append(f"one add to a 10,000-session store writes under 1% of its bytes: max {sh:.3%}, {verdict}")
+        if last["sessions"] < wanted:
+            lines += [
+                "",
+                f"**Not finished**: stopped at {last['sessions']:,} of {wanted:,} sessions; "
+                "the rows above are all it measured.",
+            ]
+        if targets:
+            lines += ["", "Targets: " + "; ".join(targets) + "."]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    x = [r["sessions"] for r in rows]
+    if durable:
+        ax[0].plot(x, [r["ingest_s_per_session"] * 1000 for r in rows], marker="o")
+        ax[0].set(xscale="log", xlabel="sessions in memory", ylabel="ms per session", title="ingest")
+    else:
+        ax[0].plot(x, [r["ingest_s_total"] for r in rows], marker="o")
+        ax[0].set(xscale="log", yscale="log", xlabel="sessions in memory", ylabel="total ingest s", title="ingest")
+    for m in methods:
+        ax[1].plot(x, [r["query_ms_p50"][m] for r in rows], marker="o", label=m)
+    ax[1].set(xscale="log", yscale="log", xlabel="sessions in memory", ylabel="query p50 ms", title="query")
+    ax[1].legend(fontsize=7)
+    png = _save(fig, out / f"{name}_scaling.png")
+    return lines + _provenance(s) + ["", f"![{name} scaling]({png.name})"]
+
+
+def render_recall(name: str, r: dict) -> list[str]:
+    """`memgas_scaling.py --recall`: the scalable path (ANN association, local PageRank) against the exact one."""
+    lines = [
+        f"LoCoMo, all {r['conversations']} conversations, {r['questions']} questions with gold sessions, "
+        f"`memgas` = `{r['memgas_config']}`; each memory built twice: exact (scan + full PageRank) and "
+        "scalable (ANN association + local push PageRank, forced on however small the memory).",
+        "",
+    ]
+    lines += _table(
+        ["path", r["metric"], "questions whose recall changed", "top-5 agreement"],
+        [
+            ["exact", f"{r['exact']:.4f}", "", ""],
+            ["scalable", f"{r['scalable']:.4f}", str(r["questions_changed"]), f"{r['top5_agreement']:.4f}"],
+        ],
+    )
+    lines += ["", f"Target: {r['target']}: difference {r['difference']:+.4f}, {'met' if r['met'] else 'missed'}."]
+    return lines + _provenance(r)
+
+
+def render_store_processes(name: str, r: dict) -> list[str]:
+    """`benchmarks/store_processes.py`: writer processes through the plain API, readers meanwhile."""
+    lines = [f"Durable store, {r['config']['api']}; {r['config']['readers']} reader processes searching meanwhile.", ""]
+    lines += _table(
+        ["writers", "adds", "lost", "reader searches", "reader errors", "adds/s", "add p50 / p95 / max ms"],
+        [
+            [
+                str(t["writers"]),
+                str(t["adds_expected"]),
+                str(t["adds_lost"]),
+                f"{t['reader_searches']:,}",
+                str(t["reader_errors"]),
+                f"{t['adds_per_s']:.1f}",
+                f"{t['add_ms']['p50']:.0f} / {t['add_ms']['p95']:.0f} / {t['add_ms']['max']:.0f}",
+            ]
+            for t in r["trials"]
+        ],
+    )
+    lines += ["", f"Target: {r['target']}: {'met' if r['met'] else 'missed'}."]
+    return lines + _provenance(r)
+
+
+def render_throughput(name: str, s: dict) -> list[str]:
+    """`benchmarks/bank_throughput.py`'s bank_throughput.json: anchors per hour per setup."""
+    lines = [f"Model `{s.get('model')}`, {s.get('samples_per_anchor')} leave-one-out samples per anchor.", ""]
+    return lines + _table(
+        [
+            "backend",
+            "workers",
+            "strategy",
+            "anchors / hour",
+            "train s / anchor",
+            "wall s / anchor",
+            "vs local s / anchor",
+        ],
+        [
+            [
+                r["backend"],
+                str(r["workers"]),
+                r["strategy"] if r["backend"] == "ray" else "—",
+                f"{r['anchors_per_hour']:.1f}",
+                f"{r['train_s_per_anchor']:.1f}",
+                f"{r['wall_s'] / r['anchors']:.1f}",
+                f"{r['ray_overhead_vs_local_s_per_anchor']:.1f}",
+            ]
+            for r in s["rows"]
+        ],
+    )
+
+
+def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
+    """The serving benchmark: latency, throughput, cold starts and the cache, per load level."""
+    rows = r["rows"]
+    lines = [
+        f"Serving load, {r['model']}: {r['requests_per_level']} requests per level from {r['concurrency']} concurrent "
+        f"clients, {r['max_tokens']} new tokens each, cache of {r['cache_size']} adapters ({r['note']}).",
+        "",
+    ]
+    lines += _table(
+        [
+            "mode",
+            "users",
+            "p50 ms",
+            "p95 ms",
+            "tokens/s",
+            "cold p50 / p95 ms",
+            "hit rate",
+            "compose share",
+            "held",
+            "RSS MB",
+        ],
+        [
+            [
+                x["mode"],
+                str(x["users"]),
+                _f(x["p50_ms"], 1),
+                _f(x["p95_ms"], 1),
+                _f(x["tokens_per_s"], 1),
+                f"{_f(x['cold_p50_ms'], 1)} / {_f(x['cold_p95_ms'], 1)}",
+                _f(x["hit_rate"], 2),
+                _f(x["compose_share"], 3),
+                str(x["adapters_held"]),
+                _f(x["rss_mb"], 0),
+            ]
+            for x in rows
+        ],
+    )
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for mode in ("base", "mta_mixed", "mta_switch"):
+        pts = [(x["users"], x["tokens_per_s"]) for x in rows if x["mode"] == mode]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
+    ax.set_xscale("log")
+    ax.set_xlabel("distinct users")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(f"serving throughput, {r['model']}")
+    ax.legend(fontsize=7)
+    png = _save(fig, out / f"{name}_serve_load.png")
+    commit = (r.get("provenance") or {}).get("commit", "unknown")
+    return lines + ["", f"_Made at commit `{commit[:10]}`._", "", f"![serving throughput]({png.name})"]

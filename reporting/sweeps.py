@@ -1,0 +1,115 @@
+"""Sweep blocks: the best configuration (or why none qualifies), key importances, the best trial
+against the default, the top trials and one panel per swept key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from reporting.common import _diff, _f, _num, _provenance, _save, _table  # noqa: E402
+
+
+def render_sweep(name: str, s: dict, out: Path) -> list[str]:
+    best = s.get("best", {})
+    metric, mode = s.get("metric"), s.get("mode", "max")
+    how = (
+        f" (final value over all {best['steps']} steps, among the {best['complete_trials']} trials that ran them all)"
+        if "complete_trials" in best
+        else ""
+    )
+    lines = [
+        f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; best {metric} = "
+        f"{_f(best.get('value'))} on the split the sweep saw{how}.",
+        "",
+    ]
+    if best.get("found") is False:
+        lines = [
+            f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; **no trial qualifies**: "
+            + best.get("note", "none of the complete trials passed the sweep's acceptance rule")
+            + ".",
+            "",
+        ]
+    lines += _table(["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted((best.get("config") or {}).items())])
+    imp = s.get("importance") or {}
+    if imp.get("importance"):
+        lines += [
+            "",
+            f"Importance of each swept key ({imp['method']}, over the {imp['trials']} complete trials; shares of "
+            "the metric's variance, summing to 1; few trials make these rough):",
+            "",
+        ]
+        lines += _table(
+            ["key", "importance"],
+            [[k, f"{v:.3f}"] for k, v in sorted(imp["importance"].items(), key=lambda kv: -kv[1])],
+        )
+    vd = s.get("vs_default")
+    if vd:
+        lines += [
+            "",
+            f"Best trial against the default configuration on the same {vd['n_clusters']} {vd.get('unit', 'users')} "
+            f"({vd['metric']}): {vd['best']:.4f} vs {vd['default']:.4f}, difference {_diff(vd['row'])} "
+            f"({vd['row'].get('test', '')}; the choice was made on these users, so this difference is "
+            "optimistic — the dev evaluation is the honest one).",
+        ]
+    trials = [t for t in s.get("all_trials") or [] if t.get("value") is not None]
+    if not trials:
+        return lines + ["", "(this summary predates per-trial records: no sweep plots)"] + _provenance(s)
+    keys = sorted({k for t in trials for k in t["params"]})
+    better = max if mode == "max" else min
+    top = sorted(trials, key=lambda t: t["value"], reverse=mode == "max")[:5]
+    varying = [k for k in keys if len({str(t["params"].get(k)) for t in trials}) > 1]
+    gated = any("accepted" in t for t in trials)
+    measured = [k for k in ("graph_share", "router_sd_max") if any(t.get(k) is not None for t in trials)]
+    lines += ["", f"Top {len(top)} trials of {len(trials)} (parameters that vary across trials):", ""]
+    lines += _table(
+        ["rank", metric] + measured + (["accepted"] if gated else []) + varying,
+        [
+            [str(i + 1), _f(t["value"])]
+            + [_f(t.get(k)) for k in measured]
+            + (["yes" if t.get("accepted") else "no"] if gated else [])
+            + [f"`{t['params'].get(k)}`" for k in varying]
+            for i, t in enumerate(top)
+        ],
+    )
+    # one panel per swept key (the metric of every trial against the key's value, best starred) and
+    # one for the search's progress (each trial and the running best, in launch order)
+    n = len(keys) + 1
+    cols = min(4, n)
+    rows_ = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows_, cols, figsize=(3.3 * cols, 2.6 * rows_), squeeze=False)
+    flat = [a for row in axes for a in row]
+    chosen = [t for t in trials if best.get("config") is not None and t["params"] == best["config"]]
+    best_t = chosen[0] if chosen else better(trials, key=lambda t: t["value"])
+    for ax, key in zip(flat, keys):
+        vals = [t["params"].get(key) for t in trials]
+        if all(_num(v) for v in vals):
+            xs, bx = vals, best_t["params"].get(key)
+            if min(vals) > 0 and max(vals) / min(vals) > 20:
+                ax.set_xscale("log")
+        else:
+            cats = sorted({str(v) for v in vals})
+            xs = [cats.index(str(v)) for v in vals]
+            bx = cats.index(str(best_t["params"].get(key)))
+            ax.set_xticks(range(len(cats)), [c if len(c) <= 14 else c[:13] + "…" for c in cats], fontsize=6)
+            ax.tick_params(axis="x", labelrotation=30)
+        ax.scatter(xs, [t["value"] for t in trials], s=14, alpha=0.7)
+        ax.scatter([bx], [best_t["value"]], marker="*", s=90, color="tab:red")
+        ax.set_title(key, fontsize=8)
+        ax.tick_params(labelsize=6)
+    ax = flat[len(keys)]
+    ys = [t["value"] for t in trials]
+    run_best = [better(ys[: i + 1]) for i in range(len(ys))]
+    ax.scatter(range(1, len(ys) + 1), ys, s=12, alpha=0.7, label="trial")
+    ax.plot(range(1, len(ys) + 1), run_best, color="tab:red", lw=1.5, label="best so far")
+    ax.set_title("search progress", fontsize=8)
+    ax.set_xlabel("trial", fontsize=7)
+    ax.legend(fontsize=6)
+    for ax in flat[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{name}: {metric} per trial ({len(trials)} trials)", fontsize=9)
+    png = _save(fig, out / f"{name}_sweep.png")
+    return lines + _provenance(s) + ["", f"![{name} sweep]({png.name})"]
