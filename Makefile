@@ -31,10 +31,7 @@ lint: setup  ## ruff lint + format check (CI runs it)
 	$(VENV)/bin/ruff format --check .
 
 demo: setup  ## the three faces of the suite on a small sample: a pipeline check, not a comparison
-	$(PY) -m ray_jobs.mta_pipeline --quiet --config ray_jobs/configs/mta_lamp2_demo.yaml --out runs/demo
-	$(PY) -m ray_jobs.memgas_eval --quiet --config ray_jobs/configs/memgas_locomo_test.yaml --out runs/demo \
-	    best_from=ray_jobs/configs/memgas_locomo_best.yaml hybrid_from=ray_jobs/configs/memgas_locomo_hybrid.yaml \
-	    eval.max_conversations=3
+	$(PY) -m ray_jobs.demo --quiet --config ray_jobs/configs/demo.yaml --out runs/demo
 
 docs: setup  ## build the documentation site (mkdocs --strict: a broken link fails) into site/
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet

@@ -59,8 +59,20 @@ def parse(
         raise SystemExit(2)
     if args.quiet:
         log = to_file(args.out)
+        silence_library_bars()
         print(f"[{Path(sys.argv[0]).stem}] library logs and warnings: {log}")
     return args, cfg
+
+
+def silence_library_bars() -> None:
+    """--quiet keeps only the suite's own stage bars: transformers' GGUF loader draws a plain tqdm
+    bar ("Converting and de-quantizing GGUF tensors") that its progress-bar switch does not reach."""
+    try:
+        import tqdm.auto
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # transformers without GGUF support: no such bar
+        return
+    gguf_utils.tqdm = functools.partial(tqdm.auto.tqdm, disable=True)
 
 
 def report_run(out: str | Path) -> None:

@@ -18,24 +18,31 @@ def render_memgas(name: str, bench: str, r: dict, out: Path) -> list[str]:
     vs = r.get("vs_reference", {})
     ref = vs.get("reference", "memgas")
     cols = [c for c in MEM_COLUMNS if c in next(iter(methods.values()))]
+    compared = bool(vs.get("methods"))
     rows = [
-        [f"**{m}**" if m == ref else m] + [_f(v.get(c)) for c in cols] + [_diff(vs.get("methods", {}).get(m))]
+        [f"**{m}**" if m == ref else m]
+        + [_f(v.get(c)) for c in cols]
+        + ([_diff(vs.get("methods", {}).get(m))] if compared else [])
         for m, v in methods.items()
     ]
     data = r.get("data", {})
-    lines = [
-        f"**{bench}** — {r['n_questions']} questions, split `{data.get('split', {}).get('name', data.get('split'))}`; "
-        f"difference to `{ref}` on {vs.get('metric', cols[0])}: cluster-bootstrap 95% interval over "
-        f"{vs.get('n_clusters', '?')} independent units (conversations; a LongMemEval question is its own), "
-        + (
-            f"p from the test at the same unit ({vs['test']})"
-            if vs.get("test")
-            else "sign-flip permutation p over questions (made before tests at the interval's unit)"
-        )
-        + ", Holm-corrected over the table; better/worse only when p_holm < 0.05, else n.s.",
-        "",
-    ]
-    lines += _table(["method"] + cols + [f"diff vs {ref} [95% CI] p_holm verdict"], rows)
+    head = f"**{bench}** — {r['n_questions']} questions, split `{data.get('split', {}).get('name', data.get('split'))}`"
+    if not compared:  # a pipeline check (the demo): means only
+        lines = [head + "; each method's mean, no differences or verdicts (too few independent units).", ""]
+        lines += _table(["method"] + cols, rows)
+    else:
+        lines = [
+            head + f"; difference to `{ref}` on {vs.get('metric', cols[0])}: cluster-bootstrap 95% interval over "
+            f"{vs.get('n_clusters', '?')} independent units (conversations; a LongMemEval question is its own), "
+            + (
+                f"p from the test at the same unit ({vs['test']})"
+                if vs.get("test")
+                else "sign-flip permutation p over questions (made before tests at the interval's unit)"
+            )
+            + ", Holm-corrected over the table; better/worse only when p_holm < 0.05, else n.s.",
+            "",
+        ]
+        lines += _table(["method"] + cols + [f"diff vs {ref} [95% CI] p_holm verdict"], rows)
     hyb = (r.get("configs") or {}).get("hybrid")
     if hyb:
         lines += [

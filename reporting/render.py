@@ -40,6 +40,12 @@ def render_run(run: Path, out: Path) -> str:
     lines: list[str] = []
     if (run / "summary.json").exists():
         s = read_json(run / "summary.json")
+        if s.get("purpose") == "pipeline_check":  # the demo: say so where the terminal does
+            lines += [
+                "**Pipeline check** on a small sample: it shows every part working; it compares no methods "
+                "(too few users or conversations to tell them apart). The comparisons are on the Results page.",
+                "",
+            ]
         for task, r in (s.get("mta") or {}).items():
             lines += render_mta(name, task, r, out) + [""]
         for bench, r in (s.get("memgas") or {}).items():
