@@ -19,195 +19,33 @@ import json
 import os
 import signal
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from mta.adapters import AdapterHost
-from mta.anchors import select_anchors, user_embeddings
+from mta.adapt import adapt  # noqa: F401 (re-exported: ray_jobs.adapt, ray_jobs.serve)
 from mta.bank import Bank, LoadedBank, bank_content_id
-from mta.bank_trainer import BankTrainConfig, placement_plan, train_bank
-from mta.data import User, load_task_split, resolve_task_dir, validate_profile_item
-from mta.diagnostics import mean_relative_update, plain_base_weights
-from mta.export import save_peft, user_adapter
-from mta.fusion import fuse
-from mta.pipeline import (
-    Evaluator,
-    MTAConfig,
-    _uses_labels,
-    anchor_overlap,
-    check_user_record,
-    golds_file,
-    load_users,
-    record_key,
-    resolve_calibration,
-    split_digest,
-    summarize,
-)
+from mta.bank_build import anchor_report, bank_path_for, build_bank, dry_run, pretrain  # noqa: F401 (re-exported)
+from mta.config import _uses_labels, resolve_calibration
+from mta.data import load_task_split, resolve_task_dir
+from mta.job_config import MTAJobConfig
+from mta.per_user import Evaluator, anchor_overlap, check_user_record, golds_file, load_users, record_key, split_digest
 from mta.selection import TUNED, check_budgets, select_lambda, select_setting
-from mta.stacking import stack_user
-from mta.training import for_adapter, loo_samples, total_steps
-from mta.users import write_record
-from suite.config import ConfigError, from_dict, opt
+from mta.verdicts import summarize
+from suite.config import from_dict
 from suite.device import describe as describe_device
 from suite.device import dtype_for
 from suite.device import use as use_device
 from suite.encoders import load_encoder
-from suite.io import DataError, atomic_write_json, claim_run_dir, json_digest, read_json, read_jsonl, run_lock
-from suite.models import hub_id, load_base, model_identity
+from suite.io import DataError, atomic_write_json, claim_run_dir, read_json, read_jsonl, run_lock
+from suite.models import load_base
 from suite.provenance import provenance, start_stamp
 from suite.ray_local import init_ray
 from suite.redact import redact_config
-from suite.tracking import Tracker, TrackingConfig
+from suite.tracking import Tracker
 
-
-@dataclass
-class MTAJobConfig(MTAConfig):
-    bank_path: str = opt("", "bank folder; empty = BANK_CACHE/<task>-<hash of everything the bank depends on>")
-    bank_cache: str = opt(
-        "runs/banks",
-        "where banks are kept and shared: every run asking for the same bank "
-        "(task, data, model, encoder, anchors, anchor recipe) reuses it",
-    )
-    bank: BankTrainConfig = field(default_factory=BankTrainConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    users_dir: str = opt(
-        "runs/users",
-        "where per-user records (anchor ids and weights + the stacked LoRA, keyed by a content hash) are "
-        "written by `ray_jobs.adapt` and by the pipeline with eval.save_users=true",
-    )
-
-
-SAMPLES_VERSION = "loo-v2"
-
-
-def bank_signature_inputs(cfg: MTAJobConfig) -> dict:
-    """What a bank's content depends on (not how it is trained: backend, workers)."""
-    d = cfg.data
-    return {
-        "task": d.task,
-        "root": d.root,
-        "train_split": d.train_split,
-        "scheme": d.scheme,
-        "max_train_users": d.max_train_users,
-        "model": model_identity(cfg.model),
-        "encoder": cfg.encoder,
-        "anchors": asdict(cfg.anchors),
-        "lora": asdict(cfg.anchor_train),
-        # how leave-one-out samples are built: v2 retrieves the history with the input content alone
-        "samples": SAMPLES_VERSION,
-    }
-
-
-def bank_signature(cfg: MTAJobConfig) -> str:
-    return json_digest(bank_signature_inputs(cfg), 12)
-
-
-def bank_path_for(cfg: MTAJobConfig) -> Path:
-    return Path(cfg.bank_path) if cfg.bank_path else Path(cfg.bank_cache) / f"{cfg.data.task}-{bank_signature(cfg)}"
-
-
-def choose_anchors(cfg: MTAJobConfig, encoder):
-    """Stage 1a: (train users, their embeddings, indices of the anchors among them)."""
-
-    d = cfg.data
-    train = load_task_split(
-        d.task, d.train_split, d.root or None, download=d.download, scheme=d.scheme, base_url=d.base_url
-    )
-    if d.max_train_users:
-        train = train[: d.max_train_users]
-    emb = user_embeddings(train, d.task, encoder, cfg.anchors.max_items_embedded)
-    return train, emb, select_anchors(train, emb, cfg.anchors)
-
-
-def plan_bank(cfg: MTAJobConfig, encoder) -> dict:
-    """The placement plan of the bank's training (`pretrain_bank --dry-run`): anchors are chosen
-    (cheap: encoder + k-means), nothing is trained and the LLM is not loaded."""
-    import ray
-
-    train, _, idx = choose_anchors(cfg, encoder)
-    path = bank_path_for(cfg)
-    done = set(Bank(path).done_ids()) if (path / "manifest.json").exists() else set()
-    todo = [train[i] for i in idx if train[i].user_id not in done]
-    steps = {}
-    for u in todo:
-        tc = for_adapter(cfg.anchor_train, "anchor", u.user_id)
-        steps[u.user_id] = total_steps(len(loo_samples(cfg.data.task, u.profile, tc.max_samples, tc.seed)), tc)
-    resources = dict(cfg.bank.plan_resources) or {"CPU": float(os.cpu_count() or 1), "GPU": float(torch_gpus())}
-    plan = placement_plan(cfg.bank, [{"id": u.user_id} for u in todo], steps, resources)
-    plan.update(
-        {
-            "bank": str(path),
-            "already_in_bank": sorted(done),
-            "model": cfg.model.name,
-            "model_dtype": cfg.model.dtype,
-            "ray_version": ray.__version__,
-        }
-    )
-    return plan
-
-
-def torch_gpus() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def build_bank(cfg: MTAJobConfig, out: Path, encoder, log=print):
-    """Stage 1a + 1b: choose anchors among train users, train the missing ones, return the bank."""
-
-    d = cfg.data
-    train, emb, idx = choose_anchors(cfg, encoder)
-    ids = [train[i].user_id for i in idx]
-    path = bank_path_for(cfg)
-    log(f"[bank] {len(ids)} anchors chosen among {len(train)} candidate users; bank at {path}")
-    meta = {
-        "task": d.task,
-        "base_model": cfg.model.name,
-        "encoder": cfg.encoder,
-        "signature": bank_signature(cfg),
-        "signature_inputs": bank_signature_inputs(cfg),
-        "lora": asdict(cfg.anchor_train),
-        "anchors_config": asdict(cfg.anchors),
-    }
-    bank = Bank.create(path, ids, emb[idx], meta, [len(train[i].profile) for i in idx])
-    t0 = time.perf_counter()
-    tracking = {**asdict(cfg.tracking), "group": cfg.tracking.group or f"mta-{d.task}"}
-    stats = train_bank(
-        bank,
-        {train[i].user_id: train[i].profile for i in idx},
-        d.task,
-        cfg.model,
-        cfg.anchor_train,
-        cfg.bank,
-        out,
-        tracking if cfg.tracking.enabled else None,
-    )
-    log(
-        f"[bank] trained {len(stats)} anchor(s) in {time.perf_counter() - t0:.0f}s; "
-        f"{len(bank.done_ids())}/{len(ids)} in the bank at {bank.path}"
-    )
-    return bank, stats
-
-
-def anchor_report(bank, loaded, model) -> list[dict]:
-    """Per anchor: items, steps, training loss first/last (from the manifest) and the mean relative
-    update ||dW||/||W|| over its modules, measured against the base model's weights."""
-
-    base = plain_base_weights(model, loaded.adapters[0])
-    entries = {a["id"]: a for a in bank.manifest["anchors"]}
-    out = []
-    for i, aid in enumerate(loaded.ids):
-        e = entries[aid]
-        out.append(
-            {
-                "id": aid,
-                "n_items": e.get("n_items"),
-                **(e.get("train") or {}),
-                "rel_update": mean_relative_update(base, loaded.adapters[i], loaded.scales[i]),
-            }
-        )
-    return out
+__all__ = ["MTAJobConfig", "adapt", "bank_path_for", "build_bank", "dry_run", "pretrain", "resummarize", "run"]
 
 
 def print_table(task: str, res: dict, file=sys.stdout) -> None:
@@ -498,100 +336,3 @@ def resummarize(out: str | Path) -> dict:
         summary["mta"][task] = merged
     atomic_write_json(out / "summary.json", summary)
     return summary
-
-
-def pretrain(cfg: MTAJobConfig, out: str | Path) -> dict:
-    """The bank alone (`ray_jobs.pretrain_bank`): train what it misses; OUT/summary.json {"bank": ...}."""
-    out = claim_run_dir(out)
-    tracker = Tracker(cfg.tracking, "pretrain_bank", asdict(cfg), out, name=f"bank-{cfg.data.task}")
-    try:
-        t0 = time.perf_counter()
-        bank, stats = build_bank(cfg, out, load_encoder(cfg.encoder))
-        wall = time.perf_counter() - t0
-        for s in stats:
-            tracker.log(
-                {
-                    "anchor_seconds": s["seconds"],
-                    "anchor_steps": s["steps"],
-                    "anchor_final_loss": (s.get("losses") or [None])[-1],
-                }
-            )
-        summary = {
-            "bank": {
-                "path": str(bank.path),
-                "anchors": len(bank.done_ids()),
-                "trained_now": len(stats),
-                "missing": bank.missing_ids(),
-                "wall_s": wall,
-                "anchors_per_hour": len(stats) / wall * 3600 if stats else 0.0,
-                "strategy": cfg.bank.strategy,
-                "num_workers": cfg.bank.num_workers,
-                "parallel": cfg.bank.parallel,
-                "per_anchor": stats,
-            }
-        }
-        atomic_write_json(out / "summary.json", summary)
-        tracker.artifact(f"bank-{cfg.data.task}", "model", bank.path, {"anchors": len(bank.done_ids())})
-        print(f"bank: {len(bank.done_ids())} anchors at {bank.path} ({len(stats)} trained now, {wall:.0f}s)")
-        return summary
-    finally:
-        tracker.finish()
-
-
-def dry_run(cfg: MTAJobConfig, out: str | Path) -> dict:
-    """`pretrain_bank --dry-run`: the placement plan printed and written to OUT/plan.json."""
-    plan = plan_bank(cfg, load_encoder(cfg.encoder, device="cpu"))
-    Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(out) / "plan.json", plan)
-    print(json.dumps({k: v for k, v in plan.items() if k != "trainers"}, indent=1))
-    for t in plan["trainers"]:
-        print(
-            f"trainer {t['trainer']}: {t['workers']} worker(s) x {t['per_worker']}, {len(t['anchors'])} anchor(s), "
-            f"{t['steps']} steps, {t['checkpoints']} checkpoints: {', '.join(t['anchors'])}"
-        )
-    return plan
-
-
-def _profile_user(cfg: MTAJobConfig, profile_file: str | Path, user_id: str | None) -> User:
-    """A user from a JSON file holding a profile (a list of items of the task's shape)."""
-    items = read_json(profile_file)
-    if not isinstance(items, list) or not items:
-        raise DataError(profile_file, None, None, "expected a non-empty list of profile items")
-    uid = user_id or Path(profile_file).stem
-    return User(uid, [validate_profile_item(profile_file, cfg.data.task, uid, i, it) for i, it in enumerate(items)])
-
-
-def adapt(cfg: MTAJobConfig, out: str | Path, user_id: str | None = None, profile_file: str | None = None) -> dict:
-    """One user's adapter, outside any evaluation (`ray_jobs.adapt`): fuse the anchors retrieved
-    for the profile, train the stacked LoRA on its items, write the per-user record to
-    `cfg.users_dir` and the combined adapter to OUT as a standard peft folder (`mta.export`)."""
-    use_device(cfg.model.device)
-    if (user_id is None) == (profile_file is None):
-        raise ConfigError("adapt: give exactly one of --user and --profile")
-    encoder = load_encoder(cfg.encoder)
-    bank, _ = build_bank(cfg, Path(cfg.users_dir) / ".bank_runs", encoder, log=lambda *a: None)  # only what is missing
-    loaded = bank.load()
-    if profile_file is not None:
-        user = _profile_user(cfg, profile_file, user_id)
-    else:
-        users, qfile = load_users(cfg, cfg.data.eval_split, loaded.ids)
-        user = next((u for u in users if u.user_id == user_id), None)
-        if user is None:
-            raise DataError(qfile, user_id, "user_id", f"no such user in the {cfg.data.eval_split} split")
-    model, codec = load_base(cfg.model)
-    host = AdapterHost(model, cfg.anchor_train.target_modules)
-    fused = fuse(loaded, user_embeddings([user], cfg.data.task, encoder)[0], cfg.fusion)
-    samples = loo_samples(cfg.data.task, user.profile, 0, cfg.eval.seed, cfg.eval.history_k)
-    s_cfg = for_adapter(cfg.stacking, "stack", user.user_id)
-    stack_user(host, fused, samples, s_cfg, codec)
-    stack_sd = host.state_dict("stack")
-    record = write_record(
-        cfg.users_dir, user.user_id, bank_content_id(bank.manifest), fused.anchor_ids, fused.weights, stack_sd,
-        s_cfg.r, s_cfg.alpha,
-    )  # fmt: skip
-    sd, rank, padded = user_adapter(fused.state_dict, fused.alpha / fused.r, stack_sd, s_cfg.alpha / s_cfg.r)
-    folder = save_peft(out, sd, padded, fused.target_modules, hub_id(cfg.model.name))
-    print(f"[adapt] {user.user_id}: anchors {fused.anchor_ids}, rank {rank} (padded to {padded}) -> {folder}")
-    print(f"[adapt] per-user record: {record.path}")
-    return {"out": str(folder), "record": str(record.path), "rank": rank, "padded_rank": padded,
-            "anchors": fused.anchor_ids, "weights": fused.weights}  # fmt: skip

@@ -21,19 +21,11 @@ import math
 
 import numpy as np
 
+from mta.calibration import mta_prior_scores, predictions
+from mta.config import MIN_CANDIDATES, MIN_SELECT_USERS, _uses_labels, resolve_calibration
 from mta.data import task_info
 from mta.evaluate import per_query_scores, primary_metric
-from mta.pipeline import (
-    MIN_CANDIDATES,
-    MIN_SELECT_USERS,
-    _uses_labels,
-    load_users,
-    mta_prior_scores,
-    predictions,
-    record_key,
-    resolve_calibration,
-    split_digest,
-)
+from mta.per_user import load_users, record_key, split_digest
 from suite.config import ConfigError
 
 # trained method -> (the config field its candidates replace, the grid holding them, the method run)

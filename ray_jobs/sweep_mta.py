@@ -18,18 +18,12 @@ import yaml
 from tqdm.auto import tqdm
 
 from mta.bank import Bank, bank_content_id
+from mta.calibration import predictions
+from mta.config import _uses_labels, resolve_calibration
 from mta.evaluate import per_query_scores, primary_metric
-from mta.pipeline import (
-    Evaluator,
-    _uses_labels,
-    golds_file,
-    load_users,
-    predictions,
-    resolve_calibration,
-    split_digest,
-    summarize,
-)
+from mta.per_user import Evaluator, golds_file, load_users, split_digest
 from mta.recipe import MTAJobConfig, bank_path_for, build_bank
+from mta.verdicts import summarize
 from ray_jobs.cli import entry, parse
 from ray_jobs.sweeps import (
     SweepConfig,

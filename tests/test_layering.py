@@ -96,11 +96,11 @@ def _cycles(graph: dict[str, set[str]]) -> set[frozenset]:
 # shrink. A new circle, or a module growing past its recorded size, fails.
 KNOWN_CIRCLES: set[frozenset] = {frozenset({"memgas.db", "memgas.store"})}
 MAX_LINES = 500
-KNOWN_LARGE = {"memgas/store.py": 880, "mta/pipeline.py": 774, "mta/recipe.py": 597}
+KNOWN_LARGE = {"memgas/store.py": 880}
 
 
 def test_no_import_circle_beyond_the_known_ones():
-    """Mutation caught: `import mta.recipe` added to mta/pipeline.py (a new circle)."""
+    """Mutation caught: `import mta.recipe` added to mta/per_user.py (a new circle)."""
     assert _cycles(_module_graph()) <= KNOWN_CIRCLES
 
 

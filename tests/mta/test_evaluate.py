@@ -89,8 +89,8 @@ def test_primary_calibration_keeps_the_shift_an_adapter_brings():
     """A method whose adapter shifts every label score towards the user's label: the per-adapter
     content-free twin carries the same shift and cancels it; the primary calibration (the base
     model's content-free scores, one vector for every method) keeps it."""
+    from mta.calibration import predictions
     from mta.data import TASKS
-    from mta.pipeline import predictions
 
     labels = TASKS["LaMP_2"]["labels"]
     base_cf = np.linspace(0.0, 1.4, 15)  # the fixed prompt's label bias

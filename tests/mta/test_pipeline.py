@@ -220,7 +220,7 @@ def test_record_key_covers_dtype_code_and_golds(lamp_root, edited_code):
     """A resume on another dtype (fp32 records must not mix with bf16 ones), with other golds or
     after an edit of the method code recomputes: the record key changes. Mutations caught: leaving
     the code (or the runtime, or the golds' checksum) out of the key."""
-    from mta.pipeline import record_key, split_digest
+    from mta.per_user import record_key, split_digest
 
     q = lamp_root / "LaMP_2" / "dev_questions.json"
     base = record_key(_cfg(lamp_root), split_digest(q), "bank")

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from mta.calibration import choose_lambda, mta_prior_scores
 from mta.data import User
-from mta.pipeline import _prior, by_recency, choose_lambda, log_prior, mta_prior_scores
+from mta.priors import _prior, by_recency, log_prior
 
 
 def _user(tags, dates=None):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from mta.data import task_info
-from mta.pipeline import require_both_calibrations, summarize
 from mta.recipe import MTAJobConfig
 from mta.selection import candidate_stats, check_budgets
+from mta.verdicts import require_both_calibrations, summarize
 from suite.config import ConfigError, load_config
 
 

@@ -77,12 +77,16 @@ JOBS = {
     "sweep_mta_": SweepMTAConfig,
     "sweep_memgas_": SweepMemGASConfig,
     "serve_": ServeConfig,
+    "demo": None,  # filled below: ray_jobs.demo.DemoConfig
 }
 
 
 def test_every_shipped_config_parses_and_starts_with_its_command():
     from pathlib import Path
 
+    from ray_jobs.demo import DemoConfig
+
+    JOBS["demo"] = DemoConfig
     files = sorted(Path("ray_jobs/configs").glob("*.yaml"))
     assert len(files) >= 15
     for f in files:
