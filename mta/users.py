@@ -4,7 +4,11 @@ A record is the anchor ids and weights fusion chose and the stacked LoRA trained
 items, with the signature of the bank they belong to. It lives in its own folder,
 `USERS/<user slug>-<content hash>/` (`record.json` + `stack.safetensors`), written atomically; the
 hash covers the bank signature, the anchors, the weights and the stack's checksum, so a changed
-record is a new folder and a cache keyed by the hash can never serve a stale adapter.
+record is a new folder and a cache keyed by the hash can never serve a stale adapter. Which record
+is the user's current one is said by a pointer, `USERS/<user slug>.<id hash>.current.json` (user id, folder,
+content hash, a version counter), replaced atomically by every `write_record` — also when the
+record written equals an older folder, so re-adapting back to an earlier record serves it (file
+times never decide).
 
     write_record(users_dir, user_id, bank_signature, fused, stack_sd, stack_r, stack_alpha)
     latest_record(users_dir, user_id) -> UserRecord | None
@@ -82,7 +86,23 @@ def write_record(
                 atomic_write_text(tmp / RECORD, json.dumps({**body, "content_hash": h}, indent=2) + "\n")
     finally:
         staging.unlink(missing_ok=True)
-    return load_record(final)
+    rec = load_record(final)
+    _point(users_dir, user_id, final, h)
+    return rec
+
+
+def _pointer(users_dir: Path, user_id: str) -> Path:
+    # the id's own hash beside its slug: two ids that slug alike never share a pointer
+    return users_dir / f"{slug(user_id)}.{json_digest(user_id, 8)}.current.json"
+
+
+def _point(users_dir: Path, user_id: str, folder: Path, content_hash: str) -> None:
+    """Make `folder` the user's current record (atomic replace of the pointer; version + 1)."""
+    p = _pointer(users_dir, user_id)
+    old = read_json(p) if p.is_file() else {}
+    version = int(old.get("version", 0)) + 1 if isinstance(old, dict) else 1
+    body = {"user_id": user_id, "folder": folder.name, "content_hash": content_hash, "version": version}
+    atomic_write_text(p, json.dumps(body, indent=2) + "\n")
 
 
 def load_record(path: str | Path) -> UserRecord:
@@ -110,10 +130,23 @@ def load_record(path: str | Path) -> UserRecord:
 
 
 def latest_record(users_dir: str | Path, user_id: str) -> UserRecord | None:
-    """The user's newest record (by write time), or None."""
+    """The user's current record: the one their pointer names (see the module docstring); for a
+    folder written before pointers existed, the newest record by write time; or None."""
     users_dir = Path(users_dir)
     if not users_dir.is_dir():
         return None
+    p = _pointer(users_dir, user_id)
+    if p.is_file():
+        ptr = read_json(p)
+        if not isinstance(ptr, dict) or ptr.get("user_id") != user_id or not isinstance(ptr.get("folder"), str):
+            raise DataError(p, user_id, "folder", "not a record pointer of this user")
+        folder = users_dir / ptr["folder"]
+        if folder.parent != users_dir or not _is_record(folder):
+            raise DataError(p, user_id, "folder", f"names {ptr['folder']!r}, which is not a record here")
+        rec = load_record(folder)
+        if rec.user_id != user_id or rec.content_hash != ptr.get("content_hash"):
+            raise DataError(p, user_id, "content_hash", "the pointer and the record disagree")
+        return rec
     prefix = slug(user_id) + "-"
     found = [p for p in users_dir.iterdir() if p.name.startswith(prefix) and _is_record(p)]
     found = [p for p in found if read_json(p / RECORD).get("user_id") == user_id]  # slugs may collide

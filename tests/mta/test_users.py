@@ -98,3 +98,28 @@ def test_bank_anchors_are_standard_peft_folders_with_base_and_task(lamp_root, tm
     for a in bank.manifest["anchors"]:
         conf = json.loads((bank.path / a["dir"] / "adapter_config.json").read_text())
         assert conf["task_type"] == "CAUSAL_LM" and conf["base_model_name_or_path"] == "tiny"
+
+
+def test_re_adapting_back_to_an_earlier_record_serves_it(tmp_path):
+    """Records by version, not by file time: A, then B, then A again (an identical record, whose
+    folder already exists and is not rewritten) makes A current. Mutation caught: `latest_record`
+    picking the newest folder by mtime (it returns B)."""
+    import torch
+
+    from mta.users import latest_record, write_record
+
+    def rec(w):
+        sd = {"m.lora_A.weight": torch.full((1, 4), w), "m.lora_B.weight": torch.full((4, 1), w)}
+        return write_record(tmp_path, "u/1", "bank", ["a0", "a1"], [w, 1 - w], sd, 1, 2.0)
+
+    a = rec(0.25)
+    b = rec(0.75)
+    assert latest_record(tmp_path, "u/1").content_hash == b.content_hash
+    again = rec(0.25)
+    assert again.content_hash == a.content_hash and again.path == a.path
+    assert latest_record(tmp_path, "u/1").content_hash == a.content_hash
+    # another user whose id slugs alike keeps a pointer of their own
+    sd = {"m.lora_A.weight": torch.ones(1, 4), "m.lora_B.weight": torch.ones(4, 1)}
+    other = write_record(tmp_path, "u_1", "bank", ["a0"], [1.0], sd, 1, 2.0)
+    assert latest_record(tmp_path, "u_1").content_hash == other.content_hash
+    assert latest_record(tmp_path, "u/1").content_hash == a.content_hash
