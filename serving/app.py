@@ -8,15 +8,22 @@ Two deployments: `Gateway` (FastAPI ingress: routes, validation, limits, auth, s
 `model="<base>:<user_id>"` (Ray Serve LLM's convention; `model="<base>"` is the base model). The
 gateway forwards it with `multiplexed_model_id=<user_id>`, so Ray routes a user back to a replica
 that already holds their adapter (`@serve.multiplexed`); inside a replica, requests of different
-users wait at most `batch_wait_s` and share one forward pass (`Composer.generate`).
+users wait at most `batch_wait_s` and share one forward pass: the bank as one shared LoRA basis
+(`serving.shared_basis`), each request carrying its own immutable `RowAdapter` into the batch.
+Streams are made by the decoding loop, one step at a time (`serving.decode`); a client that goes
+away leaves the batch at the next step. Scheduling is per batch: a request that arrives during a
+batch's decoding waits for the next batch (no iteration-level joining).
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions` (both with `stream: true` as
-server-sent events), `GET /v1/models` (the base model and every user with a stored record). Every
-refusal is JSON: 400 bad body, 401 bad token, 404 unknown user or route, 413 oversized body, 429
-full queue.
+server-sent events), `GET /v1/models` (the base model and every user with a stored record) and
+`GET /v1/stats` (token required when one is set). Every refusal is JSON: 400 bad body, 401 bad
+token, 404 unknown user or route, 413 oversized body (read to the end first, up to 64 MB, so the
+client gets the answer instead of a reset), 429 full, 500 without internals. `/docs` and
+`/openapi.json` are off.
 """
 
 import asyncio
+import hmac
 import json
 import os
 import time
@@ -29,7 +36,8 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, StreamingResponse
 
-from serving.composer import Composer, ServeConfig, UnknownUser
+from serving.composer import BasisComposer, ServeConfig, UnknownUser
+from serving.decode import PromptTooLong
 from suite.config import from_dict, load_config
 from suite.openai_params import check_prompt, generation_params, strict_json
 from suite.ray_local import LOOPBACK
@@ -48,18 +56,38 @@ def error(code: int, msg: str):
     return JSONResponse({"error": {"message": msg, "type": kind, "code": code}}, status_code=code)
 
 
+MAX_DRAIN = 64 << 20  # an oversized body is read (and dropped) up to here before the 413, so no reset
+
+
+def _text(content) -> str:
+    """A message's content: a string, or a list of text parts ({"type": "text", "text": ...})."""
+    if isinstance(content, list):
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            raise ValueError("content parts: only {type: text, text: ...} parts are supported")
+        content = "".join(p["text"] for p in content)
+    return check_prompt(content)
+
+
 def parse_body(raw: bytes, chat: bool, max_tokens_cap: int, base: str) -> dict:
-    """The validated request: {prompt, user, max_tokens, stream, model}, or Refused(400/404)."""
+    """The validated request: {prompt (the whole messages list for chat), user, max_tokens, stream,
+    model}, or Refused(400/404)."""
     try:
         body = strict_json(raw)
         if chat:
             msgs = body.get("messages")
             if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
                 raise ValueError("messages: expected a non-empty list of {role, content}")
-            prompt = check_prompt(msgs[-1].get("content"))
+            prompt = []
+            for i, m in enumerate(msgs):
+                if m.get("role") not in ("system", "user", "assistant"):
+                    raise ValueError(f"messages[{i}].role: expected system, user or assistant")
+                prompt.append({"role": m["role"], "content": _text(m.get("content"))})
         else:
             prompt = check_prompt(body.get("prompt"))
         mt, _, stream = generation_params(body, max_tokens_cap, 32)  # temperature checked; answers are greedy
+        n = body.get("n", 1)
+        if n != 1 or isinstance(n, bool):
+            raise ValueError("n: only n=1 is supported (answers are greedy: every choice would be the same)")
     except ValueError as e:
         raise Refused(400, str(e)) from None
     model = body.get("model", base)
@@ -73,11 +101,19 @@ def parse_body(raw: bytes, chat: bool, max_tokens_cap: int, base: str) -> dict:
 
 @serve.deployment
 class Generator:
-    """The model, its composer and the mixed-batch loop (one per replica)."""
+    """The model, its composer and the batch loop (one per replica)."""
 
     def __init__(self, cfg: dict):
         self.cfg = from_dict(ServeConfig, cfg, "serve config")
-        self.composer = Composer(self.cfg)
+        if self.cfg.engine != "shared_basis":  # peft slots can be refilled while a request waits
+            raise ValueError("the Serve app runs engine=shared_basis; engine=peft is the benchmark's baseline")
+        self.composer = BasisComposer(self.cfg)
+        self.memory = None
+        if self.cfg.memory:
+            from memgas.store import MemoryStore
+            from suite.encoders import load_encoder
+
+            self.memory = MemoryStore.open(self.cfg.memory, encoder=load_encoder(self.cfg.memory_encoder))
         self.queue: list = []
         self.wakeup = asyncio.Event()
         self.loop_task = None
@@ -85,58 +121,140 @@ class Generator:
     @serve.multiplexed(max_num_models_per_replica=64)
     async def load_user(self, user_id: str) -> str:
         # tells Ray this replica holds the user (routing); the composer's own LRU, keyed by the
-        # record's content hash, decides what stays installed and catches changed records
+        # record's content hash, decides what stays cached and catches changed records
         return user_id
 
+    def _run_batch(self, batch: list, loop) -> None:
+        """Decode one batch in a worker thread; every step's tokens go to each row's queue."""
+        items = [b["item"] for b in batch]
+        try:
+            for step in self.composer.steps(items, cancelled=lambda i: batch[i]["cancelled"]):
+                for b, t in zip(batch, step):
+                    if t is not None:
+                        loop.call_soon_threadsafe(b["out"].put_nowait, t)
+        except Exception as e:  # noqa: BLE001 - every waiting request learns of the failure
+            for b in batch:
+                loop.call_soon_threadsafe(b["out"].put_nowait, e)
+        for b in batch:
+            loop.call_soon_threadsafe(b["out"].put_nowait, None)  # end of this row
+
     async def _batches(self):
+        loop = asyncio.get_running_loop()
         while True:
             await self.wakeup.wait()
             await asyncio.sleep(self.cfg.batch_wait_s)  # let concurrent requests join the batch
             batch, self.queue = self.queue[: self.cfg.max_batch], self.queue[self.cfg.max_batch :]
             if not self.queue:
                 self.wakeup.clear()
-            try:
-                outs = await asyncio.to_thread(self.composer.generate, [b[0] for b in batch])
-                for (_, fut), out in zip(batch, outs):
-                    if not fut.done():
-                        fut.set_result(out)
-            except Exception as e:  # noqa: BLE001 - every waiting request learns of the failure
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+            if batch:
+                await asyncio.to_thread(self._run_batch, batch, loop)
 
-    async def complete(self, req: dict) -> dict:
+    async def _enqueue(self, req: dict):
+        """Resolve the user's adapter, build the prompt, queue the row; returns (row, prompt ids,
+        compose ms) or an error dict."""
         user = req["user"]
         t0 = time.perf_counter()
         try:
             if user:
                 await self.load_user(serve.get_multiplexed_model_id() or user)
-                name = await asyncio.to_thread(self.composer.adapter_for, user)
+                adapter = await asyncio.to_thread(self.composer.adapter_for, user)
             else:
-                name = None
+                adapter = None
         except UnknownUser:
             return {"error": 404, "message": f"unknown user {user!r}: no record and no profile"}
         compose_ms = (time.perf_counter() - t0) * 1000
+        prompt = req["prompt"]
+        if self.memory is not None and user and req["chat"]:
+            prompt = await asyncio.to_thread(self._with_memory, prompt, user)
+        try:
+            ids = self.composer.prompt_ids(prompt, req["chat"], req["max_tokens"])
+        except PromptTooLong as e:
+            return {"error": 400, "message": str(e)}
         if self.cfg.test_delay_s:
             await asyncio.sleep(self.cfg.test_delay_s)
-        ids = self.composer.prompt_ids(req["prompt"], req["chat"], req["max_tokens"])
-        fut = asyncio.get_running_loop().create_future()
-        self.queue.append(((ids, name, req["max_tokens"]), fut))
+        row = {"item": (ids, adapter, req["max_tokens"]), "out": asyncio.Queue(), "cancelled": False}
+        self.queue.append(row)
         if self.loop_task is None:
             self.loop_task = asyncio.create_task(self._batches())
         self.wakeup.set()
-        text, n_new = await fut
-        return {"text": text, "prompt_tokens": len(ids), "completion_tokens": n_new, "compose_ms": compose_ms}
+        return row, ids, compose_ms
+
+    def _with_memory(self, messages: list[dict], user: str) -> list[dict]:
+        """The user's own top sessions (their scoped memory only) as a system message first."""
+        query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        hits = self.memory.search(query, user_id=user, limit=self.cfg.memory_top_k)["results"]
+        if not hits:
+            return messages
+        text = "\n\n".join(f"[{h['date'] or h['session_id']}] {h['text']}" for h in hits)
+        return [{"role": "system", "content": "What you remember of this user:\n" + text}, *messages]
+
+    async def _tokens(self, row: dict):
+        while True:
+            t = await row["out"].get()
+            if t is None:
+                return
+            if isinstance(t, Exception):
+                raise t
+            yield t
+
+    async def complete(self, req: dict) -> dict:
+        got = await self._enqueue(req)
+        if isinstance(got, dict):
+            return got
+        row, ids, compose_ms = got
+        toks = [t async for t in self._tokens(row)]
+        return {
+            "text": self.composer.codec.decode(toks),  # unstripped: the same text a stream concatenates to
+            "prompt_tokens": len(ids),
+            "completion_tokens": len(toks),
+            "finish_reason": "length" if len(toks) >= req["max_tokens"] else "stop",
+            "compose_ms": compose_ms,
+        }
+
+    async def stream(self, req: dict):
+        """Text deltas as the decoding loop makes them, then a final {"finish_reason", usage}."""
+        got = await self._enqueue(req)
+        if isinstance(got, dict):
+            yield got
+            return
+        row, ids, _ = got
+        toks, sent = [], ""
+        try:
+            async for t in self._tokens(row):
+                toks.append(t)
+                text = self.composer.codec.decode(toks)
+                if len(text) > len(sent) and not text.endswith("\ufffd"):  # whole characters only
+                    yield {"delta": text[len(sent) :]}
+                    sent = text
+            text = self.composer.codec.decode(toks)  # what was held back (a partial character) at the end
+            if len(text) > len(sent):
+                yield {"delta": text[len(sent) :]}
+        finally:
+            row["cancelled"] = True  # a client that went away: the row leaves the batch at the next step
+        yield {
+            "finish_reason": "length" if len(toks) >= req["max_tokens"] else "stop",
+            "prompt_tokens": len(ids),
+            "completion_tokens": len(toks),
+        }
 
     async def users(self) -> list[str]:
         return self.composer.users_with_record()
 
     async def stats(self) -> dict:
-        return {**self.composer.stats, "installed": list(self.composer.lru)}
+        st = self.composer.stats
+        return {**{k: v for k, v in st.items() if k != "cold_ms"}, "cold_ms_n": len(st["cold_ms"]),
+                "cached": len(self.composer.lru)}  # fmt: skip
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    """The bearer token check, in constant time (no timing leak of how much of a guess matched)."""
+    if token is None:
+        return True
+    return hmac.compare_digest((header or "").encode(), f"Bearer {token}".encode())
 
 
 def make_gateway(cfg: ServeConfig):
-    api = FastAPI(title="MTA users, OpenAI-compatible")
+    api = FastAPI(title="MTA users, OpenAI-compatible", docs_url=None, redoc_url=None, openapi_url=None)
     base = cfg.job.model.name
 
     @api.exception_handler(StarletteHTTPException)  # unknown routes and methods: JSON like every refusal
@@ -146,6 +264,10 @@ def make_gateway(cfg: ServeConfig):
     @api.exception_handler(RequestValidationError)
     async def invalid(request, exc):
         return error(400, "invalid request")
+
+    @api.exception_handler(Exception)  # anything unforeseen: a JSON 500 that reveals no internals
+    async def internal(request, exc):
+        return error(500, "internal error")
 
     @serve.deployment
     @serve.ingress(api)
@@ -158,19 +280,25 @@ def make_gateway(cfg: ServeConfig):
                 raise RuntimeError(f"bound to {self.cfg.host}: set {self.cfg.token_env} (bearer token) first")
 
         def _auth(self, request: Request) -> None:
-            if self.token and request.headers.get("authorization") != f"Bearer {self.token}":
+            if not authorized(request.headers.get("authorization"), self.token):
                 raise Refused(401, "missing or wrong bearer token")
 
         async def _read(self, request: Request) -> bytes:
+            """The body, or a 413 once it is over `max_body`: an oversized body is still read to the
+            end (up to 64 MB, then the connection may close) so the client receives the answer."""
             n = request.headers.get("content-length")
-            if n is not None and (not n.isdigit() or int(n) > self.cfg.max_body):
-                raise Refused(413, f"body over {self.cfg.max_body} bytes")
-            raw = b""
+            if n is not None and not n.isdigit():
+                raise Refused(400, "content-length is not a number")
+            raw, size = bytearray(), 0
             async for part in request.stream():
-                raw += part
-                if len(raw) > self.cfg.max_body:
-                    raise Refused(413, f"body over {self.cfg.max_body} bytes")
-            return raw
+                size += len(part)
+                if size <= self.cfg.max_body:
+                    raw += part
+                elif size > MAX_DRAIN:
+                    break
+            if size > self.cfg.max_body:
+                raise Refused(413, f"body over {self.cfg.max_body} bytes")
+            return bytes(raw)
 
         async def _answer(self, request: Request, chat: bool):
             try:
@@ -180,15 +308,73 @@ def make_gateway(cfg: ServeConfig):
                     raise Refused(429, f"{self.cfg.max_queue} requests in flight; retry later")
             except Refused as e:
                 return error(e.code, e.msg)
+            req["chat"] = chat
+            h = self.gen.options(multiplexed_model_id=req["user"] or "")
+            if req["stream"]:
+                return await self._stream(h, req)
             self.inflight += 1
             try:
-                h = self.gen.options(multiplexed_model_id=req["user"] or "")
-                out = await h.complete.remote({**req, "chat": chat})
+                out = await h.complete.remote(req)
             finally:
                 self.inflight -= 1
             if "error" in out:
                 return error(out["error"], out["message"])
             return self._format(req, out, chat)
+
+        def _head(self, req: dict, chat: bool) -> dict:
+            obj = "chat.completion.chunk" if chat else "text_completion"
+            return {"id": f"cmpl-{time.time_ns()}", "object": obj, "created": int(time.time()), "model": req["model"]}
+
+        async def _stream(self, h, req: dict):
+            chat = req["chat"]
+            gen = h.options(stream=True).stream.remote(req)
+            self.inflight += 1
+            try:
+                first = await gen.__anext__()
+            except BaseException:
+                self.inflight -= 1
+                raise
+            if "error" in first:
+                self.inflight -= 1
+                return error(first["error"], first["message"])
+            head = self._head(req, chat)
+
+            def chunk(delta: str | None, finish: str | None, usage: dict | None = None) -> str:
+                c = dict(head)
+                if chat:
+                    d = {} if delta is None else {"content": delta}
+                    c["choices"] = [{"index": 0, "delta": d, "finish_reason": finish}]
+                else:
+                    c["choices"] = [{"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}]
+                if usage:
+                    c["usage"] = usage
+                return f"data: {json.dumps(c)}\n\n"
+
+            async def events():
+                try:
+                    if chat:  # the role first, as OpenAI does
+                        c = dict(head, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                 "finish_reason": None}])  # fmt: skip
+                        yield f"data: {json.dumps(c)}\n\n"
+                    msg = first
+                    while True:
+                        if "delta" in msg:
+                            yield chunk(msg["delta"], None)
+                        else:
+                            usage = {
+                                "prompt_tokens": msg["prompt_tokens"],
+                                "completion_tokens": msg["completion_tokens"],
+                                "total_tokens": msg["prompt_tokens"] + msg["completion_tokens"],
+                            }
+                            yield chunk(None, msg["finish_reason"], usage)
+                            break
+                        msg = await gen.__anext__()
+                    yield "data: [DONE]\n\n"
+                finally:
+                    gen.cancel()  # a client that went away: Ray cancels the generator, the row leaves
+                    self.inflight -= 1
+
+            return StreamingResponse(events(), media_type="text/event-stream")
 
         def _format(self, req: dict, out: dict, chat: bool):
             ident, created = f"cmpl-{time.time_ns()}", int(time.time())
@@ -198,39 +384,14 @@ def make_gateway(cfg: ServeConfig):
                 "total_tokens": out["prompt_tokens"] + out["completion_tokens"],
             }
             obj = "chat.completion" if chat else "text_completion"
-            if not req["stream"]:
-                choice = (
-                    {"index": 0, "message": {"role": "assistant", "content": out["text"]}, "finish_reason": "stop"}
-                    if chat
-                    else {"index": 0, "text": out["text"], "finish_reason": "stop", "logprobs": None}
-                )
-                body = {"id": ident, "object": obj, "created": created, "model": req["model"], "choices": [choice]}
-                return JSONResponse({**body, "usage": usage})
-
-            def events():
-                words = out["text"].split(" ") if out["text"] else []
-                pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
-                head = {"id": ident, "created": created, "model": req["model"]}
-                if chat:
-                    first = [{"role": "assistant", "content": ""}]
-                    deltas = first + [{"content": p} for p in pieces]
-                    for d in deltas:
-                        c = {**head, "object": "chat.completion.chunk"}
-                        c["choices"] = [{"index": 0, "delta": d, "finish_reason": None}]
-                        yield f"data: {json.dumps(c)}\n\n"
-                    last = {**head, "object": "chat.completion.chunk", "usage": usage}
-                    last["choices"] = [{"index": 0, "delta": {}, "finish_reason": "stop"}]
-                else:
-                    for p in pieces:
-                        c = {**head, "object": "text_completion"}
-                        c["choices"] = [{"index": 0, "text": p, "finish_reason": None, "logprobs": None}]
-                        yield f"data: {json.dumps(c)}\n\n"
-                    last = {**head, "object": "text_completion", "usage": usage}
-                    last["choices"] = [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}]
-                yield f"data: {json.dumps(last)}\n\n"
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream")
+            fin = out["finish_reason"]
+            choice = (
+                {"index": 0, "message": {"role": "assistant", "content": out["text"]}, "finish_reason": fin}
+                if chat
+                else {"index": 0, "text": out["text"], "finish_reason": fin, "logprobs": None}
+            )
+            body = {"id": ident, "object": obj, "created": created, "model": req["model"], "choices": [choice]}
+            return JSONResponse({**body, "usage": usage})
 
         @api.post("/v1/chat/completions")
         async def chat(self, request: Request):
@@ -252,7 +413,13 @@ def make_gateway(cfg: ServeConfig):
             return JSONResponse({"object": "list", "data": data})
 
         @api.get("/v1/stats")
-        async def stats(self):
+        async def stats(self, request: Request):
+            try:
+                self._auth(request)
+                if self.token is None and self.cfg.host not in (LOOPBACK, "localhost", "::1"):
+                    raise Refused(401, "stats need a bearer token")
+            except Refused as e:
+                return error(e.code, e.msg)
             return JSONResponse(await self.gen.stats.remote())
 
     return Gateway
@@ -261,8 +428,14 @@ def make_gateway(cfg: ServeConfig):
 def app_for(cfg: ServeConfig):
     """The bound application: Gateway -> Generator (replicas: `cfg.replicas`)."""
     d = asdict(cfg)
-    gen = Generator.options(num_replicas=cfg.replicas).bind(d)
-    return make_gateway(cfg).bind(gen, d)
+    gen = Generator.options(
+        num_replicas=cfg.replicas,
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+    ).bind(d)
+    # the gateway admits up to max_queue requests at once and answers the next one 429 itself
+    gw = make_gateway(cfg).options(max_ongoing_requests=cfg.max_queue + 8, max_queued_requests=cfg.max_queued_requests)
+    return gw.bind(gen, d)
 
 
 def build(args: dict):

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -26,9 +27,12 @@ from mta.anchors import user_embeddings
 from mta.bank import Bank, bank_content_id
 from mta.data import User, validate_profile_item
 from mta.export import combine_exact
-from mta.fusion import fuse, fuse_chosen
+from mta.fusion import fuse, fuse_chosen, retrieve
+from mta.merge import weights as merge_weights
 from mta.recipe import MTAJobConfig, bank_path_for, load_users
 from mta.users import RECORD, latest_record
+from serving.decode import chat_ids, decode_steps
+from serving.shared_basis import RowAdapter, SharedBasis, row_from_record
 from suite.config import ConfigError, opt
 from suite.encoders import load_encoder
 from suite.io import DataError, json_digest, read_json
@@ -61,7 +65,18 @@ class ServeConfig:
     max_body: int = opt(1 << 20, "largest request body in bytes (413 beyond)", lo=1)
     max_tokens_cap: int = opt(256, "largest max_tokens (400 beyond)", lo=1)
     replicas: int = opt(1, "generator replicas", lo=1)
+    engine: Literal["shared_basis", "peft"] = opt(
+        "shared_basis",
+        "shared_basis (the bank as one shared LoRA basis, every request carrying its own weights and stack: "
+        "serving.shared_basis) | peft (peft mixed batches over installed adapter slots: the baseline)",
+    )
+    max_ongoing_requests: int = opt(8, "Ray Serve: requests one replica works on at once", lo=1)
+    max_queued_requests: int = opt(32, "Ray Serve: requests waiting for a replica before 429", lo=1)
+    memory: str = opt("", "a MemGAS store (SQLite file): each chat's user gets their own top sessions in the prompt")
+    memory_top_k: int = opt(2, "sessions from the user's memory put before the chat", lo=1)
+    memory_encoder: str = opt("minilm", "the encoder the memory store was built with")
     test_delay_s: float = opt(0.0, "for tests: every generation waits this long first (fills the queue)", hi=60)
+    test_step_delay_s: float = opt(0.0, "for tests: every decoding step waits this long (streams are slow)", hi=10)
 
     def __post_init__(self):
         if not isinstance(self.host, str) or not self.host:
@@ -79,34 +94,9 @@ class Slot:
     kind: str  # "record" | "profile"
 
 
-class Composer:
-    def __init__(self, cfg: ServeConfig, model=None, codec=None):
-        self.cfg, job = cfg, cfg.job
-        bank = Bank(bank_path_for(job))
-        self.bank, self.bank_id = bank.load(), bank_content_id(bank.manifest)
-        if model is None:
-            model, codec = load_base(job.model)
-        self.codec = codec
-        self.host = AdapterHost(model, job.anchor_train.target_modules)
-        self.host.model.eval()  # inference only (peft refuses mixed batches in training mode)
-        self.model_name = job.model.name
-        self._encoder = None
-        self._profiles: dict[str, list] | None = None
-        self.lru: OrderedDict[str, Slot] = OrderedDict()
-        self.lock = threading.RLock()  # one peft model: installs and forwards never interleave
-        self.stats = {"hits": 0, "misses": 0, "cold_ms": [], "installed_max": 0}
-        self._emb: dict[str, object] = {}  # profile embeddings by profile hash (a re-admitted user skips encoding)
-        # fixed adapter slots (as S-LoRA and vLLM do): installing a user copies tensors into one,
-        # which takes milliseconds, where creating LoRA modules through peft takes hundreds
-        self.free: list[str] = []
-        self._params: dict[str, dict[str, tuple]] = {}
-        for i in range(cfg.max_adapters):
-            name = f"slot{i}"
-            self.host.add(name, cfg.slot_rank, cfg.slot_rank)  # alpha = r: scale 1
-            self._params[name] = self._slot_params(name)
-            self.free.append(name)
+class Users:
+    """Where a user's adapter comes from: their current record, else their profile."""
 
-    # ------------------------------------------------------------------------------ users
     def _eval_profiles(self) -> dict[str, list]:
         if self._profiles is None:
             try:
@@ -148,6 +138,44 @@ class Composer:
         h = json_digest([self.bank_id, prof, self.cfg.job.fusion.__dict__], 16)
         return h, "profile", prof
 
+    def embedding(self, user_id: str, profile: list):
+        if self._encoder is None:
+            self._encoder = load_encoder(self.cfg.job.encoder)
+        key = json_digest(profile, 16)
+        if key not in self._emb:
+            self._emb[key] = user_embeddings([User(user_id, profile)], self.cfg.job.data.task, self._encoder)[0]
+        return self._emb[key]
+
+
+class Composer(Users):
+    """The baseline engine (`engine: peft`): adapters installed into peft slots, mixed batches."""
+
+    def __init__(self, cfg: ServeConfig, model=None, codec=None):
+        self.cfg, job = cfg, cfg.job
+        bank = Bank(bank_path_for(job))
+        self.bank, self.bank_id = bank.load(), bank_content_id(bank.manifest)
+        if model is None:
+            model, codec = load_base(job.model)
+        self.codec = codec
+        self.host = AdapterHost(model, job.anchor_train.target_modules)
+        self.host.model.eval()  # inference only (peft refuses mixed batches in training mode)
+        self.model_name = job.model.name
+        self._encoder = None
+        self._profiles: dict[str, list] | None = None
+        self.lru: OrderedDict[str, Slot] = OrderedDict()
+        self.lock = threading.RLock()  # one peft model: installs and forwards never interleave
+        self.stats = {"hits": 0, "misses": 0, "cold_ms": [], "installed_max": 0}
+        self._emb: dict[str, object] = {}  # profile embeddings by profile hash (a re-admitted user skips encoding)
+        # fixed adapter slots (as S-LoRA and vLLM do): installing a user copies tensors into one,
+        # which takes milliseconds, where creating LoRA modules through peft takes hundreds
+        self.free: list[str] = []
+        self._params: dict[str, dict[str, tuple]] = {}
+        for i in range(cfg.max_adapters):
+            name = f"slot{i}"
+            self.host.add(name, cfg.slot_rank, cfg.slot_rank)  # alpha = r: scale 1
+            self._params[name] = self._slot_params(name)
+            self.free.append(name)
+
     # --------------------------------------------------------------------------- adapters
     def _slot_params(self, name: str) -> dict[str, tuple]:
         """{module path: (lora_A weight, lora_B weight)} of one installed adapter."""
@@ -175,13 +203,7 @@ class Composer:
             fused = fuse_chosen(self.bank, src.anchors, src.weights, fcfg)
             parts = [(fused.state_dict, fused.alpha / fused.r), (src.stack, src.stack_scale)]
         else:
-            if self._encoder is None:
-                self._encoder = load_encoder(self.cfg.job.encoder)
-            key = json_digest(src, 16)
-            if key not in self._emb:
-                self._emb[key] = user_embeddings([User(user_id, src)], self.cfg.job.data.task, self._encoder)[0]
-            emb = self._emb[key]
-            fused = fuse(self.bank, emb, fcfg)
+            fused = fuse(self.bank, self.embedding(user_id, src), fcfg)
             parts = [(fused.state_dict, fused.alpha / fused.r)]
         return combine_exact(parts)
 
@@ -258,3 +280,87 @@ class Composer:
                 new = new[: new.index(self.codec.eos_id)]
             res.append((self.codec.decode(new).strip(), len(new)))
         return res
+
+
+class BasisComposer(Users):
+    """The serving engine (`engine: shared_basis`): the plain base model with the bank as one shared
+    basis (`serving.shared_basis`). A user's adapter is a `RowAdapter` (a weight per anchor and the
+    stacked LoRA), small and immutable, cached by content hash in an LRU of `max_adapters`; every
+    request takes its own RowAdapter into the batch, so evicting or refreshing a cache entry can
+    never change what a waiting request computes."""
+
+    def __init__(self, cfg: ServeConfig, model=None, codec=None):
+        self.cfg, job = cfg, cfg.job
+        if job.fusion.merge != "cat":
+            raise ConfigError(f"engine shared_basis serves fusion.merge=cat exactly; got {job.fusion.merge!r}")
+        bank = Bank(bank_path_for(job))
+        self.bank, self.bank_id = bank.load(), bank_content_id(bank.manifest)
+        if model is None:
+            model, codec = load_base(job.model)
+        self.model, self.codec = model.eval(), codec
+        self.basis = SharedBasis(self.model, self.bank.adapters, self.bank.scales)
+        self.model_name = job.model.name
+        self._encoder, self._profiles = None, None
+        self._emb: dict[str, object] = {}
+        self.lru: OrderedDict[str, tuple[str, RowAdapter]] = OrderedDict()
+        self.lock = threading.RLock()  # the LRU; the model runs one batch at a time (`forward`)
+        self.forward = threading.Lock()
+        self.stats = {"hits": 0, "misses": 0, "cold_ms": [], "installed_max": 0}
+
+    def adapter_for(self, user_id: str) -> RowAdapter:
+        """The user's RowAdapter (built on a miss or when their record changed)."""
+        h, kind, src = self.resolve(user_id)
+        with self.lock:
+            hit = self.lru.get(user_id)
+            if hit is not None and hit[0] == h:
+                self.lru.move_to_end(user_id)
+                self.stats["hits"] += 1
+                return hit[1]
+        t0 = time.perf_counter()
+        if kind == "record":
+            if src.bank_signature != self.bank_id:
+                raise DataError(src.path, user_id, "bank_signature", "the record belongs to another bank")
+            row = row_from_record(self.bank.ids, src.anchors, src.weights, src.stack, src.stack_scale)
+        else:
+            fcfg = self.cfg.job.fusion
+            chosen, sims = retrieve(self.bank.emb, self.embedding(user_id, src), fcfg.top_k)
+            w = merge_weights(fcfg.weighting, sims, fcfg.temperature)
+            row = row_from_record(self.bank.ids, [self.bank.ids[int(i)] for i in chosen], list(w), {}, 1.0)
+        with self.lock:
+            self.lru[user_id] = (h, row)
+            self.lru.move_to_end(user_id)
+            while len(self.lru) > self.cfg.max_adapters:
+                self.lru.popitem(last=False)
+            self.stats["misses"] += 1
+            self.stats["cold_ms"].append((time.perf_counter() - t0) * 1000)
+            self.stats["installed_max"] = max(self.stats["installed_max"], len(self.lru))
+        return row
+
+    def prompt_ids(self, prompt, chat: bool, max_tokens: int) -> list[int]:
+        if chat:
+            msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            return chat_ids(self.codec, msgs, max_tokens)
+        return self.codec.ids(prompt)[-max(1, self.codec.max_length - max_tokens) :]
+
+    def steps(self, items: list[tuple[list[int], RowAdapter | None, int]], cancelled=None):
+        """Decode `items` (prompt ids, the row's adapter, max tokens) together, yielding each
+        step's new tokens (None for finished rows); the model is held for the whole batch."""
+        with self.forward, self.basis.rows([a for _, a, _ in items]):
+            for step in decode_steps(
+                self.model, [i for i, _, _ in items], [m for _, _, m in items], self.codec.eos_id,
+                self.codec.pad_id, cancelled,
+            ):  # fmt: skip
+                if self.cfg.test_step_delay_s:
+                    time.sleep(self.cfg.test_step_delay_s)
+                yield step
+
+    def generate(self, items: list[tuple[list[int], RowAdapter | None, int]]) -> list[tuple[str, int]]:
+        """Greedy answers (text, new tokens) for every item, in one batch."""
+        if not items:
+            return []
+        toks: list[list[int]] = [[] for _ in items]
+        for step in self.steps(items):
+            for i, t in enumerate(step):
+                if t is not None:
+                    toks[i].append(t)
+        return [(self.codec.decode(t).strip(), len(t)) for t in toks]
