@@ -78,7 +78,9 @@ class MemGASJobConfig:
         "",
         "a best_config.yaml written by sweep_memgas (mechanisms=graph_and_router): its `best` retrieval "
         "and `memgas` memory settings replace these and are reported as the `memgas` row, which must use "
-        "the graph and a non-uniform router; the evaluated split must not overlap the one it was chosen on",
+        "the graph and a non-uniform router; the evaluated split must not overlap the one it was chosen on. "
+        "`none`: the MemGAS-proper sweep found no configuration whose graph and router measurably act, so "
+        "there is no `memgas` row and the authors' configuration (`memgas_paper`) is the reference",
     )
     hybrid_from: str = opt(
         "",
@@ -139,7 +141,7 @@ def row_name(rc: RetrievalConfig) -> str:
 def apply_best_from(cfg: MemGASJobConfig) -> MemGASJobConfig:
     """Take `best` and `memgas` from a sweep's best_config.yaml, and the unconstrained winner from
     `hybrid_from` (validated like any config)."""
-    if cfg.best_from:
+    if cfg.best_from and cfg.best_from != "none":
         sel = load_config(MemGASJobConfig, cfg.best_from)
         cfg = replace(cfg, best=sel.best, memgas=sel.memgas, selected_on={**sel.selected_on, "file": cfg.best_from})
     if cfg.hybrid_from:
@@ -161,7 +163,7 @@ def check_disjoint(cfg: MemGASJobConfig, convs: list) -> None:
     ids it was selected on (conversations, LongMemEval questions)."""
     evaluated = {c.conv_id for c in convs}
     for what, sel in (
-        ("best_from", cfg.selected_on if cfg.best_from else None),
+        ("best_from", cfg.selected_on if cfg.best_from not in ("", "none") else None),
         ("hybrid_from", cfg.hybrid.get("selected_on")),
     ):
         if not sel:
@@ -211,18 +213,26 @@ def split_conversations(convs: list, cfg: MemGASJobConfig) -> tuple[list, dict]:
     return chosen, {"name": sp.name, "unit": "question", "dev_file": str(dev_path), "n_dev_ids": len(dev_ids)}
 
 
+def reference_row(cfg: MemGASJobConfig) -> str:
+    """The row every other is compared with: `memgas`, or `memgas_paper` when none was found."""
+    return "memgas_paper" if cfg.best_from == "none" else "memgas"
+
+
 def methods_for(cfg: MemGASJobConfig) -> tuple[dict[str, RetrievalConfig], dict[str, MemGASConfig]]:
     """Every row and the memory it runs on: `memgas_paper` (and its ablations) on the authors'
     memory, `memgas` (which must exercise the graph and the router) and the baselines on `memgas`'s
-    memory, the unconstrained sweep's winner on its own."""
-    if not exercises_mechanisms(cfg.best):
+    memory, the unconstrained sweep's winner on its own. With `best_from=none` there is no `memgas`
+    row (none was found on dev) and the baselines run on the configured `memgas` memory."""
+    if cfg.best_from != "none" and not exercises_mechanisms(cfg.best):
         raise ConfigError(
             f"best: graph {'on' if cfg.best.use_graph else 'off'}, router {cfg.best.router}: the `memgas` row must "
             "use the association graph and a non-uniform router over several granularities; a configuration "
             "without them is a baseline (give its best_config.yaml as hybrid_from)"
         )
     paper, paper_mem = paper_config(), paper_memory(cfg.memgas.encoder)
-    methods = {**baseline_configs(), "memgas_paper": paper, "memgas": cfg.best}
+    methods = {**baseline_configs(), "memgas_paper": paper}
+    if cfg.best_from != "none":
+        methods["memgas"] = cfg.best
     memories = {m: cfg.memgas for m in methods}
     memories["memgas_paper"] = paper_mem
     if cfg.hybrid:
@@ -232,8 +242,9 @@ def methods_for(cfg: MemGASJobConfig) -> tuple[dict[str, RetrievalConfig], dict[
     if cfg.ablations:
         for name, rc in ablation_configs(paper, "memgas_paper").items():
             methods[name], memories[name] = rc, paper_mem
-        for name, rc in ablation_configs(cfg.best, "memgas").items():
-            methods[name], memories[name] = rc, cfg.memgas
+        if cfg.best_from != "none":
+            for name, rc in ablation_configs(cfg.best, "memgas").items():
+                methods[name], memories[name] = rc, cfg.memgas
     return methods, memories
 
 
@@ -380,7 +391,7 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
     """Stage 3: summary.json (merged with other benchmarks' results in the same run folder), the
     printed table, and W&B's summary and per-question table."""
     cfg, methods = s.cfg, s.methods
-    res = summarize(recs, list(methods), cfg.eval.ks, reference="memgas", n_boot=cfg.eval.bootstrap)
+    res = summarize(recs, list(methods), cfg.eval.ks, reference=reference_row(cfg), n_boot=cfg.eval.bootstrap)
     res.update(ingest_stats(recs))  # from the records: a resumed run reports its first pass's ingestion
     if "ingest_texts_per_s" in res:
         res["encoder_texts_per_s"] = s.encoder_texts_per_s
@@ -394,11 +405,15 @@ def report(s: Session, recs: list[dict], wall_s: float) -> dict:
     res["record_key"] = s.key
     res["router"] = {"memgas": cfg.best.router, "memgas_paper": "reference"}
     res["configs"] = {
-        "memgas": asdict(cfg.best),
+        "memgas": asdict(cfg.best)
+        if cfg.best_from != "none"
+        else "not found: no dev configuration whose graph and "
+        "router measurably act (the MemGAS-proper sweep's acceptance rule); memgas_paper is the reference",
         "memories": {
             m: asdict(c) for m, c in s.memories.items() if m in ("memgas", "memgas_paper", cfg.hybrid.get("name"))
         },
-        "selected_on": cfg.selected_on or "not selected: the configured `best`",
+        "selected_on": cfg.selected_on
+        or ("none found" if cfg.best_from == "none" else "not selected: the configured `best`"),
         "hybrid": cfg.hybrid or None,
     }
     res["wall_s"] = wall_s  # this invocation: a resumed run counts only what it redid

@@ -321,3 +321,15 @@ def test_an_out_of_range_record_is_reported_and_recomputed(tmp_path, capsys):
     assert "per_question.jsonl: line 1: field metrics.memgas.recall_all@5: 42 is not in [0, 1]" in err
     assert "line 2: field metrics: missing or not a dict" in err and "not a JSON object" in err
     assert again == first  # the two bad records were recomputed, not averaged in
+
+
+def test_when_no_memgas_proper_configuration_was_found_the_paper_row_is_the_reference(tmp_path):
+    """`best_from=none` (the MemGAS-proper sweep accepted no trial): no row is called `memgas`, the
+    authors' configuration is the reference and the summary says none was found. Mutation caught:
+    the default `best` reported as `memgas` although nothing selected it."""
+    data = make_locomo(tmp_path / "locomo.json", n_sessions=8, n_questions=4)
+    cfg = load_config(MemGASJobConfig, "ray_jobs/configs/memgas_tiny.yaml", [f"data={data}", "best_from=none"])
+    res = run(cfg, tmp_path / "run")["memgas"]["locomo"]
+    assert "memgas" not in res["methods"] and not any(m.startswith("memgas_graph") for m in res["methods"])
+    assert res["vs_reference"]["reference"] == "memgas_paper" and "memgas_paper" in res["methods"]
+    assert res["configs"]["memgas"].startswith("not found") and res["configs"]["selected_on"] == "none found"
