@@ -9,7 +9,12 @@ requests each level to the composer of the serving app (`serving.composer`, in p
 routing and HTTP are not in these figures). Three ways to answer, in the same run:
 - `mta_mixed`: each user's adapter, requests of different users batched in one forward pass;
 - `base`: every request on the base model, batched the same way (the throughput yardstick);
-- `mta_switch`: each user's adapter, one request at a time, switching adapters between them.
+- `mta_switch`: each user's adapter, one request at a time, switching adapters between them;
+- `basis_base` / `basis_mixed`: the serving app's engine (`serving.shared_basis`: the bank as one
+  shared basis, each request carrying its RowAdapter, `serving.decode`'s step loop), on the base
+  model and with each user's adapter; time to first token is measured on these rows.
+`--users-max 1000` adds a level of 1,000 distinct users (records written with random stacks) to
+measure the engine's RSS growth from 1 to 1,000 users.
 Reports p50/p95 latency, generated tokens/s, the cold start of a user (compose + install, without
 the forward pass) p50/p95, the cache hit rate, composition time as a share of request time, the
 adapters held (never above the cache size) and the process RSS after each level. Writes
@@ -30,7 +35,7 @@ import psutil
 
 from mta.data import resolve_task_dir
 from mta.recipe import MTAJobConfig, adapt, build_bank
-from serving.composer import Composer, ServeConfig
+from serving.composer import BasisComposer, Composer, ServeConfig
 from suite.config import load_config
 from suite.encoders import load_encoder
 from suite.io import atomic_write_json, claim_run_dir
@@ -102,20 +107,63 @@ class Batcher:
                 done.set()
 
 
-def level(comp: Composer, users: list[str], mode: str, n_req: int, conc: int, max_tokens: int, batch: int) -> dict:
+class StepBatcher(Batcher):
+    """The app's batch loop on the shared-basis engine: decoding step by step, recording when each
+    row's first token comes out (time to first token, from submission)."""
+
+    def submit(self, ids, name, max_tokens):
+        done, box = threading.Event(), {"t0": time.perf_counter()}
+        self.q.put(((ids, name, max_tokens), done, box))
+        done.wait()
+        return box["out"]
+
+    def _loop(self):
+        while True:
+            batch = [self.q.get()]
+            time.sleep(self.wait_s)
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            n = [0] * len(batch)
+            for step in self.comp.steps([b[0] for b in batch]):
+                now = time.perf_counter()
+                for i, t in enumerate(step):
+                    if t is not None:
+                        if n[i] == 0:
+                            batch[i][2]["ttft"] = (now - batch[i][2]["t0"]) * 1000
+                        n[i] += 1
+            for (_, done, box), k in zip(batch, n):
+                box["out"] = ("", k)
+                done.set()
+
+
+def level(comp, users: list[str], mode: str, n_req: int, conc: int, max_tokens: int, batch: int) -> dict:
     comp.stats.update(hits=0, misses=0, cold_ms=[])
-    b = Batcher(comp, batch, 0.01, mixed=(mode != "mta_switch"))
+    basis = mode.startswith("basis")
+    b = (StepBatcher if basis else Batcher)(comp, batch, 0.01, mixed=(mode != "mta_switch"))
+    ttft: list[float] = []
     lat, compose, toks = [], [], []
 
     def one(i: int):
         u = users[i % len(users)]
         t0 = time.perf_counter()
         name = None
-        if mode != "base":
+        if mode not in ("base", "basis_base"):
             name = comp.adapter_for(u)
         t1 = time.perf_counter()
         ids = comp.prompt_ids(PROMPTS[i % len(PROMPTS)], True, max_tokens)
-        _, n = b.submit(ids, name, max_tokens)
+        if basis:
+            box = {"t0": t0}
+            done = threading.Event()
+            b.q.put(((ids, name, max_tokens), done, box))
+            done.wait()
+            n = box["out"][1]
+            if "ttft" in box:
+                ttft.append(box["ttft"])
+        else:
+            _, n = b.submit(ids, name, max_tokens)
         lat.append((time.perf_counter() - t0) * 1000)
         compose.append((t1 - t0) * 1000)
         toks.append(n)
@@ -138,8 +186,29 @@ def level(comp: Composer, users: list[str], mode: str, n_req: int, conc: int, ma
         "hit_rate": hits / (hits + misses) if hits + misses else None,
         "compose_share": float(sum(compose) / sum(lat)),
         "adapters_held": len(comp.lru),
+        "ttft_p50_ms": float(np.percentile(ttft, 50)) if ttft else None,
+        "ttft_p95_ms": float(np.percentile(ttft, 95)) if ttft else None,
         "rss_mb": psutil.Process().memory_info().rss / 2**20,
     }
+
+
+def synthetic_users(job: MTAJobConfig, users: list[str], n: int) -> list[str]:
+    """`n` user ids with a record each: the first users' own, then copies of one record's choice
+    with a random stack (what the engine holds per user is the same size)."""
+    import torch
+
+    from mta.users import latest_record, write_record
+
+    template = latest_record(job.users_dir, users[0])
+    g = torch.Generator().manual_seed(0)
+    out = list(users)
+    for i in range(n - len(users)):
+        uid = f"synthetic-{i}"
+        stack = {k: 0.01 * torch.randn(v.shape, generator=g) for k, v in template.stack.items()}
+        write_record(job.users_dir, uid, template.bank_signature, template.anchors, template.weights, stack,
+                     template.stack_r, template.stack_alpha)  # fmt: skip
+        out.append(uid)
+    return out
 
 
 def main() -> None:
@@ -151,6 +220,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--cache", type=int, default=16)
     ap.add_argument("--records", type=int, default=4, help="users given a record (trained stack) first")
+    ap.add_argument("--users-max", type=int, default=64, help="1000 adds a level of 1,000 users (engine RSS)")
     a = ap.parse_args()
     start_stamp()  # the commit and code hash the numbers are claimed for (compared again at the end)
     out = claim_run_dir(a.out, "benchmark")
@@ -163,16 +233,27 @@ def main() -> None:
     for u in users[: a.records]:
         adapt(job, out / "adapters" / u, user_id=u)
     comp.generate([(comp.prompt_ids(PROMPTS[0], True, 4), None, 4)])  # warm-up
+    scfg = ServeConfig(job=job, max_adapters=a.cache, max_batch=a.concurrency)
+    engine = BasisComposer(scfg)  # the serving app's engine, its own copy of the base model
+    engine.generate([(engine.prompt_ids(PROMPTS[0], True, 4), None, 4)])
+    many = users
+    if a.users_max > 64:  # 1,000 distinct users: records with random stacks (RSS of the engine's state)
+        many = synthetic_users(job, users, a.users_max)
     rows = []
-    for n_users in (1, 8, 64):
-        for mode in ("base", "mta_mixed", "mta_switch"):
-            r = level(comp, users[:n_users], mode, a.requests, a.concurrency, a.max_tokens, a.concurrency)
+    for n_users in (1, 8, 64) + ((a.users_max,) if a.users_max > 64 else ()):
+        modes = ("base", "mta_mixed", "mta_switch", "basis_base", "basis_mixed") if n_users <= 64 else ("basis_mixed",)
+        for mode in modes:
+            c = engine if mode.startswith("basis") else comp
+            pool = many if n_users > 64 else users
+            n_req = max(a.requests, n_users) if n_users > 64 else a.requests
+            r = level(c, pool[:n_users], mode, n_req, a.concurrency, a.max_tokens, a.concurrency)
             rows.append(r)
             print(
                 f"{mode:<11} users={n_users:<3} p50={r['p50_ms']:8.1f} ms p95={r['p95_ms']:8.1f} ms "
                 f"tok/s={r['tokens_per_s']:7.1f} cold p95={r['cold_p95_ms'] or 0:6.1f} ms "
                 f"hit={r['hit_rate'] if r['hit_rate'] is not None else float('nan'):.2f} "
-                f"compose={r['compose_share']:.3f} held={r['adapters_held']} rss={r['rss_mb']:.0f} MB",
+                f"compose={r['compose_share']:.3f} held={r['adapters_held']} rss={r['rss_mb']:.0f} MB"
+                + (f" ttft p50={r['ttft_p50_ms']:.1f} ms" if r.get("ttft_p50_ms") else ""),
                 flush=True,
             )
     res = {

@@ -173,6 +173,7 @@ def render_throughput(name: str, s: dict) -> list[str]:
 def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
     """The serving benchmark: latency, throughput, cold starts and the cache, per load level."""
     rows = r["rows"]
+    ttft = any(x.get("ttft_p50_ms") is not None for x in rows)
     lines = [
         f"Serving load, {r['model']}: {r['requests_per_level']} requests per level from {r['concurrency']} concurrent "
         f"clients, {r['max_tokens']} new tokens each, cache of {r['cache_size']} adapters ({r['note']}).",
@@ -190,7 +191,8 @@ def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
             "compose share",
             "held",
             "RSS MB",
-        ],
+        ]
+        + (["TTFT p50 / p95 ms"] if ttft else []),
         [
             [
                 x["mode"],
@@ -204,12 +206,15 @@ def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
                 str(x["adapters_held"]),
                 _f(x["rss_mb"], 0),
             ]
+            + ([f"{_f(x.get('ttft_p50_ms'), 1)} / {_f(x.get('ttft_p95_ms'), 1)}"] if ttft else [])
             for x in rows
         ],
     )
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for mode in ("base", "mta_mixed", "mta_switch"):
+    for mode in ("base", "mta_mixed", "mta_switch", "basis_base", "basis_mixed"):
         pts = [(x["users"], x["tokens_per_s"]) for x in rows if x["mode"] == mode]
+        if not pts:
+            continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
     ax.set_xscale("log")
     ax.set_xlabel("distinct users")
@@ -217,5 +222,4 @@ def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
     ax.set_title(f"serving throughput, {r['model']}")
     ax.legend(fontsize=7)
     png = _save(fig, out / f"{name}_serve_load.png")
-    commit = (r.get("provenance") or {}).get("commit", "unknown")
-    return lines + ["", f"_Made at commit `{commit[:10]}`._", "", f"![serving throughput]({png.name})"]
+    return lines + _provenance(r) + ["", f"![serving throughput]({png.name})"]

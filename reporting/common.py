@@ -66,7 +66,7 @@ def _provenance(r: dict) -> list[str]:
     if p.get("code_changed"):
         code += f" at the start, **`{p['code_version_end']}` at the end (the code changed while it ran)**"
     files = p.get("files") or {}
-    sums = "; data " + ", ".join(f"{k} `{v['sha256'][:10]}`" for k, v in files.items()) if files else ""
+    sums = "; sha256 of " + ", ".join(f"{k} `{v['sha256'][:10]}`" for k, v in files.items()) if files else ""
     note = f" ({p['recorded']})" if p.get("recorded") else ""
     return ["", f"_Made at commit `{commit[:10]}`{dirty}{code}{sums}{note}._"]
 

@@ -27,13 +27,10 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
         "",
     ]
     if best.get("found") is False:
-        lines = [
-            f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; **no trial qualifies**: "
-            + best.get("note", "none of the complete trials passed the sweep's acceptance rule")
-            + ".",
-            "",
-        ]
-    lines += _table(["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted((best.get("config") or {}).items())])
+        note = best.get("note", "none of the complete trials passed the sweep's acceptance rule")
+        lines = [f"Sweep `{name}`: {s.get('trials')} trials, {s.get('errors', 0)} errors; **{note}**.", ""]
+    else:
+        lines += _table(["parameter", "best value"], [[k, f"`{v}`"] for k, v in sorted(best["config"].items())])
     imp = s.get("importance") or {}
     if imp.get("importance"):
         lines += [
