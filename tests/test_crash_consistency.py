@@ -142,7 +142,7 @@ def test_store_killed_at_every_line_of_a_save(tmp_path, monkeypatch, exchange):
     old, new = _store(3), _store(4)
     expected = {3: _signature(old), 4: _signature(new)}
     old.save(tmp_path / "count")
-    files = WRITE_PATH + ("memgas/store.py",)
+    files = WRITE_PATH + ("memgas/folder.py",)  # where a folder snapshot is written
     old.save(tmp_path / "warm")
     new.save(tmp_path / "warm")
     total = line_count(lambda: new.save(tmp_path / "count"), files)
@@ -160,7 +160,7 @@ def test_store_killed_at_every_line_of_a_save(tmp_path, monkeypatch, exchange):
 
 def test_first_store_save_killed_leaves_nothing_or_everything(tmp_path):
     st = _store(2)
-    files = WRITE_PATH + ("memgas/store.py",)
+    files = WRITE_PATH + ("memgas/folder.py",)  # where a folder snapshot is written
     st.save(tmp_path / "warm")
     total = line_count(lambda: st.save(tmp_path / "count"), files)
     for n in _points(total, cap=60):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from memgas.association import AssociationConfig
-from memgas.db import main as db_main
 from memgas.store import MemGASConfig, MemoryStore, StoreError
+from memgas.tools import main as db_main
 from suite.encoders import HashingEncoder
 
 
@@ -200,7 +200,7 @@ def test_folder_stores_migrate_with_identical_rankings(tmp_path):
     _fill(old, n=10)
     old.delete("s4", "ann")
     old.save(tmp_path / "folder")
-    with pytest.raises(StoreError, match="python -m memgas.db migrate"):
+    with pytest.raises(StoreError, match="python -m memgas.tools migrate"):
         _open(tmp_path / "folder")
     assert db_main(["migrate", str(tmp_path / "folder"), str(tmp_path / "new.sqlite")]) == 0
     new = _open(tmp_path / "new.sqlite")

@@ -124,7 +124,7 @@ def test_bad_ids_and_dates_are_refused_when_they_enter(tmp_path, kw, field):
 
 
 def test_a_failed_add_leaves_nothing_behind_and_can_be_retried(monkeypatch):
-    import memgas.store as store_mod
+    import memgas.memory as store_mod  # where Memory.add calls the association
 
     st = _store()
     st.add("first session about dogs", "ann")
