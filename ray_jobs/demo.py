@@ -21,6 +21,8 @@ import io
 import json
 import os
 import socket
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +42,13 @@ class DemoConfig:
     users: list[str] = opt(
         help="two users of job.data.eval_split whose adapters answer", factory=lambda: ["71149", "374"]
     )
-    question: str = opt("Which movie genre fits me best? Answer with one word.", "what both users are asked")
+    question: str = opt(
+        "Which tag does this movie relate to among the following tags? Just answer with the tag name without "
+        "further explanation. tags: [sci-fi, based on a book, comedy, action, twist ending, dystopia, dark comedy, "
+        "classic, psychology, fantasy, romance, thought-provoking, social commentary, violence, true story] "
+        "description: A retired hitman is pulled back in when a crime boss's son steals his car and kills his dog.",
+        "what both users are asked (a LaMP_2 tagging question: what their adapters were trained on)",
+    )
     max_tokens: int = opt(16, "tokens each answer may use", lo=1)
     memgas_config: str = opt("ray_jobs/configs/memgas_locomo_test.yaml", "the MemGAS evaluation config")
     memgas_overrides: list[str] = opt(
@@ -70,8 +78,9 @@ def mta_face(cfg: DemoConfig, out: Path) -> dict:
     s.record_users = list(cfg.users)
     s.port = free_port()
     print(f"[demo 1/3] MTA: bank of {s.job.anchors.n_clusters} anchors on Ray Train, adapters for users {cfg.users}")
-    prepare(s)  # trains the bank (Ray Train, bank.backend=ray) and each user's stacked LoRA
-    start(s, blocking=False)
+    with library_noise(out):  # Ray's and Serve's start-up lines go to run.log with --quiet
+        prepare(s)  # trains the bank (Ray Train, bank.backend=ray) and each user's stacked LoRA
+        start(s, blocking=False)
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key=os.environ.get(s.token_env) or "none")
         answers = {}
@@ -91,7 +100,32 @@ def mta_face(cfg: DemoConfig, out: Path) -> dict:
         )
         return {"question": cfg.question, "answers": answers, "different": not same}
     finally:
-        serve.shutdown()
+        with library_noise(out, linger_s=2.0):
+            serve.shutdown()
+
+
+@contextlib.contextmanager
+def library_noise(out: Path, linger_s: float = 0.0):
+    """With --quiet, everything written to the process's stderr meanwhile (Ray's start-up warnings,
+    Serve's INFO lines, its controller's shutdown notes; written by handlers holding the original
+    stream, so the redirect is at the file-descriptor level) goes to OUT/run.log."""
+    from suite.logs import quiet, reapply
+
+    if not quiet():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(out / "run.log", "a", encoding="utf-8") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+            time.sleep(linger_s)  # lines Ray's log monitor delivers a moment later
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+    reapply()  # Ray and Serve reconfigure their loggers when they start
 
 
 def memgas_face(cfg: DemoConfig, out: Path) -> dict:
