@@ -23,7 +23,7 @@ def test_the_demo_shows_three_faces_and_compares_nothing(tmp_path):
         f"serve.job.data.root={lamp}", "serve.job.data.download=false", "serve.job.anchors.min_items=3",
         "serve.job.anchors.n_clusters=2", "serve.job.anchor_train.max_samples=4", "serve.job.anchor_train.epochs=1",
         "serve.job.bank.backend=local", f"serve.job.bank_cache={tmp_path / 'banks'}",
-        f"serve.job.users_dir={tmp_path / 'users'}", "users=[d0, d1]", "max_tokens=4",
+        f"serve.job.users_dir={tmp_path / 'users'}", "users=[d0, d1]", "max_tokens=4", "question=a film about robots",
         "memgas_config=ray_jobs/configs/memgas_tiny.yaml", f"memgas_overrides=[data={data}, ablations=false]",
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
