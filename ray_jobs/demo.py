@@ -4,9 +4,10 @@ cannot tell methods apart, and the full comparisons are on the Results page (doc
 
     python -m ray_jobs.demo --config ray_jobs/configs/demo.yaml --out runs/demo --quiet
 
-1. MTA: a 3-anchor bank trained through Ray Train (2 workers), two dev users' adapters (their anchors
-   fused on demand + a stacked rank-1 LoRA), served by the OpenAI-compatible Ray Serve app and asked
-   the same question through the official `openai` client, one user after the other.
+1. MTA: a 3-anchor bank trained through Ray Train (2 workers); one dev user's record (anchors fused +
+   a stacked rank-1 LoRA trained on their items) and another user served from their profile (anchors
+   fused on demand); the OpenAI-compatible Ray Serve app answers the same question for both through
+   the official `openai` client.
 2. MemGAS: retrieval on 3 LoCoMo test conversations with the dev-selected configuration, and the
    table memgas_eval prints (3 conversations are 3 independent units: nothing is established).
 3. The memory store: two users' sessions added to one SQLite file, a search, a delete, the same
@@ -75,7 +76,7 @@ def mta_face(cfg: DemoConfig, out: Path) -> dict:
     from ray_jobs.serve import prepare, start
 
     s = cfg.serve
-    s.record_users = list(cfg.users)
+    s.record_users = list(cfg.users[:1])  # the second user has no record: fused on demand from the profile
     s.port = free_port()
     print(f"[demo 1/3] MTA: bank of {s.job.anchors.n_clusters} anchors on Ray Train, adapters for users {cfg.users}")
     with library_noise(out):  # Ray's and Serve's start-up lines go to run.log with --quiet
@@ -92,7 +93,8 @@ def mta_face(cfg: DemoConfig, out: Path) -> dict:
                 temperature=0,
             )
             answers[u] = r.choices[0].message.content
-            print(f"  user {u}: {answers[u]!r}")
+            how = "record: fused + stacked LoRA" if u in s.record_users else "profile: fused on demand"
+            print(f"  user {u} ({how}): {answers[u]!r}")
         same = len(set(answers.values())) == 1
         print(
             "  the two adapters gave "

@@ -30,7 +30,7 @@ def test_the_demo_shows_three_faces_and_compares_nothing(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     term = r.stdout
     assert "[demo 1/3]" in term and "[demo 2/3]" in term and "[demo 3/3]" in term
-    assert "user d0:" in term and "user d1:" in term
+    assert "user d0 (record: fused + stacked LoRA):" in term and "user d1 (profile: fused on demand):" in term
     assert "pipeline check" in term.lower()
     assert not re.search(r"\b(better|worse)\b|diff vs|p_holm", term)  # no comparison in the terminal
     assert "Converting and de-quantizing" not in r.stderr + term
