@@ -117,3 +117,9 @@ def test_no_module_over_500_lines_beyond_the_known_ones():
             if n > MAX_LINES and n > KNOWN_LARGE.get(rel, 0):
                 big[rel] = n
     assert big == {}
+
+
+def test_the_sqlite_engine_knows_rows_and_commits_never_the_store():
+    """Mutation caught: `from memgas.store import StoreError` back in memgas/db.py."""
+    g = _module_graph()
+    assert "memgas.store" not in g["memgas.db"] and "memgas.folder" not in g["memgas.db"]
