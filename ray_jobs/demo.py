@@ -102,12 +102,12 @@ def mta_face(cfg: DemoConfig, out: Path) -> dict:
         )
         return {"question": cfg.question, "answers": answers, "different": not same}
     finally:
-        with library_noise(out, linger_s=2.0):
+        with library_noise(out, linger_s=3.0, fds=(1, 2)):  # Ray prints "(raylet) ..." notes on stdout
             serve.shutdown()
 
 
 @contextlib.contextmanager
-def library_noise(out: Path, linger_s: float = 0.0):
+def library_noise(out: Path, linger_s: float = 0.0, fds: tuple[int, ...] = (2,)):
     """With --quiet, everything written to the process's stderr meanwhile (Ray's start-up warnings,
     Serve's INFO lines, its controller's shutdown notes; written by handlers holding the original
     stream, so the redirect is at the file-descriptor level) goes to OUT/run.log."""
@@ -116,17 +116,21 @@ def library_noise(out: Path, linger_s: float = 0.0):
     if not quiet():
         yield
         return
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in fds}
     with open(out / "run.log", "a", encoding="utf-8") as log:
-        os.dup2(log.fileno(), 2)
+        for fd in fds:
+            os.dup2(log.fileno(), fd)
         try:
             yield
             time.sleep(linger_s)  # lines Ray's log monitor delivers a moment later
         finally:
+            sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, dup in saved.items():
+                os.dup2(dup, fd)
+                os.close(dup)
     reapply()  # Ray and Serve reconfigure their loggers when they start
 
 
