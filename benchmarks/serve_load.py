@@ -91,16 +91,21 @@ class Batcher:
         done.wait()
         return box["out"]
 
+    def _collect(self) -> list:
+        """The next batch: the first waiting request, and (mixed) whoever joins within `wait_s`."""
+        batch = [self.q.get()]
+        if self.mixed:
+            time.sleep(self.wait_s)
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+        return batch
+
     def _loop(self):
         while True:
-            batch = [self.q.get()]
-            if self.mixed:
-                time.sleep(self.wait_s)
-                while len(batch) < self.max_batch:
-                    try:
-                        batch.append(self.q.get_nowait())
-                    except queue.Empty:
-                        break
+            batch = self._collect()
             outs = self.comp.generate([b[0] for b in batch])
             for (_, done, box), out in zip(batch, outs):
                 box["out"] = out
@@ -111,21 +116,9 @@ class StepBatcher(Batcher):
     """The app's batch loop on the shared-basis engine: decoding step by step, recording when each
     row's first token comes out (time to first token, from submission)."""
 
-    def submit(self, ids, name, max_tokens):
-        done, box = threading.Event(), {"t0": time.perf_counter()}
-        self.q.put(((ids, name, max_tokens), done, box))
-        done.wait()
-        return box["out"]
-
     def _loop(self):
         while True:
-            batch = [self.q.get()]
-            time.sleep(self.wait_s)
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.q.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._collect()  # callers put ((ids, adapter, max_tokens), done, {"t0": ...})
             n = [0] * len(batch)
             for step in self.comp.steps([b[0] for b in batch]):
                 now = time.perf_counter()
