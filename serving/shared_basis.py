@@ -65,7 +65,7 @@ class SharedBasis:
         self.B: dict[str, torch.Tensor] = {}
         named = dict(model.named_modules())
         self.modules: dict[str, str] = {}  # base module path -> bank key
-        dtype = next(model.parameters()).dtype
+        dtype = self.dtype = next(model.parameters()).dtype  # per-batch tensors follow the model's
         for key in mods:
             path = key[len(PREFIX) :] if key.startswith(PREFIX) else key
             if path not in named:
@@ -96,9 +96,14 @@ class SharedBasis:
                 coef[i] = r.weights
         used = torch.nonzero(coef.abs().sum(0) > 0).flatten()  # anchors some row chose
         cols = torch.nonzero(torch.isin(self.cols, used)).flatten()
-        ctx = {"cols": cols, "c": coef[:, self.cols[cols]], "stack": {}}
+        ctx = {"cols": cols, "c": coef[:, self.cols[cols]][:, None, :].to(self.dtype), "stack": {}, "ab": {}}
         if len(cols) == len(self.cols):
             ctx["cols"] = None  # every anchor in use: no gather
+        for path in self.modules:  # the chosen anchors' columns, gathered once per batch, not per call
+            A, B = self.A[path], self.B[path]
+            if ctx["cols"] is not None:
+                A, B = A[cols], B[:, cols]
+            ctx["ab"][path] = (A.T.contiguous(), B.T.contiguous())
         for path in self.modules:
             mats = [(r.stack or {}).get(self.modules[path]) if r is not None else None for r in rows]
             if any(m is not None for m in mats):
@@ -109,7 +114,10 @@ class SharedBasis:
                 for i, m in enumerate(mats):
                     if m is not None:
                         a[i, : m[0].shape[0]], bb[i, :, : m[1].shape[1]] = m[0], m[1]
-                ctx["stack"][path] = (a, bb)
+                ctx["stack"][path] = (
+                    a.transpose(1, 2).contiguous().to(self.dtype),
+                    bb.transpose(1, 2).contiguous().to(self.dtype),
+                )
         prev = getattr(self._ctx, "v", None)
         self._ctx.v = ctx
         try:
@@ -123,16 +131,12 @@ class SharedBasis:
             if ctx is None:
                 return output
             x = inputs[0]  # (batch, tokens, d_in)
-            A, B = self.A[path], self.B[path]
-            if ctx["cols"] is not None:
-                A, B = A[ctx["cols"]], B[:, ctx["cols"]]
-            if A.shape[0]:
-                c = ctx["c"].to(x.dtype)[:, None, :]  # (batch, 1, used columns)
-                output = output + ((x @ A.T) * c) @ B.T
+            At, Bt = ctx["ab"][path]  # (d_in, used columns), (used columns, d_out)
+            if At.shape[1]:
+                output = output + ((x @ At) * ctx["c"]) @ Bt  # c: (batch, 1, used columns)
             st = ctx["stack"].get(path)
             if st is not None:
-                a, b = st[0].to(x.dtype), st[1].to(x.dtype)
-                output = output + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
+                output = output + torch.bmm(torch.bmm(x, st[0]), st[1])
             return output
 
         return hook
