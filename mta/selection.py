@@ -101,7 +101,7 @@ def selection_users(cfg, anchor_ids: list[str]):
     return users[:want], path
 
 
-def _record(cfg, what, candidates, stats, metric, users, rel_updates=None) -> dict:
+def _record(cfg, candidates, stats, metric, users, rel_updates=None) -> dict:
     rec = {
         "candidates": candidates,
         **{k: v for k, v in stats.items() if k != "best"},
@@ -143,7 +143,7 @@ def select_setting(cfg, ev, anchor_ids: list[str], bank_sig: str, what: str, log
     chosen = dataclasses.replace(
         cfg, **{field_name: dataclasses.replace(getattr(cfg, field_name), **grid[stats["best"]])}
     )
-    return chosen, _record(cfg, what, list(grid), stats, metric, users, rel)
+    return chosen, _record(cfg, list(grid), stats, metric, users, rel)
 
 
 def select_lambda(cfg, ev, anchor_ids: list[str], bank_sig: str) -> dict:
@@ -161,4 +161,4 @@ def select_lambda(cfg, ev, anchor_ids: list[str], bank_sig: str) -> dict:
         scores, _, higher = per_query_scores(task, [labels[i] for i in s.argmax(1)], golds)
         per_cand.append(scores)
     stats = candidate_stats(per_cand, higher)
-    return _record(cfg, "mta_prior_lambda", list(cfg.eval.lambda_grid), stats, primary_metric(task)[0], users)
+    return _record(cfg, list(cfg.eval.lambda_grid), stats, primary_metric(task)[0], users)

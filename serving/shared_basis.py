@@ -82,10 +82,6 @@ class SharedBasis:
         for h in self._hooks:
             h.remove()
 
-    def stack_key(self, path: str) -> str:
-        """The key a stack state dict uses for a base module path."""
-        return self.modules[path]
-
     @contextlib.contextmanager
     def rows(self, rows: list[RowAdapter | None]):
         """The per-row tensors of one batch, fixed for every forward pass inside the context."""
