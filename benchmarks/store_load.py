@@ -119,7 +119,7 @@ def main() -> None:
         if lost or len(store.users[u].sessions) != len(added[u]):
             missing[u] = lost[:10]
     out = Path(a.out)
-    store.save(out / "store")
+    store.save(out / "store", overwrite=True)  # this benchmark's own output
     back = MemoryStore.load(out / "store", encoder=store.encoder)
     back.cfg.retrieval = load_best(a.best)
     same = all(

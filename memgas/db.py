@@ -3,14 +3,17 @@ metadata and history, where every `add` / `update` / `delete` is its own transac
 
     store = MemoryStore.open("mem.sqlite", MemGASConfig(), encoder=enc)   # create or open
     store.add(messages, user_id="alice")          # commits only this session's rows
-    store.compact()                               # VACUUM: files shrink after deletes
+    store.delete(sid, user_id="alice")            # commits, then purges the bytes (checkpoint + truncate)
+    store.compact()                               # VACUUM: files shrink after deletes; returns what it did
     python -m memgas.tools migrate OLD_FOLDER NEW.sqlite     # a folder store (memgas-store/1) -> SQLite
     python -m memgas.tools info mem.sqlite
 
 Why SQLite: crash-safe atomic commits (WAL: readers never see half a commit, a killed writer leaves
 the old or the new state), several processes reading and writing one file with the database's own
 locks (each add is one `BEGIN IMMEDIATE` transaction, so no writer can lose another's add), no
-server, in the standard library, and `secure_delete` overwrites what a delete removes. Its limit:
+server, in the standard library, and `secure_delete` overwrites what a delete removes. A delete is
+followed by a truncating checkpoint, so the text is in neither the main file nor the WAL when it
+returns (`forget`); a reader's snapshot that blocks it past a bound raises `ForgettingPending`. Its limit:
 WAL needs one machine's shared memory, so a file on NFS or object storage is not safe for
 concurrent writers — a cluster shares a memory through the store's server (memgas.serve), and a
 single-writer copy can be shipped to object storage with `VACUUM INTO` (`backup`). LanceDB would
@@ -38,15 +41,17 @@ CREATE TABLE IF NOT EXISTS sessions (
     meta TEXT NOT NULL, units TEXT NOT NULL, PRIMARY KEY (user_id, session_id));
 CREATE TABLE IF NOT EXISTS nodes (
     user_id TEXT NOT NULL, key INTEGER NOT NULL, session_id TEXT NOT NULL, gran TEXT NOT NULL,
-    vec BLOB NOT NULL, PRIMARY KEY (user_id, key));
+    vec BLOB NOT NULL, floor REAL, PRIMARY KEY (user_id, key));
 CREATE INDEX IF NOT EXISTS nodes_by_session ON nodes (user_id, session_id);
 CREATE TABLE IF NOT EXISTS edges (user_id TEXT NOT NULL, a INTEGER NOT NULL, b INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS edges_a ON edges (user_id, a);
 CREATE INDEX IF NOT EXISTS edges_b ON edges (user_id, b);
 CREATE TABLE IF NOT EXISTS history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, event TEXT NOT NULL,
-    session_id TEXT, at TEXT NOT NULL);
+    session_id TEXT, at TEXT NOT NULL, detail TEXT);
 """
+# columns added after memgas-sqlite/1 first shipped: (table, column, type), added to older files on open
+ADDED_COLUMNS = (("nodes", "floor", "REAL"), ("history", "detail", "TEXT"))
 
 
 class Database:
@@ -54,10 +59,15 @@ class Database:
 
     def __init__(self, path: str | Path, timeout_s: float = 600.0):
         self.path = Path(path)
+        self.timeout_s = timeout_s
         try:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE for writers)
             self.con = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
-            self.con.execute("PRAGMA journal_mode=WAL")
+            mode = self.con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":  # e.g. a file system without shared memory
+                raise self.error(f"cannot use write-ahead logging (journal_mode stayed {mode!r})")
+            # after a checkpoint the WAL is cut back to at most this many bytes (it never keeps growing)
+            self.con.execute("PRAGMA journal_size_limit=1048576")
             self.con.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only a kill
             self.con.execute("PRAGMA secure_delete=ON")  # deleted content is overwritten, not left in free pages
             self.con.execute("PRAGMA foreign_keys=OFF")
@@ -102,6 +112,9 @@ class Database:
                 for stmt in SCHEMA.strip().split(";"):
                     if stmt.strip():
                         con.execute(stmt)
+                for table, col, typ in ADDED_COLUMNS:
+                    if col not in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
+                        con.execute(f"ALTER TABLE {table} ADD COLUMN {col} {typ}")
                 have = dict(con.execute("SELECT key, value FROM meta").fetchall())
                 if not have:
                     for k, v in {"format": FORMAT, **meta}.items():
@@ -152,9 +165,9 @@ class Database:
         owning session positions, vectors), edges as node keys, history."""
         sess = [self._session(r) for r in con.execute("SELECT * FROM sessions WHERE user_id = ? ORDER BY pos", (uid,))]
         pos = {s["session_id"]: i for i, s in enumerate(sess)}
-        keys, gran, owner, vecs = [], [], [], []
-        for key, sid, g, blob in con.execute(
-            "SELECT key, session_id, gran, vec FROM nodes WHERE user_id = ? ORDER BY key", (uid,)
+        keys, gran, owner, vecs, floors = [], [], [], [], []
+        for key, sid, g, blob, fl in con.execute(
+            "SELECT key, session_id, gran, vec, floor FROM nodes WHERE user_id = ? ORDER BY key", (uid,)
         ):
             if sid not in pos:
                 raise self.error(
@@ -166,43 +179,62 @@ class Database:
             gran.append(g)
             owner.append(pos[sid])
             vecs.append(self._vec(blob, dim, uid, key))
+            floors.append(float("nan") if fl is None else float(fl))
         kpos = {k: i for i, k in enumerate(keys)}
         edges = []
-        for a, b in con.execute("SELECT a, b FROM edges WHERE user_id = ? ORDER BY rowid", (uid,)):
+        # by new node, then insertion: the order `Memory.add` made them in, also after a re-association
+        for a, b in con.execute("SELECT a, b FROM edges WHERE user_id = ? ORDER BY a, rowid", (uid,)):
             if a not in kpos or b not in kpos:
                 raise self.error(
                     f"edge ({a}, {b}) names a node that is not stored", f"table edges, user {uid!r}", "a/b"
                 )
             edges.append((kpos[a], kpos[b]))
         emb = np.stack(vecs) if vecs else np.zeros((0, dim), np.float32)
-        return {"sessions": sess, "keys": keys, "gran": gran, "owner": owner, "emb": emb, "edges": edges}
+        return {
+            "sessions": sess,
+            "keys": keys,
+            "gran": gran,
+            "owner": owner,
+            "emb": emb,
+            "edges": edges,
+            "floors": floors,
+        }
 
-    def read_session_nodes(self, con, uid: str, sid: str, dim: int) -> tuple[dict, list, list, np.ndarray, list]:
-        """One session as another process added it: (session, keys, granularities, vectors, edges by key)."""
+    def read_session_nodes(self, con, uid: str, sid: str, dim: int) -> tuple | None:
+        """One session as another process added it: (session, keys, granularities, vectors, edges by
+        key, floors)."""
         row = con.execute("SELECT * FROM sessions WHERE user_id = ? AND session_id = ?", (uid, sid)).fetchone()
         if row is None:
             return None
         rows = con.execute(
-            "SELECT key, gran, vec FROM nodes WHERE user_id = ? AND session_id = ? ORDER BY key", (uid, sid)
+            "SELECT key, gran, vec, floor FROM nodes WHERE user_id = ? AND session_id = ? ORDER BY key", (uid, sid)
         ).fetchall()
-        keys = [int(k) for k, _, _ in rows]
-        vecs = np.stack([self._vec(b, dim, uid, k) for k, _, b in rows]) if rows else np.zeros((0, dim), np.float32)
+        keys = [int(r[0]) for r in rows]
+        vecs = np.stack([self._vec(r[2], dim, uid, r[0]) for r in rows]) if rows else np.zeros((0, dim), np.float32)
+        floors = [float("nan") if r[3] is None else float(r[3]) for r in rows]
         lo, hi = (min(keys), max(keys)) if keys else (0, -1)  # a session's keys are one contiguous range
         edges = con.execute(
-            "SELECT a, b FROM edges WHERE user_id = ? AND a BETWEEN ? AND ? ORDER BY rowid", (uid, lo, hi)
+            "SELECT a, b FROM edges WHERE user_id = ? AND a BETWEEN ? AND ? ORDER BY a, rowid", (uid, lo, hi)
         ).fetchall()
-        return self._session(row), keys, [g for _, g, _ in rows], vecs, [(int(a), int(b)) for a, b in edges]
+        edges = [(int(a), int(b)) for a, b in edges]
+        return self._session(row), keys, [r[1] for r in rows], vecs, edges, floors
 
     def history(self, con, uid: str) -> list[dict]:
-        return [
-            {"event": e, "session_id": s, "at": at}
-            for e, s, at in con.execute(
-                "SELECT event, session_id, at FROM history WHERE user_id = ? ORDER BY seq", (uid,)
-            )
-        ]
+        out = []
+        for e, s, at, detail in con.execute(
+            "SELECT event, session_id, at, detail FROM history WHERE user_id = ? ORDER BY seq", (uid,)
+        ):
+            try:
+                extra = json.loads(detail) if detail else {}
+            except ValueError:
+                raise self.error("unreadable JSON", f"table history, user {uid!r}", "detail") from None
+            out.append({"event": e, "session_id": s, "at": at, **extra})
+        return out
 
     # ---------------------------------------------------------------------------------- writes
-    def insert_session(self, con, uid: str, session: dict, pos: int, keys, gran, vecs: np.ndarray, edges) -> None:
+    def insert_session(
+        self, con, uid: str, session: dict, pos: int, keys, gran, vecs: np.ndarray, edges, floors
+    ) -> None:
         con.execute(
             "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
             (
@@ -215,10 +247,10 @@ class Database:
             ),
         )
         con.executemany(
-            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO nodes (user_id, key, session_id, gran, vec, floor) VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (uid, int(k), session["session_id"], g, np.asarray(v, np.float32).tobytes())
-                for k, g, v in zip(keys, gran, vecs)
+                (uid, int(k), session["session_id"], g, np.asarray(v, np.float32).tobytes(), _real(f))
+                for k, g, v, f in zip(keys, gran, vecs, floors)
             ],
         )
         con.executemany("INSERT INTO edges VALUES (?, ?, ?)", [(uid, int(a), int(b)) for a, b in edges])
@@ -235,6 +267,19 @@ class Database:
             con.execute("UPDATE sessions SET pos = pos - 1 WHERE user_id = ? AND pos > ?", (uid, pos[0]))
         return keys
 
+    def rewrite_association(self, con, uid: str, redone: list[dict]) -> None:
+        """A re-associated session's edges and floors (memgas.forget), replacing what it had."""
+        for r in redone:
+            if r["keys"]:
+                con.execute(
+                    "DELETE FROM edges WHERE user_id = ? AND a BETWEEN ? AND ?", (uid, min(r["keys"]), max(r["keys"]))
+                )
+            con.executemany("INSERT INTO edges VALUES (?, ?, ?)", [(uid, int(a), int(b)) for a, b in r["edges"]])
+            con.executemany(
+                "UPDATE nodes SET floor = ? WHERE user_id = ? AND key = ?",
+                [(_real(f), uid, int(k)) for k, f in r["floors"]],
+            )
+
     def delete_user(self, con, uid: str) -> int:
         n = con.execute("SELECT COUNT(*) FROM sessions WHERE user_id = ?", (uid,)).fetchone()[0]
         for t in ("edges", "nodes", "sessions"):
@@ -247,18 +292,61 @@ class Database:
             (json.dumps(meta, ensure_ascii=False), uid, sid),
         )
 
-    def log(self, con, uid: str, event: str, sid: str | None, at: str) -> int:
+    def log(self, con, uid: str, event: str, sid: str | None, at: str, detail: dict | None = None) -> int:
         return int(
             con.execute(
-                "INSERT INTO history (user_id, event, session_id, at) VALUES (?, ?, ?, ?)", (uid, event, sid, at)
+                "INSERT INTO history (user_id, event, session_id, at, detail) VALUES (?, ?, ?, ?, ?)",
+                (uid, event, sid, at, json.dumps(detail) if detail else None),
             ).lastrowid
         )
 
-    def compact(self) -> None:
-        """Give deleted pages back to the file system: checkpoint the WAL, VACUUM, truncate the WAL."""
-        self.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.con.execute("VACUUM")
-        self.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    def _bounded(self, timeout_s: float, sql: str):
+        """Run `sql` waiting at most `timeout_s` for other connections (not the store-wide 600 s)."""
+        self.con.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        try:
+            return self.con.execute(sql).fetchone()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                return (1, -1, -1)
+            raise
+        finally:
+            self.con.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+
+    def forget(self, timeout_s: float, what: str) -> dict:
+        """After a delete committed: copy the WAL (whose frames hold the deleted rows as they were
+        added) into the main file, where `secure_delete` has zeroed them, and cut the WAL to 0 bytes.
+        Raises `ForgettingPending` when another connection's snapshot still needs those frames after
+        `timeout_s`: the bytes are then still on disk, so the caller must not report success."""
+        from memgas.memory import ForgettingPending
+
+        busy, log, done = self._bounded(timeout_s, "PRAGMA wal_checkpoint(TRUNCATE)")
+        wal = Path(f"{self.path}-wal")
+        left = wal.stat().st_size if wal.exists() else 0
+        if busy or left:
+            raise ForgettingPending(
+                f"{self.path}: {what} is committed (no search returns it) but its bytes are still in the "
+                f"write-ahead log ({left} bytes): another connection's read snapshot blocked the checkpoint "
+                f"for {timeout_s:g} s. Call compact() once that reader has finished."
+            )
+        return {"checkpointed_frames": int(done), "wal_bytes": 0}
+
+    def compact(self, timeout_s: float) -> dict:
+        """Purge and shrink: checkpoint + truncate the WAL, VACUUM (free pages back to the file
+        system), checkpoint + truncate again. Returns what it did; raises `StoreError` when another
+        connection blocked it for `timeout_s` (nothing is reported as done that was not)."""
+        from memgas.memory import StoreError
+
+        before = self.disk_bytes()
+        self.forget(timeout_s, "compact()")
+        try:
+            self.con.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            self.con.execute("VACUUM")
+        except sqlite3.OperationalError as e:
+            raise StoreError(f"{self.path}: compact() could not VACUUM within {timeout_s:g} s ({e})") from None
+        finally:
+            self.con.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+        self.forget(timeout_s, "compact()")
+        return {"bytes_before": before, "bytes_after": self.disk_bytes(), "vacuumed": True, "wal_bytes": 0}
 
     def backup(self, dest: str | Path) -> None:
         """A consistent single-file copy (e.g. to ship to object storage), taken while writers run."""
@@ -268,3 +356,9 @@ class Database:
         return sum(
             p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if p.exists()
         )
+
+
+def _real(f) -> float | None:
+    """A floor as SQLite stores it: NaN (unknown) as NULL; ±inf are valid REALs."""
+    f = float(f)
+    return None if f != f else f

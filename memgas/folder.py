@@ -50,14 +50,25 @@ def _is_store(path: Path) -> bool:
         return False
 
 
-def save(self, path: str | Path) -> Path:
+def save(self, path: str | Path, overwrite: bool = False) -> Path:
     """Write the whole store atomically (temp folder + swap) under the folder's exclusive lock.
-    Refuses a folder that exists, is not empty and is not a memory store, and refuses to save a
-    store loaded from `path` over a newer one written there since (another process's adds would
-    be silently lost): reload and add again, or use `MemoryStore.transaction`."""
+    Refuses a folder that exists, is not empty and is not a memory store; refuses to replace a store
+    this object was not loaded from (unless `overwrite`: a fresh store saved over a full one would
+    silently drop every session in it); and refuses to save a store loaded from `path` over a newer
+    one written there since (another process's adds would be silently lost): reload and add again,
+    or use `MemoryStore.transaction`."""
     with file_lock(path):
         path = Path(path)
         loaded = self._loaded_from
+        if (
+            (_is_store(path) or _generation(path) > 0)
+            and not overwrite
+            and (loaded is None or loaded[0] != path.resolve())
+        ):
+            raise StoreError(
+                f"{path}: holds a memory store this one was not loaded from; saving would replace it and "
+                "lose its sessions. Load it and add to it, use MemoryStore.transaction, or pass overwrite=True"
+            )
         if loaded is not None and loaded[0] == path.resolve():
             now = _generation(path)
             if now != loaded[1]:
@@ -83,7 +94,8 @@ def write(self, path: Path) -> Path:
                 "history": mem.history,
             }
             (tmp / f"user{k}.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-            save_file({"emb": mem.matrix().astype(np.float32)}, str(tmp / f"user{k}.safetensors"))
+            floors = np.asarray(mem.node_floor, np.float32)  # see Memory.node_floor (nan: unknown)
+            save_file({"emb": mem.matrix().astype(np.float32), "floor": floors}, str(tmp / f"user{k}.safetensors"))
             users[uid] = {
                 "meta": f"user{k}.json",
                 "emb": f"user{k}.safetensors",
@@ -162,13 +174,17 @@ def read(cls, path: Path, encoder, llm, verify: bool):
         if meta.get("user_id") != uid:
             raise StoreError(f"{files['meta']}: holds user {meta.get('user_id')!r}, the manifest says {uid!r}")
         mem = Memory()
-        emb = load_file(str(files["emb"]))["emb"]
+        tensors = load_file(str(files["emb"]))
+        emb = tensors["emb"]
+        floors = tensors.get("floor")  # absent in stores saved before floors: unknown, redone on delete
+        if floors is not None and floors.shape != (len(emb),):
+            raise StoreError(f"{files['emb']}: {tuple(floors.shape)} floors for {len(emb)} nodes")
         if emb.ndim != 2 or len(emb) != len(meta["node_gran"]) or (len(emb) and emb.shape[1] != man["dim"]):
             raise StoreError(
                 f"{files['emb']}: {tuple(emb.shape)} embeddings for {len(meta['node_gran'])} nodes "
                 f"of dimension {man['dim']}"
             )
-        mem.load_nodes(meta["sessions"], meta["node_gran"], meta["node_sess"], meta["edges"], emb)
+        mem.load_nodes(meta["sessions"], meta["node_gran"], meta["node_sess"], meta["edges"], emb, floors=floors)
         mem.history = meta.get("history", []) if isinstance(meta.get("history", []), list) else []
         store.users[uid] = mem
     return store

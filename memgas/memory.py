@@ -41,6 +41,11 @@ class StoreError(RuntimeError):
     """A store on disk is missing, inconsistent or corrupted; the message names the file."""
 
 
+class ForgettingPending(StoreError):
+    """A delete committed (no search returns the session) but its bytes could not yet be purged from
+    the store's files (a reader's snapshot blocked the checkpoint): `compact()` finishes it."""
+
+
 class Memory:
     """One user's sessions, nodes (all granularities), embeddings and association edges.
 
@@ -53,6 +58,10 @@ class Memory:
         self.node_gran: list[str] = []
         self.node_sess_list: list[int] = []
         self.node_keys: list[int] = []  # stable node ids (a delete renumbers positions, not keys)
+        # per node: the lowest score among its association candidates (the k-th best), so a delete
+        # knows which later sessions had the deleted nodes among their candidates (memgas.forget);
+        # +inf: nothing earlier to associate with; nan: not associated, or unknown (an older store)
+        self.node_floor: list[float] = []
         self.edges: list[tuple[int, int]] = []
         self.history: list[dict] = []  # add / update / delete events, oldest first (persisted)
         self._buf = np.zeros((0, dim), np.float32)
@@ -180,28 +189,44 @@ class Memory:
                 f"the memory holds dimension {self._buf.shape[1]}"
             )
         new_mat = np.stack(rows) if rows else np.zeros((0, self._buf.shape[1]), np.float32)
-        edges = []
-        pool = tuple(cfg.pool)
+        edges, floors = [], [float("nan")] * len(gran)
         if s_idx >= cfg.start_session and self._n:
-            new_i = [k for k, g in enumerate(gran) if g in pool]
-            n_pool = sum(len(self._pos_by_gran.get(g, [])) for g in pool)
-            if new_i and n_pool:
-                new = new_mat[new_i]
-                if cfg.uses_ann(n_pool):
-                    keys, sims = self._ann_index(pool).search(new, cfg.mem_threshold)
-                    cand = np.vectorize(lambda k: self._key_pos.get(int(k), -1), otypes=[np.int64])(keys)
-                    cand[keys < 0] = -1
-                    pairs = associate_candidates(cand, sims, cfg)
-                    edges = [(first_new + new_i[i], int(j)) for i, j in pairs]
-                else:
-                    old_i = self._pool_positions(pool)
-                    pairs = associate_candidates(*exact_top(new, self.rows[old_i], cfg.mem_threshold), cfg)
-                    edges = [(first_new + new_i[i], old_i[j]) for i, j in pairs]
+            edges, floors = self.associate_nodes(new_mat, gran, first_new, cfg)
         session = {"session_id": session_id, "date": date, "units": units.by_granularity(), "meta": dict(meta or {})}
         keys = list(range(self._next_key, self._next_key + len(rows)))
-        return self._commit(session, gran, new_mat, keys, edges)
+        return self._commit(session, gran, new_mat, keys, edges, floors)
 
-    def append_stored(self, session: dict, keys: list[int], gran: list[str], vecs: np.ndarray, edge_keys) -> int:
+    def associate_nodes(self, new_mat, gran, first_new: int, cfg: AssociationConfig, upto: int | None = None):
+        """(edges (new position, old position), each new node's candidate floor) for nodes that will
+        sit at `first_new...`, against the pool nodes before position `upto` (default: all; a
+        re-association after a delete passes its session's first position and scans exactly)."""
+        floors = [float("nan")] * len(gran)
+        pool = tuple(cfg.pool)
+        new_i = [k for k, g in enumerate(gran) if g in pool]
+        old_i = [i for i in self._pool_positions(pool) if upto is None or i < upto]
+        for k in new_i:
+            floors[k] = float("inf")  # nothing earlier: no delete can change this node's candidates
+        if not new_i or not old_i:
+            return [], floors
+        new = new_mat[new_i]
+        if upto is None and cfg.uses_ann(len(old_i)):
+            keys, sims = self._ann_index(pool).search(new, cfg.mem_threshold)
+            cand = np.vectorize(lambda k: self._key_pos.get(int(k), -1), otypes=[np.int64])(keys)
+            cand[keys < 0] = -1
+            sims = np.where(cand >= 0, sims, -np.inf)
+            edges = [(first_new + new_i[i], int(j)) for i, j in associate_candidates(cand, sims, cfg)]
+        else:
+            cand, sims = exact_top(new, self.rows[old_i], cfg.mem_threshold)
+            edges = [(first_new + new_i[i], old_i[j]) for i, j in associate_candidates(cand, sims, cfg)]
+        for r, k in enumerate(new_i):
+            got = sims[r][np.isfinite(sims[r])]
+            # fewer candidates than asked: every earlier pool node was one, so any delete affects it
+            floors[k] = float(got[-1]) if len(got) >= cfg.mem_threshold else float("-inf")
+        return edges, floors
+
+    def append_stored(
+        self, session: dict, keys: list[int], gran: list[str], vecs: np.ndarray, edge_keys, floors=None
+    ) -> int:
         """Append a session another process committed (its edges given by node keys), without
         associating it again."""
         first_new = self._n
@@ -209,9 +234,10 @@ class Memory:
         edges = [(pos[a], self._key_pos.get(b, pos.get(b, -1))) for a, b in edge_keys if a in pos]
         if any(b < 0 for _, b in edges):
             raise ValueError(f"session {session['session_id']!r}: an edge names a node this memory does not hold")
-        return self._commit(session, list(gran), np.asarray(vecs, np.float32).reshape(len(keys), -1), list(keys), edges)
+        vecs = np.asarray(vecs, np.float32).reshape(len(keys), -1)
+        return self._commit(session, list(gran), vecs, list(keys), edges, floors)
 
-    def _commit(self, session: dict, gran: list[str], new_mat: np.ndarray, keys: list[int], edges) -> int:
+    def _commit(self, session: dict, gran: list[str], new_mat: np.ndarray, keys: list[int], edges, floors=None) -> int:
         s_idx, first_new = len(self.sessions), self._n
         if len(new_mat):
             self._append_rows(new_mat)
@@ -229,6 +255,7 @@ class Memory:
             self._sess_arr[first_new : self._n] = s_idx
         self.last_span = (first_new, self._n)  # the nodes of the session just committed
         self.node_keys += keys
+        self.node_floor += list(floors) if floors is not None else [float("nan")] * len(keys)
         self.edges += edges
         if self._adj is not None:
             self._adj += [[] for _ in keys]
@@ -243,37 +270,13 @@ class Memory:
         self._by_gran, self._gran_mat, self._bm25, self._graphs = {}, {}, {}, {}
         return s_idx
 
-    def load_nodes(self, sessions, node_gran, node_sess, edges, emb, node_keys=None) -> None:
+    def load_nodes(self, sessions, node_gran, node_sess, edges, emb, node_keys=None, floors=None) -> None:
         """Replace the contents at once (reading a store)."""
+        n = len(node_gran)
+        self.node_floor = [float("nan")] * n if floors is None else [float(f) for f in floors]
         self.sessions, self.node_gran, self.node_sess_list = list(sessions), list(node_gran), list(node_sess)
         self.edges = [tuple(e) for e in edges]
         self.rows = emb
         self.node_keys = list(node_keys) if node_keys is not None else list(range(len(self.node_gran)))
         self._next_key = max(self.node_keys, default=-1) + 1
         self._reset_derived()
-
-
-def _delete_session(mem: Memory, session_id: str) -> list[int] | None:
-    """Forget one session: its nodes, their embeddings, their ANN index entries and every association
-    edge touching them are removed (later nodes and sessions renumbered; edges among the rest kept as
-    they were). Returns the removed node keys, or None when the session is not there."""
-    idx = mem._sids.get(session_id)
-    if idx is None:
-        return None
-    sess = mem.node_sess
-    keep = np.flatnonzero(sess != idx)
-    gone = [mem.node_keys[i] for i in np.flatnonzero(sess == idx)]
-    new_pos = np.full(len(sess), -1, dtype=np.int64)
-    new_pos[keep] = np.arange(len(keep))
-    mem.edges = [(int(new_pos[a]), int(new_pos[b])) for a, b in mem.edges if new_pos[a] >= 0 and new_pos[b] >= 0]
-    mem._buf, mem._n = mem.rows[keep].copy(), len(keep)
-    mem.node_gran = [mem.node_gran[i] for i in keep]
-    mem.node_sess_list = [int(s_ - (s_ > idx)) for s_ in sess[keep]]
-    mem.node_keys = [mem.node_keys[i] for i in keep]
-    del mem.sessions[idx]
-    ann = mem._ann
-    mem._reset_derived()
-    for ix in ann.values():  # index entries removed, not soft-deleted: no later search returns them
-        ix.remove([k for k in gone if k in ix])
-    mem._ann = ann
-    return gone

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from memgas.data import Session, Turn
+from memgas.filters import compile_filter
 from suite.io import (
     DataError,
     check_id,
@@ -31,10 +32,19 @@ def _check_meta(metadata, agent_id, run_id) -> dict:
     return meta
 
 
-def _matches(s: dict, agent_id=None, run_id=None, filters: dict | None = None) -> bool:
-    want = {**(filters or {}), **{k: v for k, v in (("agent_id", agent_id), ("run_id", run_id)) if v is not None}}
-    meta = s.get("meta") or {}
-    return all(meta.get(k) == v for k, v in want.items())
+def scope(agent_id=None, run_id=None, filters: dict | None = None, verb: str = "search()"):
+    """A predicate over stored sessions: of this agent / run (if given) and matching `filters`
+    (mem0's filter language, `memgas.filters`); None when nothing narrows. Checked before any work."""
+    ids = {k: _check_id(v, k, verb) for k, v in (("agent_id", agent_id), ("run_id", run_id)) if v is not None}
+    pred = compile_filter(filters, verb) if filters is not None else None
+    if not ids and pred is None:
+        return None
+
+    def ok(s: dict) -> bool:
+        meta = s.get("meta") or {}
+        return all(meta.get(k) == v for k, v in ids.items()) and (pred is None or pred(meta))
+
+    return ok
 
 
 def _now() -> str:
@@ -76,6 +86,6 @@ def _to_session(messages, session_id: str, date: str) -> Session:
     return Session(session_id, turns, date)
 
 
-def _check_id(value, field: str) -> str:
-    """`suite.io.check_id`, plus text that can be saved (no lone surrogates)."""
-    return check_text("add()", None, field, check_id("add()", None, field, value))
+def _check_id(value, field: str, verb: str = "add()") -> str:
+    """`suite.io.check_id` (so 5 and "5" are one id), plus text that can be saved (no lone surrogates)."""
+    return check_text(verb, None, field, check_id(verb, None, field, value))

@@ -7,7 +7,7 @@
     store.search("flights", user_id="alice", agent_id="travel", filters={"topic": "trip"})
     store.update(session_id, user_id="alice", metadata={...} or messages=[...])
     store.get(session_id, user_id="alice"); store.get_all(user_id="alice", agent_id=..., filters=...)
-    store.delete(session_id, user_id="alice")   # forgets: units, nodes, vectors, edges; files shrink on save
+    store.delete(session_id, user_id="alice")   # forgets exactly: no byte on disk, no trace in the graph
     store.delete_all(user_id="alice"); store.history(user_id="alice")   # add / delete events
     store.save("mem/"); MemoryStore.load("mem/", encoder=...)        # a folder snapshot
     store = MemoryStore.open("mem.sqlite", cfg, encoder=...)         # the durable store (memgas.db)
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,9 +48,10 @@ import numpy as np
 from memgas import folder
 from memgas.data import Session
 from memgas.encoders import CachedEncoder
-from memgas.memory import FORMAT, NODE_GRANULARITIES, MemGASConfig, Memory, StoreError, _delete_session, paper_memory
+from memgas.forget import Forgotten, delete_session, unit_texts
+from memgas.memory import FORMAT, NODE_GRANULARITIES, ForgettingPending, MemGASConfig, Memory, StoreError, paper_memory
 from memgas.retrieval import RetrievalConfig, rank_sessions
-from memgas.scopes import _check_id, _check_meta, _matches, _now, _public, _to_session
+from memgas.scopes import _check_id, _check_meta, _now, _public, _to_session, scope
 from memgas.units import SessionUnits, UnitBuilder
 from suite.config import from_dict
 from suite.encoders import load_encoder
@@ -58,7 +60,16 @@ from suite.io import (
     check_text,
 )
 
-__all__ = ["FORMAT", "NODE_GRANULARITIES", "MemGASConfig", "Memory", "MemoryStore", "StoreError", "paper_memory"]
+__all__ = [
+    "FORMAT",
+    "NODE_GRANULARITIES",
+    "ForgettingPending",
+    "MemGASConfig",
+    "Memory",
+    "MemoryStore",
+    "StoreError",
+    "paper_memory",
+]
 
 
 class MemoryStore:
@@ -73,6 +84,7 @@ class MemoryStore:
         self._loaded_from: tuple[Path, int] | None = None  # (store folder, its generation when read)
         self._db = None  # memgas.db.Database when opened with `MemoryStore.open` (every change commits)
         self._seen = 0  # the last history event of the database applied to the in-memory graph
+        self.forget_timeout_s = 10.0  # how long a delete waits for readers before ForgettingPending
 
     # ------------------------------------------------------------------------------- add/search
     def embed_units(self, units: SessionUnits) -> dict[str, np.ndarray]:
@@ -117,10 +129,7 @@ class MemoryStore:
         emb = self.embed_units(units)
         with self._lock, self._writing() as con:
             mem = self.users.get(user_id) or Memory()
-            taken = mem._sids
-            sid, n = given, len(mem.sessions) + 1
-            while sid is None or (given is None and sid in taken):  # a generated id never takes a chosen one
-                sid, n = f"s{n}", n + 1
+            sid = given if given is not None else uuid.uuid4().hex  # generated: unique across users
             n_edges = len(mem.edges)
             mem.add(sid, date or session.date, units, emb, self.cfg.association, meta)
             if con is not None:
@@ -133,90 +142,124 @@ class MemoryStore:
 
     def get(self, session_id: str, user_id: str) -> dict | None:
         """One stored session of a user (text, summary, keywords, turns), or None."""
+        session_id, user_id = _check_id(session_id, "session_id", "get()"), _check_id(user_id, "user_id", "get()")
         with self._lock:
             self._sync()
-            mem = self.users.get(str(user_id))
+            mem = self.users.get(user_id)
             i = mem._sids.get(session_id) if mem else None
             return _public(mem.sessions[i]) if i is not None else None
 
     def get_all(self, user_id: str, agent_id=None, run_id=None, filters: dict | None = None) -> list[dict]:
         """Every stored session of one user (never another user's), oldest first, optionally only
-        those of an agent / run or whose metadata equal `filters`."""
+        those of an agent / run or whose metadata match `filters` (mem0's language, memgas.filters)."""
+        user_id = _check_id(user_id, "user_id", "get_all()")
+        ok = scope(agent_id, run_id, filters, "get_all()")
         with self._lock:
             self._sync()
-            mem = self.users.get(str(user_id))
-            return [_public(s) for s in mem.sessions if _matches(s, agent_id, run_id, filters)] if mem else []
+            mem = self.users.get(user_id)
+            return [_public(s) for s in mem.sessions if ok is None or ok(s)] if mem else []
 
     def update(self, session_id: str, user_id: str, messages=None, metadata: dict | None = None) -> bool:
-        """Change a session: `metadata` is merged into its metadata; new `messages` replace its
-        content (the old session is forgotten as by `delete`, the new one embedded and associated
-        like any new session, keeping its id, date and metadata). `history` records the update."""
-        user_id = str(user_id)
+        """Change a session: `metadata` is merged into its metadata (a key given as None is
+        removed); new `messages` replace its content (the old session is forgotten exactly, as by
+        `delete`, the new one embedded and associated like any new session, keeping its id, date
+        and metadata). `history` records the update."""
+        session_id = _check_id(session_id, "session_id", "update()")
+        user_id = _check_id(user_id, "user_id", "update()")
         extra = _check_meta(metadata, None, None)
+        removed = {k for k, v in (metadata or {}).items() if v is None}
         new = None
         if messages is not None:  # units and embeddings outside the lock, like add()
             session = _to_session(messages, session_id, "")
             units = self.units.build(session)
             new = (units, self.embed_units(units))
-        with self._lock, self._writing() as con:
-            mem = self.users.get(user_id)
-            i = mem._sids.get(session_id) if mem else None
-            if i is None:
-                return False
-            old = mem.sessions[i]
-            meta = {**(old.get("meta") or {}), **extra}
-            if con is not None:
-                self._dirty.add(user_id)
-            if new is None:
-                old["meta"] = meta
+        with self._lock:
+            with self._writing() as con:
+                mem = self.users.get(user_id)
+                i = mem._sids.get(session_id) if mem else None
+                if i is None:
+                    return False
+                old = mem.sessions[i]
+                meta = {k: v for k, v in {**(old.get("meta") or {}), **extra}.items() if k not in removed}
                 if con is not None:
-                    self._db.set_meta(con, user_id, session_id, meta)
-                    self._seen = self._db.log(con, user_id, "update", session_id, _now())
+                    self._dirty.add(user_id)
+                if new is None:
+                    old["meta"] = meta
+                    if con is not None:
+                        self._db.set_meta(con, user_id, session_id, meta)
+                        self._seen = self._db.log(con, user_id, "update", session_id, _now())
+                    else:
+                        mem.history.append({"event": "update", "session_id": session_id, "at": _now()})
+                    return True
+                gone = self._forget(con, user_id, mem, session_id, exact=True)
+                n_edges = len(mem.edges)
+                mem.add(session_id, old["date"], new[0], new[1], self.cfg.association, meta)
+                if con is not None:
+                    self._persist_last(con, user_id, mem, n_edges, "update")
                 else:
                     mem.history.append({"event": "update", "session_id": session_id, "at": _now()})
-                return True
-            _delete_session(mem, session_id)
-            if con is not None:
-                self._db.delete_session(con, user_id, session_id)
-            n_edges = len(mem.edges)
-            mem.add(session_id, old["date"], new[0], new[1], self.cfg.association, meta)
-            if con is not None:
-                self._persist_last(con, user_id, mem, n_edges, "update")
-            else:
-                mem.history.append({"event": "update", "session_id": session_id, "at": _now()})
+            self._purge(gone.texts, f"the old content of session {session_id!r}")
             return True
 
-    def delete(self, session_id: str, user_id: str) -> bool:
-        """Forget a session: its units, nodes, embeddings, ANN index entries and association edges
-        are removed, so no later search can return it (a durable store commits the removal at once,
-        its freed pages overwritten; `compact` shrinks the file; a folder store is rewritten without
-        it on the next `save`). Returns whether it was there. `history` keeps the event, not the content."""
-        user_id = str(user_id)
-        with self._lock, self._writing() as con:
-            mem = self.users.get(user_id)
-            if mem is None or _delete_session(mem, session_id) is None:
-                return False
-            if con is not None:
-                self._dirty.add(user_id)
-                self._db.delete_session(con, user_id, session_id)
-                self._seen = self._db.log(con, user_id, "delete", session_id, _now())
-            else:
-                mem.history.append({"event": "delete", "session_id": session_id, "at": _now()})
-            if not mem.sessions and con is not None:
-                self.users.pop(user_id, None)
+    def delete(self, session_id: str, user_id: str, exact: bool = True) -> bool:
+        """Forget a session; returns whether it was there. When it returns, no search can return the
+        session, no file of a durable store holds its text, units or vectors (the delete commits,
+        `secure_delete` zeroes the freed pages, a truncating checkpoint empties the WAL; a reader
+        holding an old snapshot past `forget_timeout_s` raises `ForgettingPending` instead), the
+        ANN index is rebuilt without its vectors and the unit and embedding caches drop its texts.
+        `exact` (default) also re-associates the later sessions that had its nodes among their
+        candidates, so the graph and every ranking equal a store that never saw it (memgas.forget);
+        `exact=False` only removes its nodes and edges. `history` records which, not the content."""
+        session_id = _check_id(session_id, "session_id", "delete()")
+        user_id = _check_id(user_id, "user_id", "delete()")
+        with self._lock:
+            with self._writing() as con:
+                mem = self.users.get(user_id)
+                if mem is None or session_id not in mem._sids:
+                    return False
+                gone = self._forget(con, user_id, mem, session_id, exact)
+                detail = {"exact": gone.exact, "reassociated": len(gone.redone)}
+                if con is not None:
+                    self._seen = self._db.log(con, user_id, "delete", session_id, _now(), detail)
+                else:
+                    mem.history.append({"event": "delete", "session_id": session_id, "at": _now(), **detail})
+                if not mem.sessions and con is not None:
+                    self.users.pop(user_id, None)
+            self._purge(gone.texts, f"session {session_id!r} of user {user_id!r}")
             return True
+
+    def _forget(self, con, user_id: str, mem: Memory, session_id: str, exact: bool) -> Forgotten:
+        """The in-memory delete (memgas.forget) and, in a durable store, its rows."""
+        gone = delete_session(mem, session_id, self.cfg.association if exact else None)
+        if con is not None:
+            self._dirty.add(user_id)
+            self._db.delete_session(con, user_id, session_id)
+            self._db.rewrite_association(con, user_id, gone.redone)
+        return gone
+
+    def _purge(self, texts: list[str], what: str) -> None:
+        """After a committed delete: drop the texts from the caches, then the bytes from the files."""
+        self.units.forget(texts)
+        self.encoder.forget(texts)
+        if self._db is not None:
+            self._db.forget(self.forget_timeout_s, what)
 
     def delete_all(self, user_id: str) -> int:
-        """Forget every session of a user (and the user); returns how many sessions were removed."""
-        user_id = str(user_id)
-        with self._lock, self._writing() as con:
-            mem = self.users.pop(user_id, None)
-            if con is not None:
-                self._dirty.add(user_id)
-                n = self._db.delete_user(con, user_id)
-                self._seen = self._db.log(con, user_id, "delete_all", None, _now())
-                return n
-            return len(mem.sessions) if mem else 0
+        """Forget every session of a user (and the user), as `delete` does (no byte left on disk);
+        returns how many sessions were removed."""
+        user_id = _check_id(user_id, "user_id", "delete_all()")
+        with self._lock:
+            with self._writing() as con:
+                mem = self.users.pop(user_id, None)
+                texts = [t for s in mem.sessions for t in unit_texts(s)] if mem else []
+                if con is not None:
+                    self._dirty.add(user_id)
+                    n = self._db.delete_user(con, user_id)
+                    self._seen = self._db.log(con, user_id, "delete_all", None, _now())
+                else:
+                    n = len(mem.sessions) if mem else 0
+            self._purge(texts, f"every session of user {user_id!r}")
+            return n
 
     def history(self, user_id: str) -> list[dict]:
         """The user's add / update / delete events, oldest first: {event, session_id, at}."""
@@ -272,12 +315,14 @@ class MemoryStore:
             self._db.close()
             self._db = None
 
-    def compact(self) -> None:
-        """Durable store: give the space of deleted sessions back to the file system (VACUUM)."""
+    def compact(self, timeout_s: float | None = None) -> dict:
+        """Durable store: purge the WAL and give the space of deleted sessions back to the file
+        system (VACUUM). Returns {bytes_before, bytes_after, ...}; raises `StoreError` when other
+        connections blocked it for `timeout_s` (default `forget_timeout_s`), never returns as if done."""
         if self._db is None:
             raise StoreError("compact() is for a store opened with MemoryStore.open; a folder store shrinks on save")
         with self._lock:
-            self._db.compact()
+            return self._db.compact(self.forget_timeout_s if timeout_s is None else timeout_s)
 
     def disk_bytes(self) -> int:
         return self._db.disk_bytes() if self._db is not None else 0
@@ -342,7 +387,7 @@ class MemoryStore:
             self.users.pop(uid, None)
             return
         mem = Memory()
-        mem.load_nodes(got["sessions"], got["gran"], got["owner"], got["edges"], got["emb"], got["keys"])
+        mem.load_nodes(got["sessions"], got["gran"], got["owner"], got["edges"], got["emb"], got["keys"], got["floors"])
         self.users[uid] = mem
 
     def _persist_last(self, con, user_id: str, mem: Memory, n_edges: int, event: str) -> None:
@@ -352,7 +397,8 @@ class MemoryStore:
         idx = np.arange(*mem.last_span)
         keys = [mem.node_keys[j] for j in idx]
         edges = [(mem.node_keys[a], mem.node_keys[b]) for a, b in mem.edges[n_edges:]]
-        self._db.insert_session(con, user_id, s, i, keys, [mem.node_gran[j] for j in idx], mem.rows[idx], edges)
+        gran, floors = [mem.node_gran[j] for j in idx], [mem.node_floor[j] for j in idx]
+        self._db.insert_session(con, user_id, s, i, keys, gran, mem.rows[idx], edges, floors)
         self._seen = self._db.log(con, user_id, event, s["session_id"], _now())
 
     def search(
@@ -369,15 +415,17 @@ class MemoryStore:
             raise ValueError(f"search(): query must be a string, got {type(query).__name__}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"search(): limit must be a positive integer, got {limit!r}")
+        user_id = _check_id(user_id, "user_id", "search()")
+        ok = scope(agent_id, run_id, filters, "search()")  # a bad filter fails before any work
         q = self.encoder.encode([query])[0]  # outside the lock, like add()
         with self._lock:
             self._sync()
-            mem = self.users.get(str(user_id))
+            mem = self.users.get(user_id)
             if mem is None or not mem.sessions:
                 return {"results": [], "router_weights": {}}
             order, scores, w = rank_sessions(mem, q, query, retrieval or self.cfg.retrieval)
-            if agent_id is not None or run_id is not None or filters:  # scoped: only matching sessions
-                keep = [k for k, i in enumerate(order) if _matches(mem.sessions[i], agent_id, run_id, filters)]
+            if ok is not None:  # scoped: only matching sessions
+                keep = [k for k, i in enumerate(order) if ok(mem.sessions[i])]
                 order, scores = order[keep], scores[keep]
             res = [
                 {
@@ -396,9 +444,10 @@ class MemoryStore:
     # ------------------------------------------------------------------------------- persistence
 
     # ------------------------------------------------------------------------------ folder snapshots
-    def save(self, path: str | Path) -> Path:
-        """Write the whole store atomically as a folder snapshot (`memgas.folder.save`)."""
-        return folder.save(self, path)
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the whole store atomically as a folder snapshot (`memgas.folder.save`); a store
+        this object was not loaded from is never replaced unless `overwrite=True`."""
+        return folder.save(self, path, overwrite)
 
     def _write(self, path: Path) -> Path:
         return folder.write(self, path)

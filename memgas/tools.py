@@ -42,7 +42,8 @@ def migrate(src: str | Path, dest: str | Path, encoder=None) -> Path:
             for i, s in enumerate(mem.sessions):
                 idx = np.asarray(nodes_of[i], dtype=np.int64)
                 keys, gran = [mem.node_keys[j] for j in idx], [mem.node_gran[j] for j in idx]
-                new._db.insert_session(con, uid, s, i, keys, gran, mem.rows[idx], edges_of[i])
+                floors = [mem.node_floor[j] for j in idx]
+                new._db.insert_session(con, uid, s, i, keys, gran, mem.rows[idx], edges_of[i], floors)
             for e in mem.history:
                 new._db.log(con, uid, e.get("event", "add"), e.get("session_id"), e.get("at", ""))
             new._db.log(con, uid, "migrate", None, "")
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("dest")
     i = sub.add_parser("info", help="users, sessions, nodes, edges and bytes of a SQLite store")
     i.add_argument("path")
-    c = sub.add_parser("compact", help="VACUUM a store so deleted data leaves the file")
+    c = sub.add_parser("compact", help="purge the WAL and VACUUM a store so deleted data leaves the file")
     c.add_argument("path")
+    c.add_argument("--timeout-s", type=float, default=10.0, help="wait at most this long for other connections")
     a = ap.parse_args(argv)
     from suite.encoders import load_encoder
 
@@ -75,9 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             db = Database(a.path)
             meta = db.initialise({}) if Path(a.path).exists() else None
             if a.cmd == "compact":
-                before = db.disk_bytes()
-                db.compact()
-                print(f"{a.path}: {before:,} -> {db.disk_bytes():,} bytes")
+                done = db.compact(a.timeout_s)  # raises (exit 2) when a reader blocked it
+                print(f"{a.path}: {done['bytes_before']:,} -> {done['bytes_after']:,} bytes")
             else:
                 with db.read() as con:
                     counts = {

@@ -110,6 +110,12 @@ class UnitBuilder:
             self._memo[key] = self._build(session, text)
         return self._memo[key]
 
+    def forget(self, texts) -> None:
+        """Drop the memoised units of deleted sessions (given their unit texts)."""
+        gone = set(texts)
+        for k in [k for k, u in self._memo.items() if u.session in gone]:
+            del self._memo[k]
+
     def _build(self, session: Session, text: str) -> SessionUnits:
         summary = keywords = None
         if self.llm is not None:

@@ -224,7 +224,10 @@ def test_a_config_mismatch_or_a_damaged_file_is_a_clear_error(tmp_path):
         MemoryStore.open(bad, encoder=HashingEncoder())
     with sqlite3.connect(p) as con:  # a vector of the wrong length names table, record and field
         con.execute("INSERT INTO sessions VALUES ('ann', 'x', 0, '', '{}', ?)", ('{"session": ["t"]}',))
-        con.execute("INSERT INTO nodes VALUES ('ann', 0, 'x', 'session', ?)", (b"\0" * 12,))
+        con.execute(
+            "INSERT INTO nodes (user_id, key, session_id, gran, vec) VALUES ('ann', 0, 'x', 'session', ?)",
+            (b"\0" * 12,),
+        )
         con.execute("INSERT INTO history (user_id, event, session_id, at) VALUES ('ann', 'add', 'x', '')")
     with pytest.raises(StoreError, match="table nodes, user 'ann' key 0.*'vec'"):
         MemoryStore.open(p, encoder=HashingEncoder())

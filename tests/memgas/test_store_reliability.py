@@ -143,12 +143,13 @@ def test_a_failed_add_leaves_nothing_behind_and_can_be_retried(monkeypatch):
     assert st.add("third session about birds", "ann", session_id="third") == "third"  # the retry is accepted
 
 
-def test_generated_session_ids_never_take_a_chosen_one():
+def test_generated_session_ids_are_unique_across_users_and_never_take_a_chosen_one():
+    """Mutation caught: generating ids per user (f"s{n}") gives ann and bob the same id."""
     st = _store()
     st.add("chosen", "ann", session_id="s2")
-    assert st.add("generated", "ann") == "s3"  # s2 is taken (len+1 would have given s2)
-    assert st.add("generated again", "ann") == "s4"
-    assert [s["session_id"] for s in st.users["ann"].sessions] == ["s2", "s3", "s4"]
+    ids = [st.add(f"generated {i}", u) for i in range(3) for u in ("ann", "bob")]
+    assert len(set(ids)) == len(ids) and "s2" not in ids
+    assert [s["session_id"] for s in st.users["ann"].sessions] == ["s2", *ids[0::2]]
 
 
 def test_an_encoder_of_another_dimension_is_refused_at_open(tmp_path):
