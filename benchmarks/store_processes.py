@@ -81,7 +81,7 @@ def trial(out: Path, writers: int, adds: int, readers: int) -> dict:
     lat = np.asarray([x for v in spans for x in v[0]]) * 1000
     adding_s = max(v[2] for v in spans) - min(v[1] for v in spans)  # first add to last, process start-up excluded
     st = MemoryStore.open(path, encoder=HashingEncoder())
-    kept = {s["session_id"] for u in st.users for s in st.get_all(u)}
+    kept = {s["session_id"] for u in st.user_ids() for s in st.get_all(u)}
     expected = {f"w{w}-{i}" for w in range(writers) for i in range(adds)}
     return {
         "writers": writers,

@@ -57,6 +57,10 @@ def save(self, path: str | Path, overwrite: bool = False) -> Path:
     silently drop every session in it); and refuses to save a store loaded from `path` over a newer
     one written there since (another process's adds would be silently lost): reload and add again,
     or use `MemoryStore.transaction`."""
+    if self._db is not None:  # its users are loaded lazily: a folder would hold only those in memory
+        raise StoreError(
+            "save(): a durable store (MemoryStore.open) is copied with backup(DEST), not saved as a folder"
+        )
     with file_lock(path):
         path = Path(path)
         loaded = self._loaded_from

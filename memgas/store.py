@@ -52,6 +52,7 @@ from memgas.forget import Forgotten, delete_session, unit_texts
 from memgas.memory import FORMAT, NODE_GRANULARITIES, ForgettingPending, MemGASConfig, Memory, StoreError, paper_memory
 from memgas.retrieval import RetrievalConfig, rank_sessions
 from memgas.scopes import _check_id, _check_meta, _now, _public, _to_session, scope
+from memgas.tenants import UserCache
 from memgas.units import SessionUnits, UnitBuilder
 from suite.config import from_dict
 from suite.encoders import load_encoder
@@ -79,7 +80,7 @@ class MemoryStore:
             encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder or load_encoder(self.cfg.encoder))
         )
         self.units = units or UnitBuilder(llm)  # a shared builder counts LLM fallbacks across stores
-        self.users: dict[str, Memory] = {}
+        self.users = UserCache()  # a durable store's: loaded on first use, least recently used dropped
         self._lock = threading.RLock()
         self._loaded_from: tuple[Path, int] | None = None  # (store folder, its generation when read)
         self._db = None  # memgas.db.Database when opened with `MemoryStore.open` (every change commits)
@@ -267,18 +268,29 @@ class MemoryStore:
             if self._db is not None:
                 with self._db.read() as con:
                     return self._db.history(con, str(user_id))
-            mem = self.users.get(str(user_id))
+            mem = self.users.get(_check_id(user_id, "user_id", "history()"))
             return [dict(e) for e in mem.history] if mem else []
 
     # ------------------------------------------------------------------------------- durable store
     @classmethod
     def open(
-        cls, path: str | Path, cfg: MemGASConfig | None = None, encoder=None, llm=None, verify: bool = True
+        cls,
+        path: str | Path,
+        cfg: MemGASConfig | None = None,
+        encoder=None,
+        llm=None,
+        verify: bool = False,
+        max_users: int = 1024,
+        max_bytes: int = 1 << 30,
     ) -> MemoryStore:
         """Open (or create) a durable store in one SQLite file (memgas.db): every add / update /
         delete commits only what it changes, several processes may read and write the file at once
         and never lose each other's adds, and the in-memory graph follows other processes' commits
-        before every read or write. A folder store is refused with the command that migrates it."""
+        before every read or write. A folder store is refused with the command that migrates it.
+
+        Opening reads no user: a user's memory is read on first use and kept in an LRU of at most
+        `max_users` users and about `max_bytes` (memgas.tenants). `verify` runs SQLite's
+        quick_check, which reads the whole file (seconds for a large store)."""
         from memgas.db import Database
 
         path = Path(path)
@@ -307,8 +319,18 @@ class MemoryStore:
                 f"opening with {store.encoder.name!r} ({store.encoder.dim}-d)"
             )
         store._db = db
-        store._sync()
+        store.users = UserCache(store._fetch_user, max_users, max_bytes)
+        with db.read() as con:
+            store._seen = db.last_seq(con)
         return store
+
+    def user_ids(self) -> list[str]:
+        """Every user with at least one session (from the database for a durable store)."""
+        with self._lock:
+            if self._db is None:
+                return sorted(u for u, m in self.users.items() if m.sessions)
+            with self._db.read() as con:
+                return self._db.user_ids(con)
 
     def close(self) -> None:
         if self._db is not None:
@@ -323,6 +345,18 @@ class MemoryStore:
             raise StoreError("compact() is for a store opened with MemoryStore.open; a folder store shrinks on save")
         with self._lock:
             return self._db.compact(self.forget_timeout_s if timeout_s is None else timeout_s)
+
+    def backup(self, dest: str | Path) -> Path:
+        """Durable store: a consistent single-file copy (`VACUUM INTO`), taken while writers run.
+        A copy outlives later deletes: a deletion request must reach it too."""
+        if self._db is None:
+            raise StoreError("backup() is for a store opened with MemoryStore.open; a folder store is copied by save()")
+        dest = Path(dest)
+        if dest.exists():
+            raise StoreError(f"{dest}: exists; backup never overwrites a file")
+        with self._lock:
+            self._db.backup(dest)
+        return dest
 
     def disk_bytes(self) -> int:
         return self._db.disk_bytes() if self._db is not None else 0
@@ -345,7 +379,7 @@ class MemoryStore:
             # (an error before any change, e.g. a duplicate id, costs nothing)
             with contextlib.suppress(Exception), self._db.read() as con:
                 for uid in self._dirty:
-                    self._load_user(con, uid)
+                    self._reload(con, uid)
             raise
         finally:
             self._dirty = set()
@@ -356,39 +390,49 @@ class MemoryStore:
                 self._apply(con)
 
     def _apply(self, con) -> None:
-        """Bring the in-memory graph up to the database's committed state: an add by another
-        process is appended as stored (no second association); anything else re-reads that user."""
+        """Bring the loaded users up to the database's committed state: an add by another process
+        is appended as stored (no second association); anything else re-reads that user. Users not
+        in memory are skipped: they are read as committed when next used."""
         dim = int(self.encoder.dim)
-        if self._seen == 0 and not self.users:
-            for uid in self._db.user_ids(con):
-                self._load_user(con, uid)
-            self._seen = self._db.last_seq(con)
-            return
         stale = set()
         for seq, uid, event, sid in self._db.changes_since(con, self._seen):
-            if uid not in stale and event == "add":
+            mem = self.users.peek(uid)
+            if mem is not None and uid not in stale and event == "add":
                 got = self._db.read_session_nodes(con, uid, sid, dim)
-                mem = self.users.get(uid) or Memory()
                 if got is not None and sid not in mem._sids:
                     try:
                         mem.append_stored(*got)
-                        self.users[uid] = mem
                     except ValueError:
                         stale.add(uid)
-            else:
+            elif mem is not None:
                 stale.add(uid)
             self._seen = seq
         for uid in stale:
-            self._load_user(con, uid)
+            self._reload(con, uid)
 
-    def _load_user(self, con, uid: str) -> None:
-        got = self._db.read_user(con, uid, int(self.encoder.dim))
-        if not got["sessions"]:
+    def _reload(self, con, uid: str) -> None:
+        mem = self._memory_from(self._db.read_user(con, uid, int(self.encoder.dim)))
+        if mem is None:
             self.users.pop(uid, None)
-            return
+        else:
+            self.users[uid] = mem
+
+    def _fetch_user(self, uid: str) -> Memory | None:
+        """The user-cache loader: one consistent read of the user (inside the current transaction
+        when there is one, e.g. an add's)."""
+        con = self._db.con
+        if con.in_transaction:
+            return self._memory_from(self._db.read_user(con, uid, int(self.encoder.dim)))
+        with self._db.read() as c:
+            return self._memory_from(self._db.read_user(c, uid, int(self.encoder.dim)))
+
+    @staticmethod
+    def _memory_from(got: dict) -> Memory | None:
+        if not got["sessions"]:
+            return None
         mem = Memory()
         mem.load_nodes(got["sessions"], got["gran"], got["owner"], got["edges"], got["emb"], got["keys"], got["floors"])
-        self.users[uid] = mem
+        return mem
 
     def _persist_last(self, con, user_id: str, mem: Memory, n_edges: int, event: str) -> None:
         """Write the session `mem.add` just committed in memory: its rows only."""
