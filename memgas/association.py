@@ -66,9 +66,17 @@ def gmm_neighbours(
 def exact_top(new_emb: np.ndarray, old_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(candidate indices, their scores): each new node's top `k` old nodes by a full scan, best first."""
     sims = new_emb @ old_emb.T
-    k = min(k, sims.shape[1])
+    n = sims.shape[1]
+    k = min(k, n)
     # the top k, best first (as the reference's topk): the GMM's k-means init depends on the order
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    if n <= 4 * k + 256:
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    else:  # the same answer without sorting every score: the k-th value, then everything at least as high
+        top = np.empty((len(sims), k), dtype=np.int64)
+        for i, row in enumerate(sims):
+            kth = np.partition(row, n - k)[n - k]
+            idx = np.flatnonzero(row >= kth)  # ties at the k-th value included, in index order
+            top[i] = idx[np.argsort(-row[idx], kind="stable")[:k]]
     return top, np.take_along_axis(sims, top, axis=1)
 
 

@@ -196,17 +196,25 @@ class Memory:
         keys = list(range(self._next_key, self._next_key + len(rows)))
         return self._commit(session, gran, new_mat, keys, edges, floors)
 
-    def associate_nodes(self, new_mat, gran, first_new: int, cfg: AssociationConfig, upto: int | None = None):
+    def associate_nodes(
+        self, new_mat, gran, first_new: int, cfg: AssociationConfig, upto: int | None = None, pool_rows=None
+    ):
         """(edges (new position, old position), each new node's candidate floor) for nodes that will
         sit at `first_new...`, against the pool nodes before position `upto` (default: all; a
-        re-association after a delete passes its session's first position and scans exactly)."""
+        re-association after a delete passes its session's first position and scans exactly, with
+        `pool_rows` = (sorted pool positions, their rows) computed once for all its sessions)."""
         floors = [float("nan")] * len(gran)
         pool = tuple(cfg.pool)
         new_i = [k for k, g in enumerate(gran) if g in pool]
-        old_i = [i for i in self._pool_positions(pool) if upto is None or i < upto]
+        if upto is not None and pool_rows is not None:
+            cut = int(np.searchsorted(pool_rows[0], upto))
+            old_i, old_rows = pool_rows[0][:cut], pool_rows[1][:cut]  # a prefix: views, no copy
+        else:
+            old_i = [i for i in self._pool_positions(pool) if upto is None or i < upto]
+            old_rows = None
         for k in new_i:
             floors[k] = float("inf")  # nothing earlier: no delete can change this node's candidates
-        if not new_i or not old_i:
+        if not new_i or not len(old_i):
             return [], floors
         new = new_mat[new_i]
         if upto is None and cfg.uses_ann(len(old_i)):
@@ -216,8 +224,8 @@ class Memory:
             sims = np.where(cand >= 0, sims, -np.inf)
             edges = [(first_new + new_i[i], int(j)) for i, j in associate_candidates(cand, sims, cfg)]
         else:
-            cand, sims = exact_top(new, self.rows[old_i], cfg.mem_threshold)
-            edges = [(first_new + new_i[i], old_i[j]) for i, j in associate_candidates(cand, sims, cfg)]
+            cand, sims = exact_top(new, self.rows[old_i] if old_rows is None else old_rows, cfg.mem_threshold)
+            edges = [(first_new + new_i[i], int(old_i[j])) for i, j in associate_candidates(cand, sims, cfg)]
         for r, k in enumerate(new_i):
             got = sims[r][np.isfinite(sims[r])]
             # fewer candidates than asked: every earlier pool node was one, so any delete affects it

@@ -23,7 +23,6 @@ client gets the answer instead of a reset), 429 full, 500 without internals. `/d
 """
 
 import asyncio
-import hmac
 import json
 import os
 import time
@@ -31,32 +30,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the handlers' annotations here
-from fastapi.exceptions import RequestValidationError
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, StreamingResponse
 
 from serving.composer import BasisComposer, ServeConfig, UnknownUser
 from serving.decode import PromptTooLong
+from serving.http import Refused, authorized, error, json_errors, read_body
 from suite.config import from_dict, load_config
 from suite.openai_params import check_prompt, generation_params, strict_json
 from suite.ray_local import LOOPBACK
-
-
-class Refused(Exception):
-    def __init__(self, code: int, msg: str):
-        self.code, self.msg = code, msg
-
-
-KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
-
-
-def error(code: int, msg: str):
-    kind = KINDS.get(code, "invalid_request_error")
-    return JSONResponse({"error": {"message": msg, "type": kind, "code": code}}, status_code=code)
-
-
-MAX_DRAIN = 64 << 20  # an oversized body is read (and dropped) up to here before the 413, so no reset
 
 
 def _text(content) -> str:
@@ -246,28 +228,11 @@ class Generator:
                 "cached": len(self.composer.lru)}  # fmt: skip
 
 
-def authorized(header: str | None, token: str | None) -> bool:
-    """The bearer token check, in constant time (no timing leak of how much of a guess matched)."""
-    if token is None:
-        return True
-    return hmac.compare_digest((header or "").encode(), f"Bearer {token}".encode())
-
-
 def make_gateway(cfg: ServeConfig):
     api = FastAPI(title="MTA users, OpenAI-compatible", docs_url=None, redoc_url=None, openapi_url=None)
     base = cfg.job.model.name
 
-    @api.exception_handler(StarletteHTTPException)  # unknown routes and methods: JSON like every refusal
-    async def http_error(request, exc):
-        return error(exc.status_code, f"{request.method} {request.url.path[:100]}: {exc.detail}")
-
-    @api.exception_handler(RequestValidationError)
-    async def invalid(request, exc):
-        return error(400, "invalid request")
-
-    @api.exception_handler(Exception)  # anything unforeseen: a JSON 500 that reveals no internals
-    async def internal(request, exc):
-        return error(500, "internal error")
+    json_errors(api)
 
     @serve.deployment
     @serve.ingress(api)
@@ -284,21 +249,7 @@ def make_gateway(cfg: ServeConfig):
                 raise Refused(401, "missing or wrong bearer token")
 
         async def _read(self, request: Request) -> bytes:
-            """The body, or a 413 once it is over `max_body`: an oversized body is still read to the
-            end (up to 64 MB, then the connection may close) so the client receives the answer."""
-            n = request.headers.get("content-length")
-            if n is not None and not n.isdigit():
-                raise Refused(400, "content-length is not a number")
-            raw, size = bytearray(), 0
-            async for part in request.stream():
-                size += len(part)
-                if size <= self.cfg.max_body:
-                    raw += part
-                elif size > MAX_DRAIN:
-                    break
-            if size > self.cfg.max_body:
-                raise Refused(413, f"body over {self.cfg.max_body} bytes")
-            return bytes(raw)
+            return await read_body(request, self.cfg.max_body)
 
         async def _answer(self, request: Request, chat: bool):
             try:
