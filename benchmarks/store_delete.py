@@ -96,9 +96,8 @@ def main() -> None:
         "provenance": provenance(config, {}),
     }
     atomic_write_json(out / "store_delete.json", doc)
-    print(
-        f"{out / 'store_delete.json'}: target {doc['target']}: {'not run' if worst is None else ('met' if doc['met'] else 'MISSED')}"
-    )
+    verdict = "not run" if worst is None else ("met" if doc["met"] else "MISSED")
+    print(f"{out / 'store_delete.json'}: target {doc['target']}: {verdict}")
 
 
 if __name__ == "__main__":

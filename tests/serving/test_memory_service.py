@@ -54,9 +54,9 @@ def test_mem0_verbs_over_http_and_each_user_on_its_own_shard(service):
     users = [f"user{i}" for i in range(6)]
     for u in users:
         for j in range(2):
-            st, out = _call(service, "POST", "/v1/memories", {"messages": [{"role": "user", "content": f"{u} hiked {j}"}],
-                                                              "user_id": u, "session_id": f"{u}-{j}",
-                                                              "metadata": {"n": j}})  # fmt: skip
+            msgs = [{"role": "user", "content": f"{u} hiked {j}"}]
+            body = {"messages": msgs, "user_id": u, "session_id": f"{u}-{j}", "metadata": {"n": j}}
+            st, out = _call(service, "POST", "/v1/memories", body)
             assert st == 200 and out == {"id": f"{u}-{j}"}
     for k in (0, 1):
         assert _users_on(service, k) == {u for u in users if shard_of(u, 2) == k}
