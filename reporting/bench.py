@@ -223,3 +223,54 @@ def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
     ax.legend(fontsize=7)
     png = _save(fig, out / f"{name}_serve_load.png")
     return lines + _provenance(r) + ["", f"![serving throughput]({png.name})"]
+
+
+def render_store_tenants(name: str, r: dict) -> list[str]:
+    """`benchmarks/store_tenants.py`: one durable store of many users with modest memories."""
+    c, m = r["config"], r["results"]
+
+    def ms(k: str) -> str:
+        return f"{m[k]['p50']:.1f} / {m[k]['p95']:.1f} (n={m[k]['n']})"
+
+    lines = [
+        f"{c['users']:,} users × {c['sessions_per_user']} sessions ({m['sessions']:,} sessions, {c['encoder']}); "
+        f"{m['users_touched']:,} distinct users touched.",
+        "",
+    ]
+    lines += _table(
+        ["measure", "value"],
+        [
+            ["open", f"{m['open_s'] * 1000:.0f} ms"],
+            ["warm user: search p50 / p95 ms", ms("warm_search_ms")],
+            ["warm user: add p50 / p95 ms", ms("warm_add_ms")],
+            ["cold user: search p50 / p95 ms", ms("cold_search_ms")],
+            ["cold user: add p50 / p95 ms", ms("cold_add_ms")],
+            ["users held in memory at the end", f"{m['users_in_memory']:,}"],
+            ["peak RSS", f"{m['rss_peak_mb']:,.0f} MB"],
+            ["disk bytes per session", f"{m['disk_bytes_per_session']:,.0f}"],
+        ],
+    )
+    lines += ["", "Targets: " + "; ".join(f"{k}: {'met' if ok else 'missed'}" for k, ok in r["targets"].items()) + "."]
+    return lines + _provenance(r)
+
+
+def render_store_delete(name: str, r: dict) -> list[str]:
+    """`benchmarks/store_delete.py`: the cost of an exact and a cheap delete."""
+    lines = _table(
+        ["sessions", "deleted at", "exact s", "re-associated", "cheap s"],
+        [
+            [
+                f"{e['sessions']:,}",
+                f"{e['position']:.0%}",
+                f"{e['seconds']:.2f}",
+                str(e["reassociated"]),
+                f"{c['seconds']:.2f}",
+            ]
+            for e, c in zip(
+                [x for x in r["rows"] if x["exact"]], [x for x in r["rows"] if not x["exact"]], strict=True
+            )
+        ],
+    )
+    met = "not run" if r["met"] is None else ("met" if r["met"] else "missed")
+    lines += ["", f"Target: {r['target']}: {met}. Each delete includes its commit and the purging checkpoint."]
+    return lines + _provenance(r)

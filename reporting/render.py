@@ -17,7 +17,9 @@ from reporting.bench import (
     render_recall,
     render_scaling,
     render_serve_load,
+    render_store_delete,
     render_store_processes,
+    render_store_tenants,
     render_throughput,
 )
 from reporting.memgas import render_memgas
@@ -32,6 +34,8 @@ RESULT_FILES = (
     "store_processes.json",
     "bank_throughput.json",
     "serve_load.json",
+    "store_tenants.json",
+    "store_delete.json",
 )
 
 
@@ -60,6 +64,10 @@ def render_run(run: Path, out: Path) -> str:
         lines += render_store_processes(name, read_json(run / "store_processes.json")) + [""]
     if (run / "serve_load.json").exists():
         lines += render_serve_load(name, read_json(run / "serve_load.json"), out) + [""]
+    if (run / "store_tenants.json").exists():
+        lines += render_store_tenants(name, read_json(run / "store_tenants.json")) + [""]
+    if (run / "store_delete.json").exists():
+        lines += render_store_delete(name, read_json(run / "store_delete.json")) + [""]
     if (run / "bank_throughput.json").exists():
         lines += render_throughput(name, read_json(run / "bank_throughput.json")) + [""]
     if not lines:
