@@ -266,9 +266,7 @@ def render_store_delete(name: str, r: dict) -> list[str]:
                 str(e["reassociated"]),
                 f"{c['seconds']:.2f}",
             ]
-            for e, c in zip(
-                [x for x in r["rows"] if x["exact"]], [x for x in r["rows"] if not x["exact"]], strict=True
-            )
+            for e, c in zip([x for x in r["rows"] if x["exact"]], [x for x in r["rows"] if not x["exact"]], strict=True)
         ],
     )
     met = "not run" if r["met"] is None else ("met" if r["met"] else "missed")
