@@ -52,7 +52,7 @@ from memgas.forget import Forgotten, delete_session, unit_texts
 from memgas.memory import FORMAT, NODE_GRANULARITIES, ForgettingPending, MemGASConfig, Memory, StoreError, paper_memory
 from memgas.retrieval import RetrievalConfig, rank_sessions
 from memgas.scopes import _check_id, _check_meta, _now, _public, _to_session, scope
-from memgas.tenants import UserCache
+from memgas.tenants import UserCache, memory_from
 from memgas.units import SessionUnits, UnitBuilder
 from suite.config import from_dict
 from suite.encoders import load_encoder
@@ -61,16 +61,8 @@ from suite.io import (
     check_text,
 )
 
-__all__ = [
-    "FORMAT",
-    "NODE_GRANULARITIES",
-    "ForgettingPending",
-    "MemGASConfig",
-    "Memory",
-    "MemoryStore",
-    "StoreError",
-    "paper_memory",
-]
+__all__ = ["FORMAT", "NODE_GRANULARITIES", "ForgettingPending", "MemGASConfig", "Memory", "MemoryStore",
+           "StoreError", "paper_memory"]  # fmt: skip
 
 
 class MemoryStore:
@@ -411,7 +403,7 @@ class MemoryStore:
             self._reload(con, uid)
 
     def _reload(self, con, uid: str) -> None:
-        mem = self._memory_from(self._db.read_user(con, uid, int(self.encoder.dim)))
+        mem = memory_from(self._db.read_user(con, uid, int(self.encoder.dim)))
         if mem is None:
             self.users.pop(uid, None)
         else:
@@ -422,17 +414,9 @@ class MemoryStore:
         when there is one, e.g. an add's)."""
         con = self._db.con
         if con.in_transaction:
-            return self._memory_from(self._db.read_user(con, uid, int(self.encoder.dim)))
+            return memory_from(self._db.read_user(con, uid, int(self.encoder.dim)))
         with self._db.read() as c:
-            return self._memory_from(self._db.read_user(c, uid, int(self.encoder.dim)))
-
-    @staticmethod
-    def _memory_from(got: dict) -> Memory | None:
-        if not got["sessions"]:
-            return None
-        mem = Memory()
-        mem.load_nodes(got["sessions"], got["gran"], got["owner"], got["edges"], got["emb"], got["keys"], got["floors"])
-        return mem
+            return memory_from(self._db.read_user(c, uid, int(self.encoder.dim)))
 
     def _persist_last(self, con, user_id: str, mem: Memory, n_edges: int, event: str) -> None:
         """Write the session `mem.add` just committed in memory: its rows only."""
@@ -484,8 +468,6 @@ class MemoryStore:
                 for i, s in zip(order[:limit], scores[:limit])
             ]
             return {"results": res, "router_weights": w}
-
-    # ------------------------------------------------------------------------------- persistence
 
     # ------------------------------------------------------------------------------ folder snapshots
     def save(self, path: str | Path, overwrite: bool = False) -> Path:

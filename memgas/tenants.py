@@ -16,6 +16,15 @@ from memgas.memory import Memory
 NODE_OVERHEAD = 512  # bytes per node beyond its vector: lists, index, adjacency, BM25 share (rough)
 
 
+def memory_from(got: dict) -> Memory | None:
+    """A user's memory from `Database.read_user`'s rows (None: the user has no session)."""
+    if not got["sessions"]:
+        return None
+    mem = Memory()
+    mem.load_nodes(got["sessions"], got["gran"], got["owner"], got["edges"], got["emb"], got["keys"], got["floors"])
+    return mem
+
+
 def memory_bytes(mem: Memory) -> int:
     """An estimate of what one user's memory costs in RAM (vectors dominate)."""
     return int(mem._buf.nbytes + NODE_OVERHEAD * len(mem.node_gran) + 64 * len(mem.edges))

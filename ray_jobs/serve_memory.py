@@ -22,14 +22,19 @@ from suite.config import ConfigError, describe, load_config
 from suite.ray_local import LOOPBACK
 
 
+def check_bind(cfg) -> None:
+    """Beyond loopback only with a bearer token (checked before Ray or Serve start)."""
+    if cfg.host not in (LOOPBACK, "localhost", "::1") and not os.environ.get(cfg.token_env):
+        raise ConfigError(f"host={cfg.host}: set the bearer token in ${cfg.token_env} before binding beyond loopback")
+
+
 def start(cfg, blocking: bool = True) -> None:
     from ray import serve
 
     from serving.memory_service import app_for
     from suite.ray_local import init_ray
 
-    if cfg.host not in (LOOPBACK, "localhost", "::1") and not os.environ.get(cfg.token_env):
-        raise ConfigError(f"host={cfg.host}: set the bearer token in ${cfg.token_env} before binding beyond loopback")
+    check_bind(cfg)
     init_ray()
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(app_for(cfg), name="memories", route_prefix="/", blocking=False)

@@ -146,3 +146,17 @@ def test_a_killed_shard_replica_restarts_and_loses_no_acknowledged_add(service):
     have = {m["session_id"] for m in out["results"]}
     assert set(acked) <= have
     assert shard1_replicas() and victim not in shard1_replicas()  # a new replica process serves the shard
+
+
+def test_binding_beyond_loopback_needs_a_token(monkeypatch):
+    """Mutation caught: `check_bind` accepting any host (the store would listen on every interface
+    with no token)."""
+    from ray_jobs.serve_memory import check_bind
+    from suite.config import ConfigError
+
+    monkeypatch.delenv("SUITE_MEMORY_TOKEN", raising=False)
+    check_bind(MemoryServiceConfig())  # loopback: fine without a token
+    with pytest.raises(ConfigError, match="SUITE_MEMORY_TOKEN"):
+        check_bind(MemoryServiceConfig(host="0.0.0.0"))  # noqa: S104 - the refusal under test
+    monkeypatch.setenv("SUITE_MEMORY_TOKEN", "s3cret")
+    check_bind(MemoryServiceConfig(host="0.0.0.0"))  # noqa: S104

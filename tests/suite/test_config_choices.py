@@ -77,6 +77,7 @@ JOBS = {
     "sweep_mta_": SweepMTAConfig,
     "sweep_memgas_": SweepMemGASConfig,
     "serve_": ServeConfig,
+    "serve_memory": None,  # filled below: serving.memory_service.MemoryServiceConfig
     "demo": None,  # filled below: ray_jobs.demo.DemoConfig
 }
 
@@ -85,8 +86,9 @@ def test_every_shipped_config_parses_and_starts_with_its_command():
     from pathlib import Path
 
     from ray_jobs.demo import DemoConfig
+    from serving.memory_service import MemoryServiceConfig
 
-    JOBS["demo"] = DemoConfig
+    JOBS["demo"], JOBS["serve_memory"] = DemoConfig, MemoryServiceConfig
     files = sorted(Path("ray_jobs/configs").glob("*.yaml"))
     assert len(files) >= 15
     for f in files:
