@@ -144,13 +144,13 @@ def test_store_killed_at_every_line_of_a_save(tmp_path, monkeypatch, exchange):
     old.save(tmp_path / "count")
     files = WRITE_PATH + ("memgas/folder.py",)  # where a folder snapshot is written
     old.save(tmp_path / "warm")
-    new.save(tmp_path / "warm")
-    total = line_count(lambda: new.save(tmp_path / "count"), files)
+    new.save(tmp_path / "warm", overwrite=True)  # `new` was not loaded from there: replacing is on purpose
+    total = line_count(lambda: new.save(tmp_path / "count", overwrite=True), files)
     seen = set()
     for n in _points(total, cap=120):
         path = tmp_path / f"m{n}"
-        old.save(path)
-        assert crash_at(lambda: new.save(path), n, files)
+        old.save(path, overwrite=True)
+        assert crash_at(lambda: new.save(path, overwrite=True), n, files)
         back = MemoryStore.load(path, encoder=HashingEncoder(dim=64))  # never StoreError: old or new
         k = len(back.users["ann"].sessions)
         assert _signature(back) == expected[k]
