@@ -106,3 +106,28 @@ def entry(main):
             raise SystemExit(1) from None
 
     return wrapped
+
+
+def check_bind(host: str, token_env: str) -> None:
+    """A listener binds beyond loopback only with a bearer token in `$token_env` (checked before
+    Ray or Serve start)."""
+    import os
+
+    from suite.ray_local import LOOPBACK
+
+    if host not in (LOOPBACK, "localhost", "::1") and not os.environ.get(token_env):
+        raise ConfigError(f"host={host}: set the bearer token in ${token_env} before binding beyond loopback")
+
+
+def serve_until_signalled() -> None:
+    """Keep a Serve app up until SIGINT / SIGTERM, then shut Serve down."""
+    import signal
+    import threading
+
+    from ray import serve
+
+    done = threading.Event()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *a: done.set())
+    done.wait()
+    serve.shutdown()

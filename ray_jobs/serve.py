@@ -12,16 +12,12 @@ anything but loopback needs a bearer token in the environment variable `token_en
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 
-from ray_jobs.cli import entry
+from ray_jobs.cli import check_bind, entry, serve_until_signalled
 from suite.config import ConfigError, describe, load_config
-from suite.ray_local import LOOPBACK
 
 
 def prepare(cfg) -> None:
@@ -47,18 +43,13 @@ def start(cfg, blocking: bool = True):
     from serving.app import app_for
     from suite.ray_local import init_ray
 
-    if cfg.host not in (LOOPBACK, "localhost", "::1") and not os.environ.get(cfg.token_env):
-        raise ConfigError(f"host={cfg.host}: set the bearer token in ${cfg.token_env} before binding beyond loopback")
+    check_bind(cfg.host, cfg.token_env)
     init_ray()
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(app_for(cfg), name="mta_users", route_prefix="/", blocking=False)
     print(f"[serve] ready: http://{cfg.host}:{cfg.port}/v1  (model='{cfg.job.model.name}:<user_id>')", flush=True)
     if blocking:
-        done = threading.Event()
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, lambda *a: done.set())
-        done.wait()
-        serve.shutdown()
+        serve_until_signalled()
 
 
 @entry

@@ -12,20 +12,10 @@ environment variable `token_env`.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import threading
 
-from ray_jobs.cli import entry
+from ray_jobs.cli import check_bind, entry, serve_until_signalled
 from suite.config import ConfigError, describe, load_config
-from suite.ray_local import LOOPBACK
-
-
-def check_bind(cfg) -> None:
-    """Beyond loopback only with a bearer token (checked before Ray or Serve start)."""
-    if cfg.host not in (LOOPBACK, "localhost", "::1") and not os.environ.get(cfg.token_env):
-        raise ConfigError(f"host={cfg.host}: set the bearer token in ${cfg.token_env} before binding beyond loopback")
 
 
 def start(cfg, blocking: bool = True) -> None:
@@ -34,7 +24,7 @@ def start(cfg, blocking: bool = True) -> None:
     from serving.memory_service import app_for
     from suite.ray_local import init_ray
 
-    check_bind(cfg)
+    check_bind(cfg.host, cfg.token_env)
     init_ray()
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(app_for(cfg), name="memories", route_prefix="/", blocking=False)
@@ -42,11 +32,7 @@ def start(cfg, blocking: bool = True) -> None:
         f"[serve_memory] ready: http://{cfg.host}:{cfg.port}/v1/memories ({cfg.shards} shards in {cfg.dir})", flush=True
     )
     if blocking:
-        done = threading.Event()
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, lambda *a: done.set())
-        done.wait()
-        serve.shutdown()
+        serve_until_signalled()
 
 
 @entry

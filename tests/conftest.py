@@ -171,3 +171,12 @@ def edited_code(tmp_path, monkeypatch):
 
     yield edit
     prov.code_version.cache_clear()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for the apps the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

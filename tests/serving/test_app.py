@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 
 import pytest
@@ -14,13 +13,8 @@ from mta.recipe import MTAJobConfig, adapt, build_bank
 from serving.composer import ServeConfig
 from suite.config import load_config
 from suite.encoders import load_encoder
+from tests.conftest import free_port
 from tests.test_listeners import Sampler
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def server(ray_local, tmp_path_factory):
     for u in ("d0", "d1"):
         adapt(job, tmp / "adapters" / u, user_id=u)
     cfg = ServeConfig(
-        job=job, port=_free_port(), max_queue=32, max_body=4000, max_tokens_cap=16, max_adapters=2, max_batch=8
+        job=job, port=free_port(), max_queue=32, max_body=4000, max_tokens_cap=16, max_adapters=2, max_batch=8
     )
     sampler = Sampler().__enter__()  # every socket the app opens, machine-wide, while the tests run
     start(cfg, blocking=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import sqlite3
 import threading
 import time
@@ -14,12 +13,7 @@ import time
 import pytest
 
 from serving.memory_service import MemoryServiceConfig, shard_of
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +22,7 @@ def service(ray_local, tmp_path_factory):
 
     from ray_jobs.serve_memory import start
 
-    cfg = MemoryServiceConfig(dir=str(tmp_path_factory.mktemp("mem")), shards=2, port=_free_port(), max_body=20_000)
+    cfg = MemoryServiceConfig(dir=str(tmp_path_factory.mktemp("mem")), shards=2, port=free_port(), max_body=20_000)
     start(cfg, blocking=False)
     yield cfg
     serve.shutdown()
@@ -151,12 +145,13 @@ def test_a_killed_shard_replica_restarts_and_loses_no_acknowledged_add(service):
 def test_binding_beyond_loopback_needs_a_token(monkeypatch):
     """Mutation caught: `check_bind` accepting any host (the store would listen on every interface
     with no token)."""
-    from ray_jobs.serve_memory import check_bind
+    from ray_jobs.cli import check_bind
     from suite.config import ConfigError
 
-    monkeypatch.delenv("SUITE_MEMORY_TOKEN", raising=False)
-    check_bind(MemoryServiceConfig())  # loopback: fine without a token
-    with pytest.raises(ConfigError, match="SUITE_MEMORY_TOKEN"):
-        check_bind(MemoryServiceConfig(host="0.0.0.0"))  # noqa: S104 - the refusal under test
-    monkeypatch.setenv("SUITE_MEMORY_TOKEN", "s3cret")
-    check_bind(MemoryServiceConfig(host="0.0.0.0"))  # noqa: S104
+    env = MemoryServiceConfig().token_env
+    monkeypatch.delenv(env, raising=False)
+    check_bind(MemoryServiceConfig().host, env)  # loopback: fine without a token
+    with pytest.raises(ConfigError, match=env):
+        check_bind("0.0.0.0", env)  # noqa: S104 - the refusal under test
+    monkeypatch.setenv(env, "s3cret")
+    check_bind("0.0.0.0", env)  # noqa: S104
