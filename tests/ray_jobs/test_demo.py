@@ -11,7 +11,8 @@ from tests.conftest import make_lamp2, make_locomo
 def test_the_demo_shows_three_faces_and_compares_nothing(tmp_path):
     """Mutations caught: the MemGAS comparison table reaching the terminal or the report (a
     `diff vs` column, a verdict), the report not saying pipeline check, two users answered by
-    one adapter (the demo says whether their answers differ, and the store face must forget)."""
+    one adapter (the demo says whether their answers differ, and the store face must forget, in
+    search and on disk: a delete without the purging checkpoint leaves the words in the WAL)."""
     lamp = tmp_path / "lamp"
     make_lamp2(lamp, "train", n_users=8, n_items=6, seed=1, prefix="t")
     make_lamp2(lamp, "dev", n_users=4, n_items=4, seed=2, prefix="d")
@@ -40,4 +41,5 @@ def test_the_demo_shows_three_faces_and_compares_nothing(tmp_path):
 
     demo = json.loads((out / "summary.json").read_text())["demo"]
     assert demo["store"]["found_after_delete"] is False
+    assert demo["store"]["files_with_deleted_words"] == []  # the demo's own file scan: forgotten on disk too
     assert set(demo["mta"]["answers"]) == {"d0", "d1"}
