@@ -95,14 +95,15 @@ def _reassociate_after(mem: Memory, idx: int, deleted: np.ndarray, cfg: Associat
     if not redo:
         return []
     pool_pos = np.asarray(mem._pool_positions(tuple(cfg.pool)), dtype=np.int64)
-    pool_rows = (pool_pos, mem.rows[pool_pos])  # once: re-association changes edges, never nodes
+    pool_rows = mem.rows[pool_pos]  # once: re-association changes edges, never nodes
     new_edges, changed = [], []
     for s in sorted(redo):  # the original order (association only reads earlier nodes)
         pos = np.flatnonzero(sess == s)
         lo = int(pos[0]) if len(pos) else 0
         gran = [mem.node_gran[p] for p in pos]
         if s >= cfg.start_session and len(pos):
-            edges, fl = mem.associate_nodes(mem.rows[pos], gran, lo, cfg, upto=lo, pool_rows=pool_rows)
+            cut = int(np.searchsorted(pool_pos, lo))  # the earlier sessions' pool nodes: a prefix (views)
+            edges, fl = mem.associate_nodes(mem.rows[pos], gran, lo, cfg, before=(pool_pos[:cut], pool_rows[:cut]))
         else:
             edges, fl = [], [float("nan")] * len(pos)
         for p, f_ in zip(pos, fl):

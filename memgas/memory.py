@@ -196,28 +196,21 @@ class Memory:
         keys = list(range(self._next_key, self._next_key + len(rows)))
         return self._commit(session, gran, new_mat, keys, edges, floors)
 
-    def associate_nodes(
-        self, new_mat, gran, first_new: int, cfg: AssociationConfig, upto: int | None = None, pool_rows=None
-    ):
+    def associate_nodes(self, new_mat, gran, first_new: int, cfg: AssociationConfig, before=None):
         """(edges (new position, old position), each new node's candidate floor) for nodes that will
-        sit at `first_new...`, against the pool nodes before position `upto` (default: all; a
-        re-association after a delete passes its session's first position and scans exactly, with
-        `pool_rows` = (sorted pool positions, their rows) computed once for all its sessions)."""
+        sit at `first_new...`, against every pool node (`Memory.add`) or, for a re-association after
+        a delete, against `before` = (sorted pool positions, their rows) of the earlier sessions only,
+        scanned exactly."""
         floors = [float("nan")] * len(gran)
         pool = tuple(cfg.pool)
         new_i = [k for k, g in enumerate(gran) if g in pool]
-        if upto is not None and pool_rows is not None:
-            cut = int(np.searchsorted(pool_rows[0], upto))
-            old_i, old_rows = pool_rows[0][:cut], pool_rows[1][:cut]  # a prefix: views, no copy
-        else:
-            old_i = [i for i in self._pool_positions(pool) if upto is None or i < upto]
-            old_rows = None
+        old_i, old_rows = before if before is not None else (self._pool_positions(pool), None)
         for k in new_i:
             floors[k] = float("inf")  # nothing earlier: no delete can change this node's candidates
         if not new_i or not len(old_i):
             return [], floors
         new = new_mat[new_i]
-        if upto is None and cfg.uses_ann(len(old_i)):
+        if before is None and cfg.uses_ann(len(old_i)):
             keys, sims = self._ann_index(pool).search(new, cfg.mem_threshold)
             cand = np.vectorize(lambda k: self._key_pos.get(int(k), -1), otypes=[np.int64])(keys)
             cand[keys < 0] = -1
