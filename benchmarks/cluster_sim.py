@@ -113,7 +113,8 @@ BANK_OVERRIDES = [  # tiny model, 4 anchors, 2 workers per anchor, 1 fake GPU ea
 def bank_job(out: Path) -> list[str]:
     return [
         "python", "-m", "ray_jobs.pretrain_bank", "--config", "ray_jobs/configs/mta_tiny.yaml", "--out",
-        str(out / "job"), f"data.root={DATA_ROOT}", f"bank_path={out / 'bank'}", f"bank.storage_path={out / 'storage'}", "bank.name=simbank",
+        str(out / "job"), f"data.root={DATA_ROOT}", f"bank_path={out / 'bank'}",
+        f"bank.storage_path={out / 'storage'}", "bank.name=simbank",
         *BANK_OVERRIDES,
     ]  # fmt: skip
 
@@ -207,10 +208,33 @@ def run_bank(c, out: Path, kill: str | None, timeout_s: float = 900) -> dict:
         "max_worker_nodes": max((e["workers"] for e in w.timeline), default=0),
         "placement": {a["anchor"]: a.get("node_id") for a in per},
         "events": events,
-        "restores": re.findall(r"\[bank\] resuming: [^\n]*", logs),
+        "trainer_starts": re.findall(r"\[bank\] trainer \d+ started[^\n]*", logs),
+        "restores": sorted(set(re.findall(r"\[bank\] resuming: [^\n]*", logs))),
+        "redone_steps": redone(events, logs),
         "peak_rss_mb": round(w.peak_rss_mb),
         "timeline": w.timeline,
     }
+
+
+def redone(events: list[dict], logs: str) -> dict:
+    """Per anchor in progress when the failure came: the newest step checkpointed on disk then, the
+    step its trainer resumed from (0 = from scratch) and the steps trained twice."""
+    if not events:
+        return {}
+    on_disk: dict[str, int] = {}
+    for name in events[0]["checkpoints_then"]:
+        m = re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}-step(\d+)$", name)
+        if m:
+            on_disk[m.group(1)] = max(on_disk.get(m.group(1), 0), int(m.group(2)))
+    resumed = {a: int(s) for a, s in re.findall(r"in progress: (\S+) at step (\d+)", logs)}
+    done = {m.group(1) for n in events[0]["checkpoints_then"] if (m := re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}$", n))}
+    out = {}
+    for a, step in on_disk.items():
+        if a in done:
+            continue
+        r = resumed.get(a, 0)
+        out[a] = {"checkpointed_step_on_disk": step, "resumed_from_step": r, "steps_redone": step - r}
+    return out
 
 
 def wait_released(c, timeout_s: float) -> float | None:
@@ -223,7 +247,7 @@ def wait_released(c, timeout_s: float) -> float | None:
     return None
 
 
-def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml", idle_minutes: float = 0.25) -> dict:
+def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml", idle_minutes: float = 1.0) -> dict:
     """Bring the fake cluster up, run the scenarios, bring it down; OUT/cluster_sim.json."""
     from benchmarks.fake_cluster import FakeCluster
     from suite.io import atomic_write_json

@@ -109,6 +109,7 @@ class FakeCluster:
             "RAY_FAKE_CLUSTER": "1",
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             "RAY_TRAIN_V2_ENABLED": "1",
+            "RAY_DEDUP_LOGS": "0",  # every worker's lines as they are: restarts are counted from them
             MARKER: self.id,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }

@@ -171,6 +171,12 @@ def bank_worker_loop(config: dict) -> None:
                 f"at step {(prog.get('train_state') or {}).get('step')}"
             )
 
+    if rank == 0:  # one line per start of this trainer's worker group: a restart after a failure shows as a second
+        print(
+            f"[bank] trainer {config.get('shard', 0)} started on node {ray.get_runtime_context().get_node_id()}: "
+            f"anchors {[a['id'] for a in config['anchors']]}, resuming {resume['current'] if resume else None}"
+        )
+
     # 3. Rank 0 logs loss curves (W&B, offline unless WANDB_API_KEY is set); the other ranks log nothing.
     curves = (
         LossCurves(
