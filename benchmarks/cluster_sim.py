@@ -217,24 +217,31 @@ def run_bank(c, out: Path, kill: str | None, timeout_s: float = 900) -> dict:
 
 
 def redone(events: list[dict], logs: str) -> dict:
-    """Per anchor in progress when the failure came: the newest step checkpointed on disk then, the
-    step its trainer resumed from (0 = from scratch) and the steps trained twice."""
+    """Per anchor whose trainer started again after the failure (two start lines for its shard):
+    the newest step checkpointed on disk when the failure came, the step it resumed from (0 = from
+    scratch) and so the checkpointed steps trained twice (steps after the last checkpoint, fewer
+    than `checkpoint_every`, are redone on top and not counted)."""
     if not events:
         return {}
+    starts: dict[str, int] = {}
+    shard_anchors: dict[str, list[str]] = {}
+    for shard, anchors in re.findall(r"\[bank\] trainer (\d+) started on node \S+: anchors (\[[^\]]*\])", logs):
+        starts[shard] = starts.get(shard, 0) + 1
+        shard_anchors.setdefault(shard, re.findall(r"'([^']+)'", anchors))
+    restarted = {a for sh, n in starts.items() if n > 1 for a in shard_anchors[sh]}
     on_disk: dict[str, int] = {}
+    done = set()
     for name in events[0]["checkpoints_then"]:
-        m = re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}-step(\d+)$", name)
-        if m:
+        if m := re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}-step(\d+)$", name):
             on_disk[m.group(1)] = max(on_disk.get(m.group(1), 0), int(m.group(2)))
-    resumed = {a: int(s) for a, s in re.findall(r"in progress: (\S+) at step (\d+)", logs)}
-    done = {m.group(1) for n in events[0]["checkpoints_then"] if (m := re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}$", n))}
-    out = {}
-    for a, step in on_disk.items():
-        if a in done:
-            continue
-        r = resumed.get(a, 0)
-        out[a] = {"checkpointed_step_on_disk": step, "resumed_from_step": r, "steps_redone": step - r}
-    return out
+        elif m := re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}$", name):
+            done.add(m.group(1))
+    resumed = {a: int(st) for a, st in re.findall(r"in progress: (\S+) at step (\d+)", logs)}
+    return {
+        a: {"checkpointed_step_on_disk": on_disk.get(a, 0), "resumed_from_step": resumed.get(a, 0),
+            "steps_redone": on_disk.get(a, 0) - resumed.get(a, 0)}
+        for a in sorted(restarted - done)
+    }  # fmt: skip
 
 
 def wait_released(c, timeout_s: float) -> float | None:
