@@ -6,7 +6,7 @@ export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: help setup test lint demo docs bench clean
+.PHONY: help setup test lint demo docs bench cluster-sim clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 10
@@ -35,6 +35,9 @@ demo: setup  ## the three faces of the suite on a small sample: a pipeline check
 
 docs: setup  ## build the documentation site (mkdocs --strict: a broken link fails) into site/
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+cluster-sim: setup  ## the fake multi-node cluster: autoscaling, a node and a driver killed (about 10 min, alone)
+	$(PY) -m pytest -q -m cluster tests/benchmarks/test_cluster_sim.py
 
 bench:  ## how to run each benchmark and what it costs on this 2-core machine
 	@sed -n '/<!-- bench:list -->/,/<!-- \/bench:list -->/p' docs/reproducing.md | grep -v '<!--'

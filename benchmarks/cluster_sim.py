@@ -12,19 +12,41 @@ from the docker run options). What cannot (listed by `derive`): the provider (sw
 fake multi-node provider), docker, SSH auth, file mounts, instance details (disks, spot markets)
 and the AWS security group. Worker CPUs are scaled down (`cpus_per_worker`) to fit a 2-core machine.
 
-Not built yet (issue #33): the scenarios (autoscaling bank, node failures during the bank, a sweep
-and an evaluation, a killed driver, checkpoints on an S3-compatible server) and their `cluster`
-marker. `ray.cluster_utils.AutoscalingCluster.start` runs `ray stop --force`, which stops every Ray
-on the machine: the scenarios must run alone.
+Scenarios (`--run`, the fake cluster of `benchmarks/fake_cluster.py`, marker `cluster` for the test
+that runs them; every scenario's result is compared with the uninterrupted run of the same job):
+
+    python benchmarks/cluster_sim.py --run --out runs/cluster_sim     # bank: autoscale, node kill, driver kill
+
+- `autoscale`: `pretrain_bank` with the tiny model, 4 anchors, 2 workers per anchor and 1 fake GPU
+  per worker, submitted with `ray job submit` (token auth, the README's runtime_env) to a cluster
+  with zero workers: the autoscaler adds the nodes, the anchors train in parallel across them, and
+  the nodes are released when idle (idle timeout shortened for the simulation). The placement
+  (anchor -> node) comes from the bank's own per-anchor record.
+- `node_kill`: the same job; a worker node is killed (every process of it, SIGKILL) once the first
+  partial checkpoint exists; Ray Train restores the lost trainers from their last checkpoint on a
+  node the autoscaler adds; the bank's tensors are compared with `autoscale`'s.
+- `driver_kill`: the same job; its driver is killed once a checkpoint exists, the same command is
+  submitted again, and it resumes: installed anchors are skipped, the rest restore from their
+  checkpoints; the bank is compared again.
+
+Not built yet (issue #33): node kills during a sweep and an evaluation, and checkpoints on an
+S3-compatible server.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
+import threading
+import time
 from pathlib import Path
 
 import yaml
+
+if __package__ in (None, ""):  # `python benchmarks/cluster_sim.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # GPUs and vCPUs of the instance types cluster.yaml names (AWS's published figures)
 INSTANCE_RESOURCES = {
@@ -78,11 +100,209 @@ def derive(cluster_yaml: str | Path = "cluster.yaml", cpus_per_worker: int = 1) 
     }
 
 
+# the job runs in Ray's copy of the working dir, so data beside the project is named by absolute path
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lamp_like"
+RUNTIME_ENV = {"working_dir": ".", "excludes": [".venv", "runs", "wandb", ".git", "**/__pycache__"]}  # the README's
+BANK_OVERRIDES = [  # tiny model, 4 anchors, 2 workers per anchor, 1 fake GPU each, models on CPU
+    "anchors.n_clusters=4", "anchor_train.max_samples=24", "model.device=cpu", "tracking.enabled=false",
+    "bank.backend=ray", "bank.num_workers=2", "bank.gpus_per_worker=1", "bank.cpus_per_worker=0.25",
+    "bank.parallel=4", "bank.checkpoint_every=2", "bank.max_failures=3", "bank.progress=false",
+]  # fmt: skip
+
+
+def bank_job(out: Path) -> list[str]:
+    return [
+        "python", "-m", "ray_jobs.pretrain_bank", "--config", "ray_jobs/configs/mta_tiny.yaml", "--out",
+        str(out / "job"), f"data.root={DATA_ROOT}", f"bank_path={out / 'bank'}",
+        f"bank.storage_path={out / 'storage'}", "bank.name=simbank",
+        *BANK_OVERRIDES,
+    ]  # fmt: skip
+
+
+class Watch:
+    """Samples the cluster every second while a job runs: worker nodes alive, the cluster's RSS, and
+    the checkpoints written so far (the signal for a kill)."""
+
+    def __init__(self, cluster, storage: Path):
+        self.c, self.storage, self.t0 = cluster, storage, time.time()
+        self.timeline: list[dict] = []
+        self.peak_rss_mb = 0.0
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.storage.glob("*/anchor-*")) if self.storage.exists() else []  # our checkpoint names
+
+    def __call__(self) -> None:
+        import psutil
+
+        workers = [n for n in self.c.nodes() if not n["is_head"]]
+        rss = 0
+        for p in self.c.processes():
+            try:
+                rss += p.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
+        self.timeline.append(
+            {"t": round(time.time() - self.t0, 1), "workers": len(workers), "checkpoints": len(self.checkpoints())}
+        )
+
+
+def bank_tensors(bank: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for p in sorted((bank / "anchors").glob("*/*.safetensors")):  # folder: <anchor slug>-<id hash>-<content hash>
+        anchor = p.parent.name.rsplit("-", 1)[0]
+        out.update({f"{anchor}/{k}": v for k, v in load_file(p).items()})
+    return out
+
+
+def max_diff(a: dict, b: dict) -> float:
+    if set(a) != set(b):
+        return float("inf")
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a) if a else 0.0
+
+
+def run_bank(c, out: Path, kill: str | None, timeout_s: float = 900) -> dict:
+    """One `pretrain_bank` job on the fake cluster; `kill` = None | "node" | "driver"."""
+    w = Watch(c, out / "storage")
+    events: list[dict] = []
+    t0 = time.time()
+    job = c.submit(bank_job(out), RUNTIME_ENV)
+    killed = threading.Event()
+
+    def poll():
+        w()
+        if kill and not killed.is_set() and w.checkpoints():
+            ck = [p.name for p in w.checkpoints()]
+            if kill == "node":
+                nodes = [n for n in c.nodes() if not n["is_head"]]
+                n = c.kill_node(nodes[-1]["node_id"])
+                events.append({"t": round(time.time() - t0, 1), "killed": "node", "node": nodes[-1]["node_id"],
+                               "processes": n, "checkpoints_then": ck})  # fmt: skip
+            else:
+                drivers = [p for p in c.processes() if "ray_jobs.pretrain_bank" in " ".join(p.cmdline())]
+                for p in drivers:
+                    p.kill()
+                events.append({"t": round(time.time() - t0, 1), "killed": "driver", "processes": len(drivers),
+                               "checkpoints_then": ck})  # fmt: skip
+            killed.set()
+
+    status = c.wait_job(job, timeout_s, poll)
+    logs = c.logs(job)
+    jobs = [{"job": job, "status": status.get("status")}]
+    if kill == "driver":  # the user resubmits the same command
+        job2 = c.submit(bank_job(out), RUNTIME_ENV)
+        status = c.wait_job(job2, timeout_s, w)
+        logs += c.logs(job2)
+        jobs.append({"job": job2, "status": status.get("status")})
+    (out / "job_logs.txt").write_text(logs)
+    summary = json.loads((out / "job" / "summary.json").read_text()) if (out / "job" / "summary.json").exists() else {}
+    per = (summary.get("bank") or {}).get("per_anchor") or []
+    first_worker = next((e["t"] for e in w.timeline if e["workers"] > 0), None)
+    return {
+        "kill": kill,
+        "jobs": jobs,
+        "wall_s": round(time.time() - t0, 1),
+        "scale_up_s": first_worker,
+        "max_worker_nodes": max((e["workers"] for e in w.timeline), default=0),
+        "placement": {a["anchor"]: a.get("node_id") for a in per},
+        "events": events,
+        "trainer_starts": re.findall(r"\[bank\] trainer \d+ started[^\n]*", logs),
+        "restores": sorted(set(re.findall(r"\[bank\] resuming: [^\n]*", logs))),
+        "redone_steps": redone(events, logs),
+        "peak_rss_mb": round(w.peak_rss_mb),
+        "timeline": w.timeline,
+    }
+
+
+def redone(events: list[dict], logs: str) -> dict:
+    """Per anchor whose trainer started again after the failure (two start lines for its shard):
+    the newest step checkpointed on disk when the failure came, the step it resumed from (0 = from
+    scratch) and so the checkpointed steps trained twice (steps after the last checkpoint, fewer
+    than `checkpoint_every`, are redone on top and not counted)."""
+    if not events:
+        return {}
+    starts: dict[str, int] = {}
+    shard_anchors: dict[str, list[str]] = {}
+    for shard, anchors in re.findall(r"\[bank\] trainer (\d+) started on node \S+: anchors (\[[^\]]*\])", logs):
+        starts[shard] = starts.get(shard, 0) + 1
+        shard_anchors.setdefault(shard, re.findall(r"'([^']+)'", anchors))
+    restarted = {a for sh, n in starts.items() if n > 1 for a in shard_anchors[sh]}
+    on_disk: dict[str, int] = {}
+    done = set()
+    for name in events[0]["checkpoints_then"]:
+        if m := re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}-step(\d+)$", name):
+            on_disk[m.group(1)] = max(on_disk.get(m.group(1), 0), int(m.group(2)))
+        elif m := re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}$", name):
+            done.add(m.group(1))
+    resumed = {a: int(st) for a, st in re.findall(r"in progress: (\S+) at step (\d+)", logs)}
+    return {
+        a: {"checkpointed_step_on_disk": on_disk.get(a, 0), "resumed_from_step": resumed.get(a, 0),
+            "steps_redone": on_disk.get(a, 0) - resumed.get(a, 0)}
+        for a in sorted(restarted - done)
+    }  # fmt: skip
+
+
+def wait_released(c, timeout_s: float) -> float | None:
+    """Seconds until every worker node is released (idle timeout), or None."""
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        if not [n for n in c.nodes() if not n["is_head"]]:
+            return round(time.time() - t0, 1)
+        time.sleep(2)
+    return None
+
+
+def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml", idle_minutes: float = 1.0) -> dict:
+    """Bring the fake cluster up, run the scenarios, bring it down; OUT/cluster_sim.json."""
+    from benchmarks.fake_cluster import FakeCluster
+    from suite.io import atomic_write_json
+    from suite.provenance import provenance, start_stamp
+
+    start_stamp()
+    out.mkdir(parents=True, exist_ok=True)
+    derived = derive(cluster_yaml)
+    res: dict = {"benchmark": "cluster_sim", "derived": derived, "idle_timeout_minutes": idle_minutes, "scenarios": {}}
+    c = FakeCluster(derived, idle_timeout_minutes=idle_minutes, log_dir=out / "logs")
+    try:
+        t = time.time()
+        c.start()
+        res["head_up_s"] = round(time.time() - t, 1)
+        ref = None
+        for name in scenarios:
+            kill = {"autoscale": None, "node_kill": "node", "driver_kill": "driver"}[name]
+            r = run_bank(c, out / name, kill)
+            r["released_after_s"] = wait_released(c, 300)
+            tensors = bank_tensors(out / name / "bank")
+            r["anchors"] = len({k.split("/")[0] for k in tensors})
+            if name == "autoscale":
+                ref = tensors
+            elif ref is not None:
+                r["max_abs_diff_vs_uninterrupted"] = max_diff(ref, tensors)
+            res["scenarios"][name] = r
+            print(name, json.dumps({k: v for k, v in r.items() if k != "timeline"}), flush=True)
+            atomic_write_json(out / "cluster_sim.json", res)
+    finally:
+        res["teardown"] = c.stop()
+        res["provenance"] = provenance(
+            {"scenarios": scenarios, "cluster_yaml": cluster_yaml}, {"cluster_yaml": cluster_yaml}
+        )
+        atomic_write_json(out / "cluster_sim.json", res)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cluster-yaml", default="cluster.yaml")
     ap.add_argument("--print", action="store_true", help="print the derived configuration")
+    ap.add_argument("--run", action="store_true", help="run the scenarios on a fake cluster")
+    ap.add_argument("--out", default="runs/cluster_sim")
+    ap.add_argument("--scenarios", nargs="+", default=["autoscale", "node_kill", "driver_kill"])
     a = ap.parse_args()
+    if a.run:
+        simulate(Path(a.out).resolve(), a.scenarios, a.cluster_yaml)
+        return
     print(json.dumps(derive(a.cluster_yaml), indent=1))
 
 

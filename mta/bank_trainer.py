@@ -171,6 +171,12 @@ def bank_worker_loop(config: dict) -> None:
                 f"at step {(prog.get('train_state') or {}).get('step')}"
             )
 
+    if rank == 0:  # one line per start of this trainer's worker group: a restart after a failure shows as a second
+        print(
+            f"[bank] trainer {config.get('shard', 0)} started on node {ray.get_runtime_context().get_node_id()}: "
+            f"anchors {[a['id'] for a in config['anchors']]}, resuming {resume['current'] if resume else None}"
+        )
+
     # 3. Rank 0 logs loss curves (W&B, offline unless WANDB_API_KEY is set); the other ranks log nothing.
     curves = (
         LossCurves(
@@ -255,6 +261,7 @@ def bank_worker_loop(config: dict) -> None:
             "seconds": time.perf_counter() - t0,
             "n_done": len(done),
             "partial": False,
+            "node_id": ray.get_runtime_context().get_node_id(),  # rank 0's node: the placement a cluster run records
         }
 
         def write_final(d, _sd=sd, _conf=conf, _m=metrics, _state=state):
@@ -315,6 +322,13 @@ def _train_anchor_deepspeed(config, host, codec, a, tcfg, rank, world, done, res
     return sd, conf, state
 
 
+def process_group_backend(cfg: BankTrainConfig, device: str | None) -> str:
+    """NCCL when the workers reserve GPUs and the model goes on them, gloo otherwise: with
+    `model.device=cpu` a worker that reserved a GPU (a fake one in the cluster simulation, or a GPU
+    held only for scheduling) trains on CPU, where NCCL cannot run."""
+    return "nccl" if cfg.gpus_per_worker > 0 and device != "cpu" else "gloo"
+
+
 def trainers_at_once(cfg: BankTrainConfig, n_anchors: int, resources: dict) -> int:
     """How many anchor trainers run concurrently: `parallel`, or (0) as many as `resources` hold."""
     n_par = cfg.parallel
@@ -349,7 +363,7 @@ def placement_plan(cfg: BankTrainConfig, anchors: list[dict], steps: dict[str, i
     return {
         "strategy": cfg.strategy,
         "deepspeed_config": cfg.deepspeed_config if cfg.strategy == "deepspeed" else None,
-        "backend": "nccl" if cfg.gpus_per_worker > 0 else "gloo",
+        "backend": process_group_backend(cfg, None),
         "trainers_at_once": n_par,
         "workers_total": n_par * cfg.num_workers,
         "gpus_needed": n_par * cfg.num_workers * cfg.gpus_per_worker,
@@ -429,7 +443,7 @@ def train_bank(
             },
             # NCCL between GPU workers, gloo on CPU (DeepSpeed initialises its own group the same way)
             torch_config=torch_config(
-                "nccl" if cfg.gpus_per_worker > 0 else "gloo", Path(out_dir).resolve() / ".rendezvous"
+                process_group_backend(cfg, model_cfg.device), Path(out_dir).resolve() / ".rendezvous"
             ),
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers,

@@ -129,6 +129,18 @@ def load_record(path: str | Path) -> UserRecord:
     )
 
 
+def current_hash(users_dir: str | Path, user_id: str) -> str | None:
+    """The content hash the user's pointer names, read from the pointer alone, or None without one.
+    A serving cache compares it with the hash of what it holds and loads (and verifies) the record
+    only when they differ: a hit reads one small file instead of checksumming the stack."""
+    p = _pointer(Path(users_dir), user_id)
+    if not p.is_file():
+        return None
+    ptr = read_json(p)
+    h = ptr.get("content_hash") if isinstance(ptr, dict) and ptr.get("user_id") == user_id else None
+    return h if isinstance(h, str) else None
+
+
 def latest_record(users_dir: str | Path, user_id: str) -> UserRecord | None:
     """The user's current record: the one their pointer names (see the module docstring); for a
     folder written before pointers existed, the newest record by write time; or None."""

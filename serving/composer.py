@@ -30,7 +30,7 @@ from mta.export import combine_exact
 from mta.fusion import fuse, fuse_chosen, retrieve
 from mta.merge import weights as merge_weights
 from mta.recipe import MTAJobConfig, bank_path_for, load_users
-from mta.users import RECORD, latest_record
+from mta.users import RECORD, current_hash, latest_record
 from serving.decode import chat_ids, decode_steps
 from serving.shared_basis import RowAdapter, SharedBasis, row_from_record
 from suite.config import ConfigError, opt
@@ -127,6 +127,12 @@ class Users:
                 ids.add(read_json(p / RECORD).get("user_id"))
         return sorted(i for i in ids if isinstance(i, str))
 
+    def quick(self, user_id: str):
+        """(hash, None, None) from the user's record pointer alone when there is one (enough to
+        recognise a cache hit), else the full `resolve`."""
+        h = current_hash(self.cfg.job.users_dir, user_id)
+        return (h, None, None) if h is not None else self.resolve(user_id)
+
     def resolve(self, user_id: str):
         """(content hash, kind, what to build from): the record if any, else the profile."""
         rec = latest_record(self.cfg.job.users_dir, user_id)
@@ -209,13 +215,15 @@ class Composer(Users):
 
     def adapter_for(self, user_id: str) -> str:
         """The installed adapter's name for this user (composed and installed on a miss)."""
-        h, kind, src = self.resolve(user_id)
+        h, kind, src = self.quick(user_id)
         with self.lock:
             slot = self.lru.get(user_id)
             if slot is not None and slot.content_hash == h:
                 self.lru.move_to_end(user_id)
                 self.stats["hits"] += 1
                 return slot.name
+            if kind is None:  # a miss on the pointer alone: the record itself now
+                h, kind, src = self.resolve(user_id)
             t0 = time.perf_counter()
             sd, rank = self._compose(user_id, kind, src)
             if slot is not None:  # the record changed: its slot is refilled below
@@ -309,7 +317,7 @@ class BasisComposer(Users):
 
     def adapter_for(self, user_id: str) -> RowAdapter:
         """The user's RowAdapter (built on a miss or when their record changed)."""
-        h, kind, src = self.resolve(user_id)
+        h, kind, src = self.quick(user_id)
         with self.lock:
             hit = self.lru.get(user_id)
             if hit is not None and hit[0] == h:
@@ -317,6 +325,8 @@ class BasisComposer(Users):
                 self.stats["hits"] += 1
                 return hit[1]
         t0 = time.perf_counter()
+        if kind is None:  # a miss on the pointer alone: the record itself now
+            h, kind, src = self.resolve(user_id)
         if kind == "record":
             if src.bank_signature != self.bank_id:
                 raise DataError(src.path, user_id, "bank_signature", "the record belongs to another bank")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import subprocess
+import time
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -73,11 +75,18 @@ def checksums(files: dict[str, str | Path | None]) -> dict:
     return {k: {"path": str(p), "sha256": sha256_file(Path(p))} for k, p in files.items() if p and Path(p).is_file()}
 
 
+@functools.cache
+def _started() -> tuple[str, float]:
+    """(UTC ISO time, monotonic seconds) of the first `start_stamp` of this process."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
+
+
 def start_stamp(dirs: tuple[str, ...] = CODE_DIRS) -> dict:
     """Call when a run starts: fixes the commit and the hash of the code in `dirs` (the method's own
-    packages: an MTA run names ("mta", "suite")) that its summary will claim, both read once per
-    process, so that `provenance` can compare them with the code at the end."""
-    return {**git_state(), "code_version": code_version(dirs), "code_dirs": list(dirs)}
+    packages: an MTA run names ("mta", "suite")) that its summary will claim, and the start time,
+    all read once per process, so that `provenance` can compare them with the code at the end and
+    say how long the run took (what docs/reproducing.md quotes as each command's cost)."""
+    return {**git_state(), "code_version": code_version(dirs), "code_dirs": list(dirs), "started_at": _started()[0]}
 
 
 def provenance(
@@ -93,6 +102,8 @@ def provenance(
     end = code_hash_now(dirs)
     out = {
         **start,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - _started()[1], 1),
         "code_version_end": end,
         "code_changed": end != start["code_version"],
         "libraries": library_versions(),

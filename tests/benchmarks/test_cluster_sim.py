@@ -1,5 +1,6 @@
 """The fake cluster's configuration is derived from cluster.yaml (the cheap check of issue #33)."""
 
+import pytest
 import yaml
 
 from benchmarks.cluster_sim import derive
@@ -22,3 +23,61 @@ def test_the_fake_cluster_follows_cluster_yaml(tmp_path):
     p.write_text(yaml.safe_dump(c))
     d2 = derive(p)
     assert d2["worker_node_types"]["worker.gpu.a100"]["max_workers"] == 5 and d2["config"]["idle_timeout_minutes"] == 3
+
+
+def test_the_autoscaler_config_names_the_head_as_the_fake_provider_tags_it():
+    """Mutation caught: a head type of our own name ("head.fake"): the autoscaler, not finding the
+    running head's type, launches a "head" worker whose shutdown deletes the working dir every fake
+    node shares (seen: jobs failing with FileNotFoundError)."""
+    from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_TYPE
+
+    from benchmarks.fake_cluster import PROVIDER, autoscaler_config
+
+    d = derive("cluster.yaml")
+    cfg = autoscaler_config(d, "127.0.0.1:1", idle_timeout_minutes=1.0)
+    assert cfg["head_node_type"] == FAKE_HEAD_NODE_TYPE
+    assert cfg["available_node_types"][FAKE_HEAD_NODE_TYPE]["max_workers"] == 0
+    assert {k: v for k, v in cfg["available_node_types"].items() if k != FAKE_HEAD_NODE_TYPE} == d["worker_node_types"]
+    assert cfg["provider"]["module"] == PROVIDER and cfg["provider"]["gcs_address"] == "127.0.0.1:1"
+    assert cfg["max_workers"] == d["config"]["max_workers"] and cfg["idle_timeout_minutes"] == 1.0
+
+
+def test_work_redone_counts_only_the_trainers_that_started_again():
+    """Mutation caught: counting every unfinished anchor as interrupted (an anchor whose trainer ran
+    on a surviving node would be reported as redone from scratch)."""
+    from benchmarks.cluster_sim import redone
+
+    events = [{"checkpoints_then": ["anchor-0001-a-1234abcd-step00002", "anchor-0001-a-1234abcd-step00004",
+                                    "anchor-0001-b-5678abcd-step00006", "anchor-0001-c-9abcabcd"]}]  # fmt: skip
+    logs = "\n".join(
+        [
+            "[bank] trainer 0 started on node n1: anchors ['a'], resuming None",
+            "[bank] trainer 1 started on node n2: anchors ['b'], resuming None",
+            "[bank] trainer 2 started on node n2: anchors ['c'], resuming None",
+            "[bank] trainer 0 started on node n3: anchors ['a'], resuming a",
+            "[bank] resuming: 0 anchor(s) done, in progress: a at step 2",
+        ]
+    )
+    assert redone(events, logs) == {"a": {"checkpointed_step_on_disk": 4, "resumed_from_step": 2, "steps_redone": 2}}
+
+
+@pytest.mark.cluster
+def test_the_simulated_cluster_autoscales_and_survives_a_node_and_a_driver(tmp_path):
+    """The whole simulation (`make cluster-sim` runs the same): the bank from zero workers on an
+    autoscaled fake GPU cluster, then with a worker node killed, then with its driver killed and the
+    command resubmitted; both banks equal the uninterrupted one and nothing is left running.
+    Mutation caught: Ray Train without `FailureConfig` (the node-kill job fails), or resubmission
+    retraining finished anchors from scratch under another run name (different tensors, or none)."""
+    from benchmarks.cluster_sim import simulate
+
+    res = simulate(tmp_path / "sim", ["autoscale", "node_kill", "driver_kill"])
+    s = res["scenarios"]
+    a = s["autoscale"]
+    assert a["jobs"][0]["status"] == "SUCCEEDED" and a["max_worker_nodes"] >= 2 and a["released_after_s"] is not None
+    assert len(a["placement"]) == 4 and len(set(a["placement"].values())) >= 2  # anchors across nodes
+    n = s["node_kill"]
+    assert n["jobs"][0]["status"] == "SUCCEEDED" and n["events"] and n["events"][0]["killed"] == "node"
+    assert n["max_abs_diff_vs_uninterrupted"] <= 1e-6 and n["anchors"] == 4
+    d = s["driver_kill"]
+    assert d["jobs"][-1]["status"] == "SUCCEEDED" and d["max_abs_diff_vs_uninterrupted"] <= 1e-6
+    assert res["teardown"]["left"] == 0 and not res["teardown"]["temp_left"]

@@ -19,3 +19,15 @@ def test_code_changed_midway_is_recorded(edited_code):
     p = prov.provenance({}, {}, None, ("mta", "suite"))
     assert p["code_changed"] is True and p["code_version"] == start["code_version"] != p["code_version_end"]
     assert "changed while the run ran" in p["code_note"]
+
+
+def test_wall_time_counts_from_the_start_not_from_the_summary(monkeypatch):
+    """Mutation caught: timing from inside `provenance` (or re-reading the start each call): a run
+    that took 100 s would claim about 0 s in docs/reproducing.md's cost column."""
+    prov._started.cache_clear()
+    clock = iter([1000.0, 1100.0])
+    monkeypatch.setattr(prov.time, "monotonic", lambda: next(clock))
+    start = prov.start_stamp(("mta", "suite"))
+    p = prov.provenance({}, {}, None, ("mta", "suite"))
+    assert p["wall_s"] == 100.0 and p["started_at"] == start["started_at"] <= p["finished_at"]
+    prov._started.cache_clear()
