@@ -18,7 +18,7 @@ that runs them; every scenario's result is compared with the uninterrupted run o
     python benchmarks/cluster_sim.py --run --out runs/cluster_sim     # bank: autoscale, node kill, driver kill
 
 - `autoscale`: `pretrain_bank` with the tiny model, 4 anchors, 2 workers per anchor and 1 fake GPU
-  per worker, submitted with `ray job submit` (token auth, the README's runtime_env) to a cluster
+  per worker, submitted with `ray job submit` (token auth; the working dir in place, see RUNTIME_ENV) to a cluster
   with zero workers: the autoscaler adds the nodes, the anchors train in parallel across them, and
   the nodes are released when idle (idle timeout shortened for the simulation). The placement
   (anchor -> node) comes from the bank's own per-anchor record.
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import threading
 import time
@@ -102,7 +103,13 @@ def derive(cluster_yaml: str | Path = "cluster.yaml", cpus_per_worker: int = 1) 
 
 # the job runs in Ray's copy of the working dir, so data beside the project is named by absolute path
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lamp_like"
-RUNTIME_ENV = {"working_dir": ".", "excludes": [".venv", "runs", "wandb", ".git", "**/__pycache__"]}  # the README's
+# The README's runtime_env uploads the working dir and every node unpacks it into its own temp folder.
+# Fake nodes share one temp folder, and a node joining later unpacks with overwrite (Ray's working_dir
+# plugin: rmtree, then unzip), deleting the folder the running driver and controllers have as their cwd
+# (seen: node_kill and driver_kill jobs failing with FileNotFoundError). So the simulation names the
+# project in place (`local://`, present on every fake node), which every node uses without unpacking.
+# The upload path itself is tested on one node by tests/ray_jobs/test_job_submit.py.
+RUNTIME_ENV = {"working_dir": "local://" + str(Path(__file__).resolve().parents[1])}
 BANK_OVERRIDES = [  # tiny model, 4 anchors, 2 workers per anchor, 1 fake GPU each, models on CPU
     "anchors.n_clusters=4", "anchor_train.max_samples=24", "model.device=cpu", "tracking.enabled=false",
     "bank.backend=ray", "bank.num_workers=2", "bank.gpus_per_worker=1", "bank.cpus_per_worker=0.25",
@@ -208,7 +215,7 @@ def run_bank(c, out: Path, kill: str | None, timeout_s: float = 900) -> dict:
         "max_worker_nodes": max((e["workers"] for e in w.timeline), default=0),
         "placement": {a["anchor"]: a.get("node_id") for a in per},
         "events": events,
-        "trainer_starts": re.findall(r"\[bank\] trainer \d+ started[^\n]*", logs),
+        "trainer_starts": sorted(set(re.findall(r"pid=\d+\S*\s+\[bank\] trainer \d+ started[^\n]*", logs))),
         "restores": sorted(set(re.findall(r"\[bank\] resuming: [^\n]*", logs))),
         "redone_steps": redone(events, logs),
         "peak_rss_mb": round(w.peak_rss_mb),
@@ -223,12 +230,13 @@ def redone(events: list[dict], logs: str) -> dict:
     than `checkpoint_every`, are redone on top and not counted)."""
     if not events:
         return {}
-    starts: dict[str, int] = {}
+    starts: dict[str, set] = {}  # shard -> worker pids that started it (a line may reach the log several times)
     shard_anchors: dict[str, list[str]] = {}
-    for shard, anchors in re.findall(r"\[bank\] trainer (\d+) started on node \S+: anchors (\[[^\]]*\])", logs):
-        starts[shard] = starts.get(shard, 0) + 1
+    pat = r"pid=(\d+)\S*\s+\[bank\] trainer (\d+) started on node \S+: anchors (\[[^\]]*\])"
+    for pid, shard, anchors in re.findall(pat, logs):
+        starts.setdefault(shard, set()).add(pid)
         shard_anchors.setdefault(shard, re.findall(r"'([^']+)'", anchors))
-    restarted = {a for sh, n in starts.items() if n > 1 for a in shard_anchors[sh]}
+    restarted = {a for sh, pids in starts.items() if len(pids) > 1 for a in shard_anchors[sh]}
     on_disk: dict[str, int] = {}
     done = set()
     for name in events[0]["checkpoints_then"]:
@@ -254,6 +262,28 @@ def wait_released(c, timeout_s: float) -> float | None:
     return None
 
 
+def rescore(out: Path) -> dict:
+    """Recompute the fields read from the job logs (`trainer_starts`, `restores`, `redone_steps`)
+    from each scenario's saved `job_logs.txt`, with this code (the runs themselves are not redone)."""
+    from suite.io import atomic_write_json, read_json
+
+    res = read_json(out / "cluster_sim.json")
+    for name, r in res["scenarios"].items():
+        logs = (out / name / "job_logs.txt").read_text()
+        r["trainer_starts"] = sorted(set(re.findall(r"pid=\d+\S*\s+\[bank\] trainer \d+ started[^\n]*", logs)))
+        r["restores"] = sorted(set(re.findall(r"\[bank\] resuming: [^\n]*", logs)))
+        r["redone_steps"] = redone(r.get("events") or [], logs)
+    res["rescored_with"] = start_stamp_now()
+    atomic_write_json(out / "cluster_sim.json", res)
+    return res
+
+
+def start_stamp_now() -> dict:
+    from suite.provenance import code_hash_now, git_state
+
+    return {**git_state(), "code_version": code_hash_now()}
+
+
 def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml", idle_minutes: float = 1.0) -> dict:
     """Bring the fake cluster up, run the scenarios, bring it down; OUT/cluster_sim.json."""
     from benchmarks.fake_cluster import FakeCluster
@@ -265,6 +295,7 @@ def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml"
     derived = derive(cluster_yaml)
     res: dict = {"benchmark": "cluster_sim", "derived": derived, "idle_timeout_minutes": idle_minutes, "scenarios": {}}
     c = FakeCluster(derived, idle_timeout_minutes=idle_minutes, log_dir=out / "logs")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `finally` below stops the cluster on SIGTERM too
     try:
         t = time.time()
         c.start()
@@ -297,9 +328,13 @@ def main() -> None:
     ap.add_argument("--cluster-yaml", default="cluster.yaml")
     ap.add_argument("--print", action="store_true", help="print the derived configuration")
     ap.add_argument("--run", action="store_true", help="run the scenarios on a fake cluster")
+    ap.add_argument("--rescore", action="store_true", help="recompute OUT's log-derived fields from its saved logs")
     ap.add_argument("--out", default="runs/cluster_sim")
     ap.add_argument("--scenarios", nargs="+", default=["autoscale", "node_kill", "driver_kill"])
     a = ap.parse_args()
+    if a.rescore:
+        rescore(Path(a.out))
+        return
     if a.run:
         simulate(Path(a.out).resolve(), a.scenarios, a.cluster_yaml)
         return

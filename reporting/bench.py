@@ -272,3 +272,49 @@ def render_store_delete(name: str, r: dict) -> list[str]:
     met = "not run" if r["met"] is None else ("met" if r["met"] else "missed")
     lines += ["", f"Target: {r['target']}: {met}. Each delete includes its commit and the purging checkpoint."]
     return lines + _provenance(r)
+
+
+def render_cluster_sim(name: str, r: dict) -> list[str]:
+    """`benchmarks/cluster_sim.py`: the bank on a fake autoscaling cluster, with failures."""
+    rows = []
+    for sc, x in r["scenarios"].items():
+        ev = (x.get("events") or [{}])[0]
+        redone = x.get("redone_steps") or {}
+        redo = "; ".join(
+            f"{a}: step {v['resumed_from_step']} of {v['checkpointed_step_on_disk']}" for a, v in redone.items()
+        )
+        diff = x.get("max_abs_diff_vs_uninterrupted")
+        rows.append(
+            [
+                sc,
+                " → ".join(j["status"] for j in x["jobs"]),
+                f"{x['wall_s']:.0f}",
+                _f(x.get("scale_up_s"), 1),
+                str(x["max_worker_nodes"]),
+                f"{ev['killed']} at {ev['t']:.0f} s" if ev else "—",
+                redo or "—",
+                "reference" if diff is None else f"{diff:.1e}",
+                _f(x.get("released_after_s"), 0),
+                f"{x['peak_rss_mb']:,}",
+            ]
+        )
+    lines = [
+        "The bank (tiny model, 4 anchors, 2 workers "
+        f"per anchor, 1 fake GPU per worker) submitted with `ray job submit` to a fake cluster derived from "
+        f"`cluster.yaml`, from zero workers (idle timeout {r['idle_timeout_minutes']} min for the simulation).",
+        "",
+    ]
+    lines += _table(
+        ["scenario", "job", "wall s", "first worker s", "worker nodes", "failure",
+         "resumed (anchor: step of newest on disk)", "max abs diff vs uninterrupted", "released after s",
+         "peak RSS MB"],
+        rows,
+    )  # fmt: skip
+    place = (r["scenarios"].get("autoscale") or {}).get("placement") or {}
+    if place:
+        nodes = sorted(set(place.values()))
+        lines += ["", "Placement (autoscale): " + ", ".join(
+            f"anchor {a} on worker {nodes.index(n) + 1}" for a, n in sorted(place.items()))]  # fmt: skip
+    td = r.get("teardown") or {}
+    lines += ["", f"Teardown: {td.get('left', '?')} process(es) left, temp folder left: {td.get('temp_left', '?')}."]
+    return lines + _provenance(r)

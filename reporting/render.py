@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from reporting.bench import (
+    render_cluster_sim,
     render_recall,
     render_scaling,
     render_serve_load,
@@ -68,6 +69,8 @@ def render_run(run: Path, out: Path) -> str:
         lines += render_store_tenants(name, read_json(run / "store_tenants.json")) + [""]
     if (run / "store_delete.json").exists():
         lines += render_store_delete(name, read_json(run / "store_delete.json")) + [""]
+    if (run / "cluster_sim.json").exists():
+        lines += render_cluster_sim(name, read_json(run / "cluster_sim.json")) + [""]
     if (run / "bank_throughput.json").exists():
         lines += render_throughput(name, read_json(run / "bank_throughput.json")) + [""]
     if not lines:

@@ -44,17 +44,20 @@ def test_the_autoscaler_config_names_the_head_as_the_fake_provider_tags_it():
 
 def test_work_redone_counts_only_the_trainers_that_started_again():
     """Mutation caught: counting every unfinished anchor as interrupted (an anchor whose trainer ran
-    on a surviving node would be reported as redone from scratch)."""
+    on a surviving node would be reported as redone from scratch), or counting start lines rather
+    than the worker processes that printed them (Ray echoes a worker's line several times)."""
     from benchmarks.cluster_sim import redone
 
     events = [{"checkpoints_then": ["anchor-0001-a-1234abcd-step00002", "anchor-0001-a-1234abcd-step00004",
                                     "anchor-0001-b-5678abcd-step00006", "anchor-0001-c-9abcabcd"]}]  # fmt: skip
     logs = "\n".join(
         [
-            "[bank] trainer 0 started on node n1: anchors ['a'], resuming None",
-            "[bank] trainer 1 started on node n2: anchors ['b'], resuming None",
-            "[bank] trainer 2 started on node n2: anchors ['c'], resuming None",
-            "[bank] trainer 0 started on node n3: anchors ['a'], resuming a",
+            "(RayTrainWorker pid=11) [bank] trainer 0 started on node n1: anchors ['a'], resuming None",
+            "(RayTrainWorker pid=11) [bank] trainer 0 started on node n1: anchors ['a'], resuming None",  # echoed
+            "(RayTrainWorker pid=12) [bank] trainer 1 started on node n2: anchors ['b'], resuming None",
+            "(RayTrainWorker pid=12) [bank] trainer 1 started on node n2: anchors ['b'], resuming None",
+            "(RayTrainWorker pid=13) [bank] trainer 2 started on node n2: anchors ['c'], resuming None",
+            "(RayTrainWorker pid=14) [bank] trainer 0 started on node n3: anchors ['a'], resuming a",
             "[bank] resuming: 0 anchor(s) done, in progress: a at step 2",
         ]
     )
