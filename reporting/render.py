@@ -37,6 +37,7 @@ RESULT_FILES = (
     "serve_load.json",
     "store_tenants.json",
     "store_delete.json",
+    "cluster_sim.json",
 )
 
 
