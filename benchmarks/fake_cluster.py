@@ -53,6 +53,17 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def kill_all(procs: list[psutil.Process], timeout_s: float = 15) -> int:
+    """SIGKILL every process (those already gone are skipped), wait for them; how many there were."""
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=timeout_s)
+    return len(procs)
+
+
 def autoscaler_config(derived: dict, gcs_address: str, idle_timeout_minutes: float | None = None) -> dict:
     """The autoscaler's cluster config for the fake provider: `derived`'s node types and scaling
     settings (`idle_timeout_minutes` may be shortened so that a simulation sees nodes released)."""
@@ -191,13 +202,7 @@ class FakeCluster:
         procs = self.processes(node_id)
         if not procs:
             raise LookupError(f"no process of node {node_id} found")
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=10)
-        return len(procs)
+        return kill_all(procs)
 
     def submit(self, entrypoint: list[str], runtime_env: dict, cwd: str | Path = ".") -> str:
         """`ray job submit --no-wait` to the dashboard, as a user would; returns the job id."""
@@ -244,15 +249,9 @@ class FakeCluster:
                 self.proc.wait(30)
             except (subprocess.TimeoutExpired, ProcessLookupError):
                 pass
-        rest = self.processes()
-        for p in rest:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
-        psutil.wait_procs(rest, timeout=15)
+        rest = kill_all(self.processes())
         left = self.processes()
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
-        return {"killed_after_head": len(rest), "left": len(left), "temp_left": self.tmp.exists()}
+        return {"killed_after_head": rest, "left": len(left), "temp_left": self.tmp.exists()}

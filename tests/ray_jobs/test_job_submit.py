@@ -8,7 +8,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,22 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.fake_cluster import free_ports
+
 BIN = Path(sys.executable).parent
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture
 def head(tmp_path):
-    gcs, dash, agent, agent_grpc, rt_env, metrics = _free_ports(6)
+    gcs, dash, agent, agent_grpc, rt_env, metrics = free_ports(6)
     # the cluster token is a secret: it lives in the environment only (RAY_AUTH_TOKEN), never in a file we write
     env = {
         **os.environ,
