@@ -109,6 +109,11 @@ DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lamp_like
 # (seen: node_kill and driver_kill jobs failing with FileNotFoundError). So the simulation names the
 # project in place (`local://`, present on every fake node), which every node uses without unpacking.
 # The upload path itself is tested on one node by tests/ray_jobs/test_job_submit.py.
+SCENARIOS = {  # name -> (job, failure)
+    "autoscale": ("bank", None), "node_kill": ("bank", "node"), "driver_kill": ("bank", "driver"),
+    "sweep": ("sweep", None), "sweep_node_kill": ("sweep", "node"),
+    "eval": ("eval", None), "eval_node_kill": ("eval", "node"),
+}  # fmt: skip
 RUNTIME_ENV = {"working_dir": "local://" + str(Path(__file__).resolve().parents[1])}
 BANK_OVERRIDES = [  # tiny model, 4 anchors, 2 workers per anchor, 1 fake GPU each, models on CPU
     "anchors.n_clusters=4", "anchor_train.max_samples=24", "model.device=cpu", "tracking.enabled=false",
@@ -123,6 +128,24 @@ def bank_job(out: Path) -> list[str]:
         str(out / "job"), f"data.root={DATA_ROOT}", f"bank_path={out / 'bank'}",
         f"bank.storage_path={out / 'storage'}", "bank.name=simbank",
         *BANK_OVERRIDES,
+    ]  # fmt: skip
+
+
+def sweep_job(out: Path) -> list[str]:
+    """`sweep_memgas` on the LoCoMo dev conversations, 4 seeded trials at once (hashing encoder: minutes)."""
+    return [
+        "python", "-m", "ray_jobs.sweep_memgas", "--config", "ray_jobs/configs/sweep_memgas_locomo_cpu.yaml",
+        "--out", str(out / "job"), "job.memgas.encoder=hashing", "job.tracking.enabled=false",
+        "sweep.num_samples=4", "sweep.max_concurrent=4", "sweep.max_failures=2",
+    ]  # fmt: skip
+
+
+def eval_job(out: Path) -> list[str]:
+    """`mta_pipeline` (tiny model) with its per-user evaluation as Ray tasks on the workers."""
+    return [
+        "python", "-m", "ray_jobs.mta_pipeline", "--config", "ray_jobs/configs/mta_tiny.yaml", "--out",
+        str(out / "job"), f"data.root={DATA_ROOT}", f"bank_cache={out / 'banks'}", "eval.backend=ray",
+        "data.max_eval_users=16", "model.device=cpu",
     ]  # fmt: skip
 
 
@@ -252,6 +275,61 @@ def redone(events: list[dict], logs: str) -> dict:
     }  # fmt: skip
 
 
+def run_other(c, out: Path, kind: str, kill: str | None, kill_after_s: float = 20, timeout_s: float = 900) -> dict:
+    """A sweep or an evaluation on the fake cluster; with `kill="node"`, a worker node is killed
+    `kill_after_s` seconds after the first worker node is up (trials or tasks are then running)."""
+    entry = {"sweep": sweep_job, "eval": eval_job}[kind](out)
+    w = Watch(c, out / "none")
+    events: list[dict] = []
+    t0 = time.time()
+    job = c.submit(entry, RUNTIME_ENV)
+
+    def poll():
+        w()
+        first = next((e["t"] for e in w.timeline if e["workers"] > 0), None)
+        if kill and not events and first is not None and time.time() - t0 > first + kill_after_s:
+            nodes = [n for n in c.nodes() if not n["is_head"]]
+            if nodes:
+                n = c.kill_node(nodes[-1]["node_id"])
+                events.append({"t": round(time.time() - t0, 1), "killed": "node", "node": nodes[-1]["node_id"],
+                               "processes": n, "checkpoints_then": []})  # fmt: skip
+
+    status = c.wait_job(job, timeout_s, poll)
+    logs = c.logs(job)
+    (out / "job_logs.txt").write_text(logs)
+    return {
+        "kill": kill,
+        "jobs": [{"job": job, "status": status.get("status")}],
+        "wall_s": round(time.time() - t0, 1),
+        "scale_up_s": next((e["t"] for e in w.timeline if e["workers"] > 0), None),
+        "max_worker_nodes": max((e["workers"] for e in w.timeline), default=0),
+        "events": events,
+        "peak_rss_mb": round(w.peak_rss_mb),
+        "outcome": outcome(kind, out / "job"),
+        "timeline": w.timeline,
+    }
+
+
+def outcome(kind: str, job_out: Path) -> dict:
+    """What must equal the uninterrupted run's: the sweep's best configuration and every trial's
+    metric by configuration; the evaluation's scores, and its records (none duplicated or lost)."""
+    p = job_out / "summary.json"
+    if not p.exists():
+        return {}
+    s = json.loads(p.read_text())
+    if kind == "sweep":
+        trials = sorted((json.dumps(t["params"], sort_keys=True), t.get("value")) for t in s.get("all_trials", []))
+        best = s.get("best") or {}
+        return {"best": best.get("config"), "trials": trials, "errors": s.get("errors")}
+    ((task, r),) = s["mta"].items()
+    keys = [json.loads(line)["key"] for line in (job_out / "per_user.jsonl").read_text().splitlines() if line.strip()]
+    return {
+        "scores": {m: v for m, v in sorted(r["methods"].items())},
+        "records": len(keys),
+        "duplicate_records": len(keys) - len(set(keys)),
+    }
+
+
 def wait_released(c, timeout_s: float) -> float | None:
     """Seconds until every worker node is released (idle timeout), or None."""
     t0 = time.time()
@@ -300,17 +378,24 @@ def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml"
         t = time.time()
         c.start()
         res["head_up_s"] = round(time.time() - t, 1)
-        ref = None
+        ref, refs = None, {}
         for name in scenarios:
-            kill = {"autoscale": None, "node_kill": "node", "driver_kill": "driver"}[name]
-            r = run_bank(c, out / name, kill)
+            kind, kill = SCENARIOS[name]
+            if kind == "bank":
+                r = run_bank(c, out / name, kill)
+                tensors = bank_tensors(out / name / "bank")
+                r["anchors"] = len({k.split("/")[0] for k in tensors})
+                if kill is None:
+                    ref = tensors
+                elif ref is not None:
+                    r["max_abs_diff_vs_uninterrupted"] = max_diff(ref, tensors)
+            else:
+                r = run_other(c, out / name, kind, kill)
+                if kill is None:
+                    refs[kind] = r["outcome"]
+                elif kind in refs:
+                    r["equal_to_uninterrupted"] = r["outcome"] == refs[kind] and bool(r["outcome"])
             r["released_after_s"] = wait_released(c, 300)
-            tensors = bank_tensors(out / name / "bank")
-            r["anchors"] = len({k.split("/")[0] for k in tensors})
-            if name == "autoscale":
-                ref = tensors
-            elif ref is not None:
-                r["max_abs_diff_vs_uninterrupted"] = max_diff(ref, tensors)
             res["scenarios"][name] = r
             print(name, json.dumps({k: v for k, v in r.items() if k != "timeline"}), flush=True)
             atomic_write_json(out / "cluster_sim.json", res)
@@ -330,7 +415,7 @@ def main() -> None:
     ap.add_argument("--run", action="store_true", help="run the scenarios on a fake cluster")
     ap.add_argument("--rescore", action="store_true", help="recompute OUT's log-derived fields from its saved logs")
     ap.add_argument("--out", default="runs/cluster_sim")
-    ap.add_argument("--scenarios", nargs="+", default=["autoscale", "node_kill", "driver_kill"])
+    ap.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     a = ap.parse_args()
     if a.rescore:
         rescore(Path(a.out))

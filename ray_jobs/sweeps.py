@@ -49,6 +49,7 @@ class SweepConfig:
     cpus_per_trial: float = opt(1.0, "CPUs reserved per trial", lo=0, lo_open=True)
     gpus_per_trial: float = opt(0.0, "GPUs reserved per trial")
     storage_path: str = opt("", "Tune storage (local, s3://, NFS); empty = OUT/tune")
+    max_failures: int = opt(2, "re-runs of a trial whose worker or node died (same configuration)", lo=0)
     seed: int = opt(0, "search seed")
     space: dict = opt(
         help="dotted key → {values: [...]} | {low, high, log: bool, int: bool}; a list-valued "
@@ -102,7 +103,10 @@ def grid_size(space: dict) -> int:
 
 
 # Settings that change where or how fast trials run, not what they compute.
-_RUNTIME_ONLY = {"sweep": {"max_concurrent", "cpus_per_trial", "gpus_per_trial", "storage_path"}, "base": {"tracking"}}
+_RUNTIME_ONLY = {
+    "sweep": {"max_concurrent", "cpus_per_trial", "gpus_per_trial", "storage_path", "max_failures"},
+    "base": {"tracking"},
+}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -194,7 +198,13 @@ def run_sweep(
                 num_samples=samples,
                 max_concurrent_trials=sweep.max_concurrent,
             ),
-            run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=1),
+            run_config=tune.RunConfig(
+                name=sweep.name,
+                storage_path=storage,
+                verbose=1,
+                # a trial whose node died runs again with its configuration (from its last checkpoint if any)
+                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            ),
         )
     grid = tuner.fit()
     rows = trial_rows(grid, sweep.metric, extras)

@@ -283,7 +283,11 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
         redo = "; ".join(
             f"{a}: step {v['resumed_from_step']} of {v['checkpointed_step_on_disk']}" for a, v in redone.items()
         )
-        diff = x.get("max_abs_diff_vs_uninterrupted")
+        diff, eq = x.get("max_abs_diff_vs_uninterrupted"), x.get("equal_to_uninterrupted")
+        same = "reference" if diff is None and eq is None else (f"{diff:.1e}" if diff is not None else str(eq).lower())
+        rec = x.get("outcome") or {}
+        if "records" in rec:
+            same += f" ({rec['records']} records, {rec['duplicate_records']} duplicated)"
         rows.append(
             [
                 sc,
@@ -293,20 +297,23 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
                 str(x["max_worker_nodes"]),
                 f"{ev['killed']} at {ev['t']:.0f} s" if ev else "—",
                 redo or "—",
-                "reference" if diff is None else f"{diff:.1e}",
+                same,
                 _f(x.get("released_after_s"), 0),
                 f"{x['peak_rss_mb']:,}",
             ]
         )
     lines = [
-        "The bank (tiny model, 4 anchors, 2 workers "
-        f"per anchor, 1 fake GPU per worker) submitted with `ray job submit` to a fake cluster derived from "
-        f"`cluster.yaml`, from zero workers (idle timeout {r['idle_timeout_minutes']} min for the simulation).",
+        "Jobs submitted with `ray job submit` to a fake cluster derived from `cluster.yaml`, from zero workers "
+        f"(idle timeout {r['idle_timeout_minutes']} min for the simulation): the bank (tiny model, 4 anchors, "
+        "2 workers per anchor, 1 fake GPU per worker), `sweep_memgas` (LoCoMo dev, 4 seeded trials at once, "
+        "hashing encoder; equal = same best configuration and every trial's metric) and `mta_pipeline` "
+        "(tiny model, 16 dev users, per-user evaluation as Ray tasks; equal = same scores, no record "
+        "duplicated or lost).",
         "",
     ]
     lines += _table(
         ["scenario", "job", "wall s", "first worker s", "worker nodes", "failure",
-         "resumed (anchor: step of newest on disk)", "max abs diff vs uninterrupted", "released after s",
+         "resumed (anchor: step of newest on disk)", "equal to uninterrupted (bank: max abs diff)", "released after s",
          "peak RSS MB"],
         rows,
     )  # fmt: skip

@@ -68,12 +68,14 @@ def test_work_redone_counts_only_the_trainers_that_started_again():
 def test_the_simulated_cluster_autoscales_and_survives_a_node_and_a_driver(tmp_path):
     """The whole simulation (`make cluster-sim` runs the same): the bank from zero workers on an
     autoscaled fake GPU cluster, then with a worker node killed, then with its driver killed and the
-    command resubmitted; both banks equal the uninterrupted one and nothing is left running.
-    Mutation caught: Ray Train without `FailureConfig` (the node-kill job fails), or resubmission
-    retraining finished anchors from scratch under another run name (different tensors, or none)."""
-    from benchmarks.cluster_sim import simulate
+    command resubmitted; both banks equal the uninterrupted one; a sweep and an evaluation each lose
+    a node and end as their uninterrupted runs; nothing is left running.
+    Mutation caught: Ray Train without `FailureConfig` (the node-kill job fails), resubmission
+    retraining finished anchors from scratch under another run name (different tensors, or none), or
+    Tune without `FailureConfig` (the trial on the dead node errors: another best, or a failed job)."""
+    from benchmarks.cluster_sim import SCENARIOS, simulate
 
-    res = simulate(tmp_path / "sim", ["autoscale", "node_kill", "driver_kill"])
+    res = simulate(tmp_path / "sim", list(SCENARIOS))
     s = res["scenarios"]
     a = s["autoscale"]
     assert a["jobs"][0]["status"] == "SUCCEEDED" and a["max_worker_nodes"] >= 2 and a["released_after_s"] is not None
@@ -83,4 +85,9 @@ def test_the_simulated_cluster_autoscales_and_survives_a_node_and_a_driver(tmp_p
     assert n["max_abs_diff_vs_uninterrupted"] <= 1e-6 and n["anchors"] == 4
     d = s["driver_kill"]
     assert d["jobs"][-1]["status"] == "SUCCEEDED" and d["max_abs_diff_vs_uninterrupted"] <= 1e-6
+    for kind in ("sweep", "eval"):  # a node dies while trials / evaluation tasks run: retried, same outcome
+        k = s[f"{kind}_node_kill"]
+        assert s[kind]["jobs"][0]["status"] == k["jobs"][0]["status"] == "SUCCEEDED" and k["events"]
+        assert k["equal_to_uninterrupted"] is True
+    assert s["eval_node_kill"]["outcome"]["duplicate_records"] == 0
     assert res["teardown"]["left"] == 0 and not res["teardown"]["temp_left"]
