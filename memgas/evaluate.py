@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from memgas.attribution import alone_rankings, decided, entropy_ratio, summarize_attribution
 from memgas.data import Conversation
 from memgas.filter import filter_and_answer
+from memgas.memory import StoreError
 from memgas.retrieval import RetrievalConfig, rank_sessions
 from memgas.store import MemoryStore
 from suite.config import ConfigError, opt
@@ -296,7 +297,13 @@ def evaluate(
                 for s in conv.sessions:
                     store.add(s, conv.conv_id, s.session_id, s.date)
                 if cached is not None:
-                    store.save(cached)
+                    try:
+                        store.save(cached)
+                    except StoreError:
+                        # another trial of the sweep saved this memory first (same config digest, same
+                        # sessions, deterministic ingestion): theirs stays, ours is the same memory
+                        if not (cached / "manifest.json").exists():
+                            raise
             stores[d] = store
             if ingest is None:  # the primary memory's ingestion, on every record (resumed runs report it)
                 ingest = {

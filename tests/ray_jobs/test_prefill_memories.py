@@ -2,6 +2,7 @@
 nothing and ranks exactly as if it had ingested itself, and a second pass stops where memories exist."""
 
 import json
+from pathlib import Path
 
 from memgas.data import load_benchmark
 from memgas.encoders import CachedEncoder
@@ -85,3 +86,30 @@ def test_sweep_trials_load_the_prefilled_memories(ray_local, tmp_path, monkeypat
     recs = [json.loads(line) for f in logs for line in f.read_text().splitlines()]
     assert len(logs) == 2 and {r["conv"] for r in recs} == {"conv-0", "conv-2"}
     assert all(r["ingest"]["from_cache"] for r in recs)
+
+
+def test_two_trials_saving_one_memory_at_once_both_go_on(tmp_path, monkeypatch):
+    """Concurrent trials of a sweep ingest the same conversation with the same memory config; the
+    second save meets the first's folder (seen in the cluster simulation: a trial errored and was
+    retried). Mutation caught: letting the folder's refusal (StoreError) end the trial."""
+    import shutil
+
+    data = _data(tmp_path)
+    ov = [f"job.data={data}", "job.memgas.encoder=hashing", "job.split.dev_every=2", "sweep.name=t_race"]
+    prefill(load_config(SweepMemGASConfig, None, ov), tmp_path / "sw")
+    job = load_config(SweepMemGASConfig, None, ov).job
+    job.split.name = "dev"
+    theirs = memory_cache_dir(tmp_path / "sw" / "tune" / "t_race", job)
+    ours = tmp_path / "race"
+    real = MemoryStore.save
+
+    def racing(self, path, overwrite=False):
+        shutil.copytree(theirs / Path(path).relative_to(ours), path)  # the other trial's save lands first
+        return real(self, path, overwrite)
+
+    monkeypatch.setattr(MemoryStore, "save", racing)
+    raced = _trial_records(job, ours, tmp_path / "raced.jsonl")
+    monkeypatch.undo()
+    alone = _trial_records(job, tmp_path / "alone", tmp_path / "alone.jsonl")
+    assert raced and not any(r["ingest"]["from_cache"] for r in raced)
+    assert [(r["qid"], r["top"], r["metrics"]) for r in raced] == [(r["qid"], r["top"], r["metrics"]) for r in alone]
