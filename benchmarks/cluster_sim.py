@@ -145,7 +145,7 @@ def eval_job(out: Path) -> list[str]:
     return [
         "python", "-m", "ray_jobs.mta_pipeline", "--config", "ray_jobs/configs/mta_tiny.yaml", "--out",
         str(out / "job"), f"data.root={DATA_ROOT}", f"bank_cache={out / 'banks'}", "eval.backend=ray",
-        "data.max_eval_users=16", "model.device=cpu",
+        "data.max_eval_users=16", "model.device=cpu", "eval.cpus=1",  # a task fits a fake node (1 CPU)
     ]  # fmt: skip
 
 
@@ -275,7 +275,7 @@ def redone(events: list[dict], logs: str) -> dict:
     }  # fmt: skip
 
 
-def run_other(c, out: Path, kind: str, kill: str | None, kill_after_s: float = 20, timeout_s: float = 900) -> dict:
+def run_other(c, out: Path, kind: str, kill: str | None, kill_after_s: float = 3, timeout_s: float = 900) -> dict:
     """A sweep or an evaluation on the fake cluster; with `kill="node"`, a worker node is killed
     `kill_after_s` seconds after the first worker node is up (trials or tasks are then running)."""
     entry = {"sweep": sweep_job, "eval": eval_job}[kind](out)
@@ -288,11 +288,13 @@ def run_other(c, out: Path, kind: str, kill: str | None, kill_after_s: float = 2
         w()
         first = next((e["t"] for e in w.timeline if e["workers"] > 0), None)
         if kill and not events and first is not None and time.time() - t0 > first + kill_after_s:
-            nodes = [n for n in c.nodes() if not n["is_head"]]
-            if nodes:
-                n = c.kill_node(nodes[-1]["node_id"])
-                events.append({"t": round(time.time() - t0, 1), "killed": "node", "node": nodes[-1]["node_id"],
-                               "processes": n, "checkpoints_then": []})  # fmt: skip
+            # the worker node running the most processes: one whose trials or tasks are under way
+            busy = sorted((len(c.processes(n["node_id"])), n["node_id"]) for n in c.nodes() if not n["is_head"])
+            if busy and busy[-1][0] > 1:  # more than its raylet alone
+                node = busy[-1][1]
+                n = c.kill_node(node)
+                events.append({"t": round(time.time() - t0, 1), "killed": "node", "node": node, "processes": n,
+                               "checkpoints_then": []})  # fmt: skip
 
     status = c.wait_job(job, timeout_s, poll)
     logs = c.logs(job)
