@@ -423,8 +423,8 @@ def train_bank(
         ds_path = str(project_root() / ds_path)
     shards = [anchors[i::n_par] for i in range(n_par)]
 
-    def fit(i: int):
-        trainer = TorchTrainer(
+    def make_trainer(i: int):
+        return TorchTrainer(
             bank_worker_loop,
             train_loop_config={
                 "anchors": shards[i],
@@ -467,7 +467,22 @@ def train_bank(
                 },
             ),
         )
-        return [c for c, _ in trainer.fit().best_checkpoints]
+
+    def fit(i: int):
+        # Ray Train V2 retries worker-group failures (FailureConfig), but a node that dies while the
+        # controller polls it can surface as a controller error (ActorUnavailableError), which its
+        # policy never retries (seen in the cluster simulation). A new trainer under the same run name
+        # and storage restores the run's last checkpoint, so that case is retried here, within the
+        # same `max_failures` budget.
+        from ray.train import ControllerError
+
+        for attempt in range(cfg.max_failures + 1):
+            try:
+                return [c for c, _ in make_trainer(i).fit().best_checkpoints]
+            except ControllerError as e:
+                if attempt == cfg.max_failures:
+                    raise
+                print(f"[bank] trainer {i}: run failed ({e.__class__.__name__}); restoring from its last checkpoint")
 
     if n_par == 1:
         return install_checkpoints(bank, fit(0))
