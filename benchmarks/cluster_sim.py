@@ -324,7 +324,8 @@ def outcome(kind: str, job_out: Path) -> dict:
         best = s.get("best") or {}
         return {"best": best.get("config"), "trials": trials, "errors": s.get("errors")}
     ((task, r),) = s["mta"].items()
-    keys = [json.loads(line)["key"] for line in (job_out / "per_user.jsonl").read_text().splitlines() if line.strip()]
+    recs = [json.loads(line) for line in (job_out / "per_user.jsonl").read_text().splitlines() if line.strip()]
+    keys = [(r["user_id"], r["key"]) for r in recs]  # a record is one user's under one resume key
     return {
         "scores": {m: v for m, v in sorted(r["methods"].items())},
         "records": len(keys),
