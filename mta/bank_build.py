@@ -12,7 +12,8 @@ import torch
 
 from mta.anchors import select_anchors, user_embeddings
 from mta.bank import Bank
-from mta.bank_trainer import placement_plan, train_bank
+from mta.bank_plan import placement_plan
+from mta.bank_trainer import train_bank
 from mta.data import load_task_split
 from mta.diagnostics import mean_relative_update, plain_base_weights
 from mta.job_config import MTAJobConfig
