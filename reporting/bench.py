@@ -145,7 +145,7 @@ def render_store_processes(name: str, r: dict) -> list[str]:
 def render_throughput(name: str, s: dict) -> list[str]:
     """`benchmarks/bank_throughput.py`'s bank_throughput.json: anchors per hour per setup."""
     lines = [f"Model `{s.get('model')}`, {s.get('samples_per_anchor')} leave-one-out samples per anchor.", ""]
-    return lines + _table(
+    lines += _table(
         [
             "backend",
             "workers",
@@ -168,6 +168,7 @@ def render_throughput(name: str, s: dict) -> list[str]:
             for r in s["rows"]
         ],
     )
+    return lines + _provenance(s)
 
 
 def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
