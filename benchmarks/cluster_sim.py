@@ -238,11 +238,19 @@ def run_bank(c, out: Path, kill: str | None, timeout_s: float = 900) -> dict:
         "max_worker_nodes": max((e["workers"] for e in w.timeline), default=0),
         "placement": {a["anchor"]: a.get("node_id") for a in per},
         "events": events,
+        **log_fields(events, logs),
+        "peak_rss_mb": round(w.peak_rss_mb),
+        "timeline": w.timeline,
+    }
+
+
+def log_fields(events: list[dict], logs: str) -> dict:
+    """What a bank job's logs say: each trainer start (one per worker process), each restore, and
+    the work redone after the failure (`redone`)."""
+    return {
         "trainer_starts": sorted(set(re.findall(r"pid=\d+\S*\s+\[bank\] trainer \d+ started[^\n]*", logs))),
         "restores": sorted(set(re.findall(r"\[bank\] resuming: [^\n]*", logs))),
         "redone_steps": redone(events, logs),
-        "peak_rss_mb": round(w.peak_rss_mb),
-        "timeline": w.timeline,
     }
 
 
@@ -351,9 +359,7 @@ def rescore(out: Path) -> dict:
     res = read_json(out / "cluster_sim.json")
     for name, r in res["scenarios"].items():
         logs = (out / name / "job_logs.txt").read_text()
-        r["trainer_starts"] = sorted(set(re.findall(r"pid=\d+\S*\s+\[bank\] trainer \d+ started[^\n]*", logs)))
-        r["restores"] = sorted(set(re.findall(r"\[bank\] resuming: [^\n]*", logs)))
-        r["redone_steps"] = redone(r.get("events") or [], logs)
+        r.update(log_fields(r.get("events") or [], logs))
     res["rescored_with"] = start_stamp_now()
     atomic_write_json(out / "cluster_sim.json", res)
     return res
