@@ -3,8 +3,12 @@ the checks that make a typo or an unequal tuning budget fail before any work."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
+
+import yaml
 
 from mta.anchors import AnchorConfig
 from mta.data import (
@@ -14,13 +18,17 @@ from mta.data import (
 from mta.fusion import FusionConfig
 from mta.stacking import StackConfig
 from mta.training import LoraTrainConfig
-from suite.config import ConfigError, opt
+from suite.config import ConfigError, from_dict, opt
 from suite.models import ModelConfig
 
 MIN_SELECT_USERS = 32  # an experiment's choices rest on at least this many train users ...
 MIN_CANDIDATES = 4  # ... among at least this many candidates per trained method
-ALL_METHODS = ["base", "rag", "prior", "prior_recency", "oppu", "fusion", "mta", "mta_prior", "uniform", "random"]
+DEFAULT_METHODS = ["base", "rag", "prior", "prior_recency", "oppu", "fusion", "mta", "mta_prior", "uniform", "random"]
+# mta_swept: MTA with the fusion and stacking of a sweep's best_config.yaml (eval.swept)
+ALL_METHODS = DEFAULT_METHODS + ["mta_swept"]
 LABEL_ONLY = {"mta_prior"}  # methods that need label scores (classification / rating tasks)
+# what decides the bank a sweep chose on: a swept setting is evaluated only on the same bank
+SWEPT_BANK_KEYS = ("encoder", "anchors", "anchor_train")
 
 
 @dataclass
@@ -48,7 +56,15 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    methods: list[str] = opt(help="methods to run", factory=lambda: list(ALL_METHODS))
+    methods: list[str] = opt(
+        help=f"methods to run, among {ALL_METHODS} (mta_swept is added when eval.swept is set)",
+        factory=lambda: list(DEFAULT_METHODS),
+    )
+    swept: str = opt(
+        "",
+        "a sweep's best_config.yaml (ray_jobs.sweep_mta): its fusion and stacking are evaluated beside "
+        "as method mta_swept, on the same users (chosen by the sweep on train users, never here)",
+    )
     inference: Literal["auto", "label", "generate"] = opt(
         "auto", "auto (label scoring for classification/rating, else greedy) | label | generate"
     )
@@ -113,6 +129,10 @@ class EvalConfig:
         unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"eval.methods: {unknown or 'empty'} not among {ALL_METHODS}")
+        if self.swept and "mta_swept" not in self.methods:
+            self.methods = [*self.methods, "mta_swept"]
+        if "mta_swept" in self.methods and not self.swept:
+            raise ConfigError("eval.methods: mta_swept needs eval.swept (a sweep's best_config.yaml)")
 
     def budgets(self, label_task: bool = True) -> dict[str, int]:
         """Candidates each trained method chooses among on the selection users (fixed = 1);
@@ -141,6 +161,8 @@ class MTAConfig:
 
     def __post_init__(self):  # one tuning budget for every trained method, on train users only
         e = self.eval
+        if e.swept:  # a missing file, a bad setting or another bank fails here, before any work
+            swept_settings(e.swept, self)
         label_task = _uses_labels(self.data.task, e.inference) if self.data.task in TASKS else True
         if e.prior_lambda < 0 and not e.lambda_grid:
             raise ConfigError("eval.prior_lambda < 0 asks for a choice among eval.lambda_grid, which is empty")
@@ -181,3 +203,36 @@ def resolve_calibration(task: str, mode: str) -> str:
     if mode != "auto":
         return mode
     return "none" if task_info(task)["kind"] == "rating" else "base_content_free"
+
+
+def swept_settings(path: str | Path, cfg: MTAConfig | None = None) -> dict:
+    """The fusion and stacking of a sweep's best_config.yaml, for method `mta_swept`:
+    {"fusion": FusionConfig, "stacking": StackConfig, "file", "sha256", "selected_by"}. With `cfg`,
+    the file must describe the same task and bank (SWEPT_BANK_KEYS, model name): a setting chosen
+    on other anchors says nothing about these."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"eval.swept: {p}: cannot read a best_config.yaml ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("fusion", "stacking")):
+        raise ConfigError(f"eval.swept: {p}: no fusion and stacking sections (not a sweep's best_config.yaml)")
+    out = {
+        "fusion": from_dict(FusionConfig, data["fusion"], f"{p}: fusion"),
+        "stacking": from_dict(StackConfig, data["stacking"], f"{p}: stacking"),
+        "file": str(p),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "selected_by": next((ln[2:].strip() for ln in raw.decode().splitlines()[1:2] if ln.startswith("# ")), ""),
+    }
+    if cfg is not None:
+        mine = asdict(cfg)
+        theirs = {**data, "task": (data.get("data") or {}).get("task"), "model": (data.get("model") or {}).get("name")}
+        mine = {**mine, "task": cfg.data.task, "model": cfg.model.name}
+        for k in ("task", "model", *SWEPT_BANK_KEYS):
+            if theirs.get(k) != mine[k]:
+                raise ConfigError(
+                    f"eval.swept: {p}: {k} is {theirs.get(k)!r}, this run's is {mine[k]!r}: the sweep chose "
+                    "on another task or bank"
+                )
+    return out

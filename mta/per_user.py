@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from mta.adapters import AdapterHost
 from mta.anchors import user_embeddings
 from mta.bank import LoadedBank, bank_content_id
-from mta.config import LABEL_ONLY, MTAConfig, _uses_labels
+from mta.config import LABEL_ONLY, MTAConfig, _uses_labels, swept_settings
 from mta.data import (
     User,
     build_prompt,
@@ -66,6 +66,14 @@ def runtime_key(cfg: MTAConfig) -> dict:
     return {"device": dev.type, "dtype": str(dtype_for(dev, cfg.model.dtype)).replace("torch.", "")}
 
 
+def swept_key(cfg: MTAConfig) -> dict | None:
+    """mta_swept's settings as they enter the record key (None without eval.swept)."""
+    if not cfg.eval.swept:
+        return None
+    sw = swept_settings(cfg.eval.swept)
+    return {"fusion": asdict(sw["fusion"]), "stacking": asdict(sw["stacking"])}
+
+
 def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
     """Hash of everything a per-user record depends on: a record is reused on resume only when this
     matches (calibration and mta_prior's lambda are applied at summary time and are not part of it).
@@ -83,6 +91,7 @@ def record_key(cfg: MTAConfig, data_sha: str, bank_sig: str) -> str:
         "fusion": asdict(cfg.fusion),
         "stacking": asdict(cfg.stacking),
         "oppu": asdict(cfg.oppu),
+        "swept": swept_key(cfg),
         "eval": {
             k: getattr(e, k)
             for k in (
@@ -154,6 +163,7 @@ class Evaluator:
         self.key, self.log_name = key, log_name
         self.cf_input = content_free_input(self.task) if self.label_mode else None
         self._base_cf: list[float] | None = None
+        self.swept = swept_settings(cfg.eval.swept) if cfg.eval.swept else None  # mta_swept's fusion, stacking
 
     def base_cf(self) -> list[float]:
         """The primary calibration vector: label scores of the base model (no adapter, no history)
@@ -273,6 +283,23 @@ class Evaluator:
                         fused.anchor_ids, fused.weights, self.host.state_dict("stack"), s_cfg.r, s_cfg.alpha,
                     )  # fmt: skip
                 self.host.remove("stack")
+            self.host.remove("fused")
+        if "mta_swept" in methods:  # the same path as mta under the sweep's fusion and stacking
+            t0 = time.perf_counter()
+            fused = fuse(self.bank, user_emb(), self.swept["fusion"])
+            fuse_s = time.perf_counter() - t0
+            rec["anchors_swept"] = fused.record()
+            s_cfg = for_adapter(self.swept["stacking"], "stack", user.user_id)
+            st = stack_user(self.host, fused, samples, s_cfg, self.codec)
+            moved = peft_relative_update(self.host.model, self.host.state_dict("stack"), s_cfg.alpha / s_cfg.r)
+            rec["cost"]["mta_swept"] = {
+                "seconds": st["seconds"] + fuse_s - fused.seconds,
+                "bytes": st["bytes"],
+                "steps": st["steps"],
+                "rel_update": moved,
+            }
+            run("mta_swept", ["fused", "stack"], adapted, hist)
+            self.host.remove("stack")
             self.host.remove("fused")
         if "uniform" in methods:
             u_cfg = FusionConfig(**{**cfg.fusion.__dict__, "weighting": "uniform"})

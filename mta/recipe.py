@@ -27,7 +27,7 @@ import torch
 from mta.adapt import adapt  # noqa: F401 (re-exported: ray_jobs.adapt, ray_jobs.serve)
 from mta.bank import Bank, LoadedBank, bank_content_id
 from mta.bank_build import anchor_report, bank_path_for, build_bank, dry_run, pretrain  # noqa: F401 (re-exported)
-from mta.config import _uses_labels, resolve_calibration
+from mta.config import _uses_labels, resolve_calibration, swept_settings
 from mta.data import load_task_split, resolve_task_dir
 from mta.job_config import MTAJobConfig
 from mta.per_user import Evaluator, anchor_overlap, check_user_record, golds_file, load_users, record_key, split_digest
@@ -194,6 +194,12 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
     res["selection"] = choices["selection"]  # per trained method: candidates, scores, choice (train users)
     res["tuning_budget"] = choices["budgets"]
     res["purpose"] = e.purpose
+    if e.swept:  # chosen outside this run, by a sweep on train users: its file and choice, not a grid here
+        sw = s.ev.swept if s.ev is not None else swept_settings(e.swept)
+        res["swept"] = {
+            "file": sw["file"], "sha256": sw["sha256"], "selected_by": sw["selected_by"],
+            "fusion": asdict(sw["fusion"]), "stacking": asdict(sw["stacking"]),
+        }  # fmt: skip
     res["stacking"] = asdict(cfg.stacking)
     res["oppu"] = asdict(cfg.oppu)
     res["record_key"] = s.key
@@ -222,6 +228,7 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
             # the split the bank's anchors and the selection users come from
             "train_questions": s.train_file,
             "train_golds": golds_file(s.train_file) if s.train_file else None,
+            "swept_config": e.swept or None,
         },
         res["runtime"]["driver"],
         ("mta", "suite"),

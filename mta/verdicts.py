@@ -22,6 +22,8 @@ from mta.evaluate import (
 )
 from suite.stats import compare, deciding_test, describe
 
+COSTED = ("oppu", "fusion", "mta", "mta_swept")  # the methods that adapt per user, with their costs
+
 
 def require_both_calibrations(primary: dict, uncalibrated: dict) -> None:
     """An order must hold under every calibration shown: where the uncalibrated test's verdict
@@ -94,6 +96,11 @@ def summarize(
                 {m: none_q[m] for m in pr_keys if m in none_q}, "prior_recency"
             )
             require_both_calibrations(res["vs_prior_recency"], res["vs_prior_recency_uncalibrated"])
+    if "mta_swept" in per_q:  # the sweep's choice against every other row (its own Holm family)
+        res["vs_mta_swept"] = table(per_q, "mta_swept")
+        if "vs_mta_uncalibrated" in res:
+            res["vs_mta_swept_uncalibrated"] = table(none_q, "mta_swept")
+            require_both_calibrations(res["vs_mta_swept"], res["vs_mta_swept_uncalibrated"])
     res["vs_mta_note"] = (
         "diff = method - MTA on the per-query "
         + primary_metric(task)[0]
@@ -119,13 +126,11 @@ def summarize(
     if "mta" in preds and "fusion" in preds:  # is stage 3 exercised at all?
         res["mta_differs_from_fusion"] = float(np.mean([a != b for a, b in zip(preds["mta"], preds["fusion"])]))
     cost = lambda key, f: [r["cost"][key][f] for r in records if f in r.get("cost", {}).get(key, {})]  # noqa: E731
-    res["bytes_per_user"] = {k: float(np.mean(cost(k, "bytes"))) for k in ("oppu", "fusion", "mta") if cost(k, "bytes")}
-    res["adapt_s_per_user"] = {
-        k: float(np.mean(cost(k, "seconds"))) for k in ("oppu", "fusion", "mta") if cost(k, "seconds")
-    }
+    res["bytes_per_user"] = {k: float(np.mean(cost(k, "bytes"))) for k in COSTED if cost(k, "bytes")}
+    res["adapt_s_per_user"] = {k: float(np.mean(cost(k, "seconds"))) for k in COSTED if cost(k, "seconds")}
     res["rel_update"] = {
         name: float(np.mean(cost(k, "rel_update")))
-        for k, name in (("oppu", "oppu"), ("mta", "stack"))
+        for k, name in (("oppu", "oppu"), ("mta", "stack"), ("mta_swept", "stack_swept"))
         if cost(k, "rel_update")
     }
     ms = cost("fusion", "merge_ms")

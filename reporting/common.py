@@ -19,6 +19,7 @@ MTA_LABELS = {
     "fusion": "fusion (no stacking)",
     "mta": "**MTA**",
     "mta_prior": "mta_prior",
+    "mta_swept": "MTA (swept)",
     "uniform": "uniform merge of all anchors",
     "random": "random anchors",
 }

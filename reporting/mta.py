@@ -49,6 +49,18 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
                 else ""
             ),
         ]
+    sw, vs_sw = r.get("swept"), r.get("vs_mta_swept")
+    if sw and vs_sw:
+        lines += [
+            "",
+            f"MTA (swept): the fusion and stacking of `{sw['file']}` (sha256 `{sw['sha256'][:12]}`, "
+            f"{sw.get('selected_by') or 'chosen by a sweep'}; not chosen on these users): "
+            f"fusion {_kv(sw['fusion'], ('top_k', 'weighting', 'temperature', 'merge'))}; "
+            f"stacking {_kv(sw['stacking'], ('r', 'max_steps', 'lr'))}. Against every other row "
+            "(row − MTA (swept), paired, users resampled, Holm over this family): "
+            + "; ".join(f"{MTA_LABELS.get(m, m).strip('*')} {_diff(d)}" for m, d in vs_sw.items())
+            + ".",
+        ]
     sel = r.get("selection") or {}
     if sel:
         lines += [
@@ -156,6 +168,10 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
     ax.set_title(f"{task}: {main} vs storage ({r['n_users']} users)")
     png = _save(fig, out / f"{name}_{task}_{main}_vs_bytes.png")
     return lines + _provenance(r) + ["", f"![{task} {main} versus storage]({png.name})"]
+
+
+def _kv(d: dict, keys: tuple) -> str:
+    return ", ".join(f"{k} {d[k]:.3g}" if isinstance(d.get(k), float) else f"{k} {d.get(k)}" for k in keys)
 
 
 def render_mta_overview(tasks: dict[str, dict]) -> list[str]:

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from mta.recipe import MTAJobConfig, run
 from suite.config import load_config
 from suite.io import read_jsonl
@@ -234,3 +236,49 @@ def test_record_key_covers_dtype_code_and_golds(lamp_root, edited_code):
     before = split_digest(q)
     golds.write_text(golds.read_text().replace('"output": "comedy"', '"output": "action"', 1))
     assert split_digest(q) != before
+
+
+def test_mta_swept_is_the_sweeps_choice_evaluated_beside_the_default(lamp_root, tmp_path):
+    """`eval.swept` evaluates a best_config.yaml's fusion and stacking as `mta_swept`: its predictions
+    are those of running that file's settings as `mta`, on the same users, and differ from the
+    default's. Catches: the swept row built with the run's own fusion/stacking (it would equal
+    `mta`), or the file's settings ignored; and a best_config from another bank accepted."""
+    import yaml
+
+    from suite.config import ConfigError
+
+    base = _cfg(lamp_root, **{"eval.methods": "[mta, prior]"})
+    best = yaml.safe_load(yaml.safe_dump(__import__("dataclasses").asdict(base)))
+    best["fusion"].update({"top_k": 1, "merge": "ref_avg", "weighting": "uniform"})
+    best["stacking"].update({"max_steps": 3, "lr": 3.0e-3})
+    f = tmp_path / "best_config.yaml"
+    f.write_text("# python -m ray_jobs.mta_pipeline ...\n# selected by t on the train users\n" + yaml.safe_dump(best))
+    both = run(_cfg(lamp_root, **{"eval.methods": "[mta, prior]", "eval.swept": f}), tmp_path / "both")["mta"]["LaMP_2"]
+    alone = run(
+        _cfg(lamp_root, **{"eval.methods": "[mta, prior]", "fusion.top_k": 1, "fusion.merge": "ref_avg",
+                           "fusion.weighting": "uniform", "stacking.max_steps": 3, "stacking.lr": 3.0e-3}),
+        tmp_path / "alone",
+    )["mta"]["LaMP_2"]  # fmt: skip
+    assert set(both["methods"]) == {"mta", "prior", "mta_swept"}
+    assert both["swept"]["selected_by"] == "selected by t on the train users" and len(both["swept"]["sha256"]) == 64
+    preds = lambda d, m: json.loads((d / "predictions" / "LaMP_2" / f"{m}.json").read_text())  # noqa: E731
+    assert preds(tmp_path / "both", "mta_swept") == preds(tmp_path / "alone", "mta")
+    assert both["methods"]["mta_swept"] == alone["methods"]["mta"]
+    recs = list(read_jsonl(tmp_path / "both" / "per_user.jsonl"))
+    outs = lambda m: [r["out"][m] for r in recs]  # noqa: E731
+    assert outs("mta_swept") != outs("mta")  # the raw label scores differ: another adapter answered
+    assert all(len(r["anchors_swept"]["anchors"]) == 1 for r in recs)
+    # the sweep's choice against every row, its own Holm family; costs beside mta's
+    assert set(both["vs_mta_swept"]) == {"mta", "prior"} and "mta_swept" in both["vs_mta"]
+    assert both["adapt_s_per_user"]["mta_swept"] > 0 and both["provenance"]["files"]["swept_config"]
+    from reporting.mta import render_mta
+
+    md = "\n".join(render_mta("t", "LaMP_2", both, tmp_path))
+    assert "| MTA (swept) |" in md and "MTA (swept): the fusion and stacking of" in md and "top_k 1" in md
+    # a best_config chosen on another bank is refused when the config is read
+    best["anchors"]["n_clusters"] += 1
+    f.write_text(yaml.safe_dump(best))
+    with pytest.raises(ConfigError, match="anchors is .* the sweep chose on another task or bank"):
+        _cfg(lamp_root, **{"eval.swept": f})
+    with pytest.raises(ConfigError, match="mta_swept needs eval.swept"):
+        _cfg(lamp_root, **{"eval.methods": "[mta, mta_swept]"})
