@@ -66,7 +66,13 @@ def one(src: Path, tmp: Path, sid: str, exact: bool) -> dict:
     st.close()
     for p in tmp.glob(f"{copy.name}*"):
         p.unlink()
-    return {"session": sid, "exact": exact, "seconds": dt, "reassociated": h.get("reassociated", 0)}
+    return {
+        "session": sid,
+        "exact": exact,
+        "seconds": dt,
+        "reassociated": h.get("reassociated", 0),
+        "reassociated_nodes": h.get("reassociated_nodes", 0),
+    }
 
 
 def main() -> None:

@@ -268,12 +268,10 @@ class Database:
         return keys
 
     def rewrite_association(self, con, uid: str, redone: list[dict]) -> None:
-        """A re-associated session's edges and floors (memgas.forget), replacing what it had."""
+        """The re-associated nodes' edges and floors (memgas.forget), replacing what they had."""
         for r in redone:
-            if r["keys"]:
-                con.execute(
-                    "DELETE FROM edges WHERE user_id = ? AND a BETWEEN ? AND ?", (uid, min(r["keys"]), max(r["keys"]))
-                )
+            # exactly the redone nodes' edges (memgas.forget redoes nodes, not always whole sessions)
+            con.executemany("DELETE FROM edges WHERE user_id = ? AND a = ?", [(uid, int(k)) for k in r["keys"]])
             con.executemany("INSERT INTO edges VALUES (?, ?, ?)", [(uid, int(a), int(b)) for a, b in r["edges"]])
             con.executemany(
                 "UPDATE nodes SET floor = ? WHERE user_id = ? AND key = ?",

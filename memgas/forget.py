@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import sklearn
 
 from memgas.association import AssociationConfig
 from memgas.memory import Memory
@@ -72,52 +73,66 @@ def delete_session(mem: Memory, session_id: str, cfg: AssociationConfig | None =
 
 
 def _reassociate_after(mem: Memory, idx: int, deleted: np.ndarray, cfg: AssociationConfig) -> list[dict]:
-    """Redo the association of every session from `idx` on (new numbering) that a store without the
-    deleted session would have associated differently; returns what changed, per session."""
+    """Redo the association of every node from session `idx` on (new numbering) that a store without
+    the deleted session would have associated differently; returns what changed, per session.
+
+    Node by node: a later node whose candidates did not include a deleted node keeps its exact
+    candidate list, so its GMM split and edges are already those of a store that never saw the
+    session (the split is deterministic given the list); only the nodes that had one are redone."""
     n = len(mem.sessions)
     if idx >= n:
         return []
     sess = mem.node_sess
     pool = np.isin(np.asarray(mem.node_gran, dtype=object), list(cfg.pool))
     floors = np.asarray(mem.node_floor, dtype=np.float64)
-    redo = set()
+    redo: dict[int, list[int]] = {}  # session -> its nodes to redo
     # a session that moved below `start_session` would never have been associated: its edges go
     for s in range(idx, min(n, cfg.start_session)):
         mine = sess == s
         if np.isfinite(floors[mine]).any() or any(sess[a] == s for a, _ in mem.edges):
-            redo.add(s)
+            redo[s] = [int(p) for p in np.flatnonzero(mine)]
     later = np.flatnonzero((sess >= max(idx, cfg.start_session)) & pool)
     if len(later) and len(deleted):
         best = (mem.rows[later] @ deleted.T).max(axis=1)
         f = floors[later]
         hit = np.isnan(f) | (best >= f - 1e-6)  # nan: floor unknown (older store), so redo to be exact
-        redo.update(int(s) for s in np.unique(sess[later[hit]]))
+        for p in later[hit]:
+            redo.setdefault(int(sess[p]), []).append(int(p))
     if not redo:
         return []
     pool_pos = np.asarray(mem._pool_positions(tuple(cfg.pool)), dtype=np.int64)
     pool_rows = mem.rows[pool_pos]  # once: re-association changes edges, never nodes
-    new_edges, changed = [], []
-    for s in sorted(redo):  # the original order (association only reads earlier nodes)
-        pos = np.flatnonzero(sess == s)
-        lo = int(pos[0]) if len(pos) else 0
-        gran = [mem.node_gran[p] for p in pos]
-        if s >= cfg.start_session and len(pos):
-            cut = int(np.searchsorted(pool_pos, lo))  # the earlier sessions' pool nodes: a prefix (views)
-            edges, fl = mem.associate_nodes(mem.rows[pos], gran, lo, cfg, before=(pool_pos[:cut], pool_rows[:cut]))
-        else:
-            edges, fl = [], [float("nan")] * len(pos)
-        for p, f_ in zip(pos, fl):
-            mem.node_floor[p] = f_
-        new_edges += edges
-        changed.append(
-            {
-                "session": s,
-                "keys": [mem.node_keys[p] for p in pos],
-                "edges": [(mem.node_keys[a], mem.node_keys[b]) for a, b in edges],
-                "floors": [(mem.node_keys[p], f_) for p, f_ in zip(pos, fl)],
-            }
-        )
+    new_edges, changed, redone_nodes = [], [], set()
+    # hundreds of GMM fits on 30 numbers: scikit-learn's input checks were a third of their time
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        for s in sorted(redo):  # the original order (association only reads earlier nodes)
+            new_edges += _redo_session(mem, s, np.asarray(redo[s], dtype=np.int64), pool_pos, pool_rows, cfg, changed)
+            redone_nodes.update(redo[s])
     # edges stay ordered by their new node, each node's in candidate order, as `Memory.add` makes them
-    mem.edges = sorted([e for e in mem.edges if int(sess[e[0]]) not in redo] + new_edges, key=lambda e: e[0])
+    mem.edges = sorted([e for e in mem.edges if e[0] not in redone_nodes] + new_edges, key=lambda e: e[0])
     mem._adj, mem._graphs = None, {}
     return changed
+
+
+def _redo_session(mem: Memory, s: int, pos: np.ndarray, pool_pos, pool_rows, cfg: AssociationConfig, changed: list):
+    """Re-associate nodes `pos` of session `s` against the earlier sessions' pool nodes; records the
+    change in `changed`, returns the new edges (positions)."""
+    lo = int(np.flatnonzero(mem.node_sess == s)[0])
+    gran = [mem.node_gran[p] for p in pos]
+    if s >= cfg.start_session:
+        cut = int(np.searchsorted(pool_pos, lo))  # the earlier sessions' pool nodes: a prefix (views)
+        edges, fl = mem.associate_nodes(mem.rows[pos], gran, 0, cfg, before=(pool_pos[:cut], pool_rows[:cut]))
+        edges = [(int(pos[a]), b) for a, b in edges]  # row k of the batch is node pos[k]
+    else:
+        edges, fl = [], [float("nan")] * len(pos)
+    for p, f_ in zip(pos, fl):
+        mem.node_floor[p] = f_
+    changed.append(
+        {
+            "session": s,
+            "keys": [mem.node_keys[p] for p in pos],
+            "edges": [(mem.node_keys[a], mem.node_keys[b]) for a, b in edges],
+            "floors": [(mem.node_keys[p], f_) for p, f_ in zip(pos, fl)],
+        }
+    )
+    return edges

@@ -211,7 +211,8 @@ class MemoryStore:
                 if mem is None or session_id not in mem._sids:
                     return False
                 gone = self._forget(con, user_id, mem, session_id, exact)
-                detail = {"exact": gone.exact, "reassociated": len(gone.redone)}
+                detail = {"exact": gone.exact, "reassociated": len(gone.redone),
+                          "reassociated_nodes": sum(len(r["keys"]) for r in gone.redone)}  # fmt: skip
                 if con is not None:
                     self._seen = self._db.log(con, user_id, "delete", session_id, _now(), detail)
                 else:

@@ -258,13 +258,13 @@ def render_store_tenants(name: str, r: dict) -> list[str]:
 def render_store_delete(name: str, r: dict) -> list[str]:
     """`benchmarks/store_delete.py`: the cost of an exact and a cheap delete."""
     lines = _table(
-        ["sessions", "deleted at", "exact s", "re-associated", "cheap s"],
+        ["sessions", "deleted at", "exact s", "re-associated sessions (nodes)", "cheap s"],
         [
             [
                 f"{e['sessions']:,}",
                 f"{e['position']:.0%}",
                 f"{e['seconds']:.2f}",
-                str(e["reassociated"]),
+                str(e["reassociated"]) + (f" ({e['reassociated_nodes']})" if "reassociated_nodes" in e else ""),
                 f"{c['seconds']:.2f}",
             ]
             for e, c in zip([x for x in r["rows"] if x["exact"]], [x for x in r["rows"] if not x["exact"]], strict=True)

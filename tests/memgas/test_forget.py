@@ -70,6 +70,7 @@ def test_a_deleted_session_leaves_no_byte_in_any_file(tmp_path, checkpoint_first
         "at": st.history("ann")[-1]["at"],
         "exact": True,
         "reassociated": st.history("ann")[-1]["reassociated"],
+        "reassociated_nodes": st.history("ann")[-1]["reassociated_nodes"],
     }
     # the process's caches let go of it too
     assert not any(MARK in u.session for u in st.units._memo.values())
