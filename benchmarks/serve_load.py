@@ -11,8 +11,12 @@ routing and HTTP are not in these figures). Three ways to answer, in the same ru
 - `base`: every request on the base model, batched the same way (the throughput yardstick);
 - `mta_switch`: each user's adapter, one request at a time, switching adapters between them;
 - `basis_base` / `basis_mixed`: the serving app's engine (`serving.shared_basis`: the bank as one
-  shared basis, each request carrying its RowAdapter, `serving.decode`'s step loop), on the base
-  model and with each user's adapter; time to first token is measured on these rows.
+  shared basis, each request carrying its RowAdapter), scheduled per batch (`serving.decode`'s
+  step loop: a request waits for the running batch to end), on the base model and with each
+  user's adapter;
+- `basis_iter_base` / `basis_iter`: the same engine scheduled per step, as the app runs it
+  (`serving.continuous`: a request joins the running batch at the next step, a finished one
+  leaves at once); time to first token is measured on the four engine rows.
 `--users-max 1000` adds a level of 1,000 distinct users (records written with random stacks) to
 measure the engine's RSS growth from 1 to 1,000 users.
 Reports p50/p95 latency, generated tokens/s, the cold start of a user (compose + install, without
@@ -47,6 +51,9 @@ PROMPTS = [
     "Which tag does this movie relate to? description: a detective uncovers a conspiracy",
     "Which tag does this movie relate to? description: the true story of a wartime pilot",
 ]
+
+
+MODES = ("base", "mta_mixed", "mta_switch", "basis_base", "basis_mixed", "basis_iter_base", "basis_iter")
 
 
 def job_config(model: str, out: Path) -> MTAJobConfig:
@@ -132,10 +139,51 @@ class StepBatcher(Batcher):
                 done.set()
 
 
+class IterBatcher(Batcher):
+    """The app's loop on the shared-basis engine (`serving.continuous`): a request joins the
+    decoding batch at the next step and leaves when done (iteration-level batching); records time
+    to first token from submission."""
+
+    def _loop(self):
+        from serving.continuous import ContinuousDecoder, Row
+
+        comp = self.comp
+        dec = ContinuousDecoder(comp.model, comp.basis, comp.codec.eos_id, comp.codec.pad_id)
+        while True:
+            new = []
+            if not dec.rows:
+                new.append(self.q.get())
+                time.sleep(self.wait_s)
+            while len(dec.rows) + len(new) < self.max_batch:
+                try:
+                    new.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            with comp.forward:
+                dec.admit([Row(ids, a, m, self._emit(done, box)) for (ids, a, m), done, box in new])
+                dec.step()
+
+    @staticmethod
+    def _emit(done: threading.Event, box: dict):
+        box["n"] = 0
+
+        def emit(t):
+            if t is None:
+                box["out"] = ("", box["n"])
+                done.set()
+            elif isinstance(t, int):
+                if box["n"] == 0:
+                    box["ttft"] = (time.perf_counter() - box["t0"]) * 1000
+                box["n"] += 1
+
+        return emit
+
+
 def level(comp, users: list[str], mode: str, n_req: int, conc: int, max_tokens: int, batch: int) -> dict:
     comp.stats.update(hits=0, misses=0, cold_ms=[])
     basis = mode.startswith("basis")
-    b = (StepBatcher if basis else Batcher)(comp, batch, 0.01, mixed=(mode != "mta_switch"))
+    kind = IterBatcher if mode.startswith("basis_iter") else StepBatcher if basis else Batcher
+    b = kind(comp, batch, 0.01, mixed=(mode != "mta_switch"))
     ttft: list[float] = []
     lat, compose, toks = [], [], []
 
@@ -143,7 +191,7 @@ def level(comp, users: list[str], mode: str, n_req: int, conc: int, max_tokens: 
         u = users[i % len(users)]
         t0 = time.perf_counter()
         name = None
-        if mode not in ("base", "basis_base"):
+        if mode not in ("base", "basis_base", "basis_iter_base"):
             name = comp.adapter_for(u)
         t1 = time.perf_counter()
         ids = comp.prompt_ids(PROMPTS[i % len(PROMPTS)], True, max_tokens)
@@ -234,7 +282,7 @@ def main() -> None:
         many = synthetic_users(job, users, a.users_max)
     rows = []
     for n_users in (1, 8, 64) + ((a.users_max,) if a.users_max > 64 else ()):
-        modes = ("base", "mta_mixed", "mta_switch", "basis_base", "basis_mixed") if n_users <= 64 else ("basis_mixed",)
+        modes = MODES if n_users <= 64 else ("basis_iter",)
         for mode in modes:
             c = engine if mode.startswith("basis") else comp
             pool = many if n_users > 64 else users

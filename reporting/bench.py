@@ -212,7 +212,7 @@ def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
         ],
     )
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for mode in ("base", "mta_mixed", "mta_switch", "basis_base", "basis_mixed"):
+    for mode in ("base", "mta_mixed", "mta_switch", "basis_base", "basis_mixed", "basis_iter_base", "basis_iter"):
         pts = [(x["users"], x["tokens_per_s"]) for x in rows if x["mode"] == mode]
         if not pts:
             continue

@@ -4,15 +4,15 @@
     serve run serving.app:build config=ray_jobs/configs/serve_tiny.yaml     # the same app under `serve run`
 
 Two deployments: `Gateway` (FastAPI ingress: routes, validation, limits, auth, streaming) and
-`Generator` (the model, the composer, a mixed-batch loop). A request names its user as
+`Generator` (the model, the composer, the decoding loop). A request names its user as
 `model="<base>:<user_id>"` (Ray Serve LLM's convention; `model="<base>"` is the base model). The
 gateway forwards it with `multiplexed_model_id=<user_id>`, so Ray routes a user back to a replica
 that already holds their adapter (`@serve.multiplexed`); inside a replica, requests of different
-users wait at most `batch_wait_s` and share one forward pass: the bank as one shared LoRA basis
-(`serving.shared_basis`), each request carrying its own immutable `RowAdapter` into the batch.
-Streams are made by the decoding loop, one step at a time (`serving.decode`); a client that goes
-away leaves the batch at the next step. Scheduling is per batch: a request that arrives during a
-batch's decoding waits for the next batch (no iteration-level joining).
+users share every forward pass: the bank as one shared LoRA basis (`serving.shared_basis`), each
+request carrying its own immutable `RowAdapter` into the batch. Scheduling is per step
+(`serving.continuous`, iteration-level batching): a request that arrives while others decode is
+prefilled and joins them at the next step, a finished row leaves at once, and a client that goes
+away leaves at the next step. Streams are made by that loop, one token at a time.
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions` (both with `stream: true` as
 server-sent events), `GET /v1/models` (the base model and every user with a stored record) and
@@ -25,6 +25,8 @@ client gets the answer instead of a reset), 429 full, 500 without internals. `/d
 import asyncio
 import json
 import os
+import queue
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +36,7 @@ from ray import serve
 from starlette.responses import JSONResponse, StreamingResponse
 
 from serving.composer import BasisComposer, ServeConfig, UnknownUser
+from serving.continuous import ContinuousDecoder, Row
 from serving.decode import PromptTooLong
 from serving.http import Refused, authorized, error, json_errors, read_body
 from suite.config import from_dict, load_config
@@ -96,9 +99,8 @@ class Generator:
             from suite.encoders import load_encoder
 
             self.memory = MemoryStore.open(self.cfg.memory, encoder=load_encoder(self.cfg.memory_encoder))
-        self.queue: list = []
-        self.wakeup = asyncio.Event()
-        self.loop_task = None
+        self.pending: queue.Queue = queue.Queue()  # rows waiting to join the batch
+        self.thread: threading.Thread | None = None
 
     @serve.multiplexed(max_num_models_per_replica=64)
     async def load_user(self, user_id: str) -> str:
@@ -106,30 +108,43 @@ class Generator:
         # record's content hash, decides what stays cached and catches changed records
         return user_id
 
-    def _run_batch(self, batch: list, loop) -> None:
-        """Decode one batch in a worker thread; every step's tokens go to each row's queue."""
-        items = [b["item"] for b in batch]
-        try:
-            for step in self.composer.steps(items, cancelled=lambda i: batch[i]["cancelled"]):
-                for b, t in zip(batch, step):
-                    if t is not None:
-                        loop.call_soon_threadsafe(b["out"].put_nowait, t)
-        except Exception as e:  # noqa: BLE001 - every waiting request learns of the failure
-            for b in batch:
-                loop.call_soon_threadsafe(b["out"].put_nowait, e)
-        for b in batch:
-            loop.call_soon_threadsafe(b["out"].put_nowait, None)  # end of this row
-
-    async def _batches(self):
-        loop = asyncio.get_running_loop()
+    def _decode_loop(self, loop) -> None:
+        """The replica's one decoding thread (`serving.continuous`): a request waiting in `pending`
+        joins the batch at the next step, up to `max_batch` rows at once; each step's tokens go
+        to each row's queue. When idle, the first request waits `batch_wait_s` for company, so
+        requests that arrive together are prefilled together."""
+        comp = self.composer
+        dec = ContinuousDecoder(comp.model, comp.basis, comp.codec.eos_id, comp.codec.pad_id)
         while True:
-            await self.wakeup.wait()
-            await asyncio.sleep(self.cfg.batch_wait_s)  # let concurrent requests join the batch
-            batch, self.queue = self.queue[: self.cfg.max_batch], self.queue[self.cfg.max_batch :]
-            if not self.queue:
-                self.wakeup.clear()
-            if batch:
-                await asyncio.to_thread(self._run_batch, batch, loop)
+            new = []
+            if not dec.rows:
+                new.append(self.pending.get())  # idle: block until a request comes
+                time.sleep(self.cfg.batch_wait_s)
+            while len(dec.rows) + len(new) < self.cfg.max_batch:
+                try:
+                    new.append(self.pending.get_nowait())
+                except queue.Empty:
+                    break
+            rows = [self._row(r, loop) for r in new]
+            with comp.forward:
+                try:
+                    dec.admit(rows)
+                except Exception as e:  # noqa: BLE001 - the joining rows learn of it; the batch goes on
+                    for r in rows:
+                        r.emit(e)
+                try:
+                    if dec.rows:
+                        dec.step()
+                except Exception as e:  # noqa: BLE001 - every row of the batch learns of the failure
+                    dec.fail(e)
+            if self.cfg.test_step_delay_s:
+                time.sleep(self.cfg.test_step_delay_s)
+
+    @staticmethod
+    def _row(r: dict, loop) -> Row:
+        ids, adapter, max_new = r["item"]
+        return Row(ids, adapter, max_new, lambda t: loop.call_soon_threadsafe(r["out"].put_nowait, t),
+                   cancelled=lambda: r["cancelled"])  # fmt: skip
 
     async def _enqueue(self, req: dict):
         """Resolve the user's adapter, build the prompt, queue the row; returns (row, prompt ids,
@@ -155,10 +170,11 @@ class Generator:
         if self.cfg.test_delay_s:
             await asyncio.sleep(self.cfg.test_delay_s)
         row = {"item": (ids, adapter, req["max_tokens"]), "out": asyncio.Queue(), "cancelled": False}
-        self.queue.append(row)
-        if self.loop_task is None:
-            self.loop_task = asyncio.create_task(self._batches())
-        self.wakeup.set()
+        if self.thread is None:
+            loop = asyncio.get_running_loop()
+            self.thread = threading.Thread(target=self._decode_loop, args=(loop,), daemon=True, name="decode")
+            self.thread.start()
+        self.pending.put(row)
         return row, ids, compose_ms
 
     def _with_memory(self, messages: list[dict], user: str) -> list[dict]:

@@ -169,11 +169,14 @@ def test_a_whole_conversation_reaches_the_model(server):
     assert b.usage.prompt_tokens > a.usage.prompt_tokens + 10
 
 
-def test_streams_come_from_the_decoding_loop_and_a_disconnect_frees_the_row(server):
-    """With 0.25 s per decoding step: the first chunk arrives long before the last, the chunks
-    concatenate to the non-streamed answer, and a client that disconnects after its first chunk
-    leaves the batch at the next step, so the next request does not wait for its 16 steps.
-    Mutations caught: generating the whole answer before streaming it; never cancelling the row."""
+def test_streams_come_from_the_decoding_loop_requests_join_mid_decode_and_a_disconnect_frees_the_row(server):
+    """With 0.25 s per decoding step and room for 2 rows: the first chunk arrives long before the
+    last and the chunks concatenate to the non-streamed answer; a request sent while a 16-step
+    stream decodes joins it at the next step and is answered before that stream ends
+    (iteration-level batching); a client that disconnects after its first chunk leaves the batch at
+    the next step, so with the long stream still holding the other row a new request gets the
+    freed one. Mutations caught: generating the whole answer before streaming it; admitting new
+    rows only when the batch is empty (per-batch scheduling); never cancelling the row."""
     import time
 
     from ray import serve
@@ -181,8 +184,8 @@ def test_streams_come_from_the_decoding_loop_and_a_disconnect_frees_the_row(serv
     from serving.app import app_for
 
     fields = {k: v for k, v in server.__dict__.items() if k != "sampler"}
-    serve.run(app_for(ServeConfig(**{**fields, "test_step_delay_s": 0.25})), name="mta_users", route_prefix="/",
-              blocking=False)  # fmt: skip
+    slow = ServeConfig(**{**fields, "test_step_delay_s": 0.25, "max_batch": 2})
+    serve.run(app_for(slow), name="mta_users", route_prefix="/", blocking=False)
     try:
         t0, times, text = time.perf_counter(), [], ""
         for c in _chat(server.port, "d1", "robots", max_tokens=8, stream=True):
@@ -191,16 +194,35 @@ def test_streams_come_from_the_decoding_loop_and_a_disconnect_frees_the_row(serv
                 text += c.choices[0].delta.content
         assert len(times) >= 2 and times[0] < times[-1] - 0.5
         assert text == _chat(server.port, "d1", "robots", max_tokens=8).choices[0].message.content
+        # a long stream in the background (16 steps = 4 s), holding one of the two rows
+        first, long_done, long_n = threading.Event(), [], []
+
+        def long_stream():
+            for c in _chat(server.port, "d0", "a long answer", max_tokens=16, stream=True):
+                if c.choices and c.choices[0].delta.content:
+                    long_n.append(1)
+                    first.set()
+            long_done.append(time.perf_counter())
+
+        th = threading.Thread(target=long_stream)
+        th.start()
+        assert first.wait(10)
+        t1 = time.perf_counter()
+        _chat(server.port, "d1", "hi", max_tokens=1)  # joins the long stream's batch at the next step
+        joined = time.perf_counter()
+        assert joined - t1 < 1.5 and not long_done
         body = json.dumps({"model": "tiny:d1", "messages": [{"role": "user", "content": "robots"}],
                            "max_tokens": 16, "stream": True}).encode()  # fmt: skip
         c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         c.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
         r = c.getresponse()
         r.fp.readline()  # the first event
-        c.close()  # the client goes away; its row had 15 more steps (3.75 s)
-        t1 = time.perf_counter()
+        c.close()  # the client goes away; its row had 15 more steps; the batch is full until it leaves
+        t2 = time.perf_counter()
         _chat(server.port, "d0", "hi", max_tokens=1)
-        assert time.perf_counter() - t1 < 2.5
+        assert time.perf_counter() - t2 < 1.5 and not long_done
+        th.join(30)
+        assert long_done and long_n  # it ran on after both short requests were answered
     finally:
         serve.run(app_for(ServeConfig(**fields)), name="mta_users", route_prefix="/", blocking=False)
 
