@@ -156,13 +156,53 @@ def local_ppr(mem, gidx: np.ndarray, reset: np.ndarray, cfg: RetrievalConfig) ->
     return out
 
 
+def _graph_layout(mem, in_graph: list[str], node_idx: dict) -> tuple:
+    """(gidx, each granularity's positions in gidx, owner of each gidx node, and the owners' segments
+    (order, starts, owners) for a per-session max): derived from the node set alone, so cached on the
+    memory until its next add (a query pays for its scores, not for this bookkeeping)."""
+    cache = getattr(mem, "_graphs", None)
+    key = ("layout", tuple(sorted(in_graph)))
+    if cache is not None and key in cache:
+        return cache[key]
+    gidx = np.unique(np.concatenate([node_idx[g] for g in in_graph])).astype(np.int64)
+    pos = {g: np.searchsorted(gidx, node_idx[g]) for g in in_graph}
+    owner = mem.node_sess[gidx]
+    order = np.argsort(owner, kind="stable")
+    so = owner[order]
+    starts = np.flatnonzero(np.r_[True, so[1:] != so[:-1]]) if len(so) else np.zeros(0, np.int64)
+    out = (gidx, pos, owner, (order, starts, so[starts]))
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
+def _segment_max(out: np.ndarray, seg: tuple, values: np.ndarray) -> None:
+    """out[s] = max(out[s], values of the nodes owned by s), in place: what np.maximum.at(out, owner,
+    values) computes, in one reduceat over the nodes sorted by owner instead of a scalar loop."""
+    order, starts, owners = seg
+    if len(starts):
+        out[owners] = np.maximum(out[owners], np.maximum.reduceat(values[order], starts))
+
+
+def top_order(total: np.ndarray, top: int | None) -> np.ndarray:
+    """The first `top` entries of np.argsort(-total, kind="stable") (ties by position), without
+    sorting the rest: every entry at or above the top-th value, sorted stably."""
+    if top is None or top >= len(total):
+        return np.argsort(-total, kind="stable")
+    neg = -total
+    kth = np.partition(neg, top - 1)[top - 1]
+    cand = np.flatnonzero(neg <= kth)  # ascending positions, so a stable sort keeps ties by position
+    return cand[np.argsort(neg[cand], kind="stable")][:top]
+
+
 def rank_sessions(
-    mem, q: np.ndarray, query: str, cfg: RetrievalConfig, trace: dict | None = None
+    mem, q: np.ndarray, query: str, cfg: RetrievalConfig, trace: dict | None = None, top: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """(session indices best first, their scores, router weights) for one query on a `Memory`.
     `trace`, when given, receives every intermediate step (raw scores per granularity, router
     weights, graph node ids, node scores, PageRank reset and output, session scores) so a test can
-    compare each one with the reference implementation's."""
+    compare each one with the reference implementation's. `top`: only the best `top` sessions are
+    ordered and returned (the same as the full order's first `top`), for a search that shows a few."""
     n_sess = len(mem.sessions)
     raw: dict[str, np.ndarray] = {}
     nodes: dict[str, np.ndarray] = {}
@@ -193,18 +233,11 @@ def rank_sessions(
     if in_graph:
         # one score per graph node: granularities that land on the same node (session + bm25_session) add up
         node_idx = {g: nodes[g] if g in nodes else mem.nodes_of(lex_nodes[g]) for g in in_graph}
-        cache = getattr(mem, "_graphs", None)
-        gkey = ("gidx", tuple(sorted(in_graph)))
-        if cache is not None and gkey in cache:
-            gidx = cache[gkey]
-        else:  # the graph's node set changes only with the memory: computed once per add
-            gidx = np.unique(np.concatenate([node_idx[g] for g in in_graph])).astype(np.int64)
-            if cache is not None:
-                cache[gkey] = gidx
-        full = np.zeros(len(mem.rows))
+        gidx, gpos, owner, seg = _graph_layout(mem, in_graph, node_idx)
+        # bincount adds in input order, as np.add.at did into a zero vector: the same sums, bit for bit
+        gscore = np.zeros(len(gidx))
         for g in in_graph:
-            np.add.at(full, node_idx[g], node_score[g])
-        gscore = full[gidx]
+            gscore += np.bincount(gpos[g], weights=node_score[g], minlength=len(gidx))
         if len(gidx):
             k = len(gidx) if cfg.num_seeds <= 0 else min(cfg.num_seeds, len(gidx))
             seeds = np.argpartition(-gscore, k - 1)[:k]
@@ -220,12 +253,14 @@ def rank_sessions(
                     g = subgraph(mem, gidx, tuple(sorted({lex_nodes.get(x, x) for x in in_graph})))
                     if g is not None and r.sum() > 0:
                         final = personalized_pagerank(len(gidx), None, r, cfg.damping, graph=g) * r.sum()
-            owner = mem.node_sess[gidx]
             if trace is not None:
                 trace.update(gidx=gidx, node_scores=gscore, reset=reset, ppr=final / max(reset.sum(), 1e-300))
                 trace.update(final=final, owner=owner, node_idx=node_idx)
-            agg(sess, owner, final)
-            np.maximum.at(best, owner, gscore)
+            if cfg.session_agg == "sum":  # sess is still zero: bincount's sums are np.add.at's
+                sess = np.bincount(owner, weights=final, minlength=n_sess).astype(np.float64)
+            else:
+                _segment_max(sess, seg, final)
+            _segment_max(best, seg, gscore)
     lex_owner = {"bm25_session": lambda: np.arange(n_sess), "bm25_turn": lambda: mem.node_sess[mem.nodes_of("turn")]}
     if trace is not None:  # what memgas.attribution needs to split the ranking by path
         trace.setdefault("gidx", np.zeros(0, dtype=np.int64))
@@ -240,15 +275,19 @@ def rank_sessions(
     if cfg.lexical_mode == "bypass":
         for g in cfg.lexical:
             owner = lex_owner[g]()
-            agg(sess, owner, node_score[g])
-            np.maximum.at(best, owner, node_score[g])
+            if g == "bm25_session":  # one score per session, in session order: elementwise
+                sess = sess + node_score[g] if cfg.session_agg == "sum" else np.maximum(sess, node_score[g])
+                best = np.maximum(best, node_score[g])
+            else:
+                agg(sess, owner, node_score[g])
+                np.maximum.at(best, owner, node_score[g])
             if trace is not None:
                 trace["bypass"][g] = (owner, node_score[g])
     best[~np.isfinite(best)] = 0.0
     if trace is not None:
         trace["session_scores"] = sess.copy()
     total = sess + 1e-6 * best
-    order = np.argsort(-total, kind="stable")
+    order = top_order(total, top)
     return order, total[order], w
 
 

@@ -452,7 +452,9 @@ class MemoryStore:
             mem = self.users.get(user_id)
             if mem is None or not mem.sessions:
                 return {"results": [], "router_weights": {}}
-            order, scores, w = rank_sessions(mem, q, query, retrieval or self.cfg.retrieval)
+            # unscoped, only the first `limit` are shown: only they are ordered (the same ones)
+            top = limit if ok is None else None
+            order, scores, w = rank_sessions(mem, q, query, retrieval or self.cfg.retrieval, top=top)
             if ok is not None:  # scoped: only matching sessions
                 keep = [k for k, i in enumerate(order) if ok(mem.sessions[i])]
                 order, scores = order[keep], scores[keep]
