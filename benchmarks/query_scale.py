@@ -43,6 +43,7 @@ from memgas.store import MemoryStore
 from suite.encoders import load_encoder
 from suite.io import atomic_write_json
 from suite.provenance import provenance, start_stamp
+from suite.stats import compare
 
 EDGES_PER_SESSION = 1_880_366 / 100_000  # the grown store at 100,000 sessions (results/bench_scaling_hashing)
 POOL = ("session", "turn_mean", "summary", "keywords")  # the association pool of every measured memory
@@ -159,6 +160,7 @@ def recall(a) -> None:
     mcfg = replace(MemGASJobConfig().memgas, encoder=a.encoder)
     enc = load_encoder(a.encoder)
     per_q = {k: [] for k in methods}
+    conv_of: list[str] = []  # the independent unit of each question
     units = None
     for conv in tqdm(convs, desc="conversations"):
         st = MemoryStore(mcfg, encoder=enc, units=units)
@@ -169,6 +171,7 @@ def recall(a) -> None:
         for q in conv.questions:
             if not q.gold_sessions:
                 continue
+            conv_of.append(conv.conv_id)
             for k, rc in methods.items():
                 ranked = [x["session_id"] for x in st.search(q.question, conv.conv_id, len(corpus), rc)["results"]]
                 per_q[k].append(retrieval_metrics(ranked, q.gold_sessions, corpus)["recall_all@5"])
@@ -180,7 +183,10 @@ def recall(a) -> None:
         "questions": len(next(iter(per_q.values()))),
         "metric": "recall_all@5",
         "recall": {k: float(np.mean(v)) for k, v in per_q.items()},
+        # each configuration against the paper's, conversations as the unit of interval and test
+        "vs_memgas_paper": compare(per_q, "memgas_paper", binary=False, clusters=conv_of),
         "per_question": per_q,
+        "conversation": conv_of,
         "retrieval": {k: asdict(v) for k, v in methods.items()},
         "note": "every LoCoMo conversation (dev and test): a cost check of configurations, it selects nothing",
         "provenance": provenance(config, {"locomo": resolve_data(MemGASJobConfig())}),

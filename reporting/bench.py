@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from reporting.common import _f, _provenance, _save, _table  # noqa: E402
+from reporting.common import _diff, _f, _provenance, _save, _table  # noqa: E402
 
 
 def render_scaling(name: str, s: dict, out: Path) -> list[str]:
@@ -117,6 +117,54 @@ def render_recall(name: str, r: dict) -> list[str]:
         ],
     )
     lines += ["", f"Target: {r['target']}: difference {r['difference']:+.4f}, {'met' if r['met'] else 'missed'}."]
+    return lines + _provenance(r)
+
+
+def render_query_scale(name: str, r: dict) -> list[str]:
+    """`benchmarks/query_scale.py`: query p50 / p95 per configuration as one memory holds more sessions."""
+    rows, c = r["rows"], r["config"]
+    methods = list(rows[0]["query_ms_p50"])
+    lines = [
+        f"One user's memory of up to {rows[-1]['sessions']:,} sessions, built directly (real units and "
+        f"`{c['encoder']}` vectors, association edges drawn at random, {c['edges_per_session']:.1f} a session "
+        f"as in the grown store), {c['queries']} queries per point through `MemoryStore.search` (query "
+        "encoding excluded). Scored nodes: the nodes a query scores densely (`memgas` also scores BM25 over every "
+        "session and turn).",
+        "",
+    ]
+    head = ["sessions", "nodes", "edges"] + [f"{m} p50 / p95 ms (scored nodes)" for m in methods]
+    body = [
+        [f"{x['sessions']:,}", f"{x['nodes']:,}", f"{x['edges']:,}"]
+        + [f"{x['query_ms_p50'][m]:.1f} / {x['query_ms_p95'][m]:.1f} ({x['scored_nodes'][m]:,})" for m in methods]
+        for x in rows
+    ]
+    lines += _table(head, body)
+    t = r.get("target")
+    last = rows[-1]
+    if t and last["sessions"] == t["sessions"]:
+        p50 = last["query_ms_p50"]
+        verdicts = ", ".join(
+            f"`{m}` {p50[m]:.1f} ms, {'met' if p50[m] < t['query_ms_p50'] else 'missed'}" for m in methods
+        )
+        lines += ["", f"Target: query p50 under {t['query_ms_p50']:.0f} ms at {t['sessions']:,} sessions: {verdicts}."]
+    return lines + _provenance(r)
+
+
+def render_query_recall(name: str, r: dict) -> list[str]:
+    """`query_scale.py --recall`: what each configuration scores on LoCoMo, against the paper's."""
+    n_conv = r["conversations"]
+    lines = [
+        f"LoCoMo, all {n_conv} conversations (dev and test: a cost check that selects nothing), "
+        f"{r['questions']} questions with gold sessions, encoder `{r['provenance']['config']['encoder']}`; "
+        f"{r['metric']} per configuration, and its difference from `memgas_paper` with a 95% interval "
+        "(conversations resampled) and the exact test over conversations, Holm-corrected.",
+        "",
+    ]
+    vs = r.get("vs_memgas_paper") or {}
+    lines += _table(
+        ["configuration", r["metric"], "minus memgas_paper"],
+        [[f"`{k}`", f"{v:.4f}", _diff(vs.get(k)) if k in vs else "(reference)"] for k, v in r["recall"].items()],
+    )
     return lines + _provenance(r)
 
 

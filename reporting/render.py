@@ -15,6 +15,8 @@ from pathlib import Path
 
 from reporting.bench import (
     render_cluster_sim,
+    render_query_recall,
+    render_query_scale,
     render_recall,
     render_scaling,
     render_serve_load,
@@ -38,6 +40,8 @@ RESULT_FILES = (
     "store_tenants.json",
     "store_delete.json",
     "cluster_sim.json",
+    "query_scale.json",
+    "query_recall.json",
 )
 
 
@@ -72,6 +76,10 @@ def render_run(run: Path, out: Path) -> str:
         lines += render_store_delete(name, read_json(run / "store_delete.json")) + [""]
     if (run / "cluster_sim.json").exists():
         lines += render_cluster_sim(name, read_json(run / "cluster_sim.json")) + [""]
+    if (run / "query_scale.json").exists():
+        lines += render_query_scale(name, read_json(run / "query_scale.json")) + [""]
+    if (run / "query_recall.json").exists():
+        lines += render_query_recall(name, read_json(run / "query_recall.json")) + [""]
     if (run / "bank_throughput.json").exists():
         lines += render_throughput(name, read_json(run / "bank_throughput.json")) + [""]
     if not lines:
