@@ -219,10 +219,40 @@ def render_throughput(name: str, s: dict) -> list[str]:
     return lines + _provenance(s)
 
 
+def serve_targets(rows: list[dict]) -> list[str]:
+    """Issue #31's targets, read from the rows of one run (the app's engine: `basis_iter`)."""
+    at = {(x["mode"], x["users"]): x for x in rows}
+    out = []
+    for n in (8, 64):
+        it, base, same = at.get(("basis_iter", n)), at.get(("base", n)), at.get(("basis_iter_base", n))
+        if it and base and same:
+            ratio, ratio_same = it["tokens_per_s"] / base["tokens_per_s"], it["tokens_per_s"] / same["tokens_per_s"]
+            out.append(
+                f"{n} users: {ratio:.2f}x the base model's tokens/s ({ratio_same:.2f}x the base model on the same "
+                f"engine and scheduler), target 0.9x: {'met' if min(ratio, ratio_same) >= 0.9 else 'missed'}"
+            )
+    p95 = [x["cold_cached_p95_ms"] for x in rows if x["mode"] == "basis_iter" and x.get("cold_cached_p95_ms")]
+    if p95:
+        out.append(
+            f"cold start with nothing to encode, p95 at most {max(p95):.1f} ms over the levels, target under 20 ms: "
+            f"{'met' if max(p95) < 20 else 'missed'}"
+        )
+    one = at.get(("basis_iter", 1))
+    big = max((x for x in rows if x["mode"] == "basis_iter"), key=lambda x: x["users"], default=None)
+    if one and big and big["users"] >= 1000:
+        grow = big["rss_mb"] - one["rss_mb"]
+        out.append(
+            f"RSS growth from 1 to {big['users']:,} users {grow:+.0f} MB, target under 100 MB: "
+            f"{'met' if grow < 100 else 'missed'}"
+        )
+    return ["", "Targets (the app's engine, `basis_iter`): " + "; ".join(out) + "."] if out else []
+
+
 def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
     """The serving benchmark: latency, throughput, cold starts and the cache, per load level."""
     rows = r["rows"]
     ttft = any(x.get("ttft_p50_ms") is not None for x in rows)
+    cached = any("cold_cached_p50_ms" in x for x in rows)
     lines = [
         f"Serving load, {r['model']}: {r['requests_per_level']} requests per level from {r['concurrency']} concurrent "
         f"clients, {r['max_tokens']} new tokens each, cache of {r['cache_size']} adapters ({r['note']}).",
@@ -241,7 +271,8 @@ def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
             "held",
             "RSS MB",
         ]
-        + (["TTFT p50 / p95 ms"] if ttft else []),
+        + (["TTFT p50 / p95 ms"] if ttft else [])
+        + (["cold, nothing encoded p50 / p95 ms"] if cached else []),
         [
             [
                 x["mode"],
@@ -256,9 +287,11 @@ def render_serve_load(name: str, r: dict, out: Path) -> list[str]:
                 _f(x["rss_mb"], 0),
             ]
             + ([f"{_f(x.get('ttft_p50_ms'), 1)} / {_f(x.get('ttft_p95_ms'), 1)}"] if ttft else [])
+            + ([f"{_f(x.get('cold_cached_p50_ms'), 1)} / {_f(x.get('cold_cached_p95_ms'), 1)}"] if cached else [])
             for x in rows
         ],
     )
+    lines += serve_targets(rows)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for mode in ("base", "mta_mixed", "mta_switch", "basis_base", "basis_mixed", "basis_iter_base", "basis_iter"):
         pts = [(x["users"], x["tokens_per_s"]) for x in rows if x["mode"] == mode]

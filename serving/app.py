@@ -240,7 +240,7 @@ class Generator:
 
     async def stats(self) -> dict:
         st = self.composer.stats
-        return {**{k: v for k, v in st.items() if k != "cold_ms"}, "cold_ms_n": len(st["cold_ms"]),
+        return {**{k: v for k, v in st.items() if not k.startswith("cold_")}, "cold_ms_n": len(st["cold_ms"]),
                 "cached": len(self.composer.lru)}  # fmt: skip
 
 

@@ -311,3 +311,30 @@ def test_the_serving_benchmark_renders_a_table_and_a_plot(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| mta_mixed | 8 | 10.0 | 20.0 | 800.0 | 5.0 / 9.0 | 0.50 | 0.010 | 2 | 600 |" in md
     assert (tmp_path / "rep" / "sv_serve_load.png").stat().st_size > 5000
+
+
+def test_serving_targets_are_read_from_the_engine_rows():
+    """Issue #31's targets from one run's rows: the throughput ratio must hold against both base
+    rows, the cold start counts only misses that encoded nothing, RSS growth from 1 to 1,000 users.
+    Mutations caught: the ratio taken against the engine's own base row only (0.95x called met while
+    the plain base model is 1.2x faster); the RSS growth compared the wrong way."""
+    from reporting.bench import serve_targets
+
+    def row(mode, users, tps, rss=1000.0, cached=None):
+        return {"mode": mode, "users": users, "tokens_per_s": tps, "rss_mb": rss, "cold_cached_p95_ms": cached}
+
+    rows = [
+        row("base", 8, 60.0),
+        row("basis_iter_base", 8, 50.0),
+        row("basis_iter", 8, 47.5, cached=12.0),
+        row("basis_iter", 1, 40.0, rss=1000.0, cached=5.0),
+        row("basis_iter", 1000, 40.0, rss=1150.0, cached=25.0),
+    ]
+    text = "\n".join(serve_targets(rows))
+    assert "8 users: 0.79x the base model's tokens/s (0.95x" in text and "target 0.9x: missed" in text
+    assert "p95 at most 25.0 ms" in text and "under 20 ms: missed" in text
+    assert "+150 MB, target under 100 MB: missed" in text
+    rows[0]["tokens_per_s"] = 50.0
+    rows[-1]["rss_mb"] = 1050.0
+    text = "\n".join(serve_targets(rows))
+    assert "target 0.9x: met" in text and "+50 MB, target under 100 MB: met" in text

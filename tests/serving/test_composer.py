@@ -117,3 +117,19 @@ def test_a_cache_hit_reads_the_pointer_not_the_record(served, monkeypatch):
             comp.adapter_for("d0")
         assert loads == [] and comp.stats["hits"] == 3
         monkeypatch.undo()
+
+
+def test_cold_starts_that_encode_are_told_apart_from_those_that_do_not(served):
+    """The engine's cold start is counted apart when it encoded nothing (issue #31's target is for
+    a user whose profile embedding is cached). A profile user's first miss encodes; after eviction
+    by two others, its second miss does not; a record user's miss never encodes. Mutation caught:
+    every miss counted as cached (the profile's first, encoding miss would be in the list)."""
+    from serving.composer import BasisComposer
+
+    comp = BasisComposer(served)  # 2 cache slots
+    comp.adapter_for("d2")  # profile: encodes
+    assert len(comp.stats["cold_ms"]) == 1 and comp.stats["cold_cached_ms"] == []
+    comp.adapter_for("d0"), comp.adapter_for("d1")  # records: nothing to encode; d2 evicted
+    assert len(comp.stats["cold_cached_ms"]) == 2
+    comp.adapter_for("d2")  # a miss again, its embedding cached
+    assert comp.stats["misses"] == 4 and len(comp.stats["cold_cached_ms"]) == 3
