@@ -65,6 +65,15 @@ class EvalConfig:
         "a sweep's best_config.yaml (ray_jobs.sweep_mta): its fusion and stacking are evaluated beside "
         "as method mta_swept, on the same users (chosen by the sweep on train users, never here)",
     )
+    selection_from: str = opt(
+        "",
+        "a selection.json an earlier run of this configuration wrote (OUT/selection.json): its choices "
+        "are used instead of choosing again; the users, bank, grids and base settings must match "
+        "(checked), so a long experiment can choose in one job and evaluate in another",
+    )
+    stop_after: Literal["", "select"] = opt(
+        "", "select: write OUT/selection.json and stop before any method runs on an evaluated user"
+    )
     inference: Literal["auto", "label", "generate"] = opt(
         "auto", "auto (label scoring for classification/rating, else greedy) | label | generate"
     )

@@ -19,7 +19,7 @@ import json
 import os
 import signal
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,9 +31,17 @@ from mta.config import _uses_labels, resolve_calibration, swept_settings
 from mta.data import load_task_split, resolve_task_dir
 from mta.job_config import MTAJobConfig
 from mta.per_user import Evaluator, anchor_overlap, check_user_record, golds_file, load_users, record_key, split_digest
-from mta.selection import TUNED, check_budgets, select_lambda, select_setting
+from mta.selection import (
+    TUNED,
+    check_budgets,
+    fingerprint,
+    load_selection,
+    select_lambda,
+    select_setting,
+    write_selection,
+)
 from mta.verdicts import summarize
-from suite.config import from_dict
+from suite.config import ConfigError, from_dict
 from suite.device import describe as describe_device
 from suite.device import dtype_for
 from suite.device import use as use_device
@@ -157,6 +165,9 @@ def select(s: Session) -> dict:
     OPPU's settings (`eval.oppu_grid`), the stack's (`eval.stacking_grid`) and `mta_prior`'s λ.
     Updates the session's config; returns {"lambda", "selection": {method: record}}."""
     cfg, d = s.cfg, s.cfg.data
+    fp = fingerprint(cfg, split_digest(s.train_file), s.bank_sig)
+    if cfg.eval.selection_from:
+        return _reuse_selection(s, fp)
     selection, lam = {}, max(cfg.eval.prior_lambda, 0.0)
     for what, (_, grid_name, method) in TUNED.items():
         runs = method in cfg.eval.methods or (what == "stack" and "mta_prior" in cfg.eval.methods)
@@ -169,7 +180,35 @@ def select(s: Session) -> dict:
         print(f"[select] mta_prior lambda = {lam} (best on {selection['mta_prior_lambda']['users']} train users)")
     check_budgets(selection, cfg.eval.purpose)  # same users, same candidate count, enough of both
     s.key = s.ev.key = record_key(cfg, split_digest(s.queries_file), s.bank_sig)
-    return {"lambda": lam, "selection": selection, "budgets": cfg.eval.budgets(s.label_mode)}
+    choices = {"lambda": lam, "selection": selection, "budgets": cfg.eval.budgets(s.label_mode)}
+    print(f"[select] choices written to {write_selection(s.out, choices, fp)}")
+    return choices
+
+
+def _reuse_selection(s: Session, fp: dict) -> dict:
+    """The choices of `eval.selection_from` (made by an earlier run on the same users, bank and
+    grids), applied as `select` would have applied them."""
+    cfg = s.cfg
+    got = load_selection(cfg.eval.selection_from, fp)
+    selection = got["selection"]
+    for what, (field_name, grid_name, method) in TUNED.items():
+        runs = method in cfg.eval.methods or (what == "stack" and "mta_prior" in cfg.eval.methods)
+        if not (runs and getattr(cfg.eval, grid_name) and cfg.data.select_users > 0):
+            continue
+        if what not in selection:
+            raise ConfigError(f"eval.selection_from: {got['selection_from']['file']} holds no choice for {what}")
+        cfg = replace(cfg, **{field_name: replace(getattr(cfg, field_name), **selection[what]["choice"])})
+    needs_lambda = "mta_prior" in cfg.eval.methods and s.label_mode and cfg.eval.prior_lambda < 0
+    if needs_lambda and "mta_prior_lambda" not in selection:
+        raise ConfigError(
+            f"eval.selection_from: {got['selection_from']['file']} holds no choice for mta_prior's lambda"
+        )
+    check_budgets(selection, cfg.eval.purpose)
+    s.cfg = s.ev.cfg = cfg
+    s.key = s.ev.key = record_key(cfg, split_digest(s.queries_file), s.bank_sig)
+    src = got["selection_from"]
+    print(f"[select] choices from {src['file']} (made at method code {src['code_version']})")
+    return {"lambda": got["lambda"], "selection": selection, "budgets": got["budgets"], "selection_from": src}
 
 
 def evaluate(s: Session) -> list[dict]:
@@ -193,6 +232,8 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
     res["split"] = {"eval": d.eval_split, "eval_file": str(s.queries_file)}
     res["selection"] = choices["selection"]  # per trained method: candidates, scores, choice (train users)
     res["tuning_budget"] = choices["budgets"]
+    if "selection_from" in choices:  # chosen by an earlier run (eval.selection_from): which, and at what code
+        res["selection_from"] = choices["selection_from"]
     res["purpose"] = e.purpose
     if e.swept:  # chosen outside this run, by a sweep on train users: its file and choice, not a grid here
         sw = s.ev.swept if s.ev is not None else swept_settings(e.swept)
@@ -229,6 +270,7 @@ def report(s: Session, records: list[dict], choices: dict) -> dict:
             "train_questions": s.train_file,
             "train_golds": golds_file(s.train_file) if s.train_file else None,
             "swept_config": e.swept or None,
+            "selection_from": e.selection_from or None,
         },
         res["runtime"]["driver"],
         ("mta", "suite"),
@@ -280,6 +322,8 @@ def _run(cfg: MTAJobConfig, out: str | Path) -> dict:
     s = setup(cfg, out)
     try:
         choices = select(s)
+        if cfg.eval.stop_after == "select":  # no method has run on an evaluated user
+            return {"selection": choices}
         return report(s, evaluate(s), choices)
     finally:
         s.tracker.finish()

@@ -9,6 +9,10 @@ standard error of that margin, and is flagged when the margin is under one stand
 data cannot tell the two apart). Each trained candidate's mean relative update ‖ΔW‖/‖W‖ is kept,
 so an adapter that barely moved (an "untrained" OPPU) is visible beside its score.
 
+The choices are written to OUT/selection.json; `eval.selection_from` reuses such a file in another
+run (another job, another day) when everything the choice depends on matches (`fingerprint`); the
+code version it was made at is recorded beside, and a run at other code says so.
+
 Experiments (`eval.purpose: experiment`) choose on at least `MIN_SELECT_USERS` users among at
 least `MIN_CANDIDATES` candidates per method, the same counts for every method
 (`check_budgets`); a pipeline check may use fewer.
@@ -17,7 +21,10 @@ least `MIN_CANDIDATES` candidates per method, the same counts for every method
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +34,9 @@ from mta.data import task_info
 from mta.evaluate import per_query_scores, primary_metric
 from mta.per_user import load_users, record_key, split_digest
 from suite.config import ConfigError
+from suite.io import atomic_write_json
+from suite.models import model_identity
+from suite.provenance import code_version
 
 # trained method -> (the config field its candidates replace, the grid holding them, the method run)
 TUNED = {"stack": ("stacking", "stacking_grid", "mta"), "oppu": ("oppu", "oppu_grid", "oppu")}
@@ -162,3 +172,62 @@ def select_lambda(cfg, ev, anchor_ids: list[str], bank_sig: str) -> dict:
         per_cand.append(scores)
     stats = candidate_stats(per_cand, higher)
     return _record(cfg, list(cfg.eval.lambda_grid), stats, primary_metric(task)[0], users)
+
+
+SELECTION_FILE = "selection.json"
+_FP_EVAL = ("oppu_grid", "stacking_grid", "lambda_grid", "prior_lambda", "inference", "calibration")
+_FP_EVAL += ("rag_k", "history_k", "max_new_tokens", "seed", "recency_decay")
+
+
+def fingerprint(cfg, train_sha: str, bank_sig: str) -> dict:
+    """Everything a selection depends on but the code: the users it chose on (train split, its
+    digest, how many, their profile cap), the bank, the model and encoder, the base settings the
+    candidates replace, the grids and how answers are scored."""
+    d = cfg.data
+    return {
+        "data": {k: getattr(d, k) for k in ("task", "train_split", "scheme", "select_users", "select_profile_cap")},
+        "train_sha": train_sha,
+        "bank": bank_sig,
+        "model": model_identity(cfg.model),
+        "encoder": cfg.encoder,
+        "fusion": dataclasses.asdict(cfg.fusion),
+        "stacking": dataclasses.asdict(cfg.stacking),
+        "oppu": dataclasses.asdict(cfg.oppu),
+        "eval": {k: getattr(cfg.eval, k) for k in _FP_EVAL},
+    }
+
+
+def write_selection(out: Path, choices: dict, fp: dict) -> Path:
+    """OUT/selection.json: the choices (records, λ, budgets), what they depend on, and the code."""
+    path = Path(out) / SELECTION_FILE
+    atomic_write_json(path, {**choices, "fingerprint": fp, "code_version": code_version(("mta", "suite"))})
+    return path
+
+
+def load_selection(path: str | Path, fp: dict) -> dict:
+    """The choices of a selection.json whose fingerprint equals `fp` (else a ConfigError naming the
+    parts that differ), with {"file", "sha256", "code_version", "same_code"} under "selection_from"."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+        data = json.loads(raw)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"eval.selection_from: {p}: cannot read a selection.json ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("selection"), dict) or "fingerprint" not in data:
+        raise ConfigError(f"eval.selection_from: {p}: not a selection.json (no selection and fingerprint)")
+    theirs = json.loads(json.dumps(data["fingerprint"]))
+    mine = json.loads(json.dumps(fp))  # tuples and lists compare as JSON does
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        raise ConfigError(
+            f"eval.selection_from: {p}: made for another configuration ({', '.join(differ)} differ): "
+            "its choices say nothing about this one"
+        )
+    here = code_version(("mta", "suite"))
+    data["selection_from"] = {
+        "file": str(p),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "code_version": data.get("code_version"),
+        "same_code": data.get("code_version") == here,
+    }
+    return data

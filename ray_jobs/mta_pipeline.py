@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
         resummarize(args.out)
     else:
         run(cfg, args.out)
+        if cfg.eval.stop_after == "select":  # no evaluated user, no summary: the choices are the output
+            print(f"selection: {args.out}/selection.json (evaluate with eval.selection_from=that file)")
+            return
     report_run(args.out)
 
 

@@ -86,6 +86,19 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
             )
             rows.append([m, str(v.get("users")), cands, f"`{v.get('choice')}`", margin])
         lines += _table(["method", "users", "candidates → score ± SE [rel. update]", "choice", "margin"], rows)
+        src = r.get("selection_from")
+        if src:  # chosen by an earlier job (eval.selection_from) on the same users, bank and grids
+            code = (
+                "the same method code as this run"
+                if src.get("same_code")
+                else f"method code `{src.get('code_version')}`, **not this run's**"
+            )
+            lines += [
+                "",
+                f"These choices were made by an earlier job and read from `{src['file']}` (sha256 "
+                f"`{src['sha256'][:12]}`), at {code}; its users, bank, grids and base settings equal this run's "
+                "(checked).",
+            ]
     extras = []
     if r.get("rel_update"):
         extras.append("relative update ‖ΔW‖/‖W‖ " + ", ".join(f"{m} {v:.2e}" for m, v in r["rel_update"].items()))

@@ -282,3 +282,41 @@ def test_mta_swept_is_the_sweeps_choice_evaluated_beside_the_default(lamp_root, 
         _cfg(lamp_root, **{"eval.swept": f})
     with pytest.raises(ConfigError, match="mta_swept needs eval.swept"):
         _cfg(lamp_root, **{"eval.methods": "[mta, mta_swept]"})
+
+
+def test_a_selection_made_by_one_run_is_applied_by_another_and_refused_for_another_configuration(lamp_root, tmp_path):
+    """`eval.stop_after: select` writes the choices and runs no evaluated user; `eval.selection_from`
+    applies them without choosing again: the evaluation equals one with the chosen settings fixed
+    by hand. A selection made with another grid is refused. Mutations caught (each seen failing):
+    the reused stack choice not applied (the base stacking evaluated); the fingerprint without the
+    grids (the other grid's selection accepted)."""
+    from suite.config import ConfigError
+
+    # the base settings are none of the candidates: a choice not applied would show
+    base = {"stacking.max_steps": 5, "oppu.lr": 5.0e-4}
+    grids = {**EQUAL_GRIDS, **base, "eval.methods": "[oppu, mta, mta_prior]", "eval.adapter_twin": "false"}
+    only = run(_cfg(lamp_root, **grids, **{"eval.stop_after": "select"}), tmp_path / "sel")
+    sel_file = tmp_path / "sel" / "selection.json"
+    assert set(only["selection"]["selection"]) == {"oppu", "stack", "mta_prior_lambda"}
+    assert not (tmp_path / "sel" / "summary.json").exists() and not (tmp_path / "sel" / "per_user.jsonl").exists()
+    sel = json.loads(sel_file.read_text())
+    two = run(_cfg(lamp_root, **grids, **{"eval.selection_from": sel_file}), tmp_path / "two")["mta"]["LaMP_2"]
+    assert not (tmp_path / "two" / "select_user.jsonl").exists()  # nothing chosen again
+    assert two["selection"] == sel["selection"] and two["selection_from"]["same_code"] is True
+    assert two["provenance"]["files"]["selection_from"]["sha256"] == two["selection_from"]["sha256"]
+    stack, oppu = sel["selection"]["stack"]["choice"], sel["selection"]["oppu"]["choice"]
+    fixed = {f"stacking.{k}": v for k, v in stack.items()} | {f"oppu.{k}": v for k, v in oppu.items()}
+    lam = sel["selection"]["mta_prior_lambda"]["choice"]
+    by_hand = _cfg(lamp_root, **{"eval.methods": "[oppu, mta, mta_prior]", "data.select_users": 0,
+                                "eval.prior_lambda": lam, "eval.purpose": "pipeline_check", **fixed})  # fmt: skip
+    hand = run(by_hand, tmp_path / "hand")["mta"]["LaMP_2"]
+    assert two["methods"] == hand["methods"] and two["mta_prior_lambda"] == lam
+    raw = lambda d: [(r["user_id"], r["out"]) for r in read_jsonl(tmp_path / d / "per_user.jsonl")]  # noqa: E731
+    assert raw("two") == raw("hand")  # every method's raw output: the same adapters answered
+    assert two["stacking"]["max_steps"] == stack["max_steps"] != 5
+    from reporting.mta import render_mta
+
+    assert "These choices were made by an earlier job" in "\n".join(render_mta("t", "LaMP_2", two, tmp_path))
+    other = {**grids, "eval.stacking_grid": "[{max_steps: 1}, {max_steps: 3}]", "eval.selection_from": sel_file}
+    with pytest.raises(ConfigError, match="made for another configuration .*eval"):
+        run(_cfg(lamp_root, **other), tmp_path / "other")
