@@ -65,6 +65,21 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def query_latency(store: MemoryStore, qs: list[str], methods: dict, user: str = "u") -> dict:
+    """{configuration: {"p50", "p95"}} ms of `store.search` (limit 5) over the queries; the first
+    query, which rebuilds the BM25 / graph caches after adds, is not timed."""
+    lat = {}
+    for name, rc in methods.items():
+        store.search(qs[0], user, 5, rc)
+        ts = []
+        for q in qs:
+            t = time.perf_counter()
+            store.search(q, user, 5, rc)
+            ts.append((time.perf_counter() - t) * 1000)
+        lat[name] = {"p50": float(np.percentile(ts, 50)), "p95": float(np.percentile(ts, 95))}
+    return lat
+
+
 def _best_memory(best: str) -> MemGASConfig:
     p = Path(best or BEST_LOCOMO)
     return load_config(MemGASJobConfig, p).memgas
@@ -180,15 +195,7 @@ def grow(a) -> None:
             bar.update(1)
         step_s = time.perf_counter() - t0
         mem = store.users["u"]
-        lat = {}
-        for name, rc in methods.items():
-            store.search(qs[0], "u", 5, rc)  # first query after adds rebuilds the BM25 / graph caches
-            ts = []
-            for q in qs:
-                t = time.perf_counter()
-                store.search(q, "u", 5, rc)
-                ts.append((time.perf_counter() - t) * 1000)
-            lat[name] = {"p50": float(np.percentile(ts, 50)), "p95": float(np.percentile(ts, 95))}
+        lat = query_latency(store, qs, methods)
         disk = store.disk_bytes()
         rows.append(
             {

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -44,6 +45,9 @@ from suite.encoders import load_encoder
 from suite.io import atomic_write_json
 from suite.provenance import provenance, start_stamp
 from suite.stats import compare
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: benchmarks.* importable
+from benchmarks.memgas_scaling import query_latency  # noqa: E402 (the grown benchmark's timing)
 
 EDGES_PER_SESSION = 1_880_366 / 100_000  # the grown store at 100,000 sessions (results/bench_scaling_hashing)
 POOL = ("session", "turn_mean", "summary", "keywords")  # the association pool of every measured memory
@@ -112,15 +116,7 @@ def scale(a) -> None:
         mem = build(store, n, turns, sizes, dates)
         store.users["u"] = mem
         built_s = time.perf_counter() - t0
-        lat = {}
-        for name, rc in methods.items():
-            store.search(qs[0], "u", 5, rc)  # the first query builds the BM25 / graph caches
-            ts = []
-            for q in qs:
-                t = time.perf_counter()
-                store.search(q, "u", 5, rc)
-                ts.append((time.perf_counter() - t) * 1000)
-            lat[name] = {"p50": float(np.percentile(ts, 50)), "p95": float(np.percentile(ts, 95))}
+        lat = query_latency(store, qs, methods)  # the grown benchmark's timing, unchanged
         rows.append(
             {
                 "sessions": n,
