@@ -338,3 +338,7 @@ def test_serving_targets_are_read_from_the_engine_rows():
     rows[-1]["rss_mb"] = 1050.0
     text = "\n".join(serve_targets(rows))
     assert "target 0.9x: met" in text and "+50 MB, target under 100 MB: met" in text
+    # another engine's level between the 1-user and the 1,000-user rows: the growth is not the engine's
+    rows.insert(4, row("mta_mixed", 64, 20.0, rss=1500.0))
+    text = "\n".join(serve_targets(rows))
+    assert "not measured in isolation" in text and "mta_mixed ran between" in text
