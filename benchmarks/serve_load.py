@@ -267,6 +267,13 @@ def main() -> None:
     ap.add_argument("--cache", type=int, default=16)
     ap.add_argument("--records", type=int, default=4, help="users given a record (trained stack) first")
     ap.add_argument("--users-max", type=int, default=64, help="1000 adds a level of 1,000 users (engine RSS)")
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=list(MODES),
+        choices=MODES,
+        help="the modes to run (basis_iter alone: its RSS from 1 to 1,000 users with no other engine's levels between)",
+    )
     a = ap.parse_args()
     start_stamp()  # the commit and code hash the numbers are claimed for (compared again at the end)
     out = claim_run_dir(a.out, "benchmark")
@@ -287,7 +294,7 @@ def main() -> None:
         many = synthetic_users(job, users, a.users_max)
     rows = []
     for n_users in (1, 8, 64) + ((a.users_max,) if a.users_max > 64 else ()):
-        modes = MODES if n_users <= 64 else ("basis_iter",)
+        modes = [m for m in MODES if m in a.modes] if n_users <= 64 else ["basis_iter"]
         for mode in modes:
             c = engine if mode.startswith("basis") else comp
             pool = many if n_users > 64 else users
