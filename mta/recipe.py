@@ -164,17 +164,16 @@ def select(s: Session) -> dict:
     with the same number of candidates for every trained method (checked when the config is read):
     OPPU's settings (`eval.oppu_grid`), the stack's (`eval.stacking_grid`) and `mta_prior`'s λ.
     Updates the session's config; returns {"lambda", "selection": {method: record}}."""
-    cfg, d = s.cfg, s.cfg.data
+    cfg = s.cfg
     fp = fingerprint(cfg, split_digest(s.train_file), s.bank_sig)
     if cfg.eval.selection_from:
         return _reuse_selection(s, fp)
     selection, lam = {}, max(cfg.eval.prior_lambda, 0.0)
-    for what, (_, grid_name, method) in TUNED.items():
-        runs = method in cfg.eval.methods or (what == "stack" and "mta_prior" in cfg.eval.methods)
-        if runs and getattr(cfg.eval, grid_name) and d.select_users > 0:
-            cfg, selection[what] = select_setting(cfg, s.ev, s.loaded.ids, s.bank_sig, what)
-            s.cfg = s.ev.cfg = cfg
-    if "mta_prior" in cfg.eval.methods and s.label_mode and cfg.eval.prior_lambda < 0 and d.select_users > 0:
+    tuned, needs_lambda = _to_choose(cfg, s.label_mode)
+    for what in tuned:
+        cfg, selection[what] = select_setting(cfg, s.ev, s.loaded.ids, s.bank_sig, what)
+        s.cfg = s.ev.cfg = cfg
+    if needs_lambda:
         selection["mta_prior_lambda"] = select_lambda(cfg, s.ev, s.loaded.ids, s.bank_sig)
         lam = selection["mta_prior_lambda"]["choice"]
         print(f"[select] mta_prior lambda = {lam} (best on {selection['mta_prior_lambda']['users']} train users)")
@@ -185,20 +184,31 @@ def select(s: Session) -> dict:
     return choices
 
 
+def _to_choose(cfg, label_mode: bool) -> tuple[list[str], bool]:
+    """(the trained methods whose settings this run chooses, whether it chooses mta_prior's λ)."""
+    if cfg.data.select_users <= 0:
+        return [], False
+    tuned = [
+        what
+        for what, (_, grid_name, method) in TUNED.items()
+        if (method in cfg.eval.methods or (what == "stack" and "mta_prior" in cfg.eval.methods))
+        and getattr(cfg.eval, grid_name)
+    ]
+    return tuned, "mta_prior" in cfg.eval.methods and label_mode and cfg.eval.prior_lambda < 0
+
+
 def _reuse_selection(s: Session, fp: dict) -> dict:
     """The choices of `eval.selection_from` (made by an earlier run on the same users, bank and
     grids), applied as `select` would have applied them."""
     cfg = s.cfg
     got = load_selection(cfg.eval.selection_from, fp)
     selection = got["selection"]
-    for what, (field_name, grid_name, method) in TUNED.items():
-        runs = method in cfg.eval.methods or (what == "stack" and "mta_prior" in cfg.eval.methods)
-        if not (runs and getattr(cfg.eval, grid_name) and cfg.data.select_users > 0):
-            continue
+    tuned, needs_lambda = _to_choose(cfg, s.label_mode)
+    for what in tuned:
         if what not in selection:
             raise ConfigError(f"eval.selection_from: {got['selection_from']['file']} holds no choice for {what}")
+        field_name = TUNED[what][0]
         cfg = replace(cfg, **{field_name: replace(getattr(cfg, field_name), **selection[what]["choice"])})
-    needs_lambda = "mta_prior" in cfg.eval.methods and s.label_mode and cfg.eval.prior_lambda < 0
     if needs_lambda and "mta_prior_lambda" not in selection:
         raise ConfigError(
             f"eval.selection_from: {got['selection_from']['file']} holds no choice for mta_prior's lambda"
