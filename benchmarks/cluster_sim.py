@@ -22,15 +22,26 @@ that runs them; every scenario's result is compared with the uninterrupted run o
   with zero workers: the autoscaler adds the nodes, the anchors train in parallel across them, and
   the nodes are released when idle (idle timeout shortened for the simulation). The placement
   (anchor -> node) comes from the bank's own per-anchor record.
-- `node_kill`: the same job; a worker node is killed (every process of it, SIGKILL) once the first
-  partial checkpoint exists; Ray Train restores the lost trainers from their last checkpoint on a
-  node the autoscaler adds; the bank's tensors are compared with `autoscale`'s.
+- `node_kill`: the same job; once the first partial checkpoint exists, the worker node training that
+  checkpointed anchor is killed (every process of it, SIGKILL); Ray Train restores the lost trainers
+  from their last checkpoint on a node the autoscaler adds; the bank's tensors are compared with
+  `autoscale`'s.
+- `s3_node_kill`: `node_kill` with the checkpoints in S3 (`bank.storage_path=s3://...`) on moto's
+  S3-compatible server on loopback: the restore reads the bucket. The credentials are set in the
+  environment before the cluster starts (every node inherits them, as `cluster.yaml`'s nodes get theirs
+  from the instance profile); afterwards every file of the run and of the cluster's temp folder is
+  searched for the secret key.
 - `driver_kill`: the same job; its driver is killed once a checkpoint exists, the same command is
   submitted again, and it resumes: installed anchors are skipped, the rest restore from their
   checkpoints; the bank is compared again.
 
-Not built yet (issue #33): node kills during a sweep and an evaluation, and checkpoints on an
-S3-compatible server.
+- `sweep`, `sweep_node_kill`: `sweep_memgas` on the LoCoMo dev conversations, 4 seeded trials at once;
+  the busiest worker node is killed while trials run; Tune retries the lost trials
+  (`sweep.max_failures`); the best configuration and every trial's metric are compared.
+- `mta_eval`, `mta_eval_node_kill`: `mta_pipeline` (tiny model) with `eval.backend=ray`, one task per
+  user; `memgas_eval`, `memgas_eval_node_kill`: `memgas_eval` on LoCoMo (hashing encoder) with
+  `eval.backend=ray`, one task per conversation. A node dies while tasks run; Ray re-executes the lost
+  tasks (`eval.max_retries`); scores and records (none duplicated or lost) are compared.
 """
 
 from __future__ import annotations
@@ -48,6 +59,8 @@ import yaml
 
 if __package__ in (None, ""):  # `python benchmarks/cluster_sim.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.fake_s3 import BUCKET, S3, files_holding  # noqa: E402
 
 # GPUs and vCPUs of the instance types cluster.yaml names (AWS's published figures)
 INSTANCE_RESOURCES = {
@@ -111,8 +124,10 @@ DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lamp_like
 # The upload path itself is tested on one node by tests/ray_jobs/test_job_submit.py.
 SCENARIOS = {  # name -> (job, failure)
     "autoscale": ("bank", None), "node_kill": ("bank", "node"), "driver_kill": ("bank", "driver"),
+    "s3_node_kill": ("bank_s3", "node"),
     "sweep": ("sweep", None), "sweep_node_kill": ("sweep", "node"),
-    "eval": ("eval", None), "eval_node_kill": ("eval", "node"),
+    "mta_eval": ("mta_eval", None), "mta_eval_node_kill": ("mta_eval", "node"),
+    "memgas_eval": ("memgas_eval", None), "memgas_eval_node_kill": ("memgas_eval", "node"),
 }  # fmt: skip
 RUNTIME_ENV = {"working_dir": "local://" + str(Path(__file__).resolve().parents[1])}
 BANK_OVERRIDES = [  # tiny model, 4 anchors, 2 workers per anchor, 1 fake GPU each, models on CPU
@@ -122,11 +137,11 @@ BANK_OVERRIDES = [  # tiny model, 4 anchors, 2 workers per anchor, 1 fake GPU ea
 ]  # fmt: skip
 
 
-def bank_job(out: Path) -> list[str]:
+def bank_job(out: Path, storage: str | None = None) -> list[str]:
     return [
         "python", "-m", "ray_jobs.pretrain_bank", "--config", "ray_jobs/configs/mta_tiny.yaml", "--out",
         str(out / "job"), f"data.root={DATA_ROOT}", f"bank_path={out / 'bank'}",
-        f"bank.storage_path={out / 'storage'}", "bank.name=simbank",
+        f"bank.storage_path={storage or out / 'storage'}", "bank.name=simbank",
         *BANK_OVERRIDES,
     ]  # fmt: skip
 
@@ -140,7 +155,7 @@ def sweep_job(out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def eval_job(out: Path) -> list[str]:
+def mta_eval_job(out: Path) -> list[str]:
     """`mta_pipeline` (tiny model) with its per-user evaluation as Ray tasks on the workers."""
     return [
         "python", "-m", "ray_jobs.mta_pipeline", "--config", "ray_jobs/configs/mta_tiny.yaml", "--out",
@@ -149,17 +164,27 @@ def eval_job(out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def memgas_eval_job(out: Path) -> list[str]:
+    """`memgas_eval` on LoCoMo (10 conversations, hashing encoder) with one Ray task per conversation."""
+    return [
+        "python", "-m", "ray_jobs.memgas_eval", "--config", "ray_jobs/configs/memgas_locomo_cpu.yaml", "--out",
+        str(out / "job"), "memgas.encoder=hashing", "eval.backend=ray", "eval.cpus=1", "tracking.enabled=false",
+    ]  # fmt: skip
+
+
 class Watch:
     """Samples the cluster every second while a job runs: worker nodes alive, the cluster's RSS, and
     the checkpoints written so far (the signal for a kill)."""
 
-    def __init__(self, cluster, storage: Path):
-        self.c, self.storage, self.t0 = cluster, storage, time.time()
+    def __init__(self, cluster, storage: Path, s3: S3 | None = None):
+        self.c, self.storage, self.s3, self.t0 = cluster, storage, s3, time.time()
         self.timeline: list[dict] = []
         self.peak_rss_mb = 0.0
 
-    def checkpoints(self) -> list[Path]:
-        return sorted(self.storage.glob("*/anchor-*")) if self.storage.exists() else []  # our checkpoint names
+    def checkpoints(self) -> list[str]:
+        if self.s3 is not None:
+            return self.s3.checkpoints(str(self.storage))
+        return sorted(p.name for p in self.storage.glob("*/anchor-*")) if self.storage.exists() else []
 
     def __call__(self) -> None:
         import psutil
@@ -193,22 +218,40 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a) if a else 0.0
 
 
-def run_bank(c, out: Path, kill: str | None, timeout_s: float = 900) -> dict:
-    """One `pretrain_bank` job on the fake cluster; `kill` = None | "node" | "driver"."""
-    w = Watch(c, out / "storage")
+def node_to_kill(nodes: list[str], checkpoints: list[str], logs: str) -> str:
+    """The worker node training an anchor that has a partial checkpoint and is not finished (so
+    that its restore reads a checkpoint), from the trainers' start lines; else the newest node."""
+    partial = {m.group(1) for n in checkpoints if (m := re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}-step\d+$", n))}
+    finished = {m.group(1) for n in checkpoints if (m := re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}$", n))}
+    where: dict[str, str] = {}
+    for node, anchors in re.findall(r"\[bank\] trainer \d+ started on node (\S+): anchors (\[[^\]]*\])", logs):
+        for a in re.findall(r"'([^']+)'", anchors):
+            where[a] = node  # the newest start line wins
+    for a in sorted(partial - finished):
+        if where.get(a) in nodes:
+            return where[a]
+    return nodes[-1]
+
+
+def run_bank(c, out: Path, kill: str | None, s3: S3 | None = None, timeout_s: float = 900) -> dict:
+    """One `pretrain_bank` job on the fake cluster; `kill` = None | "node" | "driver"; with `s3`,
+    its checkpoints go to the S3 server's bucket."""
+    storage = s3.uri(out.name) if s3 else None
+    w = Watch(c, Path(out.name) if s3 else out / "storage", s3)
     events: list[dict] = []
     t0 = time.time()
-    job = c.submit(bank_job(out), RUNTIME_ENV)
+    job = c.submit(bank_job(out, storage), RUNTIME_ENV)
     killed = threading.Event()
 
     def poll():
         w()
         if kill and not killed.is_set() and w.checkpoints():
-            ck = [p.name for p in w.checkpoints()]
+            ck = w.checkpoints()
             if kill == "node":
-                nodes = [n for n in c.nodes() if not n["is_head"]]
-                n = c.kill_node(nodes[-1]["node_id"])
-                events.append({"t": round(time.time() - t0, 1), "killed": "node", "node": nodes[-1]["node_id"],
+                nodes = [n["node_id"] for n in c.nodes() if not n["is_head"]]
+                node = node_to_kill(nodes, ck, c.logs(job))
+                n = c.kill_node(node)
+                events.append({"t": round(time.time() - t0, 1), "killed": "node", "node": node,
                                "processes": n, "checkpoints_then": ck})  # fmt: skip
             else:
                 drivers = [p for p in c.processes() if "ray_jobs.pretrain_bank" in " ".join(p.cmdline())]
@@ -222,7 +265,7 @@ def run_bank(c, out: Path, kill: str | None, timeout_s: float = 900) -> dict:
     logs = c.logs(job)
     jobs = [{"job": job, "status": status.get("status")}]
     if kill == "driver":  # the user resubmits the same command
-        job2 = c.submit(bank_job(out), RUNTIME_ENV)
+        job2 = c.submit(bank_job(out, storage), RUNTIME_ENV)
         status = c.wait_job(job2, timeout_s, w)
         logs += c.logs(job2)
         jobs.append({"job": job2, "status": status.get("status")})
@@ -232,6 +275,7 @@ def run_bank(c, out: Path, kill: str | None, timeout_s: float = 900) -> dict:
     first_worker = next((e["t"] for e in w.timeline if e["workers"] > 0), None)
     return {
         "kill": kill,
+        "storage": "s3" if s3 else "local",
         "jobs": jobs,
         "wall_s": round(time.time() - t0, 1),
         "scale_up_s": first_worker,
@@ -286,7 +330,7 @@ def redone(events: list[dict], logs: str) -> dict:
 def run_other(c, out: Path, kind: str, kill: str | None, kill_after_s: float = 3, timeout_s: float = 900) -> dict:
     """A sweep or an evaluation on the fake cluster; with `kill="node"`, a worker node is killed
     `kill_after_s` seconds after the first worker node is up (trials or tasks are then running)."""
-    entry = {"sweep": sweep_job, "eval": eval_job}[kind](out)
+    entry = {"sweep": sweep_job, "mta_eval": mta_eval_job, "memgas_eval": memgas_eval_job}[kind](out)
     w = Watch(c, out / "none")
     events: list[dict] = []
     t0 = time.time()
@@ -331,9 +375,14 @@ def outcome(kind: str, job_out: Path) -> dict:
         trials = sorted((json.dumps(t["params"], sort_keys=True), t.get("value")) for t in s.get("all_trials", []))
         best = s.get("best") or {}
         return {"best": best.get("config"), "trials": trials, "errors": s.get("errors")}
-    ((task, r),) = s["mta"].items()
-    recs = [json.loads(line) for line in (job_out / "per_user.jsonl").read_text().splitlines() if line.strip()]
-    keys = [(r["user_id"], r["key"]) for r in recs]  # a record is one user's under one resume key
+    if kind == "memgas_eval":  # a record is one question's under one resume key
+        ((bench, r),) = s["memgas"].items()
+        recs = [json.loads(line) for line in (job_out / "per_question.jsonl").read_text().splitlines() if line.strip()]
+        keys = [(x["qid"], x["key"]) for x in recs]
+    else:  # a record is one user's under one resume key
+        ((task, r),) = s["mta"].items()
+        recs = [json.loads(line) for line in (job_out / "per_user.jsonl").read_text().splitlines() if line.strip()]
+        keys = [(x["user_id"], x["key"]) for x in recs]
     return {
         "scores": {m: v for m, v in sorted(r["methods"].items())},
         "records": len(keys),
@@ -381,6 +430,8 @@ def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml"
     out.mkdir(parents=True, exist_ok=True)
     derived = derive(cluster_yaml)
     res: dict = {"benchmark": "cluster_sim", "derived": derived, "idle_timeout_minutes": idle_minutes, "scenarios": {}}
+    # the S3 server and its credentials come first: the cluster's processes inherit the environment
+    s3 = S3() if any(SCENARIOS[n][0] == "bank_s3" for n in scenarios) else None
     c = FakeCluster(derived, idle_timeout_minutes=idle_minutes, log_dir=out / "logs")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `finally` below stops the cluster on SIGTERM too
     try:
@@ -390,8 +441,8 @@ def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml"
         ref, refs = None, {}
         for name in scenarios:
             kind, kill = SCENARIOS[name]
-            if kind == "bank":
-                r = run_bank(c, out / name, kill)
+            if kind in ("bank", "bank_s3"):
+                r = run_bank(c, out / name, kill, s3 if kind == "bank_s3" else None)
                 tensors = bank_tensors(out / name / "bank")
                 r["anchors"] = len({k.split("/")[0] for k in tensors})
                 if kill is None:
@@ -408,8 +459,12 @@ def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml"
             res["scenarios"][name] = r
             print(name, json.dumps({k: v for k, v in r.items() if k != "timeline"}), flush=True)
             atomic_write_json(out / "cluster_sim.json", res)
+        if s3 is not None:  # the run's files and the cluster's (logs, job records) before they are removed
+            res["s3"] = {"secret_found_in": files_holding(s3.secret, out, c.tmp), "bucket": BUCKET}
     finally:
         res["teardown"] = c.stop()
+        if s3 is not None:
+            s3.stop()
         res["provenance"] = provenance(
             {"scenarios": scenarios, "cluster_yaml": cluster_yaml}, {"cluster_yaml": cluster_yaml}
         )

@@ -141,7 +141,7 @@ def bank_worker_loop(config: dict) -> None:
         if rank == 0:
             print(
                 f"[bank] resuming: {len(done)} anchor(s) done, in progress: {prog.get('current')} "
-                f"at step {(prog.get('train_state') or {}).get('step')}"
+                f"at step {(prog.get('train_state') or {}).get('step')}, from checkpoint {ckpt.path}"
             )
 
     if rank == 0:  # one line per start of this trainer's worker group: a restart after a failure shows as a second

@@ -401,10 +401,11 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
     lines = [
         "Jobs submitted with `ray job submit` to a fake cluster derived from `cluster.yaml`, from zero workers "
         f"(idle timeout {r['idle_timeout_minutes']} min for the simulation): the bank (tiny model, 4 anchors, "
-        "2 workers per anchor, 1 fake GPU per worker), `sweep_memgas` (LoCoMo dev, 4 seeded trials at once, "
-        "hashing encoder; equal = same best configuration and every trial's metric) and `mta_pipeline` "
-        "(tiny model, 16 dev users, per-user evaluation as Ray tasks; equal = same scores, no record "
-        "duplicated or lost).",
+        "2 workers per anchor, 1 fake GPU per worker; `s3_node_kill`: checkpoints in S3 on moto's server on "
+        "loopback), `sweep_memgas` (LoCoMo dev, 4 seeded trials at once, hashing encoder; equal = same best "
+        "configuration and every trial's metric), `mta_pipeline` (tiny model, 16 dev users, one Ray task "
+        "per user) and `memgas_eval` (LoCoMo, hashing encoder, one Ray task per conversation); for the "
+        "evaluations equal = same scores, no record duplicated or lost.",
         "",
     ]
     lines += _table(
@@ -418,6 +419,45 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
         nodes = sorted(set(place.values()))
         lines += ["", "Placement (autoscale): " + ", ".join(
             f"anchor {a} on worker {nodes.index(n) + 1}" for a, n in sorted(place.items()))]  # fmt: skip
+    restores = [x for sc in r["scenarios"].values() for x in sc.get("restores") or []]
+    if restores:
+        lines += ["", "Restores logged by the bank's trainers:", ""] + [f"- `{x}`" for x in restores]
+    if "s3" in r:
+        found = r["s3"]["secret_found_in"]
+        lines += ["", f"S3 credentials (environment only): the secret key found in {len(found)} file(s) of the run "
+                  "and of the cluster's temp folder" + (f": {', '.join(found)}." if found else ".")]  # fmt: skip
     td = r.get("teardown") or {}
     lines += ["", f"Teardown: {td.get('left', '?')} process(es) left, temp folder left: {td.get('temp_left', '?')}."]
+    return lines + _provenance(r)
+
+
+def render_serve_http(name: str, r: dict) -> list[str]:
+    """`benchmarks/serve_http.py`: the app through Ray Serve over HTTP, the openai client streaming."""
+    lines = [
+        f"Serving over HTTP, {r['model']} ({r['engine']} engine): {r['requests_per_level']} streamed chat "
+        f"completions per level (at least one per user) from {r['concurrency']} concurrent `openai` clients, "
+        f"{r['max_tokens']} new tokens each, cache of {r['cache_size']} adapters, {r['records']} users with a "
+        f"record ({r['note']}). Cold = a user's first request in the run.",
+        "",
+    ]
+    lines += _table(
+        ["mode", "users", "tokens/s", "p50 / p95 ms", "TTFT p50 / p95 ms", "cold TTFT p50 / p95 ms (n)", "hit rate",
+         "replica RSS MB"],
+        [[x["mode"], str(x["users"]), _f(x["tokens_per_s"], 1), f"{_f(x['p50_ms'], 0)} / {_f(x['p95_ms'], 0)}",
+          f"{_f(x['ttft_p50_ms'], 1)} / {_f(x['ttft_p95_ms'], 1)}",
+          f"{_f(x['cold_ttft_p50_ms'], 1)} / {_f(x['cold_ttft_p95_ms'], 1)} ({x['cold_n']})",
+          _f(x["hit_rate"], 2), f"{x['replica_rss_mb']:,.0f}"] for x in r["rows"]],
+    )  # fmt: skip
+    at = {(x["mode"], x["users"]): x for x in r["rows"]}
+    verdicts = []
+    for n in (8, 64):
+        m, b = at.get(("mta", n)), at.get(("base", n))
+        if m and b and b["tokens_per_s"]:
+            ratio = m["tokens_per_s"] / b["tokens_per_s"]
+            verdicts.append(
+                f"{n} users: {ratio:.2f}x the base model's tokens/s over the same route, target "
+                f"{r['target_ratio']}x: {'met' if ratio >= r['target_ratio'] else 'missed'}"
+            )
+    if verdicts:
+        lines += ["", "Targets over HTTP: " + "; ".join(verdicts) + "."]
     return lines + _provenance(r)

@@ -19,6 +19,7 @@ from reporting.bench import (
     render_query_scale,
     render_recall,
     render_scaling,
+    render_serve_http,
     render_serve_load,
     render_store_delete,
     render_store_processes,
@@ -37,6 +38,7 @@ RESULT_FILES = (
     "store_processes.json",
     "bank_throughput.json",
     "serve_load.json",
+    "serve_http.json",
     "store_tenants.json",
     "store_delete.json",
     "cluster_sim.json",
@@ -70,6 +72,8 @@ def render_run(run: Path, out: Path) -> str:
         lines += render_store_processes(name, read_json(run / "store_processes.json")) + [""]
     if (run / "serve_load.json").exists():
         lines += render_serve_load(name, read_json(run / "serve_load.json"), out) + [""]
+    if (run / "serve_http.json").exists():
+        lines += render_serve_http(name, read_json(run / "serve_http.json")) + [""]
     if (run / "store_tenants.json").exists():
         lines += render_store_tenants(name, read_json(run / "store_tenants.json")) + [""]
     if (run / "store_delete.json").exists():

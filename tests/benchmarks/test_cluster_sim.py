@@ -64,12 +64,62 @@ def test_work_redone_counts_only_the_trainers_that_started_again():
     assert redone(events, logs) == {"a": {"checkpointed_step_on_disk": 4, "resumed_from_step": 2, "steps_redone": 2}}
 
 
+def test_the_node_killed_is_the_one_training_a_checkpointed_anchor():
+    """Mutation caught: killing the newest node whatever it trains (its anchor may have no
+    checkpoint yet: the restore then starts from scratch and reads nothing from storage), or taking
+    an anchor's first start line rather than its newest (after a restart it trains elsewhere)."""
+    from benchmarks.cluster_sim import node_to_kill
+
+    logs = "\n".join(
+        [
+            "(RayTrainWorker pid=11) [bank] trainer 0 started on node n1: anchors ['a'], resuming None",
+            "(RayTrainWorker pid=12) [bank] trainer 1 started on node n2: anchors ['b'], resuming None",
+            "(RayTrainWorker pid=13) [bank] trainer 2 started on node n3: anchors ['c'], resuming None",
+            "(RayTrainWorker pid=14) [bank] trainer 1 started on node n4: anchors ['b'], resuming b",
+        ]
+    )
+    ck = ["anchor-0001-a-1234abcd", "anchor-0001-a-1234abcd-step00002", "anchor-0001-b-5678abcd-step00002"]
+    assert node_to_kill(["n4", "n1", "n2", "n3"], ck, logs) == "n4"  # a is finished; b is on n4 now
+    assert node_to_kill(["n1", "n3"], ck, logs) == "n3"  # b's node is gone: the newest
+
+
+def test_s3_lists_checkpoints_and_files_are_searched_for_the_secret(tmp_path):
+    """Mutation caught: listing objects rather than checkpoint folders (every file of a checkpoint
+    would count as one, and a run's other files as checkpoints), a listing that ignores the prefix
+    (another scenario's checkpoints would trigger the kill), or a secret search that skips nested
+    folders."""
+    pytest.importorskip("moto")
+    import os
+
+    from benchmarks.fake_s3 import BUCKET, S3, files_holding
+
+    before = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    s3 = S3()
+    try:
+        assert os.environ["AWS_SECRET_ACCESS_KEY"] == s3.secret
+        for key in ("x/simbank/anchor-0001-a-1234abcd-step00002/model.safetensors",
+                    "x/simbank/anchor-0001-a-1234abcd-step00002/progress.json",
+                    "x/simbank/anchor-0001-a-1234abcd/model.safetensors",
+                    "x/simbank/driver_state.json", "y/simbank/anchor-0001-b-5678abcd-step00002/p.json"):  # fmt: skip
+            s3.client.put_object(Bucket=BUCKET, Key=key, Body=b"1")
+        assert s3.checkpoints("x") == ["anchor-0001-a-1234abcd", "anchor-0001-a-1234abcd-step00002"]
+        assert "endpoint_override=" + s3.endpoint in s3.uri("x") and s3.uri("x").startswith(f"s3://{BUCKET}/x?")
+        (tmp_path / "a" / "b").mkdir(parents=True)
+        (tmp_path / "a" / "b" / "log.txt").write_text("key " + s3.secret)
+        (tmp_path / "clean.txt").write_text("nothing")
+        assert files_holding(s3.secret, tmp_path) == [str(tmp_path / "a" / "b" / "log.txt")]
+    finally:
+        s3.stop()
+    assert os.environ.get("AWS_SECRET_ACCESS_KEY") == before  # the environment is given back
+
+
 @pytest.mark.cluster
 def test_the_simulated_cluster_autoscales_and_survives_a_node_and_a_driver(tmp_path):
     """The whole simulation (`make cluster-sim` runs the same): the bank from zero workers on an
     autoscaled fake GPU cluster, then with a worker node killed, then with its driver killed and the
-    command resubmitted; both banks equal the uninterrupted one; a sweep and an evaluation each lose
-    a node and end as their uninterrupted runs; nothing is left running.
+    command resubmitted, then with its checkpoints in S3 and a node killed; every bank equals the
+    uninterrupted one; a sweep and two evaluations each lose a node and end as their uninterrupted
+    runs; no credential reaches a file; nothing is left running.
     Mutation caught: Ray Train without `FailureConfig` (the node-kill job fails), resubmission
     retraining finished anchors from scratch under another run name (different tensors, or none), or
     Tune without `FailureConfig` (the trial on the dead node errors: another best, or a failed job)."""
@@ -85,9 +135,13 @@ def test_the_simulated_cluster_autoscales_and_survives_a_node_and_a_driver(tmp_p
     assert n["max_abs_diff_vs_uninterrupted"] <= 1e-6 and n["anchors"] == 4
     d = s["driver_kill"]
     assert d["jobs"][-1]["status"] == "SUCCEEDED" and d["max_abs_diff_vs_uninterrupted"] <= 1e-6
-    for kind in ("sweep", "eval"):  # a node dies while trials / evaluation tasks run: retried, same outcome
+    k = s["s3_node_kill"]  # the same with checkpoints in S3: restored from the bucket, no credential in a file
+    assert k["jobs"][0]["status"] == "SUCCEEDED" and k["max_abs_diff_vs_uninterrupted"] <= 1e-6
+    assert any("s3://" in x for x in k["restores"]) and res["s3"]["secret_found_in"] == []
+    for kind in ("sweep", "mta_eval", "memgas_eval"):  # a node dies while trials / tasks run: same outcome
         k = s[f"{kind}_node_kill"]
         assert s[kind]["jobs"][0]["status"] == k["jobs"][0]["status"] == "SUCCEEDED" and k["events"]
         assert k["equal_to_uninterrupted"] is True
-    assert s["eval_node_kill"]["outcome"]["duplicate_records"] == 0
+    for kind in ("mta_eval", "memgas_eval"):
+        assert s[f"{kind}_node_kill"]["outcome"]["duplicate_records"] == 0
     assert res["teardown"]["left"] == 0 and not res["teardown"]["temp_left"]

@@ -342,3 +342,31 @@ def test_serving_targets_are_read_from_the_engine_rows():
     rows.insert(4, row("mta_mixed", 64, 20.0, rss=1500.0))
     text = "\n".join(serve_targets(rows))
     assert "not measured in isolation" in text and "mta_mixed ran between" in text
+
+
+def test_the_http_serving_benchmark_renders_its_rows_and_its_target(tmp_path):
+    """`serve_http.json` is a result file of its own, and its 0.9x target is read per user count
+    against the base model's row of the same count. Mutations caught: the file left out of
+    RESULT_FILES (the run is refused as empty), the ratio taken against the 1-user base row (0.93x
+    at 8 users called met when the 8-user base row makes it 0.5x)."""
+    from ray_jobs.report import main as report
+
+    def row(mode, users, tps, cold=None):
+        return {"mode": mode, "users": users, "requests": 8, "tokens_per_s": tps, "p50_ms": 100.0, "p95_ms": 150.0,
+                "ttft_p50_ms": 20.0, "ttft_p95_ms": 30.0, "cold_ttft_p50_ms": cold, "cold_ttft_p95_ms": cold,
+                "cold_n": 1 if cold else 0, "hit_rate": 0.5 if cold else None, "replica_rss_mb": 700.0}  # fmt: skip
+
+    res = {
+        "model": "tiny", "engine": "shared_basis", "requests_per_level": 8, "concurrency": 8, "max_tokens": 4,
+        "cache_size": 4, "records": 2, "note": "over HTTP", "target_ratio": 0.9,
+        "provenance": {"commit": "abcdef0123456"},
+        "rows": [row("base", 1, 75.0), row("mta", 1, 70.0, 40.0), row("base", 8, 140.0), row("mta", 8, 70.0, 50.0),
+                 row("base", 64, 100.0), row("mta", 64, 95.0, 60.0)],
+    }  # fmt: skip
+    (tmp_path / "sh").mkdir()
+    (tmp_path / "sh" / "serve_http.json").write_text(json.dumps(res))
+    report([str(tmp_path / "sh"), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| mta | 8 | 70.0 | 100 / 150 | 20.0 / 30.0 | 50.0 / 50.0 (1) | 0.50 | 700 |" in md
+    assert "8 users: 0.50x the base model's tokens/s over the same route, target 0.9x: missed" in md
+    assert "64 users: 0.95x the base model's tokens/s over the same route, target 0.9x: met" in md
