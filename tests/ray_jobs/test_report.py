@@ -305,10 +305,7 @@ def test_the_serving_benchmark_renders_a_table_and_a_plot(tmp_path):
         "note": "in process", "provenance": {"commit": "abcdef0123456"},
         "rows": [row(m, u, 100.0 * u) for u in (1, 8) for m in ("base", "mta_mixed", "mta_switch")],
     }  # fmt: skip
-    (tmp_path / "sv").mkdir()
-    (tmp_path / "sv" / "serve_load.json").write_text(json.dumps(res))
-    report([str(tmp_path / "sv"), "--out", str(tmp_path / "rep")])
-    md = (tmp_path / "rep" / "report.md").read_text()
+    md = _report_of(tmp_path, "serve_load.json", res, run="sv")
     assert "| mta_mixed | 8 | 10.0 | 20.0 | 800.0 | 5.0 / 9.0 | 0.50 | 0.010 | 2 | 600 |" in md
     assert (tmp_path / "rep" / "sv_serve_load.png").stat().st_size > 5000
 
@@ -344,12 +341,19 @@ def test_serving_targets_are_read_from_the_engine_rows():
     assert "not measured in isolation" in text and "mta_mixed ran between" in text
 
 
+def _report_of(tmp_path, filename: str, res: dict, run: str = "run") -> str:
+    """report.md of one run folder holding `res` as `filename`."""
+    (tmp_path / run).mkdir()
+    (tmp_path / run / filename).write_text(json.dumps(res))
+    report([str(tmp_path / run), "--out", str(tmp_path / "rep")])
+    return (tmp_path / "rep" / "report.md").read_text()
+
+
 def test_the_http_serving_benchmark_renders_its_rows_and_its_target(tmp_path):
     """`serve_http.json` is a result file of its own, and its 0.9x target is read per user count
     against the base model's row of the same count. Mutations caught: the file left out of
     RESULT_FILES (the run is refused as empty), the ratio taken against the 1-user base row (0.93x
     at 8 users called met when the 8-user base row makes it 0.5x)."""
-    from ray_jobs.report import main as report
 
     def row(mode, users, tps, cold=None):
         return {"mode": mode, "users": users, "requests": 8, "tokens_per_s": tps, "p50_ms": 100.0, "p95_ms": 150.0,
@@ -363,10 +367,7 @@ def test_the_http_serving_benchmark_renders_its_rows_and_its_target(tmp_path):
         "rows": [row("base", 1, 75.0), row("mta", 1, 70.0, 40.0), row("base", 8, 140.0), row("mta", 8, 70.0, 50.0),
                  row("base", 64, 100.0), row("mta", 64, 95.0, 60.0)],
     }  # fmt: skip
-    (tmp_path / "sh").mkdir()
-    (tmp_path / "sh" / "serve_http.json").write_text(json.dumps(res))
-    report([str(tmp_path / "sh"), "--out", str(tmp_path / "rep")])
-    md = (tmp_path / "rep" / "report.md").read_text()
+    md = _report_of(tmp_path, "serve_http.json", res)
     assert "| mta | 8 | 70.0 | 100 / 150 | 20.0 / 30.0 | 50.0 / 50.0 (1) | 0.50 | 700 |" in md
     assert "8 users: 0.50x the base model's tokens/s over the same route, target 0.9x: missed" in md
     assert "64 users: 0.95x the base model's tokens/s over the same route, target 0.9x: met" in md
