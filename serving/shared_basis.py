@@ -8,9 +8,11 @@ anchors the user did not choose), expanded over each anchor's rank into c_b (K·
 
     y_b = W x_b + B (c_b ⊙ (A x_b)) + s_b B_b (A_b x_b)
 
-one product with A, a per-row scale, one product with B for every user of the batch at once, and a
-batched product (`bmm`) for the per-row stacks (ranks padded with zeros to the batch's largest:
-exact). When only some anchors are chosen by the batch's rows, only their columns are gathered.
+one product with A, a per-row scale, one product with B for every user of the batch at once. Each
+row's stack joins the basis as columns of its own, scaled by 1 on its row and 0 on the others, so
+the same three operations apply it (no per-row `bmm`: at one token per decoding step the cost is
+the number of operations, not their size). When only some anchors are chosen by the batch's rows,
+only their columns are gathered.
 
 A request carries its `RowAdapter` (weights and stack tensors, immutable, named by a content hash)
 into the batch: nothing a waiting request needs lives in a slot another user can overwrite.
@@ -61,8 +63,8 @@ class SharedBasis:
         self.r = [int(next(v for k, v in a.items() if k.endswith(".lora_A.weight")).shape[0]) for a in anchors]
         self.cols = torch.repeat_interleave(torch.arange(self.k), torch.tensor(self.r))  # column -> anchor
         mods = sorted({k[: -len(".lora_A.weight")] for k in anchors[0] if k.endswith(".lora_A.weight")})
-        self.A: dict[str, torch.Tensor] = {}
-        self.B: dict[str, torch.Tensor] = {}
+        self.At: dict[str, torch.Tensor] = {}  # A transposed (d_in, K·r), as the forward multiplies by it
+        self.Bt: dict[str, torch.Tensor] = {}  # B transposed (K·r, d_out)
         named = dict(model.named_modules())
         self.modules: dict[str, str] = {}  # base module path -> bank key
         dtype = self.dtype = next(model.parameters()).dtype  # per-batch tensors follow the model's
@@ -70,10 +72,10 @@ class SharedBasis:
             path = key[len(PREFIX) :] if key.startswith(PREFIX) else key
             if path not in named:
                 raise KeyError(f"bank module {key!r} is not a module of the base model")
-            self.A[path] = torch.cat([a[f"{key}.lora_A.weight"].to(dtype) for a in anchors], 0).contiguous()
-            self.B[path] = torch.cat(
+            self.At[path] = torch.cat([a[f"{key}.lora_A.weight"].to(dtype) for a in anchors], 0).T.contiguous()
+            self.Bt[path] = torch.cat(
                 [s * a[f"{key}.lora_B.weight"].to(dtype) for a, s in zip(anchors, scales)], 1
-            ).contiguous()
+            ).T.contiguous()
             self.modules[path] = key
         self._ctx = threading.local()
         self._hooks = [named[p].register_forward_hook(self._hook(p)) for p in self.modules]
@@ -92,28 +94,28 @@ class SharedBasis:
                 coef[i] = r.weights
         used = torch.nonzero(coef.abs().sum(0) > 0).flatten()  # anchors some row chose
         cols = torch.nonzero(torch.isin(self.cols, used)).flatten()
-        ctx = {"cols": cols, "c": coef[:, self.cols[cols]][:, None, :].to(self.dtype), "stack": {}, "ab": {}}
-        if len(cols) == len(self.cols):
-            ctx["cols"] = None  # every anchor in use: no gather
-        for path in self.modules:  # the chosen anchors' columns, gathered once per batch, not per call
-            A, B = self.A[path], self.B[path]
-            if ctx["cols"] is not None:
-                A, B = A[cols], B[:, cols]
-            ctx["ab"][path] = (A.T.contiguous(), B.T.contiguous())
+        c_bank = coef[:, self.cols[cols]]  # (batch, used columns): each row's weight over its anchors' ranks
+        ctx = {"ab": {}}
+        gather = len(cols) < len(self.cols)  # every anchor in use: no gather
         for path in self.modules:
-            mats = [(r.stack or {}).get(self.modules[path]) if r is not None else None for r in rows]
-            if any(m is not None for m in mats):
-                rank = max(m[0].shape[0] for m in mats if m is not None)
-                d_in, d_out = self.A[path].shape[1], self.B[path].shape[0]
-                a = torch.zeros(b, rank, d_in)
-                bb = torch.zeros(b, d_out, rank)
-                for i, m in enumerate(mats):
-                    if m is not None:
-                        a[i, : m[0].shape[0]], bb[i, :, : m[1].shape[1]] = m[0], m[1]
-                ctx["stack"][path] = (
-                    a.transpose(1, 2).contiguous().to(self.dtype),
-                    bb.transpose(1, 2).contiguous().to(self.dtype),
-                )
+            # The chosen anchors' columns, gathered once per batch, not per call; each row's stack joins
+            # them as columns of its own (coefficient 1 on its row, 0 on the others), so one product
+            # with A, one scale and one product with B serve anchors and stacks alike (exact).
+            At, Bt = self.At[path], self.Bt[path]
+            if gather:
+                At, Bt = At[:, cols], Bt[cols]
+            As, Bs, cs = [At], [Bt], [c_bank]
+            for i, r in enumerate(rows):
+                m = (r.stack or {}).get(self.modules[path]) if r is not None else None
+                if m is not None:
+                    As.append(m[0].T.to(self.dtype))
+                    Bs.append(m[1].T.to(self.dtype))
+                    one = torch.zeros(b, m[0].shape[0])
+                    one[i] = 1.0
+                    cs.append(one)
+            if len(As) > 1:  # no stack in the batch and every anchor in use: the bank's own tensors, no copy
+                At, Bt = torch.cat(As, 1).contiguous(), torch.cat(Bs, 0).contiguous()
+            ctx["ab"][path] = (At, Bt, torch.cat(cs, 1)[:, None, :].to(self.dtype))
         prev = getattr(self._ctx, "v", None)
         self._ctx.v = ctx
         try:
@@ -127,12 +129,9 @@ class SharedBasis:
             if ctx is None:
                 return output
             x = inputs[0]  # (batch, tokens, d_in)
-            At, Bt = ctx["ab"][path]  # (d_in, used columns), (used columns, d_out)
+            At, Bt, c = ctx["ab"][path]  # (d_in, columns), (columns, d_out), (batch, 1, columns)
             if At.shape[1]:
-                output = output + ((x @ At) * ctx["c"]) @ Bt  # c: (batch, 1, used columns)
-            st = ctx["stack"].get(path)
-            if st is not None:
-                output = output + torch.bmm(torch.bmm(x, st[0]), st[1])
+                output = output + ((x @ At) * c) @ Bt
             return output
 
         return hook

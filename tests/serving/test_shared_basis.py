@@ -83,12 +83,16 @@ def test_a_mixed_batch_of_eight_users_and_the_base_equals_each_exported_peft_ada
 
 
 def test_only_the_anchors_some_row_chose_are_gathered(bank):
+    """Mutation caught: every anchor's columns multiplied whatever the rows chose (the product's
+    width would be K·r, not the chosen anchor's r), or a copy of the whole bank per batch when
+    every anchor is in use and no row has a stack."""
     loaded, _ = bank
     model, _ = load_base(ModelConfig(name="tiny"))
     basis = SharedBasis(model, loaded.adapters, loaded.scales)
     rows = [row_from_record(loaded.ids, [loaded.ids[1]], [1.0], {}, 1.0)] * 3
     with basis.rows(rows):
-        ctx = basis._ctx.v
-        assert ctx["cols"] is not None and len(ctx["cols"]) == basis.r[1]
+        for path, (At, Bt, c) in basis._ctx.v["ab"].items():
+            assert At.shape[1] == Bt.shape[0] == c.shape[-1] == basis.r[1]
     with basis.rows([row_from_record(loaded.ids, loaded.ids, [1 / len(loaded.ids)] * len(loaded.ids), {}, 1.0)]):
-        assert basis._ctx.v["cols"] is None  # every anchor in use: no gather
+        for path, (At, Bt, _) in basis._ctx.v["ab"].items():
+            assert At is basis.At[path] and Bt is basis.Bt[path]  # every anchor in use: no gather, no copy
