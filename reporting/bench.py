@@ -398,14 +398,23 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
                 f"{x['peak_rss_mb']:,}",
             ]
         )
+    sc = r["scenarios"]
+    jobs = [
+        "the bank (tiny model, 4 anchors, 2 workers per anchor, 1 fake GPU per worker"
+        + ("; `s3_node_kill`: checkpoints in S3 on moto's server on loopback)" if "s3_node_kill" in sc else ")"),
+    ]
+    if "sweep" in sc:
+        jobs.append("`sweep_memgas` (LoCoMo dev, 4 seeded trials at once, hashing encoder; equal = same best "
+                    "configuration and every trial's metric)")  # fmt: skip
+    if "eval" in sc or "mta_eval" in sc:
+        jobs.append("`mta_pipeline` (tiny model, 16 dev users, one Ray task per user)")
+    if "memgas_eval" in sc:
+        jobs.append("`memgas_eval` (LoCoMo, hashing encoder, one Ray task per conversation)")
     lines = [
         "Jobs submitted with `ray job submit` to a fake cluster derived from `cluster.yaml`, from zero workers "
-        f"(idle timeout {r['idle_timeout_minutes']} min for the simulation): the bank (tiny model, 4 anchors, "
-        "2 workers per anchor, 1 fake GPU per worker; `s3_node_kill`: checkpoints in S3 on moto's server on "
-        "loopback), `sweep_memgas` (LoCoMo dev, 4 seeded trials at once, hashing encoder; equal = same best "
-        "configuration and every trial's metric), `mta_pipeline` (tiny model, 16 dev users, one Ray task "
-        "per user) and `memgas_eval` (LoCoMo, hashing encoder, one Ray task per conversation); for the "
-        "evaluations equal = same scores, no record duplicated or lost.",
+        f"(idle timeout {r['idle_timeout_minutes']} min for the simulation): "
+        + ", ".join(jobs)
+        + "; for the evaluations equal = same scores, no record duplicated or lost.",
         "",
     ]
     lines += _table(
@@ -419,7 +428,7 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
         nodes = sorted(set(place.values()))
         lines += ["", "Placement (autoscale): " + ", ".join(
             f"anchor {a} on worker {nodes.index(n) + 1}" for a, n in sorted(place.items()))]  # fmt: skip
-    restores = [x for sc in r["scenarios"].values() for x in sc.get("restores") or []]
+    restores = [x for one in sc.values() for x in one.get("restores") or []]
     if restores:
         lines += ["", "Restores logged by the bank's trainers:", ""] + [f"- `{x}`" for x in restores]
     if "s3" in r:
