@@ -59,15 +59,13 @@ def stats(url: str) -> dict:
 def ask(client, model: str, prompt: str, max_tokens: int) -> dict:
     """One streamed chat completion: TTFT (first content chunk), latency, completion tokens."""
     t0 = time.perf_counter()
-    ttft, usage, text = None, None, []
+    ttft, usage = None, None
     stream = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, stream=True
     )
     for ch in stream:
-        if ch.choices and ch.choices[0].delta.content:
-            if ttft is None:
-                ttft = (time.perf_counter() - t0) * 1000
-            text.append(ch.choices[0].delta.content)
+        if ttft is None and ch.choices and ch.choices[0].delta.content:
+            ttft = (time.perf_counter() - t0) * 1000
         if ch.usage is not None:
             usage = ch.usage
     lat = (time.perf_counter() - t0) * 1000

@@ -3,9 +3,6 @@ cluster.yaml's SUITE_STORAGE), against moto's S3 server on loopback: a worker ki
 restored from the checkpoint in the bucket, the bank equals an uninterrupted run's, and the
 credentials, which come from the environment only, reach no file."""
 
-import os
-import secrets
-
 import pytest
 import torch
 
@@ -15,44 +12,31 @@ from suite.models import ModelConfig
 from tests.conftest import tiny_lora
 from tests.mta.test_bank_trainer import _plan
 
-BUCKET = "suite-checkpoints"
-SECRET = "suite-test-" + secrets.token_hex(12)  # what must appear in no file
-
 
 @pytest.fixture(scope="module")
 def s3_ray():
-    """moto's S3 server on loopback and a local Ray started after the credentials are in the
-    environment (Ray's processes inherit them, as a cluster's nodes do; nothing passes them on)."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
+    """moto's S3 server on loopback (`benchmarks.fake_s3.S3`: credentials made up and put in the
+    environment only) and a local Ray started after them (Ray's processes inherit them, as a
+    cluster's nodes do; nothing passes them on)."""
+    pytest.importorskip("boto3")
+    from benchmarks.fake_s3 import S3
     from suite.ray_local import init_ray
 
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="suite-test", AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"{host}:{port}"
-    s3 = boto3.client("s3", endpoint_url=f"http://{endpoint}")
-    s3.create_bucket(Bucket=BUCKET)
+    s3 = S3()
     ray = init_ray(num_cpus=2)
-    yield s3, endpoint, ray
+    yield s3, ray
     ray.shutdown()
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    s3.stop()
 
 
 def test_a_killed_worker_restores_from_the_checkpoint_in_s3(s3_ray, lamp_root, tmp_path):
     """Catches: checkpoints written to a local folder whatever `storage_path` says (the bucket would
     hold none, and the local out folder would), a restore that starts the anchor over (resumed
     from step 0), and a credential written into a config, log or checkpoint."""
-    s3, endpoint, ray = s3_ray
-    uri = f"s3://{BUCKET}/banks?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+    from benchmarks.fake_s3 import BUCKET, files_holding
+
+    srv, ray = s3_ray
+    s3, uri = srv.client, srv.uri("banks")
     mcfg = ModelConfig(name="tiny", max_length=256)
     tcfg = tiny_lora(max_samples=6)
     marker = tmp_path / "killed"
@@ -85,12 +69,6 @@ def test_a_killed_worker_restores_from_the_checkpoint_in_s3(s3_ray, lamp_root, t
             torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5)
     # the secret key is in no file: the run's folders, Ray's session logs, the bucket's objects
     session = ray._private.worker._global_node.get_session_dir_path()
-    for root in (tmp_path, session):
-        for dirpath, _, files in os.walk(root):
-            for f in files:
-                p = os.path.join(dirpath, f)
-                if os.path.isfile(p) and not os.path.islink(p):
-                    with open(p, "rb") as fh:
-                        assert SECRET.encode() not in fh.read(), p
+    assert files_holding(srv.secret, tmp_path, session) == []
     for k in keys:
-        assert SECRET.encode() not in s3.get_object(Bucket=BUCKET, Key=k)["Body"].read(), k
+        assert srv.secret.encode() not in s3.get_object(Bucket=BUCKET, Key=k)["Body"].read(), k
