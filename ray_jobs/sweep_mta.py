@@ -2,14 +2,16 @@
 stacked rank, steps and learning rate. Each trial evaluates MTA on the train users that are not
 anchors, cut to few-shot profiles (`job.data.eval_split` must be the train split: a sweep on dev is
 refused when the config is read), and best_config.yaml is written to be reported on dev. Trials
-report the running metric after every user (ASHA stops weak trials early). The bank is built
-once, before the sweep (or reused from the bank cache).
+report the running metric after every user (ASHA stops weak trials early), with a checkpoint of
+the records so far: a trial whose worker, node or driver died resumes at its next user. The bank is
+built once, before the sweep (or reused from the bank cache).
 
     python -m ray_jobs.sweep_mta --config ray_jobs/configs/sweep_mta_lamp2_cpu.yaml --out runs/sweep_mta
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,8 @@ from suite.encoders import load_encoder
 from suite.io import atomic_write_json, atomic_write_text, claim_run_dir, read_json
 from suite.models import load_base
 from suite.stats import compare
+
+RECORDS = "records.json"  # in a trial checkpoint: the per-user records scored so far
 
 
 def _train_job() -> MTAJobConfig:
@@ -84,16 +88,35 @@ def trial(config: dict) -> None:
         model, codec = load_base(cfg.model)
         ev = Evaluator(cfg, bank, model, codec, load_encoder(cfg.encoder), trial_dir)
         label_mode = _uses_labels(d.task, cfg.eval.inference)
-        records = []
+        records = restored_records(tune.get_checkpoint(), [u.user_id for u in users])
         for i, u in enumerate(users):
+            if i < len(records):  # scored before this trial's worker, node or driver died
+                continue
             records.append(ev.user_record(u, ["mta"]))
             m = summarize(d.task, records, ["mta"], label_mode, cfg.eval.calibration)["methods"]["mta"]
             save_scores(trial_dir, d.task, records, label_mode, cfg.eval.calibration)
             tracker.log({**m, "users": i + 1}, step=i + 1)
-            tune.report({**m, "users": i + 1})
+            # the records so far travel with the result to the sweep's storage (shared on a cluster):
+            # a restarted trial resumes at the next user instead of scoring every user again
+            with tempfile.TemporaryDirectory() as ckpt:
+                atomic_write_json(Path(ckpt) / RECORDS, records)
+                tune.report({**m, "users": i + 1}, checkpoint=tune.Checkpoint.from_directory(ckpt))
         tracker.summary({"final_" + primary_metric(d.task)[0]: m[primary_metric(d.task)[0]]})
     finally:
         finish_trial_tracker(tracker)
+
+
+def restored_records(checkpoint, user_ids: list[str]) -> list[dict]:
+    """The per-user records in the trial's last checkpoint ([] when it has none), checked to be
+    the first users of `user_ids` in order (a checkpoint of other users is an error, not a resume)."""
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as d:
+        records = read_json(Path(d) / RECORDS)
+    got = [r["user_id"] for r in records]
+    if got != user_ids[: len(got)]:
+        raise RuntimeError(f"{checkpoint.path}/{RECORDS}: records of users {got[:3]}..., not this trial's first users")
+    return records
 
 
 def query_scores(task: str, records: list[dict], label_mode: bool, calibration: str) -> dict:

@@ -3,7 +3,8 @@
 A sweep is a base job config (the same YAML the job reads) plus a search space over dotted config
 keys. Each trial applies its values as `key=value` overrides, runs the job's evaluation on dev data
 and reports the metric after every step (user or conversation), so ASHA can stop weak trials early.
-Rerunning a sweep with the same OUT restores it (`Tuner.restore`): finished trials are not repeated;
+Rerunning a sweep with the same OUT restores it (`Tuner.restore`): finished trials are not repeated,
+and an unfinished trial restarts from its last checkpoint (sweep_mta's hold the users scored so far);
 a rerun under another configuration fails before any trial (OUT/<name>.config.json records the first).
 Writes OUT/summary.json {"trials", "metric", "mode", "best": {"config", "value"}, "all_trials": [{"params",
 "value", "error"}, ...] in launch order}, OUT/best_config.yaml (the base YAML with the best values
@@ -204,6 +205,8 @@ def run_sweep(
                 verbose=1,
                 # a trial whose node died runs again with its configuration (from its last checkpoint if any)
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                # a trial that checkpoints (sweep_mta: its records so far) needs only its latest
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
     grid = tuner.fit()

@@ -88,6 +88,75 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     assert run_mta(load_config(SweepMTAConfig, None, overrides + ["sweep.max_concurrent=2"]), out)["trials"] == 4
 
 
+def _cmdline(proc) -> list[str]:
+    try:
+        return proc.cmdline()
+    except Exception:  # ended meanwhile
+        return []
+
+
+def test_a_killed_mta_trial_resumes_at_the_next_user_from_its_checkpoint(ray_local, lamp_root, tmp_path, monkeypatch):
+    """Kill the trial's worker process once it checkpointed some users: Tune restarts the trial
+    (sweep.max_failures) from that checkpoint and it scores only the users it had not, so the
+    users it reports keep rising (1, 2, ..., 6) and it finishes with every user. Catches: the trial
+    ignoring tune.get_checkpoint() (it would report 1, 2, ... again), or reporting without a
+    checkpoint (nothing to restore)."""
+    import threading
+    import time
+
+    import psutil
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [
+        "job.data.task=LaMP_2",
+        f"job.data.root={lamp_root}",
+        "job.data.download=false",
+        "job.model.name=tiny",
+        "job.encoder=hashing",
+        "job.anchors.n_clusters=2",
+        "job.anchors.min_items=3",
+        "job.bank.backend=local",
+        "job.anchor_train.max_samples=4",
+        "job.anchor_train.epochs=1",
+        "job.stacking.max_steps=40",  # a few seconds per user: the kill lands mid-trial
+        "job.eval.progress=false",
+        "job.tracking.enabled=false",
+        f"job.bank_cache={tmp_path / 'banks'}",
+        "job.data.eval_split=train",
+        "job.data.select_profile_cap=4",
+        "job.stacking.r=2",
+        "sweep.name=t_resume",
+        "sweep.search=grid",
+        "sweep.scheduler=fifo",
+        "sweep.max_failures=1",
+        "sweep.max_concurrent=1",
+        "compare_default=false",
+        "sweep.space={fusion.top_k: {values: [2]}}",
+    ]
+    cfg = load_config(SweepMTAConfig, None, overrides)
+    out = tmp_path / "sw"
+    exp = out / "tune" / "t_resume"
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(run_mta(cfg, out)))
+    run.start()
+    killed = None
+    deadline = time.time() + 600
+    while run.is_alive() and time.time() < deadline and killed is None:
+        ckpts = list(exp.glob("trial*/checkpoint_*/records.json"))
+        if ckpts:
+            for proc in psutil.Process().children(recursive=True):  # this test's Ray only
+                if any("ImplicitFunc" in a for a in _cmdline(proc)):
+                    killed = len(json.loads(ckpts[0].read_text()))
+                    proc.kill()
+                    break
+        time.sleep(0.05)
+    run.join(timeout=900)
+    assert killed is not None and 1 <= killed < 6, "the trial must die after a checkpoint, before its last user"
+    users = [json.loads(line)["users"] for t in exp.glob("trial*/result.json") for line in t.read_text().splitlines()]
+    assert users == sorted(set(users)) and users[-1] == 6, users
+    assert result["trials"] == 1 and result["all_trials"][0]["steps"] == 6 and result["errors"] == 0
+
+
 def test_sweep_mta_on_dev_is_refused_when_the_config_is_read():
     with pytest.raises(ConfigError, match="eval_split='dev'"):
         load_config(SweepMTAConfig, None, ["job.data.eval_split=dev"])
