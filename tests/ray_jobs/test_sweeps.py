@@ -17,9 +17,9 @@ from suite.config import ConfigError, load_config
 from tests.conftest import make_locomo
 
 
-def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    overrides = [
+def _tiny_mta(lamp_root, tmp_path) -> list[str]:
+    """A sweep_mta on the tiny model, 2 anchors and the 6 train users that are not anchors."""
+    return [
         "job.data.task=LaMP_2",
         f"job.data.root={lamp_root}",
         "job.data.download=false",
@@ -30,13 +30,19 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
         "job.bank.backend=local",
         "job.anchor_train.max_samples=4",
         "job.anchor_train.epochs=1",
-        "job.stacking.max_steps=1",
         "job.eval.progress=false",
-        "job.tracking.enabled=true",
-        "job.tracking.mode=offline",
         f"job.bank_cache={tmp_path / 'banks'}",
         "job.data.eval_split=train",
         "job.data.select_profile_cap=4",
+    ]
+
+
+def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = _tiny_mta(lamp_root, tmp_path) + [
+        "job.stacking.max_steps=1",
+        "job.tracking.enabled=true",
+        "job.tracking.mode=offline",
         "sweep.name=t_mta",
         "sweep.search=grid",
         "sweep.scheduler=fifo",
@@ -107,24 +113,10 @@ def test_a_killed_mta_trial_resumes_at_the_next_user_from_its_checkpoint(ray_loc
     import psutil
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    overrides = [
-        "job.data.task=LaMP_2",
-        f"job.data.root={lamp_root}",
-        "job.data.download=false",
-        "job.model.name=tiny",
-        "job.encoder=hashing",
-        "job.anchors.n_clusters=2",
-        "job.anchors.min_items=3",
-        "job.bank.backend=local",
-        "job.anchor_train.max_samples=4",
-        "job.anchor_train.epochs=1",
+    overrides = _tiny_mta(lamp_root, tmp_path) + [
         "job.stacking.max_steps=40",  # a few seconds per user: the kill lands mid-trial
-        "job.eval.progress=false",
-        "job.tracking.enabled=false",
-        f"job.bank_cache={tmp_path / 'banks'}",
-        "job.data.eval_split=train",
-        "job.data.select_profile_cap=4",
         "job.stacking.r=2",
+        "job.tracking.enabled=false",
         "sweep.name=t_resume",
         "sweep.search=grid",
         "sweep.scheduler=fifo",
