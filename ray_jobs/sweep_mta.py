@@ -173,20 +173,22 @@ def _get(d: dict, dotted: str):
 
 
 def run(cfg: SweepMTAConfig, out: str | Path) -> dict:
-    out = Path(out).resolve()
+    given, out = Path(out), Path(out).resolve()
     claim_run_dir(out, "sweep")  # before any work: never write into a folder that is not this suite's
+    bank_path = cfg.job.bank_path  # as given ("" = the bank cache's): best_config.yaml keeps it
     cfg.job.bank_path = str(bank_path_for(cfg.job).resolve())  # trials run elsewhere: an absolute path
     bank, _ = build_bank(cfg.job, out, load_encoder(cfg.job.encoder))  # trains only what the bank misses
     cfg.job.tracking.group = cfg.job.tracking.group or cfg.sweep.name
     res = run_sweep(trial, cfg.sweep, asdict(cfg.job), out, code_dirs=("mta", "suite"))
     best_cfg = apply_params(MTAJobConfig, asdict(cfg.job), res["summary"]["best"]["config"])
+    best_cfg.bank_path = bank_path  # not this machine's absolute path: the file runs in any checkout
     d = best_cfg.data
     _, qfile = load_users(cfg.job, d.train_split, [])
     sel = f"{d.train_split} users that are not anchors, {split_digest(qfile)} ({qfile})"
     d.eval_split, d.max_eval_users = "dev", 0  # chosen on train users, to be reported on dev
     atomic_write_text(
         out / "best_config.yaml",
-        f"# python -m ray_jobs.mta_pipeline --config {out / 'best_config.yaml'} --out runs/mta_best\n"
+        f"# python -m ray_jobs.mta_pipeline --config {given / 'best_config.yaml'} --out runs/mta_best\n"
         f"# selected by {cfg.sweep.name} on the {sel}; evaluates dev\n"
         + yaml.safe_dump(asdict(best_cfg), sort_keys=False),
     )

@@ -60,6 +60,8 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     best = (out / "best_config.yaml").read_text()
     assert best.startswith("# python -m ray_jobs.mta_pipeline") and "selected by t_mta on the train users" in best
     assert load_config(MTAJobConfig, out / "best_config.yaml").data.eval_split == "dev"
+    # the bank as the config gave it (the cache), not this machine's absolute path: it runs in another checkout
+    assert load_config(MTAJobConfig, out / "best_config.yaml").bank_path == ""
     # best_config.yaml runs unchanged on dev
     from mta.recipe import run as run_pipeline
 
