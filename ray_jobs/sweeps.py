@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from reporting.render import render_report
+from reporting.sweeps import launch_number
 from suite.config import ConfigError, field_type, from_dict, opt
 from suite.io import atomic_write_json
 from suite.provenance import CODE_DIRS, provenance, start_stamp
@@ -198,6 +199,7 @@ def run_sweep(
                 scheduler=sched,
                 num_samples=samples,
                 max_concurrent_trials=sweep.max_concurrent,
+                trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=sweep.name,
@@ -224,12 +226,22 @@ def run_sweep(
     return {"summary": summary, "base": base, "code_dirs": code_dirs}
 
 
+def trial_dirname(trial) -> str:
+    """A trial's folder: its launch number and id only (`trial_014_7b6e3f9e`: sorts in launch
+    order). Tune's default puts the random id first and appends the first keys of
+    the whole config (the base job's, e.g. the bank's `lr=0.0001`), which read as the trial's own
+    settings; the trial's settings are in its params.json and in the summary."""
+    m = re.match(r"\d+", str(trial.experiment_tag))  # the tag starts with Tune's launch number
+    return f"trial_{int(m.group()):03d}_{trial.trial_id}" if m else f"trial_{trial.trial_id}"
+
+
 def trial_rows(grid, metric: str, extras: tuple[str, ...] = ()) -> list[dict]:
     """Every trial's parameters, final metric (None when it errored before reporting), the final
     `extras` metrics and number of reported steps, in launch order (Tune numbers trial folders in
     that order)."""
     rows = []
-    for r in sorted(grid, key=lambda r: str(r.path)):
+    names = {str(r.path): Path(str(r.path)).name for r in grid}
+    for r in sorted(grid, key=lambda r: (launch_number(names[str(r.path)]) or 0, names[str(r.path)])):
         m = r.metrics or {}
         params = {k: (v.item() if hasattr(v, "item") else v) for k, v in r.config["params"].items()}
         value = m.get(metric)

@@ -3,6 +3,7 @@ against the default, the top trials and one panel per swept key."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,15 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from reporting.common import _diff, _f, _num, _provenance, _save, _table  # noqa: E402
+
+
+def launch_number(trial: str) -> int | None:
+    """The launch number in a trial's folder name: `trial_014_<id>` (ray_jobs.sweeps.trial_dirname)
+    or Tune's default `trial_<id>_14_<config>`; None when the name holds none. Folders sort by
+    their random id, not by launch, so the search's progress is ordered by this number."""
+    m = re.match(r"trial_(\d+)_[0-9a-f]+(?:_\d{5})?$", trial)
+    m = m or re.match(r"trial_[0-9a-f]{5,8}(?:_\d{5})?_(\d+)_", trial)
+    return int(m.group(1)) if m else None
 
 
 def render_sweep(name: str, s: dict, out: Path) -> list[str]:
@@ -53,6 +63,8 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
             "optimistic — the dev evaluation is the honest one).",
         ]
     trials = [t for t in s.get("all_trials") or [] if t.get("value") is not None]
+    if trials and all(launch_number(t.get("trial", "")) is not None for t in trials):
+        trials.sort(key=lambda t: launch_number(t["trial"]))  # launch order (summaries kept folder order)
     if not trials:
         return lines + ["", "(this summary predates per-trial records: no sweep plots)"] + _provenance(s)
     keys = sorted({k for t in trials for k in t["params"]})

@@ -85,6 +85,7 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     assert "| rank | accuracy |" in (out / "report" / "report.md").read_text()
     trials = [p for p in (out / "tune" / "t_mta").iterdir() if p.is_dir() and p.name.startswith("trial")]
     assert len(trials) == 4 and all(list(t.glob("wandb/offline-run-*")) for t in trials)
+    assert sorted(t.name[:10] for t in trials) == [f"trial_{n:03d}" for n in (1, 2, 3, 4)]  # launch number, no config
     # rerun: Tune restores the finished experiment, no trial runs again
     again = run_mta(cfg, out)
     assert again["trials"] == 4
@@ -284,6 +285,27 @@ def test_importance_ranks_first_the_key_that_decides_everything():
     order = list(imp["importance"])
     assert order[0] == "k" and imp["importance"]["k"] > 0.8 and sum(imp["importance"].values()) == pytest.approx(1)
     assert param_importance(rows[:3], space, "max")["importance"] == {}  # too few trials: said, not guessed
+
+
+def test_trials_are_listed_in_launch_order_not_folder_order():
+    """Optuna's trial ids are random, so folders sort by hash; the summary (and the search-progress
+    plot) must follow the launch number. Catches: ordering rows by folder name (the LoCoMo and MTA
+    sweeps' summaries were in hash order), or a folder name without its launch number."""
+    from types import SimpleNamespace
+
+    from ray_jobs.sweeps import trial_dirname, trial_rows
+    from reporting.sweeps import launch_number
+
+    names = ["trial_3844c3f3_11_alpha=16", "trial_7b6e3f9e_2_alpha=16", "trial_a14d33e9_15_alpha=16"]
+    grid = [
+        SimpleNamespace(path=f"/x/{n}", metrics={"accuracy": 0.1 * i, "training_iteration": 3}, error=None,
+                        config={"params": {"k": i}})
+        for i, n in enumerate(names)
+    ]  # fmt: skip
+    assert [r["trial"] for r in trial_rows(grid, "accuracy")] == [names[1], names[0], names[2]]
+    mine = trial_dirname(SimpleNamespace(trial_id="7b6e3f9e", experiment_tag="14_fusion.top_k=3"))
+    assert mine == "trial_014_7b6e3f9e" and launch_number(mine) == 14
+    assert launch_number(trial_dirname(SimpleNamespace(trial_id="fa718_00003", experiment_tag="3"))) == 3
 
 
 def test_best_is_the_best_final_metric_of_complete_trials():
