@@ -69,7 +69,8 @@ def _provenance(r: dict) -> list[str]:
     files = p.get("files") or {}
     sums = "; sha256 of " + ", ".join(f"{k} `{v['sha256'][:10]}`" for k, v in files.items()) if files else ""
     note = f" ({p['recorded']})" if p.get("recorded") else ""
-    return ["", f"_Made at commit `{commit[:10]}`{dirty}{code}{sums}{note}._"]
+    bank = f"; bank `{p['bank']['id']}`" if isinstance(p.get("bank"), dict) and p["bank"].get("id") else ""
+    return ["", f"_Made at commit `{commit[:10]}`{dirty}{code}{sums}{bank}{note}._"]
 
 
 def _cell(text: str) -> str:

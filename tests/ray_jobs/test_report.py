@@ -161,7 +161,8 @@ def test_sweep_and_benchmark_results_render_tables_and_plots(tmp_path):
 def test_a_trial_stopped_early_is_not_ranked_above_the_complete_ones(tmp_path):
     """ASHA stops a trial after a few users; its metric over those users is not comparable with a
     complete trial's over all of them. The top table ranks complete trials only and says how many
-    were stopped. Catches: ranking every trial by its last value (the stopped 0.9 would be rank 1)."""
+    were stopped; the provenance line names the bank. Catches: ranking every trial by its last value
+    (the stopped 0.9 would be rank 1); a provenance line without the bank's id."""
     s = _sweep_summary()
     for t in s["all_trials"]:
         t["steps"] = 32
@@ -169,12 +170,14 @@ def test_a_trial_stopped_early_is_not_ranked_above_the_complete_ones(tmp_path):
         {"params": {"best.temperature": 0.3, "best.router": "uniform", "best.lexical": "[]"}, "value": 0.9,
          "error": False, "steps": 8}
     )  # fmt: skip
+    s["provenance"] = {"commit": "a" * 40, "code_version": "c0de", "bank": {"id": "b4nk1d", "path": "/x"}}
     (tmp_path / "sw").mkdir()
     (tmp_path / "sw" / "summary.json").write_text(json.dumps(s))
     (tmp_path / "rep").mkdir()
     md = render_run(tmp_path / "sw", tmp_path / "rep")
     assert "Top 3 of the 3 complete trials; 1 stopped early by the scheduler (after 8 steps)" in md
     assert "| 1 | 0.700 | `uniform` | `0.5` |" in md and "0.900" not in md
+    assert "method code `c0de`; bank `b4nk1d`._" in md  # the bank the trials adapted from
 
 
 def test_renders_tables_and_plots_from_fixture_summaries(tmp_path):
