@@ -113,3 +113,24 @@ def test_require_both_calibrations_on_prior_recency_rows():
     require_both_calibrations(primary, {"mta": {"verdict": "n.s."}, "mta_prior": {"verdict": "n.s."}})
     assert primary["mta"]["verdict"] == "n.s." and primary["mta"]["calibration_dependent"] is True
     assert primary["mta_prior"]["calibration_dependent"] is False
+
+
+def test_a_selection_serves_the_same_run_with_or_without_the_sweeps_method():
+    """mta_lamp2_swept_cpu.yaml reuses the selection job of mta_lamp2_cpu.yaml: adding `eval.swept`
+    (method mta_swept) changes nothing the choices depend on, so the fingerprints are equal, while
+    a changed grid is not. Catches: `swept` or `methods` in the fingerprint (the two-job path of the
+    swept run would be refused), or a fingerprint blind to the grids."""
+    import dataclasses
+
+    from mta.selection import fingerprint
+
+    cfg = load_config(MTAJobConfig, "ray_jobs/configs/mta_lamp2_cpu.yaml")
+    swept = dataclasses.replace(
+        cfg,
+        eval=dataclasses.replace(
+            cfg.eval, swept="results/sweep_mta_lamp2/best_config.yaml", methods=[*cfg.eval.methods, "mta_swept"]
+        ),
+    )
+    assert fingerprint(swept, "sha", "bank") == fingerprint(cfg, "sha", "bank")
+    other = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, lambda_grid=[0.5, 1.0, 2.0, 4.0]))
+    assert fingerprint(other, "sha", "bank") != fingerprint(cfg, "sha", "bank")
