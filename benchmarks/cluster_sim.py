@@ -60,7 +60,7 @@ import yaml
 if __package__ in (None, ""):  # `python benchmarks/cluster_sim.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.fake_s3 import BUCKET, S3, files_holding  # noqa: E402
+from benchmarks.fake_s3 import BUCKET, S3, files_holding, redacted_contexts, registered_under  # noqa: E402
 
 # GPUs and vCPUs of the instance types cluster.yaml names (AWS's published figures)
 INSTANCE_RESOURCES = {
@@ -174,7 +174,8 @@ def memgas_eval_job(out: Path) -> list[str]:
 
 class Watch:
     """Samples the cluster every second while a job runs: worker nodes alive, the cluster's RSS, and
-    the checkpoints written so far (the signal for a kill)."""
+    the checkpoints Ray Train has registered so far (the signal for a kill: a checkpoint on disk but
+    not yet registered is not what a restarted trainer restores, so killing then redoes its steps)."""
 
     def __init__(self, cluster, storage: Path, s3: S3 | None = None):
         self.c, self.storage, self.s3, self.t0 = cluster, storage, s3, time.time()
@@ -184,7 +185,7 @@ class Watch:
     def checkpoints(self) -> list[str]:
         if self.s3 is not None:
             return self.s3.checkpoints(str(self.storage))
-        return sorted(p.name for p in self.storage.glob("*/anchor-*")) if self.storage.exists() else []
+        return registered_under(self.storage)
 
     def __call__(self) -> None:
         import psutil
@@ -460,7 +461,9 @@ def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml"
             print(name, json.dumps({k: v for k, v in r.items() if k != "timeline"}), flush=True)
             atomic_write_json(out / "cluster_sim.json", res)
         if s3 is not None:  # the run's files and the cluster's (logs, job records) before they are removed
-            res["s3"] = {"secret_found_in": files_holding(s3.secret, out, c.tmp), "bucket": BUCKET}
+            found = files_holding(s3.secret, out, c.tmp)
+            res["s3"] = {"secret_found_in": found, "bucket": BUCKET,
+                         "where": redacted_contexts(s3.secret, found[:5])}  # fmt: skip
     finally:
         res["teardown"] = c.stop()
         if s3 is not None:

@@ -84,14 +84,16 @@ def test_the_node_killed_is_the_one_training_a_checkpointed_anchor():
 
 
 def test_s3_lists_checkpoints_and_files_are_searched_for_the_secret(tmp_path):
-    """Mutation caught: listing objects rather than checkpoint folders (every file of a checkpoint
-    would count as one, and a run's other files as checkpoints), a listing that ignores the prefix
-    (another scenario's checkpoints would trigger the kill), or a secret search that skips nested
-    folders."""
+    """Only checkpoints Ray Train has registered count (the full simulation's S3 kill came after
+    the upload and before the registration, and the restarted trainer read nothing). Mutation
+    caught: counting uploaded checkpoint folders, a listing that ignores the prefix (another
+    scenario's checkpoints would trigger the kill), a secret search that skips nested folders, or a
+    context that repeats the secret."""
     pytest.importorskip("moto")
+    import json
     import os
 
-    from benchmarks.fake_s3 import BUCKET, S3, files_holding
+    from benchmarks.fake_s3 import BUCKET, S3, SNAPSHOT, files_holding, redacted_contexts, registered_under
 
     before = os.environ.get("AWS_SECRET_ACCESS_KEY")
     s3 = S3()
@@ -102,12 +104,23 @@ def test_s3_lists_checkpoints_and_files_are_searched_for_the_secret(tmp_path):
                     "x/simbank/anchor-0001-a-1234abcd/model.safetensors",
                     "x/simbank/driver_state.json", "y/simbank/anchor-0001-b-5678abcd-step00002/p.json"):  # fmt: skip
             s3.client.put_object(Bucket=BUCKET, Key=key, Body=b"1")
-        assert s3.checkpoints("x") == ["anchor-0001-a-1234abcd", "anchor-0001-a-1234abcd-step00002"]
+        assert s3.checkpoints("x") == []  # uploaded, but Ray Train has registered none yet
+        snap = {"checkpoint_results": [{"checkpoint_dir_name": "anchor-0001-a-1234abcd-step00002"}]}
+        s3.client.put_object(Bucket=BUCKET, Key=f"x/simbank/{SNAPSHOT}", Body=json.dumps(snap).encode())
+        other = {"checkpoint_results": [{"checkpoint_dir_name": "anchor-0001-b-5678abcd-step00002"}]}
+        s3.client.put_object(Bucket=BUCKET, Key=f"y/simbank/{SNAPSHOT}", Body=json.dumps(other).encode())
+        assert s3.checkpoints("x") == ["anchor-0001-a-1234abcd-step00002"]
+        (tmp_path / "st" / "simbank" / "anchor-0001-a-1234abcd-step00004").mkdir(parents=True)
+        assert registered_under(tmp_path / "st") == []
+        (tmp_path / "st" / "simbank" / SNAPSHOT).write_text(json.dumps(snap))
+        assert registered_under(tmp_path / "st") == ["anchor-0001-a-1234abcd-step00002"]
         assert "endpoint_override=" + s3.endpoint in s3.uri("x") and s3.uri("x").startswith(f"s3://{BUCKET}/x?")
         (tmp_path / "a" / "b").mkdir(parents=True)
         (tmp_path / "a" / "b" / "log.txt").write_text("key " + s3.secret)
         (tmp_path / "clean.txt").write_text("nothing")
         assert files_holding(s3.secret, tmp_path) == [str(tmp_path / "a" / "b" / "log.txt")]
+        where = redacted_contexts(s3.secret, [str(tmp_path / "a" / "b" / "log.txt")])
+        assert where == {str(tmp_path / "a" / "b" / "log.txt"): "key <secret>"}  # says where, never what
     finally:
         s3.stop()
     assert os.environ.get("AWS_SECRET_ACCESS_KEY") == before  # the environment is given back
