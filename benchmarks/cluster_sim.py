@@ -110,6 +110,7 @@ def derive(cluster_yaml: str | Path = "cluster.yaml", cpus_per_worker: int = 1) 
             "idle_timeout_minutes": float(c.get("idle_timeout_minutes", 5)),
         },
         "auth_mode": "token" if "RAY_AUTH_MODE=token" in opts else None,
+        "logger_level": (re.findall(r"--env RAY_LOGGER_LEVEL=(\w+)", opts) or [None])[-1],
         "not_carried": sorted(k for k in NOT_CARRIED if k in c) + ["node_config (instance details: disks, markets)"],
     }
 

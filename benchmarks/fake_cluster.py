@@ -126,6 +126,8 @@ class FakeCluster:
         }
         if derived.get("auth_mode") == "token":  # as cluster.yaml: token auth on every node and driver
             self.env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+        if derived.get("logger_level"):  # as cluster.yaml's containers: no env_vars (secrets) in Ray's logs
+            self.env["RAY_LOGGER_LEVEL"] = derived["logger_level"]
         self.env.pop("RAY_ADDRESS", None)
 
     def __enter__(self) -> FakeCluster:

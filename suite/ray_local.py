@@ -23,6 +23,10 @@ def loopback_env() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray's runtime-env agent logs every runtime env at INFO, env_vars included, and Tune copies
+    # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the driver into each trial's: at WARNING
+    # (read by the processes Ray starts) no credential is written to the session's logs
+    os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")
     boot = Path.home() / "ray_bootstrap_config.yaml"
     if not boot.exists():
         boot.write_text("{}\n")

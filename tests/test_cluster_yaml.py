@@ -50,6 +50,8 @@ def test_token_auth_on_every_node_and_no_token_in_the_file():
         start = [c for c in cfg[cmds] if "ray start" in c]
         assert start and all("RAY_AUTH_MODE=token" in c for c in start), cmds
     assert "--env RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]  # job drivers in the container too
+    # Ray's runtime-env agent logs env_vars (WANDB_API_KEY, Tune's copy of AWS keys) at INFO
+    assert "--env RAY_LOGGER_LEVEL=warning" in cfg["docker"]["run_options"]
     assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
     text = Path("cluster.yaml").read_text()
     assert "RAY_AUTH_TOKEN=" not in text and "auth_token:" not in text.replace("/home/ray/.ray/auth_token:", "")

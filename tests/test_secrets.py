@@ -94,3 +94,33 @@ def test_transport_errors_never_carry_the_url_credentials():
         HTTPChatLLM(cfg).complete("hi")
     assert PW not in str(e.value) and KEY not in str(e.value)
     assert KEY not in str(LLMError(f"conn failed for http://h/v1?api_key={KEY}"))
+
+
+def test_aws_keys_in_the_environment_reach_no_file_of_a_local_sweep(tmp_path):
+    """Ray Tune copies AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the driver's environment into
+    each trial's runtime env, and Ray's runtime-env agent logs runtime envs, env_vars included, at
+    INFO (found by the cluster simulation's secret search). A Tune trial on the suite's local Ray
+    leaves the key in no file of the Ray session or the run. Mutation caught: dropping
+    `RAY_LOGGER_LEVEL=warning` from `suite.ray_local.loopback_env` (the key lands in
+    runtime_env_agent.log)."""
+    from benchmarks.fake_s3 import files_holding
+
+    secret = "aws-" + os.urandom(12).hex()
+    code = (
+        "import sys\n"
+        "from suite.ray_local import init_ray\n"
+        "ray = init_ray(num_cpus=1)\n"
+        "from ray import tune\n"
+        "def f(c): tune.report({'x': 1})\n"
+        "tune.Tuner(f, run_config=tune.RunConfig(storage_path=sys.argv[1], verbose=0)).fit()\n"
+        "print(ray._private.worker._global_node.get_session_dir_path())\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_LOGGER_LEVEL")}
+    env.update(AWS_ACCESS_KEY_ID="suite-test", AWS_SECRET_ACCESS_KEY=secret, WANDB_MODE="offline")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "st")], env=env, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    session = Path(r.stdout.strip().splitlines()[-1])
+    assert session.is_dir() and list(session.glob("logs/runtime_env_agent*.log"))
+    assert files_holding(secret, session, tmp_path) == []

@@ -13,7 +13,7 @@ def test_the_fake_cluster_follows_cluster_yaml(tmp_path):
     assert set(w) == {"worker.gpu.a10g", "worker.gpu.a100"}
     assert w["worker.gpu.a10g"]["resources"]["GPU"] == 4 and w["worker.gpu.a100"]["resources"]["GPU"] == 8
     assert w["worker.gpu.a10g"]["min_workers"] == 0 and w["worker.gpu.a10g"]["max_workers"] == 6
-    assert d["head_resources"] == {"CPU": 0} and d["auth_mode"] == "token"
+    assert d["head_resources"] == {"CPU": 0} and d["auth_mode"] == "token" and d["logger_level"] == "warning"
     assert "provider" in d["not_carried"] and "docker" in d["not_carried"]
     # a change to cluster.yaml is what the simulation sees
     c = yaml.safe_load(open("cluster.yaml"))
