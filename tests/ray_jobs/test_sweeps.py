@@ -2,6 +2,7 @@
 exist, plots are written; rerunning restores the experiment instead of repeating trials."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from ray_jobs.sweep_memgas import run as run_memgas
 from ray_jobs.sweep_mta import SweepMTAConfig
 from ray_jobs.sweep_mta import run as run_mta
 from ray_jobs.sweeps import pick_best
+from reporting.sweeps import launch_number
 from suite.config import ConfigError, load_config
 from tests.conftest import make_locomo
 
@@ -85,7 +87,9 @@ def test_sweep_mta_tiny(ray_local, lamp_root, tmp_path, monkeypatch):
     assert "| rank | accuracy |" in (out / "report" / "report.md").read_text()
     trials = [p for p in (out / "tune" / "t_mta").iterdir() if p.is_dir() and p.name.startswith("trial")]
     assert len(trials) == 4 and all(list(t.glob("wandb/offline-run-*")) for t in trials)
-    assert sorted(t.name[:10] for t in trials) == [f"trial_{n:03d}" for n in (1, 2, 3, 4)]  # launch number, no config
+    # named by launch number (grid search counts from 0, Optuna from 1) and id, without config keys
+    nums = sorted(launch_number(t.name) for t in trials)
+    assert all(re.fullmatch(r"trial_\d{3}_[0-9a-f]+_\d{5}", t.name) for t in trials) and nums == [0, 1, 2, 3]
     # rerun: Tune restores the finished experiment, no trial runs again
     again = run_mta(cfg, out)
     assert again["trials"] == 4
@@ -294,7 +298,6 @@ def test_trials_are_listed_in_launch_order_not_folder_order():
     from types import SimpleNamespace
 
     from ray_jobs.sweeps import trial_dirname, trial_rows
-    from reporting.sweeps import launch_number
 
     names = ["trial_3844c3f3_11_alpha=16", "trial_7b6e3f9e_2_alpha=16", "trial_a14d33e9_15_alpha=16"]
     grid = [
