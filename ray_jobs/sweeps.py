@@ -240,8 +240,7 @@ def trial_rows(grid, metric: str, extras: tuple[str, ...] = ()) -> list[dict]:
     `extras` metrics and number of reported steps, in launch order (Tune numbers trial folders in
     that order)."""
     rows = []
-    names = {str(r.path): Path(str(r.path)).name for r in grid}
-    for r in sorted(grid, key=lambda r: (launch_number(names[str(r.path)]) or 0, names[str(r.path)])):
+    for r in sorted(grid, key=lambda r: (launch_number(Path(str(r.path)).name) or 0, str(r.path))):
         m = r.metrics or {}
         params = {k: (v.item() if hasattr(v, "item") else v) for k, v in r.config["params"].items()}
         value = m.get(metric)

@@ -23,6 +23,15 @@ def launch_number(trial: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _scatter(ax, xs, ys, done: list[bool], size: int, labels: tuple[str, str] | tuple = ()) -> None:
+    """Complete trials filled, trials stopped early hollow (their value is over fewer steps)."""
+    for keep, style in ((True, {}), (False, {"facecolors": "none", "edgecolors": "tab:blue"})):
+        pts = [(x, y) for x, y, d in zip(xs, ys, done) if d is keep]
+        if pts:
+            label = {"label": labels[0 if keep else 1]} if labels else {}
+            ax.scatter(*zip(*pts), s=size, alpha=0.7, **style, **label)
+
+
 def render_sweep(name: str, s: dict, out: Path) -> list[str]:
     best = s.get("best", {})
     metric, mode = s.get("metric"), s.get("mode", "max")
@@ -74,14 +83,16 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
     full = max(t.get("steps", 0) for t in trials)
     complete = [t for t in trials if t.get("steps", 0) == full]
     stopped = [t for t in trials if t.get("steps", 0) != full]
+    done = [t.get("steps", 0) == full for t in trials]
+    ys = [t["value"] for t in trials]
     top = sorted(complete, key=lambda t: t["value"], reverse=mode == "max")[:5]
     varying = [k for k in keys if len({str(t["params"].get(k)) for t in trials}) > 1]
     gated = any("accepted" in t for t in trials)
     measured = [k for k in ("graph_share", "router_sd_max") if any(t.get(k) is not None for t in trials)]
     at = ", ".join(sorted({str(t.get("steps")) for t in stopped}))
     early = f"; {len(stopped)} stopped early by the scheduler (after {at} steps): not ranked, drawn hollow"
-    lines += ["", f"Top {len(top)} of the {len(complete)} complete trials{early if stopped else ''}", ""]
-    lines[-2] += " (parameters that vary across trials):"
+    head = f"Top {len(top)} of the {len(complete)} complete trials{early if stopped else ''}"
+    lines += ["", head + " (parameters that vary across trials):", ""]
     lines += _table(
         ["rank", metric] + measured + (["accepted"] if gated else []) + varying,
         [
@@ -113,29 +124,18 @@ def render_sweep(name: str, s: dict, out: Path) -> list[str]:
             bx = cats.index(str(best_t["params"].get(key)))
             ax.set_xticks(range(len(cats)), [c if len(c) <= 14 else c[:13] + "…" for c in cats], fontsize=6)
             ax.tick_params(axis="x", labelrotation=30)
-        done = [t.get("steps", 0) == full for t in trials]
-        ys = [t["value"] for t in trials]
-        ax.scatter([x for x, d in zip(xs, done) if d], [y for y, d in zip(ys, done) if d], s=14, alpha=0.7)
-        if not all(done):
-            ax.scatter([x for x, d in zip(xs, done) if not d], [y for y, d in zip(ys, done) if not d], s=14,
-                       facecolors="none", edgecolors="tab:blue", alpha=0.7)  # fmt: skip
+        _scatter(ax, xs, ys, done, 14)
         ax.scatter([bx], [best_t["value"]], marker="*", s=90, color="tab:red")
         ax.set_title(key, fontsize=8)
         ax.tick_params(labelsize=6)
     ax = flat[len(keys)]
-    ys = [t["value"] for t in trials]
     # the running best over complete trials only (a stopped trial's value is over fewer steps)
     run_best, cur = [], None
     for t in trials:
         if t.get("steps", 0) == full:
             cur = t["value"] if cur is None else better(cur, t["value"])
         run_best.append(cur if cur is not None else float("nan"))
-    done = [t.get("steps", 0) == full for t in trials]
-    ax.scatter([i + 1 for i, d in enumerate(done) if d], [y for y, d in zip(ys, done) if d], s=12, alpha=0.7,
-               label="trial")  # fmt: skip
-    if not all(done):
-        ax.scatter([i + 1 for i, d in enumerate(done) if not d], [y for y, d in zip(ys, done) if not d], s=12,
-                   facecolors="none", edgecolors="tab:blue", alpha=0.7, label="stopped early")  # fmt: skip
+    _scatter(ax, range(1, len(ys) + 1), ys, done, 12, ("trial", "stopped early"))
     ax.plot(range(1, len(ys) + 1), run_best, color="tab:red", lw=1.5, label="best so far")
     ax.set_title("search progress", fontsize=8)
     ax.set_xlabel("trial", fontsize=7)
