@@ -109,11 +109,16 @@ def _cmdline(proc) -> list[str]:
 
 
 def test_a_killed_mta_trial_resumes_at_the_next_user_from_its_checkpoint(ray_local, lamp_root, tmp_path, monkeypatch):
-    """Kill the trial's worker process once it checkpointed some users: Tune restarts the trial
-    (sweep.max_failures) from that checkpoint and it scores only the users it had not, so the
-    users it reports keep rising (1, 2, ..., 6) and it finishes with every user. Catches: the trial
-    ignoring tune.get_checkpoint() (it would report 1, 2, ... again), or reporting without a
-    checkpoint (nothing to restore)."""
+    """Kill the trial's worker process once Tune registered a checkpoint of some users: Tune
+    restarts the trial (sweep.max_failures) from that checkpoint and it scores only the users it had
+    not, so the users it reports keep rising (1, 2, ..., 6) and it finishes with every user. Catches:
+    the trial ignoring tune.get_checkpoint() (it would report 1, 2, ... again), or reporting without a
+    checkpoint (nothing to restore).
+
+    The kill waits for the driver's registration (TuneController._process_trial_save), not for the
+    checkpoint folder: Tune writes the result line first and registers the checkpoint a step later,
+    so a kill in between restarts one user early (seen in CI as users 1, 1, 2, ...). A real kill can
+    land there too; then the one user in flight is scored again."""
     import threading
     import time
 
@@ -132,6 +137,17 @@ def test_a_killed_mta_trial_resumes_at_the_next_user_from_its_checkpoint(ray_loc
         "compare_default=false",
         "sweep.space={fusion.top_k: {values: [2]}}",
     ]
+    from ray.tune.execution.tune_controller import TuneController
+
+    registered: list[int] = []  # users in each checkpoint the driver (this process) registered
+    save = TuneController._process_trial_save
+
+    def _registering(self, trial, checkpoint_value):
+        save(self, trial, checkpoint_value)
+        if checkpoint_value.checkpoint is not None:
+            registered.append(len(json.loads((Path(checkpoint_value.checkpoint.path) / "records.json").read_text())))
+
+    monkeypatch.setattr(TuneController, "_process_trial_save", _registering)
     cfg = load_config(SweepMTAConfig, None, overrides)
     out = tmp_path / "sw"
     exp = out / "tune" / "t_resume"
@@ -141,11 +157,10 @@ def test_a_killed_mta_trial_resumes_at_the_next_user_from_its_checkpoint(ray_loc
     killed = None
     deadline = time.time() + 600
     while run.is_alive() and time.time() < deadline and killed is None:
-        ckpts = list(exp.glob("trial*/checkpoint_*/records.json"))
-        if ckpts:
+        if registered:
             for proc in psutil.Process().children(recursive=True):  # this test's Ray only
                 if any("ImplicitFunc" in a for a in _cmdline(proc)):
-                    killed = len(json.loads(ckpts[0].read_text()))
+                    killed = registered[-1]
                     proc.kill()
                     break
         time.sleep(0.05)
