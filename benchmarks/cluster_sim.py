@@ -422,7 +422,7 @@ def start_stamp_now() -> dict:
     return {**git_state(), "code_version": code_hash_now()}
 
 
-def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml", idle_minutes: float = 1.0) -> dict:
+def simulate(out: Path, scenarios: list[str], cluster_yaml: str = "cluster.yaml", idle_minutes: float = 0.25) -> dict:
     """Bring the fake cluster up, run the scenarios, bring it down; OUT/cluster_sim.json."""
     from benchmarks.fake_cluster import FakeCluster
     from suite.io import atomic_write_json
@@ -484,12 +484,13 @@ def main() -> None:
     ap.add_argument("--rescore", action="store_true", help="recompute OUT's log-derived fields from its saved logs")
     ap.add_argument("--out", default="runs/cluster_sim")
     ap.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    ap.add_argument("--idle-minutes", type=float, default=0.25, help="idle timeout (cluster.yaml's is for real nodes)")
     a = ap.parse_args()
     if a.rescore:
         rescore(Path(a.out))
         return
     if a.run:
-        simulate(Path(a.out).resolve(), a.scenarios, a.cluster_yaml)
+        simulate(Path(a.out).resolve(), a.scenarios, a.cluster_yaml, a.idle_minutes)
         return
     print(json.dumps(derive(a.cluster_yaml), indent=1))
 
