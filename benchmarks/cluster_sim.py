@@ -47,6 +47,7 @@ that runs them; every scenario's result is compared with the uninterrupted run o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import signal
@@ -55,6 +56,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 if __package__ in (None, ""):  # `python benchmarks/cluster_sim.py`
@@ -189,8 +191,6 @@ class Watch:
         return registered_under(self.storage)
 
     def __call__(self) -> None:
-        import psutil
-
         workers = [n for n in self.c.nodes() if not n["is_head"]]
         rss = 0
         for p in self.c.processes():
@@ -252,15 +252,16 @@ def run_bank(c, out: Path, kill: str | None, s3: S3 | None = None, timeout_s: fl
             if kill == "node":
                 nodes = [n["node_id"] for n in c.nodes() if not n["is_head"]]
                 node = node_to_kill(nodes, ck, c.logs(job))
-                n = c.kill_node(node)
+                n = c.kill_node(node)  # the registered checkpoints are read again after it: more may have come
                 events.append({"t": round(time.time() - t0, 1), "killed": "node", "node": node,
-                               "processes": n, "checkpoints_then": ck})  # fmt: skip
+                               "processes": n, "checkpoints_then": w.checkpoints()})  # fmt: skip
             else:
-                drivers = [p for p in c.processes() if "ray_jobs.pretrain_bank" in " ".join(p.cmdline())]
+                drivers = c.processes(cmd="ray_jobs.pretrain_bank")
                 for p in drivers:
-                    p.kill()
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        p.kill()
                 events.append({"t": round(time.time() - t0, 1), "killed": "driver", "processes": len(drivers),
-                               "checkpoints_then": ck})  # fmt: skip
+                               "checkpoints_then": w.checkpoints()})  # fmt: skip
             killed.set()
 
     status = c.wait_job(job, timeout_s, poll)

@@ -186,12 +186,15 @@ class FakeCluster:
             if n.get("state") == "ALIVE"
         ]
 
-    def processes(self, node_id: str | None = None) -> list[psutil.Process]:
-        """This cluster's processes (every one carries the marker), or one fake node's."""
+    def processes(self, node_id: str | None = None, cmd: str | None = None) -> list[psutil.Process]:
+        """This cluster's processes (every one carries the marker), or one fake node's; with `cmd`,
+        those whose command line contains it (a process that ends meanwhile is skipped)."""
         out = []
         for p in psutil.process_iter():
             try:
                 env = p.environ()
+                if cmd is not None and cmd not in " ".join(p.cmdline()):
+                    continue
             except (psutil.Error, OSError):
                 continue
             if env.get(MARKER) == self.id and (node_id is None or env.get(NODE_ENV) == node_id):
