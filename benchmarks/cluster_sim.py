@@ -303,7 +303,7 @@ def log_fields(events: list[dict], logs: str) -> dict:
 
 def redone(events: list[dict], logs: str) -> dict:
     """Per anchor whose trainer started again after the failure (two start lines for its shard):
-    the newest step checkpointed on disk when the failure came, the step it resumed from (0 = from
+    the newest step checkpointed (and registered) when the failure came, the step it resumed from (0 = from
     scratch) and so the checkpointed steps trained twice (steps after the last checkpoint, fewer
     than `checkpoint_every`, are redone on top and not counted)."""
     if not events:

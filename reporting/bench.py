@@ -419,8 +419,8 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
     ]
     lines += _table(
         ["scenario", "job", "wall s", "first worker s", "worker nodes", "failure",
-         "resumed (anchor: step of newest on disk)", "equal to uninterrupted (bank: max abs diff)", "released after s",
-         "peak RSS MB"],
+         "resumed (anchor: step of newest registered)", "equal to uninterrupted (bank: max abs diff)",
+         "released after s", "peak RSS MB"],
         rows,
     )  # fmt: skip
     place = (r["scenarios"].get("autoscale") or {}).get("placement") or {}
