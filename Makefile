@@ -36,7 +36,7 @@ demo: setup  ## the three faces of the suite on a small sample: a pipeline check
 docs: setup  ## build the documentation site (mkdocs --strict: a broken link fails) into site/
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
-cluster-sim: setup  ## the fake multi-node cluster: autoscaling; a node killed in the bank (local and S3), a sweep, two evaluations; a driver killed (about 25 min)
+cluster-sim: setup  ## the fake multi-node cluster: autoscaling; a node killed in the bank (local and S3), a sweep, two evaluations; a driver killed (about 18 min)
 	$(PY) -m pytest -q -m cluster tests/benchmarks/test_cluster_sim.py
 
 bench:  ## how to run each benchmark and what it costs on this 2-core machine
