@@ -370,11 +370,20 @@ def render_store_delete(name: str, r: dict) -> list[str]:
     return lines + _provenance(r)
 
 
+def cluster_reference(sc: str, names) -> str | None:
+    """The uninterrupted scenario a failure scenario is timed against: `<job>_node_kill` against
+    `<job>`; the bank's failures (`node_kill`, `driver_kill`, `s3_node_kill`) against `autoscale`."""
+    job = sc.removesuffix("_node_kill")
+    return job if job != sc and job in names else ("autoscale" if "autoscale" in names else None)
+
+
 def render_cluster_sim(name: str, r: dict) -> list[str]:
     """`benchmarks/cluster_sim.py`: the bank on a fake autoscaling cluster, with failures."""
     rows = []
     for sc, x in r["scenarios"].items():
         ev = (x.get("events") or [{}])[0]
+        ref = r["scenarios"].get(cluster_reference(sc, r["scenarios"])) if ev else None
+        lost = f"{x['wall_s'] - ref['wall_s']:+.0f}" if ref else "—"
         redone = x.get("redone_steps") or {}
         redo = "; ".join(
             f"{a}: step {v['resumed_from_step']} of {v['checkpointed_step_on_disk']}" for a, v in redone.items()
@@ -392,6 +401,7 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
                 _f(x.get("scale_up_s"), 1),
                 str(x["max_worker_nodes"]),
                 f"{ev['killed']} at {ev['t']:.0f} s" if ev else "—",
+                lost,
                 redo or "—",
                 same,
                 _f(x.get("released_after_s"), 0),
@@ -414,11 +424,13 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
         "Jobs submitted with `ray job submit` to a fake cluster derived from `cluster.yaml`, from zero workers "
         f"(idle timeout {r['idle_timeout_minutes']} min for the simulation): "
         + ", ".join(jobs)
-        + "; for the evaluations equal = same scores, no record duplicated or lost.",
+        + "; for the evaluations equal = same scores, no record duplicated or lost. Time lost: the wall time "
+        "beyond the same job's uninterrupted run (the bank's failures against `autoscale`: `driver_kill` includes "
+        "the resubmission, `s3_node_kill` its S3 storage).",
         "",
     ]
     lines += _table(
-        ["scenario", "job", "wall s", "first worker s", "worker nodes", "failure",
+        ["scenario", "job", "wall s", "first worker s", "worker nodes", "failure", "time lost s",
          "resumed (anchor: step of newest registered)", "equal to uninterrupted (bank: max abs diff)",
          "released after s", "peak RSS MB"],
         rows,

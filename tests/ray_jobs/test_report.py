@@ -393,3 +393,22 @@ def test_the_http_serving_benchmark_renders_its_rows_and_its_target(tmp_path):
     assert "| mta | 8 | 70.0 | 100 / 150 | 20.0 / 30.0 | 50.0 / 50.0 (1) | 0.50 | 700 |" in md
     assert "8 users: 0.50x the base model's tokens/s over the same route, target 0.9x: missed" in md
     assert "64 users: 0.95x the base model's tokens/s over the same route, target 0.9x: met" in md
+
+
+def test_the_cluster_table_times_each_failure_against_its_own_job():
+    """Each failure's time lost is its wall time minus the uninterrupted run of the same job: a
+    node lost mid-sweep against the sweep, the bank's failures against the bank's `autoscale`.
+    Mutation caught: timing every failure against `autoscale` (the sweep's would read -69 s)."""
+    from reporting.bench import cluster_reference, render_cluster_sim
+
+    names = ["autoscale", "node_kill", "driver_kill", "s3_node_kill", "sweep", "sweep_node_kill", "mta_eval",
+             "mta_eval_node_kill"]  # fmt: skip
+    assert [cluster_reference(n, names) for n in names if n.endswith("kill")] == [
+        "autoscale", "autoscale", "autoscale", "sweep", "mta_eval"]  # fmt: skip
+    sc = {n: {"jobs": [{"status": "SUCCEEDED"}], "wall_s": w, "max_worker_nodes": 1, "peak_rss_mb": 1,
+              "events": [{"killed": "node", "t": 5.0}] if "kill" in n else []}
+          for n, w in [("autoscale", 100.0), ("node_kill", 130.0), ("sweep", 30.0),
+                       ("sweep_node_kill", 41.0)]}  # fmt: skip
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in render_cluster_sim("c", {
+        "scenarios": sc, "idle_timeout_minutes": 0.25}) if line.startswith("| ") and "kill" in line}  # fmt: skip
+    assert rows["node_kill"][6] == "+30" and rows["sweep_node_kill"][6] == "+11"
