@@ -62,6 +62,7 @@ import yaml
 if __package__ in (None, ""):  # `python benchmarks/cluster_sim.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cluster_work import log_fields, work_fields  # noqa: E402
 from benchmarks.fake_s3 import BUCKET, S3, files_holding, redacted_contexts, registered_under  # noqa: E402
 
 # GPUs and vCPUs of the instance types cluster.yaml names (AWS's published figures)
@@ -291,45 +292,6 @@ def run_bank(c, out: Path, kill: str | None, s3: S3 | None = None, timeout_s: fl
     }
 
 
-def log_fields(events: list[dict], logs: str) -> dict:
-    """What a bank job's logs say: each trainer start (one per worker process), each restore, and
-    the work redone after the failure (`redone`)."""
-    return {
-        "trainer_starts": sorted(set(re.findall(r"pid=\d+\S*\s+\[bank\] trainer \d+ started[^\n]*", logs))),
-        "restores": sorted(set(re.findall(r"\[bank\] resuming: [^\n]*", logs))),
-        "redone_steps": redone(events, logs),
-    }
-
-
-def redone(events: list[dict], logs: str) -> dict:
-    """Per anchor whose trainer started again after the failure (two start lines for its shard):
-    the newest step checkpointed (and registered) when the failure came, the step it resumed from (0 = from
-    scratch) and so the checkpointed steps trained twice (steps after the last checkpoint, fewer
-    than `checkpoint_every`, are redone on top and not counted)."""
-    if not events:
-        return {}
-    starts: dict[str, set] = {}  # shard -> worker pids that started it (a line may reach the log several times)
-    shard_anchors: dict[str, list[str]] = {}
-    pat = r"pid=(\d+)\S*\s+\[bank\] trainer (\d+) started on node \S+: anchors (\[[^\]]*\])"
-    for pid, shard, anchors in re.findall(pat, logs):
-        starts.setdefault(shard, set()).add(pid)
-        shard_anchors.setdefault(shard, re.findall(r"'([^']+)'", anchors))
-    restarted = {a for sh, pids in starts.items() if len(pids) > 1 for a in shard_anchors[sh]}
-    on_disk: dict[str, int] = {}
-    done = set()
-    for name in events[0]["checkpoints_then"]:
-        if m := re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}-step(\d+)$", name):
-            on_disk[m.group(1)] = max(on_disk.get(m.group(1), 0), int(m.group(2)))
-        elif m := re.match(r"anchor-\d+-(.+)-[0-9a-f]{8}$", name):
-            done.add(m.group(1))
-    resumed = {a: int(st) for a, st in re.findall(r"in progress: (\S+) at step (\d+)", logs)}
-    return {
-        a: {"checkpointed_step_on_disk": on_disk.get(a, 0), "resumed_from_step": resumed.get(a, 0),
-            "steps_redone": on_disk.get(a, 0) - resumed.get(a, 0)}
-        for a in sorted(restarted - done)
-    }  # fmt: skip
-
-
 def run_other(c, out: Path, kind: str, kill: str | None, kill_after_s: float = 3, timeout_s: float = 900) -> dict:
     """A sweep or an evaluation on the fake cluster; with `kill="node"`, a worker node is killed
     `kill_after_s` seconds after the first worker node is up (trials or tasks are then running)."""
@@ -363,6 +325,7 @@ def run_other(c, out: Path, kind: str, kill: str | None, kill_after_s: float = 3
         "events": events,
         "peak_rss_mb": round(w.peak_rss_mb),
         "outcome": outcome(kind, out / "job"),
+        **work_fields(kind, out / "job", events),
         "timeline": w.timeline,
     }
 
@@ -404,14 +367,18 @@ def wait_released(c, timeout_s: float) -> float | None:
 
 
 def rescore(out: Path) -> dict:
-    """Recompute the fields read from the job logs (`trainer_starts`, `restores`, `redone_steps`)
-    from each scenario's saved `job_logs.txt`, with this code (the runs themselves are not redone)."""
+    """Recompute the work each failure cost, with this code, from what the runs left (the runs
+    themselves are not redone): the bank's from its saved `job_logs.txt` (`trainer_starts`,
+    `restores`, `redone_steps`), a sweep's and an evaluation's from `benchmarks.cluster_work`."""
     from suite.io import atomic_write_json, read_json
 
     res = read_json(out / "cluster_sim.json")
     for name, r in res["scenarios"].items():
-        logs = (out / name / "job_logs.txt").read_text()
-        r.update(log_fields(r.get("events") or [], logs))
+        kind, events = SCENARIOS[name][0], r.get("events") or []
+        if kind in ("bank", "bank_s3"):
+            r.update(log_fields(events, (out / name / "job_logs.txt").read_text()))
+        else:
+            r.update(work_fields(kind, out / name / "job", events))
     res["rescored_with"] = start_stamp_now()
     atomic_write_json(out / "cluster_sim.json", res)
     return res

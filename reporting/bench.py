@@ -387,7 +387,12 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
         redone = x.get("redone_steps") or {}
         redo = "; ".join(
             f"{a}: step {v['resumed_from_step']} of {v['checkpointed_step_on_disk']}" for a, v in redone.items()
+        ) + "; ".join(
+            f"trial {t} retried ({v['failures']}×), {v['steps_repeated']} of {v['steps_reported']} steps repeated"
+            for t, v in (x.get("retried_trials") or {}).items()
         )
+        if (x.get("redone_tasks") or {}).get("tasks_in_flight_at_most") is not None:
+            redo = f"≤ {x['redone_tasks']['tasks_in_flight_at_most']} task(s) in flight on the dead node"
         diff, eq = x.get("max_abs_diff_vs_uninterrupted"), x.get("equal_to_uninterrupted")
         same = "reference" if diff is None and eq is None else (f"{diff:.1e}" if diff is not None else str(eq).lower())
         rec = x.get("outcome") or {}
@@ -431,8 +436,8 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
     ]
     lines += _table(
         ["scenario", "job", "wall s", "first worker s", "worker nodes", "failure", "time lost s",
-         "resumed (anchor: step of newest registered)", "equal to uninterrupted (bank: max abs diff)",
-         "released after s", "peak RSS MB"],
+         "work redone (bank: anchor resumed at step k of newest registered)",
+         "equal to uninterrupted (bank: max abs diff)", "released after s", "peak RSS MB"],
         rows,
     )  # fmt: skip
     place = (r["scenarios"].get("autoscale") or {}).get("placement") or {}

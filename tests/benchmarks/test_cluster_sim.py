@@ -46,7 +46,7 @@ def test_work_redone_counts_only_the_trainers_that_started_again():
     """Mutation caught: counting every unfinished anchor as interrupted (an anchor whose trainer ran
     on a surviving node would be reported as redone from scratch), or counting start lines rather
     than the worker processes that printed them (Ray echoes a worker's line several times)."""
-    from benchmarks.cluster_sim import redone
+    from benchmarks.cluster_work import redone
 
     events = [{"checkpoints_then": ["anchor-0001-a-1234abcd-step00002", "anchor-0001-a-1234abcd-step00004",
                                     "anchor-0001-b-5678abcd-step00006", "anchor-0001-c-9abcabcd"]}]  # fmt: skip
@@ -164,3 +164,24 @@ def test_the_simulated_cluster_autoscales_and_survives_a_node_and_a_driver(tmp_p
     for kind in ("mta_eval", "memgas_eval"):
         assert s[f"{kind}_node_kill"]["outcome"]["duplicate_records"] == 0
     assert res["teardown"]["left"] == 0 and not res["teardown"]["temp_left"]
+
+
+def test_a_retried_trial_is_counted_with_the_steps_it_reported_twice(tmp_path):
+    """From a Tune experiment state where one trial failed once and restarted from its start: that
+    trial, its failure and the step it reported again; the trial that never failed is not listed.
+    Mutation caught: listing every trial, or counting reported steps instead of repeated ones."""
+    import json
+
+    from benchmarks.cluster_work import eval_work, sweep_work
+
+    exp = tmp_path / "tune" / "s"
+    exp.mkdir(parents=True)
+    state = {"trial_data": [[json.dumps({"trial_id": t}), json.dumps({"num_failures": f})] for t, f in
+                            [("aa", 0), ("bb", 1)]]}  # fmt: skip
+    (exp / "experiment_state-1.json").write_text(json.dumps(state))
+    for t, steps in [("aa", [1, 2]), ("bb", [1, 1, 2])]:
+        (exp / f"trial_001_{t}").mkdir()
+        lines = "".join(json.dumps({"training_iteration": i}) + "\n" for i in steps)
+        (exp / f"trial_001_{t}" / "result.json").write_text(lines)
+    assert sweep_work(tmp_path) == {"bb": {"failures": 1, "steps_reported": 3, "steps_repeated": 1}}
+    assert eval_work([{"processes": 3}]) == {"tasks_in_flight_at_most": 2} and eval_work([]) == {}
