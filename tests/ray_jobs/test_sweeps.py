@@ -411,5 +411,7 @@ def test_a_trial_closes_its_wandb_service_connection_before_ray_stops_the_servic
     )
     assert p.returncode == 0, p.stderr
     assert list(tmp_path.glob("wandb/offline-run-*"))
-    # the plain finish shows the traceback the trials printed; the trial helper does not
-    assert ("Connection lost" in p.stderr) == (how == "plain"), p.stderr
+    # the plain finish shows the traceback the trials printed (its last line varies with the race:
+    # "Connection lost" or "Connection reset by peer"); the trial helper does not
+    noisy = any(s in p.stderr for s in ("teardown_atexit", "Connection lost", "Connection reset"))
+    assert noisy == (how == "plain"), p.stderr
