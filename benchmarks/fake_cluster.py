@@ -193,12 +193,12 @@ class FakeCluster:
         for p in psutil.process_iter():
             try:
                 env = p.environ()
-                if cmd is not None and cmd not in " ".join(p.cmdline()):
+                if env.get(MARKER) != self.id or (node_id is not None and env.get(NODE_ENV) != node_id):
                     continue
+                if cmd is None or cmd in " ".join(p.cmdline()):  # read only for this cluster's processes
+                    out.append(p)
             except (psutil.Error, OSError):
                 continue
-            if env.get(MARKER) == self.id and (node_id is None or env.get(NODE_ENV) == node_id):
-                out.append(p)
         return out
 
     def kill_node(self, node_id: str) -> int:

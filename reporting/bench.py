@@ -384,15 +384,13 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
         ev = (x.get("events") or [{}])[0]
         ref = r["scenarios"].get(cluster_reference(sc, r["scenarios"])) if ev else None
         lost = f"{x['wall_s'] - ref['wall_s']:+.0f}" if ref else "—"
-        redone = x.get("redone_steps") or {}
-        redo = "; ".join(
-            f"{a}: step {v['resumed_from_step']} of {v['checkpointed_step_on_disk']}" for a, v in redone.items()
-        ) + "; ".join(
-            f"trial {t} retried ({v['failures']}×), {v['steps_repeated']} of {v['steps_reported']} steps repeated"
-            for t, v in (x.get("retried_trials") or {}).items()
-        )
-        if (x.get("redone_tasks") or {}).get("tasks_in_flight_at_most") is not None:
-            redo = f"≤ {x['redone_tasks']['tasks_in_flight_at_most']} task(s) in flight on the dead node"
+        # what each kind of job redid: the bank's anchors, a sweep's retried trials, an evaluation's tasks
+        redo = [f"{a}: step {v['resumed_from_step']} of {v['checkpointed_step_on_disk']}"
+                for a, v in (x.get("redone_steps") or {}).items()]  # fmt: skip
+        redo += [f"trial {t} retried ({v['failures']}×), {v['steps_repeated']} of {v['steps_reported']} steps repeated"
+                 for t, v in (x.get("retried_trials") or {}).items()]  # fmt: skip
+        if (tasks := (x.get("redone_tasks") or {}).get("tasks_in_flight_at_most")) is not None:
+            redo.append(f"≤ {tasks} task(s) in flight on the dead node")
         diff, eq = x.get("max_abs_diff_vs_uninterrupted"), x.get("equal_to_uninterrupted")
         same = "reference" if diff is None and eq is None else (f"{diff:.1e}" if diff is not None else str(eq).lower())
         rec = x.get("outcome") or {}
@@ -407,7 +405,7 @@ def render_cluster_sim(name: str, r: dict) -> list[str]:
                 str(x["max_worker_nodes"]),
                 f"{ev['killed']} at {ev['t']:.0f} s" if ev else "—",
                 lost,
-                redo or "—",
+                "; ".join(redo) or "—",
                 same,
                 _f(x.get("released_after_s"), 0),
                 f"{x['peak_rss_mb']:,}",
