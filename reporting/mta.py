@@ -61,44 +61,7 @@ def render_mta(name: str, task: str, r: dict, out: Path) -> list[str]:
             + "; ".join(f"{MTA_LABELS.get(m, m).strip('*')} {_diff(d)}" for m, d in vs_sw.items())
             + ".",
         ]
-    sel = r.get("selection") or {}
-    if sel:
-        lines += [
-            "",
-            f"Settings chosen on train users (never dev), budget {r.get('tuning_budget')}; score ± standard "
-            "error of the mean over the selection queries; margin = chosen − runner-up ± its paired standard "
-            "error (⚠ = under one standard error: the data cannot tell the two apart); relative update "
-            "‖ΔW‖/‖W‖ of each trained candidate in brackets:",
-            "",
-        ]
-        rows = []
-        for m, v in sel.items():
-            se = v.get("se") or [None] * len(v.get("scores", []))
-            ru = v.get("rel_update") or [None] * len(v.get("scores", []))
-            cands = "; ".join(
-                f"`{c}` → {_f(x)}" + (f" ± {_f(e)}" if e is not None else "") + (f" [{u:.1e}]" if u else "")
-                for c, x, e, u in zip(v.get("candidates", []), v.get("scores", []), se, ru)
-            )
-            margin = (
-                f"{_f(v['margin'])} ± {_f(v.get('margin_se'))}" + (" ⚠" if v.get("flagged") else "")
-                if v.get("margin") is not None
-                else "—"
-            )
-            rows.append([m, str(v.get("users")), cands, f"`{v.get('choice')}`", margin])
-        lines += _table(["method", "users", "candidates → score ± SE [rel. update]", "choice", "margin"], rows)
-        src = r.get("selection_from")
-        if src:  # chosen by an earlier job (eval.selection_from) on the same users, bank and grids
-            code = (
-                "the same method code as this run"
-                if src.get("same_code")
-                else f"method code `{src.get('code_version')}`, **not this run's**"
-            )
-            lines += [
-                "",
-                f"These choices were made by an earlier job and read from `{src['file']}` (sha256 "
-                f"`{src['sha256'][:12]}`), at {code}; its users, bank, grids and base settings equal this run's "
-                "(checked).",
-            ]
+    lines += selection_lines(r.get("selection") or {}, r.get("tuning_budget"), r.get("selection_from"))
     extras = []
     if r.get("rel_update"):
         extras.append("relative update ‖ΔW‖/‖W‖ " + ", ".join(f"{m} {v:.2e}" for m, v in r["rel_update"].items()))
@@ -248,3 +211,60 @@ def render_mta_overview(tasks: dict[str, dict]) -> list[str]:
         rows,
     )
     return lines + ["", f"_Made at commits {', '.join(made)}; method code {', '.join(f'`{c}`' for c in codes)}._"]
+
+
+def selection_lines(sel: dict, budget, src: dict | None = None) -> list[str]:
+    """The choices made on train users: each candidate's score ± SE, the choice, its margin (flagged
+    under one SE) and each trained candidate's relative update; `src`: where an earlier job made them."""
+    lines: list[str] = []
+    if sel:
+        lines += [
+            "",
+            f"Settings chosen on train users (never dev), budget {budget}; score ± standard "
+            "error of the mean over the selection queries; margin = chosen − runner-up ± its paired standard "
+            "error (⚠ = under one standard error: the data cannot tell the two apart); relative update "
+            "‖ΔW‖/‖W‖ of each trained candidate in brackets:",
+            "",
+        ]
+        rows = []
+        for m, v in sel.items():
+            se = v.get("se") or [None] * len(v.get("scores", []))
+            ru = v.get("rel_update") or [None] * len(v.get("scores", []))
+            cands = "; ".join(
+                f"`{c}` → {_f(x)}" + (f" ± {_f(e)}" if e is not None else "") + (f" [{u:.1e}]" if u else "")
+                for c, x, e, u in zip(v.get("candidates", []), v.get("scores", []), se, ru)
+            )
+            margin = (
+                f"{_f(v['margin'])} ± {_f(v.get('margin_se'))}" + (" ⚠" if v.get("flagged") else "")
+                if v.get("margin") is not None
+                else "—"
+            )
+            rows.append([m, str(v.get("users")), cands, f"`{v.get('choice')}`", margin])
+        lines += _table(["method", "users", "candidates → score ± SE [rel. update]", "choice", "margin"], rows)
+        if src:  # chosen by an earlier job (eval.selection_from) on the same users, bank and grids
+            code = (
+                "the same method code as this run"
+                if src.get("same_code")
+                else f"method code `{src.get('code_version')}`, **not this run's**"
+            )
+            lines += [
+                "",
+                f"These choices were made by an earlier job and read from `{src['file']}` (sha256 "
+                f"`{src['sha256'][:12]}`), at {code}; its users, bank, grids and base settings equal this run's "
+                "(checked).",
+            ]
+    return lines
+
+
+def render_selection(name: str, data: dict) -> list[str]:
+    """A selection.json (`eval.stop_after=select`): the choices before any evaluated user is seen."""
+    fp = data.get("fingerprint", {})
+    d = fp.get("data", {})
+    lines = [
+        f"**{d.get('task')}** — choices made on {d.get('select_users')} {d.get('train_split')} users that are "
+        f"not anchors (split digest `{str(fp.get('train_sha'))[:12]}`, bank `{str(fp.get('bank'))[:12]}`); "
+        f"mta_prior λ = {data.get('lambda')}. No evaluated user has been seen.",
+        "",
+    ]
+    lines += selection_lines(data.get("selection") or {}, data.get("budgets"))
+    return lines + ["", f"_Method code `{data.get('code_version')}` (`{name}/selection.json`)._"]

@@ -27,7 +27,7 @@ from reporting.bench import (
     render_throughput,
 )
 from reporting.memgas import render_memgas
-from reporting.mta import render_mta, render_mta_overview
+from reporting.mta import render_mta, render_mta_overview, render_selection
 from reporting.sweeps import render_sweep
 from suite.io import atomic_write_bytes, atomic_write_text, claim_run_dir, read_json
 
@@ -44,6 +44,7 @@ RESULT_FILES = (
     "cluster_sim.json",
     "query_scale.json",
     "query_recall.json",
+    "selection.json",
 )
 
 
@@ -84,6 +85,8 @@ def render_run(run: Path, out: Path) -> str:
         lines += render_query_scale(name, read_json(run / "query_scale.json")) + [""]
     if (run / "query_recall.json").exists():
         lines += render_query_recall(name, read_json(run / "query_recall.json")) + [""]
+    if (run / "selection.json").exists() and not (run / "summary.json").exists():  # a run's own is in its table
+        lines += render_selection(name, read_json(run / "selection.json")) + [""]
     if (run / "bank_throughput.json").exists():
         lines += render_throughput(name, read_json(run / "bank_throughput.json")) + [""]
     if not lines:

@@ -412,3 +412,45 @@ def test_the_cluster_table_times_each_failure_against_its_own_job():
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in render_cluster_sim("c", {
         "scenarios": sc, "idle_timeout_minutes": 0.25}) if line.startswith("| ") and "kill" in line}  # fmt: skip
     assert rows["node_kill"][6] == "+30" and rows["sweep_node_kill"][6] == "+11"
+
+
+def test_a_selection_job_renders_its_choices_with_errors_and_flags(tmp_path):
+    """A selection-only run (`eval.stop_after=select`) renders each method's candidates with their
+    standard errors, the choice and its margin, ⚠ on a margin under one SE and on no other.
+    Mutation caught: selection.json left out of the result files (the folder is refused: "none of
+    ... found"), or the flag mark dropped."""
+    run = tmp_path / "mta_lamp2_select"
+    run.mkdir()
+    cand = [{"lr": 1e-3}, {"lr": 3e-3}]
+
+    def rec(scores, flagged):
+        return {
+            "candidates": cand,
+            "scores": scores,
+            "se": [0.08, 0.09],
+            "margin": abs(scores[1] - scores[0]),
+            "margin_se": 0.05,
+            "flagged": flagged,
+            "choice": cand[1],
+            "users": 32,
+            "rel_update": [1e-4, 3e-4],
+        }
+
+    sel = {
+        "lambda": 0.5,
+        "selection": {"stack": rec([0.281, 0.500], False), "oppu": rec([0.406, 0.438], True)},
+        "budgets": {"stack": "4 candidates x 32 users"},
+        "code_version": "170c571228722611",
+        "fingerprint": {
+            "data": {"task": "LaMP_2", "select_users": 32, "train_split": "train"},
+            "train_sha": "ab" * 32,
+            "bank": "cd" * 8,
+        },
+    }
+    (run / "selection.json").write_text(json.dumps(sel))
+    md = render_report([run], tmp_path / "rep")["blocks"]["mta_lamp2_select"]
+    stack = next(line for line in md.splitlines() if line.startswith("| stack"))
+    oppu = next(line for line in md.splitlines() if line.startswith("| oppu"))
+    assert "0.281 ± 0.080" in stack and "0.500 ± 0.090" in stack and "⚠" not in stack
+    assert oppu.rstrip(" |").endswith("⚠")
+    assert "32 train users" in md and "λ = 0.5" in md and "`170c571228722611`" in md
