@@ -232,11 +232,8 @@ def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):
 
 
 def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_path):
-    """Ctrl-C (SIGINT) to the sweep driver after one of six trials finished: it exits 130 and writes
-    no summary or best_config.yaml (mutation caught: dropping run_sweep's unfinished-trials check,
-    which wrote a summary ranking the interrupted trials as complete, exit 0). Then SIGKILL the
-    driver (and its local Ray) after two finished; the same command again restores the experiment
-    (Tuner.restore): finished trials are not run again."""
+    """SIGKILL the sweep driver (and its local Ray) after two of six trials finished; the same
+    command again restores the experiment (Tuner.restore): finished trials are not run again."""
     import os
     import signal
     import subprocess
@@ -270,17 +267,6 @@ def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_pa
         except (json.JSONDecodeError, OSError):
             return []
         return sorted(t["relative_logdir"] for t in trials if t["status"] == "TERMINATED")
-
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and len(finished()) < 1:
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGINT)  # the driver only, as a terminal's Ctrl-C reaches it first
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err.decode()[-2000:]
-    assert re.search(r"Interrupted: sweep t_kill: \d trial\(s\) finished, trial_\S+ not;", err.decode())
-    assert not (out / "summary.json").exists() and not (out / "best_config.yaml").exists()
-    assert 1 <= len(finished()) < 6
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
