@@ -216,43 +216,43 @@ def render_mta_overview(tasks: dict[str, dict]) -> list[str]:
 def selection_lines(sel: dict, budget, src: dict | None = None) -> list[str]:
     """The choices made on train users: each candidate's score ± SE, the choice, its margin (flagged
     under one SE) and each trained candidate's relative update; `src`: where an earlier job made them."""
-    lines: list[str] = []
-    if sel:
+    if not sel:
+        return []
+    lines = [
+        "",
+        f"Settings chosen on train users (never dev), budget {budget}; score ± standard "
+        "error of the mean over the selection queries; margin = chosen − runner-up ± its paired standard "
+        "error (⚠ = under one standard error: the data cannot tell the two apart); relative update "
+        "‖ΔW‖/‖W‖ of each trained candidate in brackets:",
+        "",
+    ]
+    rows = []
+    for m, v in sel.items():
+        se = v.get("se") or [None] * len(v.get("scores", []))
+        ru = v.get("rel_update") or [None] * len(v.get("scores", []))
+        cands = "; ".join(
+            f"`{c}` → {_f(x)}" + (f" ± {_f(e)}" if e is not None else "") + (f" [{u:.1e}]" if u else "")
+            for c, x, e, u in zip(v.get("candidates", []), v.get("scores", []), se, ru)
+        )
+        margin = (
+            f"{_f(v['margin'])} ± {_f(v.get('margin_se'))}" + (" ⚠" if v.get("flagged") else "")
+            if v.get("margin") is not None
+            else "—"
+        )
+        rows.append([m, str(v.get("users")), cands, f"`{v.get('choice')}`", margin])
+    lines += _table(["method", "users", "candidates → score ± SE [rel. update]", "choice", "margin"], rows)
+    if src:  # chosen by an earlier job (eval.selection_from) on the same users, bank and grids
+        code = (
+            "the same method code as this run"
+            if src.get("same_code")
+            else f"method code `{src.get('code_version')}`, **not this run's**"
+        )
         lines += [
             "",
-            f"Settings chosen on train users (never dev), budget {budget}; score ± standard "
-            "error of the mean over the selection queries; margin = chosen − runner-up ± its paired standard "
-            "error (⚠ = under one standard error: the data cannot tell the two apart); relative update "
-            "‖ΔW‖/‖W‖ of each trained candidate in brackets:",
-            "",
+            f"These choices were made by an earlier job and read from `{src['file']}` (sha256 "
+            f"`{src['sha256'][:12]}`), at {code}; its users, bank, grids and base settings equal this run's "
+            "(checked).",
         ]
-        rows = []
-        for m, v in sel.items():
-            se = v.get("se") or [None] * len(v.get("scores", []))
-            ru = v.get("rel_update") or [None] * len(v.get("scores", []))
-            cands = "; ".join(
-                f"`{c}` → {_f(x)}" + (f" ± {_f(e)}" if e is not None else "") + (f" [{u:.1e}]" if u else "")
-                for c, x, e, u in zip(v.get("candidates", []), v.get("scores", []), se, ru)
-            )
-            margin = (
-                f"{_f(v['margin'])} ± {_f(v.get('margin_se'))}" + (" ⚠" if v.get("flagged") else "")
-                if v.get("margin") is not None
-                else "—"
-            )
-            rows.append([m, str(v.get("users")), cands, f"`{v.get('choice')}`", margin])
-        lines += _table(["method", "users", "candidates → score ± SE [rel. update]", "choice", "margin"], rows)
-        if src:  # chosen by an earlier job (eval.selection_from) on the same users, bank and grids
-            code = (
-                "the same method code as this run"
-                if src.get("same_code")
-                else f"method code `{src.get('code_version')}`, **not this run's**"
-            )
-            lines += [
-                "",
-                f"These choices were made by an earlier job and read from `{src['file']}` (sha256 "
-                f"`{src['sha256'][:12]}`), at {code}; its users, bank, grids and base settings equal this run's "
-                "(checked).",
-            ]
     return lines
 
 
