@@ -98,6 +98,9 @@ def entry(main):
             return main(*a, **kw)
         except ConfigError as e:
             _config_error(e)
+        except KeyboardInterrupt as e:  # Ctrl-C, or a sweep stopped before its trials finished
+            print(f"Interrupted{': ' + redact_text(str(e)) if str(e) else ''}", file=sys.stderr)
+            raise SystemExit(130) from None
         except (RunFolderBusy, DataError) as e:  # a busy or foreign folder, bad data: file, record, field
             print(f"Error: {redact_text(str(e))}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -17,12 +17,14 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow.fs as pafs
 import yaml
 
 from reporting.render import render_report
@@ -147,6 +149,18 @@ def experiment_path(sweep: SweepConfig, out: str | Path) -> str:
     return str(Path(sweep.storage_path or str(Path(out) / "tune")) / sweep.name)
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep was stopped before every trial finished (its state is saved; rerun to resume)."""
+
+
+def planned_trials(sweep: SweepConfig) -> int:
+    """How many trials the sweep creates when it runs to the end: the product of the listed values
+    for a grid (ranges are sampled once per grid point), num_samples otherwise."""
+    if sweep.search == "grid":
+        return math.prod(len(s["values"]) for s in sweep.space.values() if "values" in s)
+    return sweep.num_samples
+
+
 def run_sweep(
     trainable: Callable[[dict], None],
     sweep: SweepConfig,
@@ -158,7 +172,8 @@ def run_sweep(
 ) -> dict:
     """Run (or restore) the Tune experiment; `trainable(config)` gets {"base": ..., "params": {...}}.
     `extras`: more final metrics kept per trial; `accept(row)` -> (ok, why): only accepted trials
-    can win (`pick_best`)."""
+    can win (`pick_best`). Raises SweepInterrupted, writing nothing, when fit() returned before
+    every planned trial finished (Ctrl-C)."""
     start_stamp(code_dirs)  # the commit and method code the sweep starts at (recorded in its summary)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -212,6 +227,17 @@ def run_sweep(
             ),
         )
     grid = tuner.fit()
+    # Ctrl-C makes fit() return early: a summary then would rank partial trials as complete (and a
+    # MemGAS sweep would delete its best_config.yaml), so write nothing and say how to resume
+    unfinished, planned = unfinished_trials(grid), planned_trials(sweep)
+    finished = len(grid) - len(unfinished)
+    if unfinished or len(grid) < planned:
+        del tuner, grid
+        raise SweepInterrupted(
+            f"sweep {sweep.name}: {finished} of {planned} trial(s) finished"
+            f"{' (' + ', '.join(unfinished) + ' stopped mid-trial)' if unfinished else ''}; no summary or "
+            f"best_config.yaml written; the same command resumes it from {exp_path}"
+        )
     rows = trial_rows(grid, sweep.metric, extras)
     summary = {
         "trials": len(grid),
@@ -224,6 +250,22 @@ def run_sweep(
     }
     del tuner, grid  # drop the Tuner before any ray.shutdown() (SPEC §3)
     return {"summary": summary, "base": base, "code_dirs": code_dirs}
+
+
+def unfinished_trials(grid) -> list[str]:
+    """The trials the experiment's saved state (what Tuner.restore reads) holds as not finished.
+    After Ctrl-C, Tune terminates the running trials in memory, so ResultGrid's own statuses say
+    TERMINATED; the state it saved before that says RUNNING / PENDING / PAUSED. Trials never created
+    are not in it: run_sweep compares the count with planned_trials."""
+    fs, root = grid.filesystem, grid.experiment_path
+    states = sorted(
+        i.path for i in fs.get_file_info(pafs.FileSelector(root)) if Path(i.path).name.startswith("experiment_state-")
+    )
+    if not states:
+        return []
+    with fs.open_input_stream(states[-1]) as f:
+        trials = [json.loads(t[0]) for t in json.loads(f.read())["trial_data"]]
+    return [t["relative_logdir"] for t in trials if t["status"] not in ("TERMINATED", "ERROR")]
 
 
 def trial_dirname(trial) -> str:

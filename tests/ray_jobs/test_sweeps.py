@@ -232,8 +232,13 @@ def test_sweep_memgas_tiny(ray_local, tmp_path, monkeypatch):
 
 
 def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_path):
-    """SIGKILL the sweep driver (and its local Ray) after two of six trials finished; the same
-    command again restores the experiment (Tuner.restore): finished trials are not run again."""
+    """Ctrl-C (SIGINT) to the sweep driver after one of six trials finished: it exits 130 and writes
+    no summary or best_config.yaml, whether the signal lands mid-trial or between two trials
+    (mutation caught: dropping run_sweep's interrupted check, which wrote a summary ranking an
+    incomplete sweep as complete, exit 0; where the signal lands is not controlled, so each half of
+    the check has its own test: test_planned_trials_counts_what_a_sweep_creates). Then SIGKILL the driver
+    (and its local Ray) after two finished; the same command again restores the experiment
+    (Tuner.restore): finished trials are not run again."""
     import os
     import signal
     import subprocess
@@ -268,6 +273,17 @@ def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_pa
             return []
         return sorted(t["relative_logdir"] for t in trials if t["status"] == "TERMINATED")
 
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(finished()) < 1:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)  # the driver only, as a terminal's Ctrl-C reaches it first
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert re.search(r"Interrupted: sweep t_kill: [1-5] of 6 trial\(s\) finished", err.decode()), err.decode()[-2000:]
+    assert not (out / "summary.json").exists() and not (out / "best_config.yaml").exists()
+    assert 1 <= len(finished()) < 6
+
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(finished()) < 2:
@@ -285,6 +301,18 @@ def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_pa
         assert (exp / t / "result.json").read_text() == text
         assert len(list((exp / t).glob("wandb/offline-run-*"))) == 1
     assert len(finished()) == 6
+
+
+def test_planned_trials_counts_what_a_sweep_creates():
+    """A Ctrl-C between two trials leaves a saved state of finished trials only: the driver sees it
+    as interrupted because fewer trials exist than planned (mutations caught: a grid counted as
+    num_samples, or a sampled range counted as grid points, which let 1-of-6 pass as complete)."""
+    from ray_jobs.sweeps import SweepConfig, planned_trials
+
+    space = {"a": {"values": [1, 2, 3]}, "b": {"values": ["x", "y"]}, "lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    assert planned_trials(SweepConfig(search="grid", num_samples=1, space=space)) == 6
+    assert planned_trials(SweepConfig(search="optuna", num_samples=16, space=space)) == 16
+    assert planned_trials(SweepConfig(search="random", num_samples=3, space=space)) == 3
 
 
 def test_importance_ranks_first_the_key_that_decides_everything():
