@@ -15,7 +15,6 @@ against each swept key, and the running best against trials).
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import math
 import re
@@ -100,10 +99,6 @@ def _tune_space(space: dict, search: str) -> dict:
         else:
             out[key] = tune.uniform(spec["low"], spec["high"])
     return out
-
-
-def grid_size(space: dict) -> int:
-    return len(list(itertools.product(*[s["values"] for s in space.values()])))
 
 
 # Settings that change where or how fast trials run, not what they compute.

@@ -235,8 +235,8 @@ def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_pa
     """Ctrl-C (SIGINT) to the sweep driver after one of six trials finished: it exits 130 and writes
     no summary or best_config.yaml, whether the signal lands mid-trial or between two trials
     (mutation caught: dropping run_sweep's interrupted check, which wrote a summary ranking an
-    incomplete sweep as complete, exit 0; where the signal lands is not controlled, so each half of
-    the check has its own test: test_planned_trials_counts_what_a_sweep_creates). Then SIGKILL the driver
+    incomplete sweep as complete, exit 0; where the signal lands is not controlled, so the
+    between-trials half also has its own test: test_planned_trials_counts_what_a_sweep_creates). Then SIGKILL the driver
     (and its local Ray) after two finished; the same command again restores the experiment
     (Tuner.restore): finished trials are not run again."""
     import os
@@ -305,8 +305,8 @@ def test_sweep_driver_killed_then_rerun_restores_without_repeating_trials(tmp_pa
 
 def test_planned_trials_counts_what_a_sweep_creates():
     """A Ctrl-C between two trials leaves a saved state of finished trials only: the driver sees it
-    as interrupted because fewer trials exist than planned (mutations caught: a grid counted as
-    num_samples, or a sampled range counted as grid points, which let 1-of-6 pass as complete)."""
+    as interrupted because fewer trials exist than planned (mutation caught: a grid counted as
+    num_samples, which let 1-of-6 pass as complete)."""
     from ray_jobs.sweeps import SweepConfig, planned_trials
 
     space = {"a": {"values": [1, 2, 3]}, "b": {"values": ["x", "y"]}, "lr": {"low": 1e-4, "high": 1e-2, "log": True}}
