@@ -20,13 +20,14 @@ import os
 import signal
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from mta.adapt import adapt  # noqa: F401 (re-exported: ray_jobs.adapt, ray_jobs.serve)
 from mta.bank import Bank, LoadedBank, bank_content_id
-from mta.bank_build import anchor_report, bank_path_for, build_bank, dry_run, pretrain  # noqa: F401 (re-exported)
+from mta.bank_build import anchor_report, bank_path_for, bank_signature, build_bank, dry_run, pretrain  # noqa: F401 (re-exported)
 from mta.config import _uses_labels, resolve_calibration, swept_settings
 from mta.data import load_task_split, resolve_task_dir
 from mta.job_config import MTAJobConfig
@@ -41,14 +42,14 @@ from mta.selection import (
     write_selection,
 )
 from mta.verdicts import summarize
-from suite.config import ConfigError, from_dict
+from suite.config import from_dict
 from suite.device import describe as describe_device
 from suite.device import dtype_for
 from suite.device import use as use_device
 from suite.encoders import load_encoder
 from suite.io import DataError, atomic_write_json, claim_run_dir, read_json, read_jsonl, run_lock
 from suite.models import load_base
-from suite.provenance import provenance, start_stamp
+from suite.provenance import code_version, provenance, start_stamp
 from suite.ray_local import init_ray
 from suite.redact import redact_config
 from suite.tracking import Tracker
@@ -162,63 +163,74 @@ def setup(cfg: MTAJobConfig, out: str | Path) -> Session:
 def select(s: Session) -> dict:
     """Stage 2: the choices made on train users that are not anchors, never on the evaluated split,
     with the same number of candidates for every trained method (checked when the config is read):
-    OPPU's settings (`eval.oppu_grid`), the stack's (`eval.stacking_grid`) and `mta_prior`'s λ.
+    the stack's settings (`eval.stacking_grid`), then `mta_prior`'s λ (it re-scores the chosen
+    stack), then OPPU's (`eval.oppu_grid`). OUT/selection.json is rewritten after each choice and
+    each finished candidate (`in_progress`), so a run stopped midway keeps what it finished;
+    `eval.selection_from` applies an earlier run's choices and finished candidates (same users,
+    bank recipe, grids and base settings: checked) and runs only the rest.
     Updates the session's config; returns {"lambda", "selection": {method: record}}."""
     cfg = s.cfg
-    fp = fingerprint(cfg, split_digest(s.train_file), s.bank_sig)
-    if cfg.eval.selection_from:
-        return _reuse_selection(s, fp)
+    fp = fingerprint(cfg, split_digest(s.train_file), bank_signature(cfg))
+    got = load_selection(cfg.eval.selection_from, fp, s.bank_sig) if cfg.eval.selection_from else None
+    held = got["selection"] if got else {}
+    made_by = {"code_version": code_version(("mta", "suite")), "bank_content": s.bank_sig, "run": str(s.out)}
     selection, lam = {}, max(cfg.eval.prior_lambda, 0.0)
-    tuned, needs_lambda = _to_choose(cfg, s.label_mode)
-    for what in tuned:
-        cfg, selection[what] = select_setting(cfg, s.ev, s.loaded.ids, s.bank_sig, what)
-        s.cfg = s.ev.cfg = cfg
-    if needs_lambda:
-        selection["mta_prior_lambda"] = select_lambda(cfg, s.ev, s.loaded.ids, s.bank_sig)
-        lam = selection["mta_prior_lambda"]["choice"]
-        print(f"[select] mta_prior lambda = {lam} (best on {selection['mta_prior_lambda']['users']} train users)")
+    budgets = cfg.eval.budgets(s.label_mode)
+    progress = {w: dict(rows) for w, rows in ((got or {}).get("in_progress") or {}).items()}
+
+    def save(what: str | None = None, i: int = 0, row: dict | None = None) -> None:
+        if what is not None:  # one more candidate finished: kept even if the run stops now
+            progress.setdefault(what, {})[str(i)] = {**row, "made_by": made_by}
+        part = {"in_progress": progress} if progress else {}
+        write_selection(s.out, {"lambda": lam, "selection": selection, "budgets": budgets, **part}, fp)
+
+    for what in _to_choose(cfg, s.label_mode):
+        if what in held:
+            rec = held[what]
+        elif what == "mta_prior_lambda":
+            rec = {**select_lambda(cfg, s.ev, s.loaded.ids, s.bank_sig), "made_by": made_by}
+        else:
+            done = progress.get(what)
+            _, rec = select_setting(
+                cfg, s.ev, s.loaded.ids, s.bank_sig, what, done=done, on_candidate=partial(save, what)
+            )
+            rec["made_by"] = made_by
+            progress.pop(what, None)
+        selection[what] = rec
+        if what == "mta_prior_lambda":
+            lam = rec["choice"]
+            print(f"[select] mta_prior lambda = {lam} (best on {rec['users']} train users)")
+        else:
+            field_name = TUNED[what][0]
+            cfg = replace(cfg, **{field_name: replace(getattr(cfg, field_name), **rec["choice"])})
+            s.cfg = s.ev.cfg = cfg
+        if what not in held:  # what is chosen survives a stop before the next choice
+            save()
     check_budgets(selection, cfg.eval.purpose)  # same users, same candidate count, enough of both
     s.key = s.ev.key = record_key(cfg, split_digest(s.queries_file), s.bank_sig)
-    choices = {"lambda": lam, "selection": selection, "budgets": cfg.eval.budgets(s.label_mode)}
+    choices = {"lambda": lam, "selection": selection, "budgets": budgets}
     print(f"[select] choices written to {write_selection(s.out, choices, fp)}")
+    if got:
+        src = got["selection_from"]
+        src["reused"] = [w for w in selection if w in held]
+        by = [held[w].get("made_by") or {} for w in src["reused"]]  # absent: a file from before made_by
+        src["same_bank_content"] = all(b.get("bank_content", s.bank_sig) == s.bank_sig for b in by)
+        src["same_code"] = all(b.get("code_version", src["code_version"]) == made_by["code_version"] for b in by)
+        print(f"[select] {', '.join(src['reused']) or 'nothing'} from {src['file']} (code {src['code_version']})")
+        choices["selection_from"] = src
     return choices
 
 
-def _to_choose(cfg, label_mode: bool) -> tuple[list[str], bool]:
-    """(the trained methods whose settings this run chooses, whether it chooses mta_prior's λ)."""
+def _to_choose(cfg, label_mode: bool) -> list[str]:
+    """What this run chooses, in order: the stack (MTA's and mta_prior's), mta_prior's λ (scored
+    with the chosen stack), OPPU."""
     if cfg.data.select_users <= 0:
-        return [], False
-    tuned = [
-        what
-        for what, (_, grid_name, method) in TUNED.items()
-        if (method in cfg.eval.methods or (what == "stack" and "mta_prior" in cfg.eval.methods))
-        and getattr(cfg.eval, grid_name)
-    ]
-    return tuned, "mta_prior" in cfg.eval.methods and label_mode and cfg.eval.prior_lambda < 0
-
-
-def _reuse_selection(s: Session, fp: dict) -> dict:
-    """The choices of `eval.selection_from` (made by an earlier run on the same users, bank and
-    grids), applied as `select` would have applied them."""
-    cfg = s.cfg
-    got = load_selection(cfg.eval.selection_from, fp)
-    selection = got["selection"]
-    tuned, needs_lambda = _to_choose(cfg, s.label_mode)
-    for what in tuned:
-        if what not in selection:
-            raise ConfigError(f"eval.selection_from: {got['selection_from']['file']} holds no choice for {what}")
-        field_name = TUNED[what][0]
-        cfg = replace(cfg, **{field_name: replace(getattr(cfg, field_name), **selection[what]["choice"])})
-    if needs_lambda and "mta_prior_lambda" not in selection:
-        raise ConfigError(
-            f"eval.selection_from: {got['selection_from']['file']} holds no choice for mta_prior's lambda"
-        )
-    check_budgets(selection, cfg.eval.purpose)
-    s.cfg = s.ev.cfg = cfg
-    s.key = s.ev.key = record_key(cfg, split_digest(s.queries_file), s.bank_sig)
-    src = got["selection_from"]
-    print(f"[select] choices from {src['file']} (made at method code {src['code_version']})")
-    return {"lambda": got["lambda"], "selection": selection, "budgets": got["budgets"], "selection_from": src}
+        return []
+    ms = cfg.eval.methods
+    out = ["stack"] if ("mta" in ms or "mta_prior" in ms) and cfg.eval.stacking_grid else []
+    if "mta_prior" in ms and label_mode and cfg.eval.prior_lambda < 0:
+        out.append("mta_prior_lambda")
+    return out + (["oppu"] if "oppu" in ms and cfg.eval.oppu_grid else [])
 
 
 def evaluate(s: Session) -> list[dict]:

@@ -126,10 +126,12 @@ def _record(cfg, candidates, stats, metric, users, rel_updates=None) -> dict:
     return rec
 
 
-def select_setting(cfg, ev, anchor_ids: list[str], bank_sig: str, what: str, log=print):
+def select_setting(cfg, ev, anchor_ids: list[str], bank_sig: str, what: str, log=print, done=None, on_candidate=None):
     """One trained method's settings chosen on the selection users: every candidate of its grid
     runs the method on the same users; the best mean main metric under the primary calibration
-    wins. Returns the config with the winner and the selection record."""
+    wins. Returns the config with the winner and the selection record. `done` ({index: row}):
+    candidates an earlier, stopped run finished (reused when the candidate is the same);
+    `on_candidate(index, row)` is called as each new one finishes, so a stop loses at most one."""
     field_name, grid_name, method = TUNED[what]
     task = cfg.data.task
     users, path = selection_users(cfg, anchor_ids)
@@ -137,8 +139,16 @@ def select_setting(cfg, ev, anchor_ids: list[str], bank_sig: str, what: str, log
     label_mode = _uses_labels(task, cfg.eval.inference)
     cal = resolve_calibration(task, cfg.eval.calibration)
     grid = getattr(cfg.eval, grid_name)
-    per_cand, rel, higher = [], [], True
-    for cand in grid:
+    per_cand, rel, higher, reused = [], [], True, []
+    for i, cand in enumerate(grid):
+        row = (done or {}).get(str(i))
+        if row and row["candidate"] == cand:
+            per_cand.append(row["scores"])
+            rel.append(row["rel_update"])
+            higher = row["higher"]
+            reused.append(i)
+            log(f"[select] {what} {cand}: {metric} {np.mean(row['scores']):.4f} (finished by an earlier run)")
+            continue
         c = dataclasses.replace(cfg, **{field_name: dataclasses.replace(getattr(cfg, field_name), **cand)})
         e = ev.with_log(record_key(c, split_digest(path), bank_sig), "select_user.jsonl")
         e.cfg = c
@@ -148,12 +158,17 @@ def select_setting(cfg, ev, anchor_ids: list[str], bank_sig: str, what: str, log
         per_cand.append(scores)
         ru = [r["cost"][method]["rel_update"] for r in recs if "rel_update" in r.get("cost", {}).get(method, {})]
         rel.append(float(np.mean(ru)) if ru else None)
+        if on_candidate:
+            on_candidate(i, {"candidate": cand, "scores": scores, "rel_update": rel[-1], "higher": higher})
         log(f"[select] {what} {cand}: {metric} {np.mean(scores):.4f} on {len(users)} train users")
     stats = candidate_stats(per_cand, higher)
     chosen = dataclasses.replace(
         cfg, **{field_name: dataclasses.replace(getattr(cfg, field_name), **grid[stats["best"]])}
     )
-    return chosen, _record(cfg, list(grid), stats, metric, users, rel)
+    rec = _record(cfg, list(grid), stats, metric, users, rel)
+    if reused:
+        rec["reused_candidates"] = reused
+    return chosen, rec
 
 
 def select_lambda(cfg, ev, anchor_ids: list[str], bank_sig: str) -> dict:
@@ -181,8 +196,10 @@ _FP_EVAL += ("rag_k", "history_k", "max_new_tokens", "seed", "recency_decay")
 
 def fingerprint(cfg, train_sha: str, bank_sig: str) -> dict:
     """Everything a selection depends on but the code: the users it chose on (train split, its
-    digest, how many, their profile cap), the bank, the model and encoder, the base settings the
-    candidates replace, the grids and how answers are scored."""
+    digest, how many, their profile cap), the bank's recipe (`bank_sig`: its signature, so a bank
+    retrained by the same recipe matches; each choice records the weights it saw under `made_by`),
+    the model and encoder, the base settings the candidates replace, the grids and how answers
+    are scored."""
     d = cfg.data
     return {
         "data": {k: getattr(d, k) for k in ("task", "train_split", "scheme", "select_users", "select_profile_cap")},
@@ -204,7 +221,7 @@ def write_selection(out: Path, choices: dict, fp: dict) -> Path:
     return path
 
 
-def load_selection(path: str | Path, fp: dict) -> dict:
+def load_selection(path: str | Path, fp: dict, bank_content: str | None = None) -> dict:
     """The choices of a selection.json whose fingerprint equals `fp` (else a ConfigError naming the
     parts that differ), with {"file", "sha256", "code_version", "same_code"} under "selection_from"."""
     p = Path(path)
@@ -217,6 +234,8 @@ def load_selection(path: str | Path, fp: dict) -> dict:
         raise ConfigError(f"eval.selection_from: {p}: not a selection.json (no selection and fingerprint)")
     theirs = json.loads(json.dumps(data["fingerprint"]))
     mine = json.loads(json.dumps(fp))  # tuples and lists compare as JSON does
+    if bank_content and theirs.get("bank") == bank_content:  # a file keyed by the bank's weights (older runs)
+        theirs["bank"] = mine.get("bank")
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differ:
         raise ConfigError(

@@ -247,11 +247,18 @@ def selection_lines(sel: dict, budget, src: dict | None = None) -> list[str]:
             if src.get("same_code")
             else f"method code `{src.get('code_version')}`, **not this run's**"
         )
+        reused = src.get("reused", list(sel))
+        which = "These choices were" if set(reused) >= set(sel) else f"The choices for {', '.join(reused)} were"
+        bank = (
+            "; the bank's weights differ from this run's (the same recipe, retrained)"
+            if src.get("same_bank_content") is False
+            else ""
+        )
         lines += [
             "",
-            f"These choices were made by an earlier job and read from `{src['file']}` (sha256 "
-            f"`{src['sha256'][:12]}`), at {code}; its users, bank, grids and base settings equal this run's "
-            "(checked).",
+            f"{which} made by an earlier job and read from `{src['file']}` (sha256 "
+            f"`{src['sha256'][:12]}`), at {code}; its users, bank recipe, grids and base settings equal "
+            f"this run's (checked){bank}.",
         ]
     return lines
 

@@ -126,6 +126,13 @@ def _file_rendezvous_config(backend: str, rendezvous_dir: str):
     return FileRendezvousTorchConfig(backend=backend, rendezvous_dir=rendezvous_dir)
 
 
+PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def _no_state_api_warning(record: logging.LogRecord) -> bool:
+    return "Failed to query Ray Train Controller actor state" not in record.getMessage()
+
+
 def loopback_worker_setup() -> None:
     """Runs in every worker of a local Ray before any task or actor: Serve replicas open their
     inter-deployment gRPC server on `[::]:0` (every interface); in local mode every peer is on this
@@ -133,6 +140,9 @@ def loopback_worker_setup() -> None:
     from, before the replica module is imported.)"""
     import ray._common.tls_utils as tls
 
+    # A local Ray runs without the dashboard, so the state API that Ray Train's placement-group
+    # cleaner polls never answers: its warning would repeat every second for the whole run.
+    logging.getLogger(PG_CLEANER_LOGGER).addFilter(_no_state_api_warning)
     if getattr(tls.add_port_to_grpc_server, "_loopback", False):
         return
     original = tls.add_port_to_grpc_server

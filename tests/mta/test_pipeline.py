@@ -320,3 +320,50 @@ def test_a_selection_made_by_one_run_is_applied_by_another_and_refused_for_anoth
     other = {**grids, "eval.stacking_grid": "[{max_steps: 1}, {max_steps: 3}]", "eval.selection_from": sel_file}
     with pytest.raises(ConfigError, match="made for another configuration .*eval"):
         run(_cfg(lamp_root, **other), tmp_path / "other")
+
+
+def test_a_selection_stopped_midway_keeps_what_it_finished_and_a_later_run_makes_only_the_rest(
+    lamp_root, tmp_path, monkeypatch
+):
+    """A run stopped after the stack, λ and OPPU's first candidate leaves them in
+    OUT/selection.json; a later run given that file (`eval.selection_from`) applies the choices,
+    runs only OPPU's other candidate, and ends with the choices of one uninterrupted run.
+    Mutations caught (each seen failing): selection.json written only at the end (nothing
+    survives the stop); the held choices chosen again (their records then name the later run);
+    the finished candidate run again (no `reused_candidates`)."""
+    import mta.recipe as recipe
+
+    grids = {**EQUAL_GRIDS, "eval.methods": "[oppu, mta, mta_prior]", "eval.stop_after": "select"}
+    whole = run(_cfg(lamp_root, **grids), tmp_path / "whole")["selection"]["selection"]
+    real = recipe.select_setting
+
+    def stop_after_one_oppu_candidate(cfg, ev, ids, sig, what, **kw):
+        if what == "oppu":
+            save = kw["on_candidate"]
+
+            def once(i, row):
+                save(i, row)
+                raise KeyboardInterrupt  # the session ends here
+
+            kw["on_candidate"] = once
+        return real(cfg, ev, ids, sig, what, **kw)
+
+    monkeypatch.setattr(recipe, "select_setting", stop_after_one_oppu_candidate)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(lamp_root, **grids), tmp_path / "first")
+    monkeypatch.setattr(recipe, "select_setting", real)
+    kept = json.loads((tmp_path / "first" / "selection.json").read_text())
+    assert set(kept["selection"]) == {"stack", "mta_prior_lambda"} and list(kept["in_progress"]["oppu"]) == ["0"]
+    again = _cfg(lamp_root, **grids, **{"eval.selection_from": tmp_path / "first" / "selection.json"})
+    sel = run(again, tmp_path / "rest")["selection"]
+    assert sel["selection_from"]["reused"] == ["stack", "mta_prior_lambda"]
+    assert sel["selection_from"]["same_bank_content"] is True and sel["selection_from"]["same_code"] is True
+    made = {w: r["made_by"]["run"] for w, r in sel["selection"].items()}
+    first, later = str(tmp_path / "first"), str(tmp_path / "rest")
+    assert made == {"stack": first, "mta_prior_lambda": first, "oppu": later}
+    assert sel["selection"]["oppu"]["reused_candidates"] == [0]
+    drop = ("made_by", "reused_candidates")
+    strip = lambda s: {w: {k: v for k, v in r.items() if k not in drop} for w, r in s.items()}  # noqa: E731
+    assert strip(sel["selection"]) == strip(whole)
+    on_disk = json.loads((tmp_path / "rest" / "selection.json").read_text())
+    assert set(on_disk["selection"]) == {"stack", "mta_prior_lambda", "oppu"} and "in_progress" not in on_disk
