@@ -65,7 +65,11 @@ def gmm_neighbours(
 
 def exact_top(new_emb: np.ndarray, old_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(candidate indices, their scores): each new node's top `k` old nodes by a full scan, best first."""
-    sims = new_emb @ old_emb.T
+    # float64 products rounded once to float32: a float32 GEMM's summation order follows how BLAS
+    # blocks the matrices, so on some CPUs a pair's score moved by an ulp with the number of old
+    # nodes, reordering near-ties; then a memory after an exact delete differed from one that never
+    # saw the session. Rounded from float64, a score depends on its two vectors alone.
+    sims = (np.asarray(new_emb, np.float64) @ np.asarray(old_emb, np.float64).T).astype(np.float32)
     n = sims.shape[1]
     k = min(k, n)
     # the top k, best first (as the reference's topk): the GMM's k-means init depends on the order

@@ -139,7 +139,8 @@ def test_exact_delete_leaves_the_graph_and_rankings_of_a_store_that_never_saw_it
     store is reopened from its file. The cheap path (exact=False) is shown to leave a trace, so the
     comparison can fail. Mutation caught: skipping the re-association in `memgas.forget`
     (`_reassociate_after` returning []), or not persisting it (`rewrite_association` a no-op:
-    the reopened store differs)."""
+    the reopened store differs); association scores from a float32 product (on this machine's CPU
+    a re-associated subset of a session then scores an ulp apart, seen failing)."""
     texts = _texts(50, seed=3)
     x = "a long story about the glacier trail summit ridge snow alps hike walk"
 
