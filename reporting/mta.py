@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -274,4 +275,13 @@ def render_selection(name: str, data: dict) -> list[str]:
         "",
     ]
     lines += selection_lines(data.get("selection") or {}, data.get("budgets"))
+    grids = {"oppu": "oppu_grid", "stack": "stacking_grid"}
+    for what, rows in (data.get("in_progress") or {}).items():  # a selection stopped midway
+        grid = (fp.get("eval") or {}).get(grids.get(what, ""), [])
+        done = "; ".join(f"`{r['candidate']}` → {_f(np.mean(r['scores']))}" for _, r in sorted(rows.items()))
+        lines += [
+            "",
+            f"**{what}: not chosen yet** — {len(rows)} of {len(grid) or '?'} candidates finished ({done}); "
+            "the rest run when this file is given back with `eval.selection_from`.",
+        ]
     return lines + ["", f"_Method code `{data.get('code_version')}` (`{name}/selection.json`)._"]

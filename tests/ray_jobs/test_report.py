@@ -454,3 +454,22 @@ def test_a_selection_job_renders_its_choices_with_errors_and_flags(tmp_path):
     assert "0.281 ± 0.080" in stack and "0.500 ± 0.090" in stack and "⚠" not in stack
     assert oppu.rstrip(" |").endswith("⚠")
     assert "32 train users" in md and "λ = 0.5" in md and "`170c571228722611`" in md
+
+
+def test_a_selection_stopped_midway_renders_what_it_finished_and_what_remains(tmp_path):
+    """A selection.json with `in_progress` (a run stopped inside OPPU's grid) says that OPPU is not
+    chosen yet, how many of its candidates finished and their scores. Mutation caught (seen
+    failing): `in_progress` not rendered (the block then reads as if the selection were complete)."""
+    run = tmp_path / "mta_lamp3_select"
+    run.mkdir()
+    grid = [{"lr": 1e-4, "epochs": 1}, {"lr": 1e-4, "epochs": 3}, {"lr": 1e-3, "epochs": 1}]
+    sel = {
+        "lambda": 1.0,
+        "selection": {},
+        "in_progress": {"oppu": {"0": {"candidate": grid[0], "scores": [3.0, 4.0]}}},
+        "code_version": "cdbfe4a989d7e863",
+        "fingerprint": {"data": {"task": "LaMP_3", "select_users": 32}, "eval": {"oppu_grid": grid}},
+    }
+    (run / "selection.json").write_text(json.dumps(sel))
+    md = render_report([run], tmp_path / "rep")["blocks"]["mta_lamp3_select"]
+    assert "oppu: not chosen yet** — 1 of 3 candidates finished" in md and "→ 3.500" in md
