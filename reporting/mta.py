@@ -270,8 +270,11 @@ def render_selection(name: str, data: dict) -> list[str]:
     d = fp.get("data", {})
     lines = [
         f"**{d.get('task')}** — choices made on {d.get('select_users')} {d.get('train_split')} users that are "
-        f"not anchors (split digest `{str(fp.get('train_sha'))[:12]}`, bank `{str(fp.get('bank'))[:12]}`); "
-        f"mta_prior λ = {data.get('lambda')}. No evaluated user has been seen.",
+        f"not anchors (split digest `{str(fp.get('train_sha'))[:12]}`, bank `{str(fp.get('bank'))[:12]}`)"
+        # λ is stated only once chosen: a task without it (generation) or a file stopped before it
+        # holds only the default
+        + (f"; mta_prior λ = {data.get('lambda')}" if "mta_prior_lambda" in (data.get("selection") or {}) else "")
+        + ". No evaluated user has been seen.",
         "",
     ]
     lines += selection_lines(data.get("selection") or {}, data.get("budgets"))

@@ -438,7 +438,11 @@ def test_a_selection_job_renders_its_choices_with_errors_and_flags(tmp_path):
 
     sel = {
         "lambda": 0.5,
-        "selection": {"stack": rec([0.281, 0.500], False), "oppu": rec([0.406, 0.438], True)},
+        "selection": {
+            "stack": rec([0.281, 0.500], False),
+            "oppu": rec([0.406, 0.438], True),
+            "mta_prior_lambda": {**rec([0.3, 0.2], False), "candidates": [1.0, 0.5], "choice": 0.5},
+        },
         "budgets": {"stack": "4 candidates x 32 users"},
         "code_version": "170c571228722611",
         "fingerprint": {
@@ -458,8 +462,10 @@ def test_a_selection_job_renders_its_choices_with_errors_and_flags(tmp_path):
 
 def test_a_selection_stopped_midway_renders_what_it_finished_and_what_remains(tmp_path):
     """A selection.json with `in_progress` (a run stopped inside OPPU's grid) says that OPPU is not
-    chosen yet, how many of its candidates finished and their scores. Mutation caught (seen
-    failing): `in_progress` not rendered (the block then reads as if the selection were complete)."""
+    chosen yet, how many of its candidates finished and their scores, and states no λ while none is
+    chosen (LaMP_5 has no λ; a file stopped inside the stack's grid holds only the default).
+    Mutations caught (seen failing): `in_progress` not rendered (the block then reads as if the
+    selection were complete); λ printed whether chosen or not."""
     run = tmp_path / "mta_lamp3_select"
     run.mkdir()
     grid = [{"lr": 1e-4, "epochs": 1}, {"lr": 1e-4, "epochs": 3}, {"lr": 1e-3, "epochs": 1}]
@@ -473,3 +479,4 @@ def test_a_selection_stopped_midway_renders_what_it_finished_and_what_remains(tm
     (run / "selection.json").write_text(json.dumps(sel))
     md = render_report([run], tmp_path / "rep")["blocks"]["mta_lamp3_select"]
     assert "oppu: not chosen yet** — 1 of 3 candidates finished" in md and "→ 3.500" in md
+    assert "λ" not in md
