@@ -287,4 +287,18 @@ def render_selection(name: str, data: dict) -> list[str]:
             f"**{what}: not chosen yet** — {len(rows)} of {len(grid) or '?'} candidates finished ({done}); "
             "the rest run when this file is given back with `eval.selection_from`.",
         ]
+    # a method with a budget that has neither a choice nor a finished candidate has not started:
+    # without this line a file stopped between two methods reads as complete
+    names = {"mta (stack)": "stack", "mta_prior (lambda)": "mta_prior_lambda"}
+    for key, budget in (data.get("budgets") or {}).items():
+        what = names.get(key, key)
+        if what in (data.get("selection") or {}) or what in (data.get("in_progress") or {}):
+            continue
+        grid = (fp.get("eval") or {}).get(grids.get(what, ""), [])
+        n = len(grid) or (budget if isinstance(budget, int) else "?")
+        lines += [
+            "",
+            f"**{what}: not started** — 0 of {n} candidates finished; they run when this file is "
+            "given back with `eval.selection_from`.",
+        ]
     return lines + ["", f"_Method code `{data.get('code_version')}` (`{name}/selection.json`)._"]

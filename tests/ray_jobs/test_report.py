@@ -480,3 +480,33 @@ def test_a_selection_stopped_midway_renders_what_it_finished_and_what_remains(tm
     md = render_report([run], tmp_path / "rep")["blocks"]["mta_lamp3_select"]
     assert "oppu: not chosen yet** — 1 of 3 candidates finished" in md and "→ 3.500" in md
     assert "λ" not in md
+
+
+def test_a_selection_stopped_between_two_methods_says_which_has_not_started(tmp_path):
+    """A selection.json whose stack is chosen and whose OPPU has a budget but no finished candidate
+    (stopped right after the stack) says OPPU has not started. Mutation caught (seen failing): only
+    `in_progress` rendered, so the block reads as a complete selection without OPPU."""
+    run = tmp_path / "mta_lamp5_select"
+    run.mkdir()
+    cand = [{"lr": 1e-3}, {"lr": 3e-3}]
+    stack = {
+        "candidates": cand,
+        "scores": [0.30, 0.28],
+        "se": [0.03, 0.03],
+        "margin": 0.02,
+        "margin_se": 0.01,
+        "flagged": False,
+        "choice": cand[0],
+        "users": 32,
+    }
+    sel = {
+        "lambda": 1.0,
+        "selection": {"stack": stack},
+        "budgets": {"oppu": 4, "mta (stack)": 2},
+        "code_version": "cdbfe4a989d7e863",
+        "fingerprint": {"data": {"task": "LaMP_5", "select_users": 32}, "eval": {"oppu_grid": [{}] * 4}},
+    }
+    (run / "selection.json").write_text(json.dumps(sel))
+    md = render_report([run], tmp_path / "rep")["blocks"]["mta_lamp5_select"]
+    assert "**oppu: not started** — 0 of 4 candidates finished" in md
+    assert "stack: not started" not in md and "λ" not in md
