@@ -268,23 +268,27 @@ def render_selection(name: str, data: dict) -> list[str]:
     """A selection.json (`eval.stop_after=select`): the choices before any evaluated user is seen."""
     fp = data.get("fingerprint", {})
     d = fp.get("data", {})
+    chosen, progress = data.get("selection") or {}, data.get("in_progress") or {}
+    grids = {"oppu": "oppu_grid", "stack": "stacking_grid"}
+
+    def grid(what: str) -> list:
+        return (fp.get("eval") or {}).get(grids.get(what, ""), [])
+
     lines = [
         f"**{d.get('task')}** — choices made on {d.get('select_users')} {d.get('train_split')} users that are "
         f"not anchors (split digest `{str(fp.get('train_sha'))[:12]}`, bank `{str(fp.get('bank'))[:12]}`)"
         # λ is stated only once chosen: a task without it (generation) or a file stopped before it
         # holds only the default
-        + (f"; mta_prior λ = {data.get('lambda')}" if "mta_prior_lambda" in (data.get("selection") or {}) else "")
+        + (f"; mta_prior λ = {data.get('lambda')}" if "mta_prior_lambda" in chosen else "")
         + ". No evaluated user has been seen.",
         "",
     ]
-    lines += selection_lines(data.get("selection") or {}, data.get("budgets"))
-    grids = {"oppu": "oppu_grid", "stack": "stacking_grid"}
-    for what, rows in (data.get("in_progress") or {}).items():  # a selection stopped midway
-        grid = (fp.get("eval") or {}).get(grids.get(what, ""), [])
+    lines += selection_lines(chosen, data.get("budgets"))
+    for what, rows in progress.items():  # a selection stopped midway
         done = "; ".join(f"`{r['candidate']}` → {_f(np.mean(r['scores']))}" for _, r in sorted(rows.items()))
         lines += [
             "",
-            f"**{what}: not chosen yet** — {len(rows)} of {len(grid) or '?'} candidates finished ({done}); "
+            f"**{what}: not chosen yet** — {len(rows)} of {len(grid(what)) or '?'} candidates finished ({done}); "
             "the rest run when this file is given back with `eval.selection_from`.",
         ]
     # a method with a budget that has neither a choice nor a finished candidate has not started:
@@ -292,10 +296,9 @@ def render_selection(name: str, data: dict) -> list[str]:
     names = {"mta (stack)": "stack", "mta_prior (lambda)": "mta_prior_lambda"}
     for key, budget in (data.get("budgets") or {}).items():
         what = names.get(key, key)
-        if what in (data.get("selection") or {}) or what in (data.get("in_progress") or {}):
+        if what in chosen or what in progress:
             continue
-        grid = (fp.get("eval") or {}).get(grids.get(what, ""), [])
-        n = len(grid) or (budget if isinstance(budget, int) else "?")
+        n = len(grid(what)) or (budget if isinstance(budget, int) else "?")
         lines += [
             "",
             f"**{what}: not started** — 0 of {n} candidates finished; they run when this file is "
