@@ -254,7 +254,8 @@ def test_overview_names_the_rows_the_test_places_below_and_above_mta(tmp_path):
     assert cells[:6] == ["LaMP_2", "10 (dev)", "accuracy", "0.200", "0.100", "-0.100 n.s."]
     assert cells[6:9] == ["base", "rag", "—"]  # oppu and random are n.s.: named on neither side
     assert cells[9:] == ["0.125", "0.250", "1 of 1"]
-    assert "method code `c0de`" in lines[-1]
+    # mutation caught: the footer listing method codes as a set, apart from the tasks they made
+    assert "LaMP_2 `" in lines[-1] and "(method code `c0de`)" in lines[-1]
     for name in ("a", "b"):  # two runs of one task would make one row ambiguous: refused
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps(_mta_summary()))
