@@ -186,7 +186,8 @@ def render_mta_overview(tasks: dict[str, dict]) -> list[str]:
         p = r.get("provenance") or {}
         # each task's commit beside its own method code: a set of codes cannot say which row it made
         made.append(
-            f"{task} `{p.get('commit', 'unknown')[:10]}`" + (" (dirty)" if p.get("dirty") else "")
+            f"{task} `{p.get('commit', 'unknown')[:10]}`"
+            + (" (dirty)" if p.get("dirty") else "")
             + f" (method code `{p.get('code_version', 'unknown')}`)"
         )
     lines = [
